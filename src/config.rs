@@ -1,0 +1,153 @@
+//! Configuration: every knob as a command-line flag that can also come from a `CRIER_*`
+//! environment variable, with its default and its trade-off.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::hub::HubConfig;
+
+/// crier: a real-time event broadcasting edge server (HTTP publish, SSE and WebSocket fan-out).
+#[derive(Parser, Debug, Clone)]
+#[command(version, about, max_term_width = 100)]
+pub struct Config {
+    /// Address to listen on (HTTP/1.1 and h2c on the same port).
+    #[arg(long, env = "CRIER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Write an SSE comment when a stream has been quiet this long. Keep it under every proxy's
+    /// read timeout; shorter costs more idle traffic.
+    #[arg(long, env = "CRIER_HEARTBEAT", default_value = "15s", value_parser = parse_positive_duration)]
+    pub heartbeat: Duration,
+
+    /// Bytes crier may hold for one subscriber (queued plus being written). A subscriber that
+    /// falls further behind is disconnected and resumes from history; larger absorbs longer
+    /// stalls at the cost of memory per slow client.
+    #[arg(long, env = "CRIER_CLIENT_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub client_queue_bytes: usize,
+
+    /// Events kept per topic for resume (Last-Event-ID). 0 disables resume.
+    #[arg(long, env = "CRIER_HISTORY", default_value_t = 1000)]
+    pub history: usize,
+
+    /// Largest event payload accepted by POST /publish.
+    #[arg(long, env = "CRIER_MAX_EVENT_BYTES", default_value = "64KiB", value_parser = parse_bytes)]
+    pub max_event_bytes: usize,
+
+    /// Most topics one stream may subscribe to.
+    #[arg(long, env = "CRIER_MAX_TOPICS_PER_CONNECTION", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_topics_per_connection: u16,
+
+    /// On SIGTERM/SIGINT, how long to let streams drain before closing what is left.
+    #[arg(long, env = "CRIER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Reconnection delay sent to SSE clients in the `retry:` field.
+    #[arg(long, env = "CRIER_SSE_RETRY", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub sse_retry: Duration,
+
+    /// Close a connection whose request headers take longer than this to arrive.
+    #[arg(long, env = "CRIER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "CRIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written to stderr.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// The defaults, listening on `listen`.
+    pub fn with_listen(listen: SocketAddr) -> Self {
+        let mut config = Config::parse_from(["crier"]);
+        config.listen = listen;
+        config
+    }
+
+    /// The hub's share of the configuration.
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            history: self.history,
+            client_queue_bytes: self.client_queue_bytes,
+            max_event_bytes: self.max_event_bytes,
+            max_topics_per_stream: usize::from(self.max_topics_per_connection),
+        }
+    }
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Sizes such as `65536`, `64KiB`, `1 MiB` or `2MB`.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let bytes = parse_size::parse_size(text)
+        .map_err(|e| format!("{e} (expected a size such as 65536, 64KiB or 1MiB)"))?;
+    match usize::try_from(bytes) {
+        Ok(0) | Err(_) => Err("must be between 1 byte and the address space".into()),
+        Ok(n) => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::try_parse_from(["crier"]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.heartbeat, Duration::from_secs(15));
+        assert_eq!(c.client_queue_bytes, 1 << 20);
+        assert_eq!(c.history, 1000);
+        assert_eq!(c.max_event_bytes, 64 << 10);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn values_parse_with_units_and_bad_ones_are_refused() {
+        let c = Config::try_parse_from([
+            "crier",
+            "--heartbeat",
+            "250ms",
+            "--client-queue-bytes",
+            "64KiB",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(c.heartbeat, Duration::from_millis(250));
+        assert_eq!(c.client_queue_bytes, 65536);
+        assert_eq!(c.log_format, LogFormat::Json);
+        for bad in [
+            &["--heartbeat", "0s"][..],
+            &["--heartbeat", "soon"],
+            &["--client-queue-bytes", "lots"],
+            &["--client-queue-bytes", "0"],
+            &["--listen", "localhost"],
+            &["--history", "-1"],
+            &["--log-format", "xml"],
+            &["--max-topics-per-connection", "0"],
+        ] {
+            let args = std::iter::once("crier").chain(bad.iter().copied());
+            assert!(
+                Config::try_parse_from(args).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! A topic's recent events, kept for resume: a ring written by the topic's (single, ordered)
+//! publisher and read without locks by any number of resuming subscribers.
+//!
+//! The ring holds the last `limit` events. It starts small and doubles up to `limit`, so a
+//! quiet topic costs little. Event `seq` lives in slot `seq % capacity`; a reader detects an
+//! overwritten or missing slot by its sequence number, so it always gets a contiguous run that
+//! ends at the head it was asked for. Replaced events and outgrown rings are freed with epochs
+//! (crossbeam-epoch) once no reader can still hold them.
+
+use std::ptr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+
+use crate::event::Event;
+
+struct Ring {
+    slots: Box<[AtomicPtr<Event>]>,
+}
+
+impl Ring {
+    fn with_capacity(capacity: usize) -> Self {
+        Ring {
+            slots: (0..capacity)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
+        }
+    }
+
+    fn slot(&self, seq: u64) -> &AtomicPtr<Event> {
+        &self.slots[(seq % self.slots.len() as u64) as usize]
+    }
+}
+
+/// The retained events of one topic.
+pub struct History {
+    ring: Atomic<Ring>,
+    limit: usize,
+}
+
+const FIRST_CAPACITY: usize = 8;
+
+/// What a reader got back for a range.
+#[derive(Debug)]
+pub struct Retained {
+    /// Contiguous events, oldest first, ending at the requested head.
+    pub events: Vec<Arc<Event>>,
+    /// How many of the requested events (the oldest ones) are no longer retained.
+    pub missed: u64,
+}
+
+impl History {
+    /// An empty history that keeps at most `limit` events (0 keeps none).
+    pub fn new(limit: usize) -> Self {
+        History {
+            ring: Atomic::null(),
+            limit,
+        }
+    }
+
+    /// Appends `event`, evicting the oldest once `limit` events are held.
+    ///
+    /// Callers must append in sequence order and never concurrently (the topic's publish order
+    /// guarantees both).
+    pub fn push(&self, event: Arc<Event>, guard: &Guard) {
+        if self.limit == 0 {
+            return;
+        }
+        let seq = event.id.seq;
+        let mut ring = self.ring.load(Ordering::Acquire, guard);
+        // SAFETY: loaded under `guard`; only this (single) writer replaces it.
+        let capacity = unsafe { ring.as_ref() }.map_or(0, |r| r.slots.len());
+        if capacity < self.limit && seq as usize > capacity {
+            ring = self.grow(
+                ring,
+                (capacity * 2).max(FIRST_CAPACITY).min(self.limit),
+                guard,
+            );
+        }
+        // SAFETY: non-null after `grow`, and alive for `guard`.
+        let ring = unsafe { ring.deref() };
+        let old = ring
+            .slot(seq)
+            .swap(Arc::into_raw(event).cast_mut(), Ordering::AcqRel);
+        if !old.is_null() {
+            let old = SendPtr(old);
+            // SAFETY: `old` came from `Arc::into_raw` and this ring owned that reference; it is
+            // unreachable for new readers, and readers that loaded it are pinned and take their
+            // own reference before the deferred drop runs.
+            unsafe { guard.defer_unchecked(move || drop(Arc::from_raw(old.into_inner()))) };
+        }
+    }
+
+    fn grow<'g>(
+        &self,
+        old: Shared<'g, Ring>,
+        capacity: usize,
+        guard: &'g Guard,
+    ) -> Shared<'g, Ring> {
+        let new = Ring::with_capacity(capacity);
+        // SAFETY: loaded under `guard` by the single writer.
+        if let Some(old) = unsafe { old.as_ref() } {
+            for slot in old.slots.iter() {
+                let event = slot.load(Ordering::Relaxed);
+                // SAFETY: entries of the current ring are live `Arc<Event>`s it owns.
+                if let Some(e) = unsafe { event.as_ref() } {
+                    new.slot(e.id.seq).store(event, Ordering::Relaxed);
+                }
+            }
+        }
+        let new = Owned::new(new).into_shared(guard);
+        self.ring.store(new, Ordering::Release);
+        if !old.is_null() {
+            // SAFETY: the old ring is unreachable for new readers; its entries now belong to the
+            // new ring, and dropping a `Ring` does not drop entries.
+            unsafe { guard.defer_destroy(old) };
+        }
+        new
+    }
+
+    /// The retained events with sequence numbers in `after + 1 ..= head`, as a contiguous run
+    /// ending at `head`.
+    pub fn read(&self, after: u64, head: u64) -> Retained {
+        let mut events = Vec::new();
+        let mut missed = 0;
+        let guard = epoch::pin();
+        let ring = self.ring.load(Ordering::Acquire, &guard);
+        // SAFETY: loaded under `guard`.
+        let ring = unsafe { ring.as_ref() };
+        let mut seq = head;
+        while seq > after {
+            let entry = ring.map_or(ptr::null(), |r| {
+                r.slot(seq).load(Ordering::Acquire).cast_const()
+            });
+            // SAFETY: a non-null entry is a live `Arc<Event>` until our guard is released.
+            match unsafe { entry.as_ref() } {
+                Some(event) if event.id.seq == seq => {
+                    // SAFETY: the ring (or the deferred drop of a replaced entry) still holds a
+                    // reference while we are pinned, so the count is positive.
+                    unsafe { Arc::increment_strong_count(entry) };
+                    // SAFETY: we just took the reference this `Arc` releases.
+                    events.push(unsafe { Arc::from_raw(entry) });
+                }
+                _ => {
+                    missed = seq - after;
+                    break;
+                }
+            }
+            seq -= 1;
+        }
+        events.reverse();
+        Retained { events, missed }
+    }
+}
+
+impl Drop for History {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no reader or writer is using the history any more.
+        unsafe {
+            let guard = epoch::unprotected();
+            let ring = self.ring.load(Ordering::Relaxed, guard);
+            if let Some(r) = ring.as_ref() {
+                for slot in r.slots.iter() {
+                    let event = slot.load(Ordering::Relaxed);
+                    if !event.is_null() {
+                        drop(Arc::from_raw(event));
+                    }
+                }
+                drop(ring.into_owned());
+            }
+        }
+    }
+}
+
+struct SendPtr<T>(*const T);
+
+impl<T> SendPtr<T> {
+    fn into_inner(self) -> *const T {
+        self.0
+    }
+}
+
+// SAFETY: `Event` is `Send + Sync`; the pointer is one owned `Arc` reference moved to the
+// deferred drop.
+unsafe impl<T: Send + Sync> Send for SendPtr<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Epoch, EventData, EventId, TopicName};
+    use crate::sse::encode;
+
+    fn event(seq: u64) -> Arc<Event> {
+        let id = EventId {
+            epoch: Epoch::from_u64(1).unwrap(),
+            seq,
+        };
+        let data = EventData::Text(bytes::Bytes::from(seq.to_string()));
+        Arc::new(Event {
+            topic: TopicName::new("t").unwrap(),
+            id,
+            name: None,
+            sse: encode::finish(encode::encode_body(None, &data), id),
+            data,
+        })
+    }
+
+    fn seqs(r: &Retained) -> Vec<u64> {
+        r.events.iter().map(|e| e.id.seq).collect()
+    }
+
+    #[test]
+    fn keeps_the_last_limit_events_across_growth() {
+        let history = History::new(20);
+        for seq in 1..=50 {
+            history.push(event(seq), &epoch::pin());
+            let r = history.read(0, seq);
+            let first = seq.saturating_sub(19).max(1);
+            assert_eq!(seqs(&r), (first..=seq).collect::<Vec<_>>(), "after {seq}");
+            assert_eq!(r.missed, first - 1);
+        }
+        let r = history.read(40, 50);
+        assert_eq!(seqs(&r), (41..=50).collect::<Vec<_>>());
+        assert_eq!(r.missed, 0);
+        let r = history.read(50, 50);
+        assert!(r.events.is_empty() && r.missed == 0);
+    }
+
+    #[test]
+    fn zero_limit_keeps_nothing() {
+        let history = History::new(0);
+        history.push(event(1), &epoch::pin());
+        let r = history.read(0, 1);
+        assert!(r.events.is_empty());
+        assert_eq!(r.missed, 1);
+    }
+
+    #[test]
+    fn events_are_freed_when_evicted_and_dropped() {
+        let history = History::new(4);
+        let first = event(1);
+        let weak = Arc::downgrade(&first);
+        history.push(first, &epoch::pin());
+        for seq in 2..=200 {
+            history.push(event(seq), &epoch::pin());
+        }
+        // Deferred drops run as the collector advances.
+        for _ in 0..1000 {
+            epoch::pin().flush();
+        }
+        assert!(
+            weak.upgrade().is_none(),
+            "an evicted event must eventually be freed"
+        );
+        drop(history);
+    }
+
+    #[test]
+    fn concurrent_readers_see_contiguous_runs() {
+        let history = Arc::new(History::new(64));
+        let head = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reader = {
+            let (history, head) = (history.clone(), head.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                loop {
+                    let h = head.load(Ordering::Acquire);
+                    let r = history.read(h.saturating_sub(100), h);
+                    let got = seqs(&r);
+                    if let Some(last) = got.last() {
+                        assert_eq!(*last, h);
+                    }
+                    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "gap in {got:?}");
+                    reads += 1;
+                    if h >= 20_000 {
+                        return reads;
+                    }
+                }
+            })
+        };
+        for seq in 1..=20_000 {
+            history.push(event(seq), &epoch::pin());
+            head.store(seq, Ordering::Release);
+        }
+        assert!(reader.join().unwrap() > 0);
+    }
+}

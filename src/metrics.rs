@@ -1,0 +1,287 @@
+//! Every metric crier exports: name, unit, labels and help text, declared in one place.
+//!
+//! Each server owns its own Prometheus recorder rather than installing a process-global one, so
+//! several servers in one process (the test suite) keep separate counts, and the hot paths
+//! update pre-registered handles instead of looking metrics up by name.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// Transports a subscriber can use; the `transport` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Server-Sent Events.
+    Sse,
+    /// WebSocket.
+    Ws,
+}
+
+impl Transport {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+        }
+    }
+
+    const ALL: [Transport; 2] = [Transport::Sse, Transport::Ws];
+}
+
+/// Why a subscriber was disconnected by the server; the `reason` label of evictions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictReason {
+    /// Its queue overflowed `--client-queue-bytes`: it read slower than events arrived.
+    SlowConsumer,
+}
+
+impl EvictReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictReason::SlowConsumer => "slow_consumer",
+        }
+    }
+}
+
+/// Handles of one transport's metrics.
+#[derive(Clone)]
+pub struct TransportMetrics {
+    /// `crier_connections{transport}`: open streams.
+    pub connections: Gauge,
+    /// `crier_connections_accepted_total{transport}`.
+    pub accepted: Counter,
+    /// `crier_deliveries_total{transport}`: events written to subscribers.
+    pub deliveries: Counter,
+    /// `crier_sent_bytes_total{transport}`: stream bytes handed to the socket.
+    pub sent_bytes: Counter,
+    /// `crier_evictions_total{transport,reason="slow_consumer"}`.
+    pub evicted_slow: Counter,
+}
+
+/// All of a server's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    sse: TransportMetrics,
+    ws: TransportMetrics,
+    /// `crier_subscriptions`: (subscriber, topic) pairs.
+    pub subscriptions: Gauge,
+    /// `crier_topics`: topics known to this node.
+    pub topics: Gauge,
+    /// `crier_events_published_total`.
+    pub events_published: Counter,
+    /// `crier_publish_duration_seconds`: from accepting a publish to the end of its fan-out.
+    pub publish_duration: Histogram,
+}
+
+const PUBLISH_DURATION: &str = "crier_publish_duration_seconds";
+const HTTP_REQUESTS: &str = "crier_http_requests_total";
+
+/// Buckets of `crier_publish_duration_seconds`: 5 µs to 1 s.
+const PUBLISH_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+impl Metrics {
+    /// Builds a recorder with every metric described and registered.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(PUBLISH_DURATION.into()), PUBLISH_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            // The bucket list is a non-empty constant, the only thing the builder checks.
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        describe(&recorder);
+
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        let gauge = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
+        };
+        let transport = |t: Transport| {
+            let label = || vec![Label::new("transport", t.as_str())];
+            TransportMetrics {
+                connections: gauge("crier_connections", label()),
+                accepted: counter("crier_connections_accepted_total", label()),
+                deliveries: counter("crier_deliveries_total", label()),
+                sent_bytes: counter("crier_sent_bytes_total", label()),
+                evicted_slow: counter(
+                    "crier_evictions_total",
+                    vec![
+                        Label::new("transport", t.as_str()),
+                        Label::new("reason", EvictReason::SlowConsumer.as_str()),
+                    ],
+                ),
+            }
+        };
+        let [sse, ws] = Transport::ALL.map(transport);
+        let metrics = Metrics {
+            sse,
+            ws,
+            subscriptions: gauge("crier_subscriptions", vec![]),
+            topics: gauge("crier_topics", vec![]),
+            events_published: counter("crier_events_published_total", vec![]),
+            publish_duration: recorder
+                .register_histogram(&Key::from_name(PUBLISH_DURATION), &METADATA),
+            recorder,
+            handle,
+        };
+        metrics.handle.run_upkeep();
+        metrics
+    }
+
+    /// The metrics of one transport.
+    pub fn transport(&self, transport: Transport) -> &TransportMetrics {
+        match transport {
+            Transport::Sse => &self.sse,
+            Transport::Ws => &self.ws,
+        }
+    }
+
+    /// Counts one eviction.
+    pub fn evicted(&self, transport: Transport, reason: EvictReason) {
+        match reason {
+            EvictReason::SlowConsumer => self.transport(transport).evicted_slow.increment(1),
+        }
+    }
+
+    /// Counts one HTTP request by route and status (`crier_http_requests_total`).
+    pub fn http_request(&self, route: &'static str, status: u16) {
+        let labels = vec![
+            Label::new("route", route),
+            Label::new("status", status_label(status)),
+        ];
+        self.recorder
+            .register_counter(&Key::from_parts(HTTP_REQUESTS, labels), &METADATA)
+            .increment(1);
+    }
+
+    /// Records a publish's duration.
+    pub fn publish_took(&self, elapsed: Duration) {
+        self.publish_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets; run periodically so samples do not
+    /// pile up between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn status_label(status: u16) -> SharedString {
+    match status {
+        200 => SharedString::const_str("200"),
+        400 => SharedString::const_str("400"),
+        404 => SharedString::const_str("404"),
+        405 => SharedString::const_str("405"),
+        413 => SharedString::const_str("413"),
+        503 => SharedString::const_str("503"),
+        other => SharedString::from(other.to_string()),
+    }
+}
+
+fn describe(recorder: &PrometheusRecorder) {
+    let counters: &[(&'static str, &'static str)] = &[
+        (
+            "crier_connections_accepted_total",
+            "Subscriber streams accepted, by transport.",
+        ),
+        (
+            "crier_events_published_total",
+            "Events accepted for publishing.",
+        ),
+        (
+            "crier_deliveries_total",
+            "Events written to subscribers, by transport.",
+        ),
+        (
+            "crier_sent_bytes_total",
+            "Stream bytes written to subscribers, by transport.",
+        ),
+        (
+            "crier_evictions_total",
+            "Subscribers disconnected by the server, by transport and reason.",
+        ),
+        (
+            HTTP_REQUESTS,
+            "HTTP requests answered, by route and status.",
+        ),
+    ];
+    for &(name, help) in counters {
+        let unit = name.contains("_bytes_").then_some(Unit::Bytes);
+        recorder.describe_counter(name.into(), unit, help.into());
+    }
+    let gauges: &[(&'static str, &'static str)] = &[
+        (
+            "crier_connections",
+            "Open subscriber streams, by transport.",
+        ),
+        (
+            "crier_subscriptions",
+            "Subscriptions (a stream and one of its topics).",
+        ),
+        ("crier_topics", "Topics with state on this node."),
+    ];
+    for &(name, help) in gauges {
+        recorder.describe_gauge(name.into(), None, help.into());
+    }
+    recorder.describe_histogram(
+        PUBLISH_DURATION.into(),
+        Some(Unit::Seconds),
+        "Time from accepting a publish to the end of its fan-out.".into(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_lists_every_metric_with_help() {
+        let metrics = Metrics::new();
+        metrics.http_request("publish", 200);
+        metrics.publish_took(Duration::from_micros(30));
+        metrics.run_upkeep();
+        let text = metrics.render();
+        for line in [
+            "crier_connections{transport=\"sse\"} 0",
+            "crier_connections{transport=\"ws\"} 0",
+            "crier_connections_accepted_total{transport=\"sse\"} 0",
+            "crier_subscriptions 0",
+            "crier_topics 0",
+            "crier_events_published_total 0",
+            "crier_deliveries_total{transport=\"sse\"} 0",
+            "crier_sent_bytes_total{transport=\"sse\"} 0",
+            "crier_evictions_total{transport=\"sse\",reason=\"slow_consumer\"} 0",
+            "crier_http_requests_total{route=\"publish\",status=\"200\"} 1",
+            "crier_publish_duration_seconds_bucket{le=\"0.00005\"} 1",
+            "crier_publish_duration_seconds_count 1",
+            "# HELP crier_topics Topics with state on this node.",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The subscriber set of one topic: a growable array of slots that publishers scan without a
+//! lock while subscribers come and go.
+//!
+//! Each slot holds a pointer to a [`Subscriber`] or null. Subscribe and unsubscribe serialize on
+//! a writer mutex that publishers never take: subscribe fills a free slot (reusing freed ones
+//! first, so the scanned range stays dense), unsubscribe nulls its slot. Both are O(1) amortised;
+//! growth doubles the array and copies the pointers once. Memory is reclaimed with epochs
+//! (crossbeam-epoch): an unsubscribed entry, or an array replaced by a larger one, is freed only
+//! after every publisher that might still be reading it has finished its scan.
+
+use std::ptr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+use parking_lot::Mutex;
+
+use super::queue::ClientQueue;
+
+/// One subscription: which client, and which of its topics this is.
+#[derive(Debug)]
+pub struct Subscriber {
+    /// The client's queue.
+    pub queue: Arc<ClientQueue>,
+    /// Index of this topic in the client's topic list.
+    pub topic_index: u16,
+}
+
+/// Where a subscription sits in its topic's set; needed to unsubscribe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotId(u32);
+
+struct Slots {
+    entries: Box<[AtomicPtr<Subscriber>]>,
+}
+
+impl Slots {
+    fn with_capacity(capacity: usize) -> Self {
+        Slots {
+            entries: (0..capacity)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
+        }
+    }
+}
+
+/// Free-slot bookkeeping, touched only by subscribe and unsubscribe.
+struct Writer {
+    free: Vec<u32>,
+}
+
+/// The subscribers of one topic.
+pub struct SubscriberSet {
+    /// The slot array; replaced (never mutated in size) when it grows.
+    slots: Atomic<Slots>,
+    /// One past the highest slot ever used: publishers scan `0..high_water`.
+    high_water: AtomicUsize,
+    /// Live subscriptions.
+    len: AtomicUsize,
+    writer: Mutex<Writer>,
+}
+
+const FIRST_CAPACITY: usize = 4;
+
+impl SubscriberSet {
+    /// An empty set; the slot array is allocated on the first subscribe.
+    pub fn new() -> Self {
+        SubscriberSet {
+            slots: Atomic::null(),
+            high_water: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            writer: Mutex::new(Writer { free: Vec::new() }),
+        }
+    }
+
+    /// Number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a subscriber. The entry is visible to publishers when this returns.
+    pub fn insert(&self, subscriber: Subscriber) -> SlotId {
+        let guard = epoch::pin();
+        let mut writer = self.writer.lock();
+        let index = match writer.free.pop() {
+            Some(index) => index as usize,
+            None => self.high_water.load(Ordering::Relaxed),
+        };
+        let mut slots = self.slots.load(Ordering::Acquire, &guard);
+        // SAFETY: `slots` is only replaced under the writer lock, which we hold, and the array
+        // it points to is freed no earlier than the end of our pin.
+        let capacity = unsafe { slots.as_ref() }.map_or(0, |s| s.entries.len());
+        if index >= capacity {
+            slots = self.grow(slots, (capacity * 2).max(FIRST_CAPACITY), &guard);
+        }
+        let entry = Box::into_raw(Box::new(subscriber));
+        // SAFETY: as above; after `grow` the array is non-null and longer than `index`.
+        let array = unsafe { slots.deref() };
+        array.entries[index].store(entry, Ordering::Release);
+        if index >= self.high_water.load(Ordering::Relaxed) {
+            self.high_water.store(index + 1, Ordering::Release);
+        }
+        self.len.fetch_add(1, Ordering::Relaxed);
+        SlotId(index as u32)
+    }
+
+    /// Replaces the slot array with one of `capacity` slots holding the same pointers.
+    fn grow<'g>(
+        &self,
+        old: Shared<'g, Slots>,
+        capacity: usize,
+        guard: &'g Guard,
+    ) -> Shared<'g, Slots> {
+        let new = Slots::with_capacity(capacity);
+        // SAFETY: see `insert`; we hold the writer lock so no slot changes under us.
+        if let Some(old) = unsafe { old.as_ref() } {
+            for (to, from) in new.entries.iter().zip(old.entries.iter()) {
+                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        let new = Owned::new(new).into_shared(guard);
+        self.slots.store(new, Ordering::Release);
+        if !old.is_null() {
+            // SAFETY: the old array is unreachable for new readers; readers pinned now finish
+            // before it is freed. Freeing an array does not free its entries, which the new
+            // array now owns.
+            unsafe { guard.defer_destroy(old) };
+        }
+        new
+    }
+
+    /// Removes the subscriber in `slot`; returns whether it was still there.
+    pub fn remove(&self, slot: SlotId) -> bool {
+        let guard = epoch::pin();
+        let mut writer = self.writer.lock();
+        let slots = self.slots.load(Ordering::Acquire, &guard);
+        // SAFETY: see `insert`.
+        let Some(array) = (unsafe { slots.as_ref() }) else {
+            return false;
+        };
+        let Some(cell) = array.entries.get(slot.0 as usize) else {
+            return false;
+        };
+        let entry = cell.swap(ptr::null_mut(), Ordering::AcqRel);
+        if entry.is_null() {
+            return false;
+        }
+        writer.free.push(slot.0);
+        drop(writer);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        let entry = SendPtr(entry);
+        // SAFETY: the entry came from `Box::into_raw` in `insert` and is now unreachable from
+        // the current array; publishers that loaded it (from this or an older array) are pinned
+        // and finish before the deferred drop runs. Only this call nulled the slot, so the box
+        // is freed once.
+        unsafe { guard.defer_unchecked(move || drop(Box::from_raw(entry.into_inner()))) };
+        guard.flush();
+        true
+    }
+
+    /// Calls `f` with every subscriber present when the scan reaches its slot.
+    ///
+    /// Never blocks: concurrent subscribes may or may not be seen (see the registry's contract
+    /// for how resume closes that window), concurrent unsubscribes may still be seen once.
+    pub fn for_each(&self, guard: &Guard, mut f: impl FnMut(&Subscriber)) {
+        let high_water = self.high_water.load(Ordering::Acquire);
+        let slots = self.slots.load(Ordering::Acquire, guard);
+        // SAFETY: loaded under `guard`, so the array outlives this scan.
+        let Some(array) = (unsafe { slots.as_ref() }) else {
+            return;
+        };
+        for cell in &array.entries[..high_water.min(array.entries.len())] {
+            let entry = cell.load(Ordering::Acquire);
+            // SAFETY: a non-null entry was published with Release by `insert` and is freed only
+            // after `guard` is released.
+            if let Some(subscriber) = unsafe { entry.as_ref() } {
+                f(subscriber);
+            }
+        }
+    }
+}
+
+impl Default for SubscriberSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SubscriberSet {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self` means no publisher or writer is using the set; older arrays were
+        // handed to the collector already.
+        unsafe {
+            let guard = epoch::unprotected();
+            let slots = self.slots.load(Ordering::Relaxed, guard);
+            if let Some(array) = slots.as_ref() {
+                for cell in array.entries.iter() {
+                    let entry = cell.load(Ordering::Relaxed);
+                    if !entry.is_null() {
+                        drop(Box::from_raw(entry));
+                    }
+                }
+                drop(slots.into_owned());
+            }
+        }
+    }
+}
+
+/// A raw pointer moved into a deferred destructor, which runs on whichever thread collects it.
+struct SendPtr<T>(*mut T);
+
+impl<T> SendPtr<T> {
+    fn into_inner(self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: `Subscriber` is `Send`; the pointer is uniquely owned by the deferred destructor.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Transport;
+    use std::collections::HashSet;
+
+    fn subscriber(tag: u16) -> Subscriber {
+        Subscriber {
+            queue: Arc::new(ClientQueue::new(1 << 20, Transport::Sse, None)),
+            topic_index: tag,
+        }
+    }
+
+    fn seen(set: &SubscriberSet) -> Vec<u16> {
+        let mut tags = Vec::new();
+        set.for_each(&epoch::pin(), |s| tags.push(s.topic_index));
+        tags.sort_unstable();
+        tags
+    }
+
+    #[test]
+    fn insert_remove_reuses_slots() {
+        let set = SubscriberSet::new();
+        let ids: Vec<_> = (0..10).map(|i| set.insert(subscriber(i))).collect();
+        assert_eq!(seen(&set), (0..10).collect::<Vec<_>>());
+        assert!(set.remove(ids[3]));
+        assert!(!set.remove(ids[3]), "removing twice is a no-op");
+        assert_eq!(set.len(), 9);
+        let again = set.insert(subscriber(99));
+        assert_eq!(
+            again, ids[3],
+            "a freed slot is reused before the array grows"
+        );
+        assert_eq!(set.high_water.load(Ordering::Relaxed), 10);
+        assert!(seen(&set).contains(&99));
+    }
+
+    #[test]
+    fn concurrent_churn_never_loses_a_stable_subscriber() {
+        let set = Arc::new(SubscriberSet::new());
+        let stable: Vec<_> = (0..64).map(|i| set.insert(subscriber(i))).collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churners: Vec<_> = (0..2)
+            .map(|t| {
+                let (set, stop) = (set.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let ids: Vec<_> =
+                            (0..50).map(|_| set.insert(subscriber(1000 + t))).collect();
+                        for id in ids {
+                            assert!(set.remove(id));
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for _ in 0..2000 {
+            let tags: HashSet<u16> = {
+                let mut tags = HashSet::new();
+                set.for_each(&epoch::pin(), |s| {
+                    tags.insert(s.topic_index);
+                });
+                tags
+            };
+            for i in 0..64u16 {
+                assert!(
+                    tags.contains(&i),
+                    "stable subscriber {i} missed during churn"
+                );
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for c in churners {
+            assert!(c.join().unwrap() > 0);
+        }
+        assert_eq!(set.len(), stable.len());
+    }
+}

@@ -1,0 +1,82 @@
+//! The body of every response crier sends: a fixed buffer, or a live SSE stream.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::sse::body::{Chunk, SseBody, StreamError};
+
+pin_project! {
+    /// A response body.
+    pub struct ResponseBody {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        // A complete body known up front (sent with `Content-Length`).
+        Full { chunk: Option<Chunk> },
+        Sse { #[pin] body: SseBody },
+    }
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub fn full(bytes: Bytes) -> Self {
+        let chunk = (!bytes.is_empty()).then(|| Chunk::from_bytes(bytes));
+        ResponseBody {
+            kind: Kind::Full { chunk },
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody {
+            kind: Kind::Full { chunk: None },
+        }
+    }
+
+    /// An event stream.
+    pub fn sse(body: SseBody) -> Self {
+        ResponseBody {
+            kind: Kind::Sse { body },
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Chunk;
+    type Error = StreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Chunk>, StreamError>>> {
+        match self.project().kind.project() {
+            KindProj::Full { chunk } => Poll::Ready(chunk.take().map(|c| Ok(Frame::data(c)))),
+            KindProj::Sse { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { chunk } => chunk.is_none(),
+            Kind::Sse { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { chunk } => {
+                SizeHint::with_exact(chunk.as_ref().map_or(0, |c| c.remaining() as u64))
+            }
+            Kind::Sse { body } => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! One accepted connection: the task that drives hyper on it, and the control that lets the
+//! server drain it (graceful shutdown) or drop it at once (eviction, shutdown timeout).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use hyper_util::server::graceful::GracefulConnection;
+use parking_lot::Mutex;
+use pin_project_lite::pin_project;
+use slab::Slab;
+use tokio::sync::Notify;
+
+use crate::registry::ConnectionCloser;
+
+const RUNNING: u8 = 0;
+const DRAIN: u8 = 1;
+const KILL: u8 = 2;
+
+/// Tells a connection's task to drain or to close.
+pub struct ConnControl {
+    state: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Default for ConnControl {
+    fn default() -> Self {
+        ConnControl {
+            state: AtomicU8::new(RUNNING),
+            waker: AtomicWaker::new(),
+        }
+    }
+}
+
+impl ConnControl {
+    fn signal(&self, to: u8) {
+        if self.state.fetch_max(to, Ordering::AcqRel) < to {
+            self.waker.wake();
+        }
+    }
+
+    /// Finish the requests in flight (streams end once their queues close), then close.
+    pub fn drain(&self) {
+        self.signal(DRAIN);
+    }
+
+    /// Close now, dropping whatever is unsent.
+    pub fn kill(&self) {
+        self.signal(KILL);
+    }
+}
+
+impl ConnectionCloser for ConnControl {
+    fn close_connection(&self) {
+        self.kill();
+    }
+}
+
+pin_project! {
+    /// Drives a hyper connection until it ends, drains or is killed.
+    pub struct ControlledConnection<C> {
+        #[pin]
+        conn: C,
+        control: Arc<ConnControl>,
+        draining: bool,
+    }
+}
+
+impl<C> ControlledConnection<C> {
+    /// Wraps `conn`, obeying `control`.
+    pub fn new(conn: C, control: Arc<ConnControl>) -> Self {
+        ControlledConnection {
+            conn,
+            control,
+            draining: false,
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum ConnectionEnd<E> {
+    /// hyper finished it (the peer closed, or it drained).
+    Finished(Result<(), E>),
+    /// The server closed it.
+    Killed,
+}
+
+impl<C: GracefulConnection> Future for ControlledConnection<C> {
+    type Output = ConnectionEnd<C::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        this.control.waker.register(cx.waker());
+        match this.control.state.load(Ordering::Acquire) {
+            KILL => return Poll::Ready(ConnectionEnd::Killed),
+            DRAIN if !*this.draining => {
+                *this.draining = true;
+                this.conn.as_mut().graceful_shutdown();
+            }
+            _ => {}
+        }
+        this.conn.poll(cx).map(ConnectionEnd::Finished)
+    }
+}
+
+/// Every open connection, so shutdown can drain them and wait for them.
+#[derive(Default)]
+pub struct Tracker {
+    conns: Mutex<Slab<Arc<ConnControl>>>,
+    empty: Notify,
+}
+
+impl Tracker {
+    /// Registers a connection; returns its key.
+    pub fn add(&self, control: Arc<ConnControl>) -> usize {
+        self.conns.lock().insert(control)
+    }
+
+    /// Forgets a finished connection.
+    pub fn remove(&self, key: usize) {
+        let mut conns = self.conns.lock();
+        conns.try_remove(key);
+        if conns.is_empty() {
+            self.empty.notify_waiters();
+        }
+    }
+
+    /// Number of open connections.
+    pub fn len(&self) -> usize {
+        self.conns.lock().len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks every connection to drain.
+    pub fn drain_all(&self) {
+        for (_, control) in self.conns.lock().iter() {
+            control.drain();
+        }
+    }
+
+    /// Closes every connection now.
+    pub fn kill_all(&self) {
+        for (_, control) in self.conns.lock().iter() {
+            control.kill();
+        }
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn wait_empty(&self) {
+        loop {
+            let notified = self.empty.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

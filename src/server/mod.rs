@@ -1,0 +1,198 @@
+//! The server: accepts TCP connections, serves HTTP/1.1 and h2c on each with hyper, and drains
+//! everything on shutdown.
+//!
+//! Shutdown, in order: stop accepting; `/readyz` answers 503; every subscriber queue closes, so
+//! each stream writes what is queued and ends; every connection is asked to finish what is in
+//! flight and close; whatever is still open after `--shutdown-timeout` is closed.
+
+pub mod body;
+pub mod conn;
+mod publish;
+mod service;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use conn::{ConnControl, ConnectionEnd, ControlledConnection, Tracker};
+use service::ConnService;
+
+/// What every request handler shares.
+pub struct App {
+    /// The publish/subscribe core.
+    pub hub: Arc<Hub>,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The configuration it was started with.
+    pub config: Config,
+}
+
+impl App {
+    /// A fresh node for `config`.
+    pub fn new(config: Config) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(config.hub(), metrics.clone()));
+        Arc::new(App {
+            hub,
+            metrics,
+            config,
+        })
+    }
+}
+
+/// How often recorded histogram samples are folded into buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Serves `listener` until `shutdown` resolves, then drains (see the module docs).
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.header_read_timeout);
+    let builder = Arc::new(builder);
+    let tracker = Arc::new(Tracker::default());
+    let upkeep = tokio::spawn({
+        let metrics = app.metrics.clone();
+        async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        }
+    });
+
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => spawn_connection(stream, peer, &app, &builder, &tracker),
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning on accept.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    drop(listener);
+    tracing::info!(connections = tracker.len(), "shutting down: draining");
+    app.hub.shutdown();
+    tracker.drain_all();
+    if tokio::time::timeout(app.config.shutdown_timeout, tracker.wait_empty())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = tracker.len(),
+            "shutdown timeout: closing remaining connections"
+        );
+        tracker.kill_all();
+        tracker.wait_empty().await;
+    }
+    upkeep.abort();
+    tracing::info!("shut down");
+    Ok(())
+}
+
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: &Arc<App>,
+    builder: &Arc<Builder<TokioExecutor>>,
+    tracker: &Arc<Tracker>,
+) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    let control = Arc::new(ConnControl::default());
+    let key = tracker.add(control.clone());
+    let service = ConnService::new(app.clone(), control.clone(), peer);
+    let (builder, tracker) = (builder.clone(), tracker.clone());
+    tokio::spawn(async move {
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        match ControlledConnection::new(conn, control).await {
+            ConnectionEnd::Finished(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection ended with an error")
+            }
+            ConnectionEnd::Finished(Ok(())) => {}
+            ConnectionEnd::Killed => tracing::debug!(%peer, "connection closed by the server"),
+        }
+        tracker.remove(key);
+    });
+}
+
+/// A server running on a background task, for tests, benchmarks and embedding.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    app: Arc<App>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl ServerHandle {
+    /// Binds `config.listen` and starts serving on the current runtime.
+    pub async fn start(config: Config) -> io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let app = App::new(config);
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, app.clone(), async move {
+            let _ = rx.await;
+        }));
+        Ok(ServerHandle {
+            addr,
+            app,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The running node.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Shuts down as on SIGTERM and waits until the server has drained.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| Err(io::Error::other(e))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}

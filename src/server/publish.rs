@@ -1,0 +1,159 @@
+//! `POST /publish?topic=T[&event=NAME]`: the HTTP publish endpoint.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::error::{ApiError, json_response};
+use crate::event::{EventData, EventName, TopicName};
+use crate::hub::{Hub, PublishError};
+use crate::server::body::ResponseBody;
+
+/// Publishes the request body to the topic named in the query.
+pub(crate) async fn handle(
+    hub: &Hub,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    // Without credentials configured, only local publishers are trusted (DESIGN decision 8).
+    if !peer.ip().to_canonical().is_loopback() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "publishing is accepted only from loopback peers when no credentials are configured",
+        ));
+    }
+    let (topic, name) = parse_query(req.uri().query())?;
+    let binary = is_binary(req.headers().get(header::CONTENT_TYPE));
+    let max = hub.config().max_event_bytes;
+    let too_large = |size: Option<u64>| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            match size {
+                Some(size) => format!("event data is {size} bytes, the limit is {max}"),
+                None => format!("event data exceeds the limit of {max} bytes"),
+            },
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&size| size > max as u64) {
+        return Err(too_large(Some(size)));
+    }
+    let body: Bytes = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large(None)),
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                format!("could not read the request body: {e}"),
+            ));
+        }
+    };
+    let data = if binary {
+        EventData::Binary(body)
+    } else {
+        EventData::text(body).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_data",
+                "event data is not valid UTF-8; send binary data with Content-Type: application/octet-stream",
+            )
+        })?
+    };
+    let event = hub.publish(&topic, name, data).await.map_err(|e| match e {
+        PublishError::TooLarge { size, .. } => too_large(Some(size as u64)),
+    })?;
+    #[derive(serde::Serialize)]
+    struct Published<'a> {
+        topic: &'a str,
+        id: String,
+    }
+    let body = serde_json::to_string(&Published {
+        topic: topic.as_str(),
+        id: event.id.to_string(),
+    })
+    .unwrap_or_default();
+    Ok(json_response(StatusCode::OK, body))
+}
+
+fn parse_query(query: Option<&str>) -> Result<(TopicName, Option<EventName>), ApiError> {
+    let mut topic = None;
+    let mut name = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "topic" if topic.is_some() => {
+                return Err(ApiError::bad_request(
+                    "bad_topic",
+                    "give exactly one topic to publish to",
+                ));
+            }
+            "topic" => {
+                topic = Some(TopicName::new(&value).map_err(|e| {
+                    ApiError::bad_request("bad_topic", format!("topic {value:?} {e}"))
+                })?);
+            }
+            "event" => {
+                name = Some(EventName::new(&value).map_err(|e| {
+                    ApiError::bad_request("bad_event_name", format!("event name {value:?} {e}"))
+                })?);
+            }
+            _ => {}
+        }
+    }
+    let topic = topic.ok_or_else(|| {
+        ApiError::bad_request("bad_topic", "the topic query parameter is required")
+    })?;
+    Ok((topic, name))
+}
+
+fn is_binary(content_type: Option<&http::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/octet-stream"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_needs_exactly_one_valid_topic() {
+        assert!(parse_query(Some("topic=a&event=x")).is_ok());
+        assert_eq!(parse_query(None).unwrap_err().code, "bad_topic");
+        assert_eq!(
+            parse_query(Some("topic=a&topic=b")).unwrap_err().code,
+            "bad_topic"
+        );
+        assert_eq!(
+            parse_query(Some("topic=a%20b")).unwrap_err().code,
+            "bad_topic"
+        );
+        assert_eq!(
+            parse_query(Some("topic=a&event=crier.gap"))
+                .unwrap_err()
+                .code,
+            "bad_event_name"
+        );
+        assert_eq!(
+            parse_query(Some("topic=a&event=")).unwrap_err().code,
+            "bad_event_name"
+        );
+    }
+
+    #[test]
+    fn octet_stream_marks_binary() {
+        let v = |s: &'static str| http::HeaderValue::from_static(s);
+        assert!(is_binary(Some(&v("application/octet-stream"))));
+        assert!(is_binary(Some(&v("Application/Octet-Stream; x=y"))));
+        assert!(!is_binary(Some(&v("text/plain"))));
+        assert!(!is_binary(None));
+    }
+}

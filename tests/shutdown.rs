@@ -1,0 +1,103 @@
+//! Graceful shutdown of the real binary on SIGTERM and SIGINT: stop accepting, end every SSE
+//! stream after its queued events, and exit within `--shutdown-timeout` even when a client
+//! never reads.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{CrierProcess, SseClient, publish_ok, wait_until};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_streams_then_exits_zero() {
+    for signal in ["TERM", "INT"] {
+        let mut server = CrierProcess::spawn(&["--shutdown-timeout", "5s"]).await;
+        let mut client = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
+        let mut ids = Vec::new();
+        for i in 0..50 {
+            ids.push(publish_ok(server.addr, "t", None, format!("e{i}").as_bytes(), None).await);
+        }
+        // Every accepted event is on its way before the signal; the client has read none yet.
+        server.signal(signal);
+        let started = Instant::now();
+        let clean = client.read_to_end().await;
+        assert!(
+            clean,
+            "SIG{signal}: the stream must end with the terminating chunk, not a reset"
+        );
+        let events = support::whatwg::parse(&client.body);
+        assert_eq!(
+            events.len(),
+            50,
+            "SIG{signal}: queued events are written before the stream ends"
+        );
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.last_event_id.clone())
+                .collect::<Vec<_>>(),
+            ids
+        );
+        let status = tokio::time::timeout(Duration::from_secs(5), server.child.wait())
+            .await
+            .expect("exits")
+            .unwrap();
+        assert!(status.success(), "SIG{signal}: exit status {status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a drained server exits promptly"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_bounds_the_drain_by_the_timeout() {
+    let mut server =
+        CrierProcess::spawn(&["--shutdown-timeout", "2s", "--client-queue-bytes", "64MiB"]).await;
+    // A subscriber that never reads keeps its stream from ever draining.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /sse?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let payload = vec![b'x'; 32 << 10];
+    wait_until("the stalled subscriber to be registered", || async {
+        let text = support::request(server.addr, "GET", "/metrics", &[], b"")
+            .await
+            .text();
+        support::metric(&text, "crier_subscriptions") == Some(1.0)
+    })
+    .await;
+    // More than the kernel's socket buffers (up to 4 MiB on loopback) and hyper's can hold.
+    for _ in 0..512 {
+        publish_ok(server.addr, "t", None, &payload, None).await;
+    }
+    server.signal("TERM");
+    let started = Instant::now();
+    wait_until("the listener to close", || async {
+        tokio::net::TcpStream::connect(server.addr).await.is_err()
+    })
+    .await;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "still draining the stalled stream"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "exited after {took:?}, before the drain timeout"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "exited after {took:?}, well past the 2s drain timeout"
+    );
+}

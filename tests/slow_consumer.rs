@@ -1,0 +1,133 @@
+//! Slow consumers over real sockets: a subscriber that stops reading is evicted (counted, its
+//! connection closed) while a healthy subscriber of the same topic receives every event, and
+//! the server's memory stays bounded however much is published.
+
+mod support;
+
+use support::{CrierProcess, SseClient, TestServer, metric, publish_ok, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Opens an SSE request on a socket with a tiny receive buffer and never reads from it.
+async fn stalled_subscriber(addr: std::net::SocketAddr, topic: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let req = format!("GET /sse?topic={topic} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_is_evicted_while_a_healthy_one_gets_everything() {
+    let server = TestServer::start(&["--client-queue-bytes", "256KiB"]).await;
+    let mut stalled = stalled_subscriber(server.addr, "t").await;
+    let mut healthy = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
+    wait_until("both subscribed", || async {
+        metric(&server.metrics().await, "crier_subscriptions") == Some(2.0)
+    })
+    .await;
+
+    let total = 4000;
+    let payload = "x".repeat(1000);
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::with_capacity(total);
+        for _ in 0..total {
+            let event = healthy.next_event().await;
+            seen.push(
+                event
+                    .data
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+        }
+        (seen, healthy)
+    });
+    for i in 0..total {
+        publish_ok(
+            server.addr,
+            "t",
+            None,
+            format!("{i}:{payload}").as_bytes(),
+            None,
+        )
+        .await;
+    }
+    let (seen, _healthy) = reader.await.unwrap();
+    assert_eq!(
+        seen,
+        (0..total).collect::<Vec<_>>(),
+        "the healthy subscriber missed or repeated events"
+    );
+
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"crier_evictions_total{transport="sse",reason="slow_consumer"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "crier_subscriptions"),
+        Some(1.0),
+        "the evicted subscription is gone"
+    );
+    assert_eq!(
+        metric(&metrics, r#"crier_connections{transport="sse"}"#),
+        Some(1.0)
+    );
+
+    // The server closed the stalled connection: draining what the kernel buffered reaches EOF.
+    let mut sink = vec![0; 64 << 10];
+    let drained = tokio::time::timeout(support::WAIT, async {
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the evicted connection was not closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_memory_stays_bounded_under_a_stalled_subscriber() {
+    let server = CrierProcess::spawn(&["--client-queue-bytes", "256KiB", "--history", "10"]).await;
+    let _stalled = stalled_subscriber(server.addr, "t").await;
+    // Warm up: allocator arenas, a first eviction cycle.
+    let payload = vec![b'x'; 16 << 10];
+    for _ in 0..50 {
+        publish_ok(server.addr, "t", None, &payload, None).await;
+    }
+    let before = server.rss_kib();
+    // 64 MiB published while a subscriber reads nothing.
+    for _ in 0..4096 {
+        publish_ok(server.addr, "t", None, &payload, None).await;
+    }
+    let after = server.rss_kib();
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 16 << 10,
+        "RSS grew by {grown} KiB ({before} -> {after}) while publishing 64 MiB"
+    );
+    let metrics = support::request(server.addr, "GET", "/metrics", &[], b"")
+        .await
+        .text();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"crier_evictions_total{transport="sse",reason="slow_consumer"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "crier_events_published_total"),
+        Some(4146.0)
+    );
+    eprintln!("RSS {before} KiB -> {after} KiB after 64 MiB published to a stalled subscriber");
+}

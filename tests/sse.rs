@@ -1,0 +1,273 @@
+//! The SSE edge over real sockets: headers, wire-exact frames for every field case, line
+//! endings, binary data, several topics on one stream, heartbeats.
+
+mod support;
+
+use support::{SseClient, TestServer, publish_ok, whatwg};
+
+async fn subscribe(server: &TestServer, query: &str) -> SseClient {
+    let mut client = SseClient::connect(server.addr, &format!("/sse?{query}"), &[]).await;
+    assert_eq!(client.status, 200, "{}", client.head);
+    client.read_body_len(PREFACE.len()).await;
+    client
+}
+
+const PREFACE: &[u8] = b"retry: 2000\n: crier\n\n";
+
+/// Publishes, then reads exactly the expected frame (with the id the publish returned).
+async fn assert_frame(
+    server: &TestServer,
+    client: &mut SseClient,
+    event: Option<&str>,
+    data: &[u8],
+    content_type: Option<&str>,
+    expected_after_id: &str,
+) {
+    let before = client.body.len();
+    let id = publish_ok(server.addr, "t", event, data, content_type).await;
+    let expected = format!("id: {id}\n{expected_after_id}");
+    let body = client.read_body_len(before + expected.len()).await;
+    assert_eq!(String::from_utf8_lossy(&body[before..]), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_head_and_preface_are_exact() {
+    let server = TestServer::start(&[]).await;
+    let client = subscribe(&server, "topic=t").await;
+    assert!(
+        client.head.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        client.head
+    );
+    assert_eq!(
+        client.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    assert_eq!(client.header("cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(client.header("x-accel-buffering").as_deref(), Some("no"));
+    assert_eq!(
+        client.header("transfer-encoding").as_deref(),
+        Some("chunked")
+    );
+    assert_eq!(client.body, PREFACE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_case_is_wire_exact() {
+    let server = TestServer::start(&[]).await;
+    let mut c = subscribe(&server, "topic=t").await;
+    assert_frame(&server, &mut c, None, b"hello", None, "data: hello\n\n").await;
+    assert_frame(
+        &server,
+        &mut c,
+        Some("tick"),
+        b"hello",
+        None,
+        "event: tick\ndata: hello\n\n",
+    )
+    .await;
+    assert_frame(&server, &mut c, None, b"", None, "data: \n\n").await;
+    assert_frame(
+        &server,
+        &mut c,
+        None,
+        b" leading space",
+        None,
+        "data:  leading space\n\n",
+    )
+    .await;
+    assert_frame(
+        &server,
+        &mut c,
+        None,
+        b"trailing newline\n",
+        None,
+        "data: trailing newline\ndata: \n\n",
+    )
+    .await;
+    assert_frame(
+        &server,
+        &mut c,
+        None,
+        b"data: looks like a field",
+        None,
+        "data: data: looks like a field\n\n",
+    )
+    .await;
+    assert_frame(
+        &server,
+        &mut c,
+        None,
+        "ünïcödé ✓".as_bytes(),
+        None,
+        "data: ünïcödé ✓\n\n",
+    )
+    .await;
+    assert_frame(
+        &server,
+        &mut c,
+        Some("bin"),
+        &[0, 1, 2, 253, 254, 255],
+        Some("application/octet-stream"),
+        "event: bin\ndata: AAEC/f7/\n\n",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_line_data_in_all_three_line_ending_forms() {
+    let server = TestServer::start(&[]).await;
+    let mut c = subscribe(&server, "topic=t").await;
+    for data in [
+        "one\ntwo\nthree",
+        "one\r\ntwo\r\nthree",
+        "one\rtwo\rthree",
+        "one\r\ntwo\nthree",
+    ] {
+        assert_frame(
+            &server,
+            &mut c,
+            None,
+            data.as_bytes(),
+            None,
+            "data: one\ndata: two\ndata: three\n\n",
+        )
+        .await;
+    }
+    // A CR right before a CRLF is two breaks, and blank lines survive.
+    assert_frame(
+        &server,
+        &mut c,
+        None,
+        b"a\r\r\nb\n\nc",
+        None,
+        "data: a\ndata: \ndata: b\ndata: \ndata: c\n\n",
+    )
+    .await;
+    let events = whatwg::parse(&c.body);
+    assert_eq!(events[0].data, "one\ntwo\nthree");
+    assert!(events.iter().take(4).all(|e| e.data == "one\ntwo\nthree"));
+    assert_eq!(events[4].data, "a\n\nb\n\nc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_topic_ids_are_the_publish_ids_and_increase() {
+    let server = TestServer::start(&[]).await;
+    let mut c = subscribe(&server, "topic=t").await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(server.publish("t", &i.to_string()).await);
+    }
+    let events = c.events(20).await;
+    for (i, (event, id)) in events.iter().zip(&ids).enumerate() {
+        assert_eq!(event.data, i.to_string());
+        assert_eq!(&event.last_event_id, id);
+        assert_eq!(event.kind, "message");
+    }
+    let seqs: Vec<u64> = ids
+        .iter()
+        .map(|id| id.rsplit('-').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    let epochs: std::collections::HashSet<_> =
+        ids.iter().map(|id| id.split('-').next().unwrap()).collect();
+    assert_eq!(epochs.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_topics_share_one_stream_with_a_cursor() {
+    let server = TestServer::start(&[]).await;
+    let a0 = server.publish("a", "before").await;
+    let mut c = subscribe(&server, "topic=b&topic=a").await;
+    let a1 = server.publish("a", "a1").await;
+    let b1 = server.publish("b", "b1").await;
+    server.publish("other", "not subscribed").await;
+    let a2 = server.publish("a", "a2").await;
+    let events = c.events(3).await;
+    assert_eq!(
+        events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        ["a1", "b1", "a2"]
+    );
+    // Cursor positions follow the canonical (sorted) topic order: a, then b.
+    let b0 = format!("{}-0", a0.split('-').next().unwrap());
+    assert_eq!(events[0].last_event_id, format!("{a1},{b0}"));
+    assert_eq!(events[1].last_event_id, format!("{a1},{b1}"));
+    assert_eq!(events[2].last_event_id, format!("{a2},{b1}"));
+    // The frame body after the cursor line is the event's own.
+    let text = String::from_utf8_lossy(&c.body).into_owned();
+    assert!(
+        text.ends_with(&format!("id: {a2},{b1}\ndata: a2\n\n")),
+        "{text}"
+    );
+    assert!(!text.contains("not subscribed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_comments_fill_quiet_periods_only() {
+    let server = TestServer::start(&["--heartbeat", "200ms"]).await;
+    let mut c = subscribe(&server, "topic=t").await;
+    let started = tokio::time::Instant::now();
+    c.read_body_until(|b| b.ends_with(b": heartbeat\n\n")).await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(150),
+        "heartbeat came before the interval"
+    );
+    let body = String::from_utf8_lossy(&c.body).into_owned();
+    assert_eq!(body, "retry: 2000\n: crier\n\n: heartbeat\n\n");
+    // Events keep the stream busy: a heartbeat only follows a quiet interval.
+    let before = c.body.len();
+    let mut last_publish = tokio::time::Instant::now();
+    for i in 0..10 {
+        server.publish("t", &i.to_string()).await;
+        let since = last_publish.elapsed();
+        last_publish = tokio::time::Instant::now();
+        assert!(
+            since < std::time::Duration::from_millis(150),
+            "publisher too slow for this check"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    c.events(10).await;
+    let during = String::from_utf8_lossy(&c.body[before..]).into_owned();
+    assert!(
+        !during.contains("heartbeat"),
+        "heartbeat while busy: {during}"
+    );
+    c.read_body_until(|b| b.ends_with(b": heartbeat\n\n")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_streams_too() {
+    use http_body_util::BodyExt;
+    let server = TestServer::start(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/sse?topic=h2", server.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let id = server.publish("h2", "over h2").await;
+    let expected = format!("retry: 2000\n: crier\n\nid: {id}\ndata: over h2\n\n");
+    tokio::time::timeout(support::WAIT, async {
+        while received.len() < expected.len() {
+            let frame = body.frame().await.expect("stream open").expect("frame");
+            if let Ok(data) = frame.into_data() {
+                received.extend_from_slice(&data);
+            }
+        }
+    })
+    .await
+    .expect("h2 data in time");
+    assert_eq!(String::from_utf8_lossy(&received), expected);
+}

@@ -1,0 +1,463 @@
+//! Test support: a crier server on 127.0.0.1:0 (in-process or the real binary), a raw HTTP/1.1
+//! client, a raw SSE client that reads the wire bytes, and condition waits with deadlines.
+
+#![allow(dead_code)]
+
+pub mod whatwg;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use clap::Parser as _;
+use crier::{Config, ServerHandle};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+/// How long any single wait in a test may take before it counts as a failure.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in the test process.
+pub struct TestServer {
+    pub handle: ServerHandle,
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Starts a server with the default configuration plus `args` (command-line flags).
+    pub async fn start(args: &[&str]) -> TestServer {
+        let argv = ["crier", "--listen", "127.0.0.1:0"]
+            .iter()
+            .chain(args)
+            .copied();
+        let config = Config::try_parse_from(argv).expect("test flags parse");
+        let handle = ServerHandle::start(config).await.expect("server starts");
+        let addr = handle.addr();
+        TestServer { handle, addr }
+    }
+
+    /// Publishes text data; returns the event id.
+    pub async fn publish(&self, topic: &str, data: &str) -> String {
+        publish_ok(self.addr, topic, None, data.as_bytes(), None).await
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = request(self.addr, "GET", "/metrics", &[], b"").await;
+        assert_eq!(response.status, 200);
+        response.text()
+    }
+}
+
+/// A response read off the wire.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The status line and headers, as received.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// Sends one HTTP/1.1 request with `Connection: close` and reads the whole response.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("write request");
+    stream.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    parse_response(&raw)
+}
+
+/// Parses a complete `Content-Length` (or empty) response.
+pub fn parse_response(raw: &[u8]) -> HttpResponse {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response has a head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    HttpResponse {
+        status,
+        head,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// Publishes and asserts 200; returns the id.
+pub async fn publish_ok(
+    addr: SocketAddr,
+    topic: &str,
+    event: Option<&str>,
+    data: &[u8],
+    content_type: Option<&str>,
+) -> String {
+    let response = publish(addr, topic, event, data, content_type).await;
+    assert_eq!(response.status, 200, "publish failed: {}", response.text());
+    let json = response.json();
+    assert_eq!(json["topic"], topic);
+    json["id"].as_str().expect("id is a string").to_owned()
+}
+
+/// Publishes; returns the response.
+pub async fn publish(
+    addr: SocketAddr,
+    topic: &str,
+    event: Option<&str>,
+    data: &[u8],
+    content_type: Option<&str>,
+) -> HttpResponse {
+    let mut target = format!("/publish?topic={}", urlencode(topic));
+    if let Some(event) = event {
+        target.push_str(&format!("&event={}", urlencode(event)));
+    }
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
+    request(addr, "POST", &target, &headers, data).await
+}
+
+pub fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A raw SSE client: sends the request itself and reads the de-chunked body bytes.
+pub struct SseClient {
+    reader: BufReader<TcpStream>,
+    /// Response status line and headers.
+    pub head: String,
+    pub status: u16,
+    /// Every body byte received so far.
+    pub body: Vec<u8>,
+    /// Body bytes not yet handed to the parser.
+    parsed_upto: usize,
+    pub parser: whatwg::Parser,
+    pending: std::collections::VecDeque<whatwg::Event>,
+    /// The terminating chunk or EOF was seen.
+    pub ended: bool,
+}
+
+impl SseClient {
+    /// Opens `GET target` with extra request headers and reads the response head.
+    pub async fn connect(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> SseClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::on_stream(stream, addr, target, headers).await
+    }
+
+    /// Like `connect` on an already connected (possibly tuned) socket.
+    pub async fn on_stream(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> SseClient {
+        let mut req =
+            format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .expect("write request");
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let n = timeout(WAIT, reader.read_line(&mut line))
+                .await
+                .expect("head in time")
+                .expect("read head");
+            assert!(
+                n > 0,
+                "connection closed before the response head ended: {head:?}"
+            );
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        SseClient {
+            reader,
+            head,
+            status,
+            body: Vec::new(),
+            parsed_upto: 0,
+            parser: whatwg::Parser::new(),
+            pending: Default::default(),
+            ended: false,
+        }
+    }
+
+    /// Value of response header `name`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        HttpResponse {
+            status: self.status,
+            head: self.head.clone(),
+            body: vec![],
+        }
+        .header(name)
+    }
+
+    /// Reads one chunk of the chunked body; false at the end of the stream.
+    async fn read_chunk(&mut self) -> bool {
+        if self.ended {
+            return false;
+        }
+        let mut size_line = String::new();
+        if self.reader.read_line(&mut size_line).await.unwrap_or(0) == 0 {
+            self.ended = true;
+            return false;
+        }
+        let size = usize::from_str_radix(size_line.trim_end(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+        let mut chunk = vec![0; size + 2];
+        if self.reader.read_exact(&mut chunk).await.is_err() {
+            self.ended = true;
+            return false;
+        }
+        assert_eq!(&chunk[size..], b"\r\n", "chunk not terminated by CRLF");
+        if size == 0 {
+            self.ended = true;
+            return false;
+        }
+        self.body.extend_from_slice(&chunk[..size]);
+        true
+    }
+
+    /// Reads until the body holds at least `len` bytes.
+    pub async fn read_body_len(&mut self, len: usize) -> &[u8] {
+        let deadline = Instant::now() + WAIT;
+        while self.body.len() < len {
+            let more = tokio::time::timeout_at(deadline, self.read_chunk())
+                .await
+                .expect("body bytes in time");
+            assert!(
+                more,
+                "stream ended after {} of {len} bytes: {:?}",
+                self.body.len(),
+                String::from_utf8_lossy(&self.body)
+            );
+        }
+        &self.body
+    }
+
+    /// Reads until `done(body)` holds.
+    pub async fn read_body_until(&mut self, done: impl Fn(&[u8]) -> bool) -> &[u8] {
+        let deadline = Instant::now() + WAIT;
+        while !done(&self.body) {
+            let more = tokio::time::timeout_at(deadline, self.read_chunk())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "condition not met in time; body so far: {:?}",
+                        String::from_utf8_lossy(&self.body)
+                    )
+                });
+            assert!(
+                more,
+                "stream ended before the condition held: {:?}",
+                String::from_utf8_lossy(&self.body)
+            );
+        }
+        &self.body
+    }
+
+    /// The next dispatched event.
+    pub async fn next_event(&mut self) -> whatwg::Event {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            let events = self.parser.feed(&self.body[self.parsed_upto..]);
+            self.parsed_upto = self.body.len();
+            self.pending.extend(events);
+            if !self.pending.is_empty() {
+                continue;
+            }
+            let more = tokio::time::timeout_at(deadline, self.read_chunk())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no event in time; body so far: {:?}",
+                        String::from_utf8_lossy(&self.body)
+                    )
+                });
+            assert!(more, "stream ended while waiting for an event");
+        }
+    }
+
+    /// The next `n` events.
+    pub async fn events(&mut self, n: usize) -> Vec<whatwg::Event> {
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            events.push(self.next_event().await);
+        }
+        events
+    }
+
+    /// Reads to the end of the stream; returns whether it ended with the terminating chunk
+    /// (a clean end) rather than a dropped connection.
+    pub async fn read_to_end(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut size_line = String::new();
+            let n = tokio::time::timeout_at(deadline, self.reader.read_line(&mut size_line))
+                .await
+                .expect("stream end in time")
+                .unwrap_or(0);
+            if n == 0 {
+                self.ended = true;
+                return false;
+            }
+            let size = usize::from_str_radix(size_line.trim_end(), 16).expect("chunk size");
+            let mut chunk = vec![0; size + 2];
+            if self.reader.read_exact(&mut chunk).await.is_err() {
+                self.ended = true;
+                return false;
+            }
+            if size == 0 {
+                self.ended = true;
+                return true;
+            }
+            self.body.extend_from_slice(&chunk[..size]);
+        }
+    }
+}
+
+/// Waits until `check` returns true, polling until `WAIT` passes.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of the sample whose line starts with `series ` (exact name and labels).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The real `crier` binary, started with `args` on a free port.
+pub struct CrierProcess {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl CrierProcess {
+    pub async fn spawn(args: &[&str]) -> CrierProcess {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_crier"))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn crier");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("read log") {
+                let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if let Some(listen) = json["fields"]["listen"].as_str() {
+                    return listen.parse().expect("listen address");
+                }
+            }
+            panic!("crier exited before listening");
+        })
+        .await
+        .expect("crier listens in time");
+        // Keep draining the log so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        CrierProcess { child, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Resident set size, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
