@@ -144,10 +144,7 @@ mod tests {
             &["--max-topics-per-connection", "0"],
         ] {
             let args = std::iter::once("crier").chain(bad.iter().copied());
-            assert!(
-                Config::try_parse_from(args).is_err(),
-                "{bad:?} should be refused"
-            );
+            assert!(Config::try_parse_from(args).is_err(), "{bad:?} should be refused");
         }
     }
 }

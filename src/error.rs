@@ -21,12 +21,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with `status`, `code` and `detail`.
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            detail: detail.into(),
-            allow: None,
-        }
+        ApiError { status, code, detail: detail.into(), allow: None }
     }
 
     /// 400 Bad Request.
@@ -48,11 +43,7 @@ impl ApiError {
 
     /// 404 Not Found.
     pub fn not_found(path: &str) -> Self {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no such endpoint: {path}"),
-        )
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint: {path}"))
     }
 
     /// The JSON body.
@@ -62,20 +53,14 @@ impl ApiError {
             error: &'a str,
             detail: &'a str,
         }
-        serde_json::to_string(&Body {
-            error: self.code,
-            detail: &self.detail,
-        })
-        .unwrap_or_default()
+        serde_json::to_string(&Body { error: self.code, detail: &self.detail }).unwrap_or_default()
     }
 
     /// The response.
     pub fn into_response(self) -> Response<ResponseBody> {
         let mut response = json_response(self.status, self.body());
         if let Some(allow) = self.allow {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }
@@ -85,9 +70,8 @@ impl ApiError {
 pub fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(body.into()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

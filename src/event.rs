@@ -47,10 +47,7 @@ fn validate_name(name: &str) -> Result<(), NameError> {
         return Err(NameError::Empty);
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong {
-            len: name.len(),
-            max: MAX_NAME_LEN,
-        });
+        return Err(NameError::TooLong { len: name.len(), max: MAX_NAME_LEN });
     }
     let allowed =
         |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/');
@@ -286,15 +283,9 @@ impl FromStr for EventId {
         if epoch.is_empty() || epoch.len() > 8 || seq.is_empty() || seq.len() > 20 {
             return Err(malformed());
         }
-        let epoch = u64::from_str_radix(epoch, 36)
-            .ok()
-            .and_then(Epoch::from_u64);
+        let epoch = u64::from_str_radix(epoch, 36).ok().and_then(Epoch::from_u64);
         // `u64::from_str` accepts a leading '+', which crier never writes.
-        let seq = seq
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| seq.parse().ok())
-            .flatten();
+        let seq = seq.bytes().all(|b| b.is_ascii_digit()).then(|| seq.parse().ok()).flatten();
         match (epoch, seq) {
             (Some(epoch), Some(seq)) if s.bytes().all(|b| !b.is_ascii_uppercase()) => {
                 Ok(EventId { epoch, seq })
@@ -314,15 +305,9 @@ pub struct Cursor(pub Vec<EventId>);
 impl Cursor {
     /// Parses a cursor for a stream of `topics` topics.
     pub fn parse(s: &str, topics: usize) -> Result<Self, IdError> {
-        let ids = s
-            .split(',')
-            .map(str::parse)
-            .collect::<Result<Vec<EventId>, _>>()?;
+        let ids = s.split(',').map(str::parse).collect::<Result<Vec<EventId>, _>>()?;
         if ids.len() != topics {
-            return Err(IdError::TopicCount {
-                found: ids.len(),
-                expected: topics,
-            });
+            return Err(IdError::TopicCount { found: ids.len(), expected: topics });
         }
         Ok(Cursor(ids))
     }
@@ -403,20 +388,8 @@ mod tests {
             TopicName::new(&"x".repeat(201)),
             Err(NameError::TooLong { len: 201, max: 200 })
         );
-        assert_eq!(
-            TopicName::new("a b"),
-            Err(NameError::BadByte {
-                byte: ' ',
-                index: 1
-            })
-        );
-        assert_eq!(
-            TopicName::new("añ"),
-            Err(NameError::BadByte {
-                byte: 'ñ',
-                index: 1
-            })
-        );
+        assert_eq!(TopicName::new("a b"), Err(NameError::BadByte { byte: ' ', index: 1 }));
+        assert_eq!(TopicName::new("añ"), Err(NameError::BadByte { byte: 'ñ', index: 1 }));
         assert!(TopicName::new("a\nb").is_err());
     }
 
@@ -429,32 +402,16 @@ mod tests {
 
     #[test]
     fn ids_round_trip_and_reject_foreign_text() {
-        let id = EventId {
-            epoch: Epoch::from_u64(123_456_789).unwrap(),
-            seq: 42,
-        };
+        let id = EventId { epoch: Epoch::from_u64(123_456_789).unwrap(), seq: 42 };
         let text = id.to_string();
         assert_eq!(text, "21i3v9-42");
         assert_eq!(text.parse::<EventId>(), Ok(id));
-        let max = EventId {
-            epoch: Epoch::from_u64((1 << 40) - 1).unwrap(),
-            seq: u64::MAX,
-        };
+        let max = EventId { epoch: Epoch::from_u64((1 << 40) - 1).unwrap(), seq: u64::MAX };
         assert_eq!(max.to_string().len(), MAX_EVENT_ID_LEN);
         assert_eq!(max.to_string().parse::<EventId>(), Ok(max));
-        for bad in [
-            "",
-            "-",
-            "abc",
-            "abc-",
-            "-5",
-            "0-5",
-            "ab-+5",
-            "AB-5",
-            "ab-5-6",
-            "ab-x",
-            "zzzzzzzzz-1",
-        ] {
+        for bad in
+            ["", "-", "abc", "abc-", "-5", "0-5", "ab-+5", "AB-5", "ab-5-6", "ab-x", "zzzzzzzzz-1"]
+        {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?} should be refused");
         }
     }
@@ -463,13 +420,7 @@ mod tests {
     fn cursors_hold_one_position_per_topic() {
         let c = Cursor::parse("a-1,b-0", 2).unwrap();
         assert_eq!(c.to_string(), "a-1,b-0");
-        assert_eq!(
-            Cursor::parse("a-1", 2),
-            Err(IdError::TopicCount {
-                found: 1,
-                expected: 2
-            })
-        );
+        assert_eq!(Cursor::parse("a-1", 2), Err(IdError::TopicCount { found: 1, expected: 2 }));
         assert!(Cursor::parse("a-1,", 2).is_err());
     }
 }

@@ -21,11 +21,7 @@ struct Ring {
 
 impl Ring {
     fn with_capacity(capacity: usize) -> Self {
-        Ring {
-            slots: (0..capacity)
-                .map(|_| AtomicPtr::new(ptr::null_mut()))
-                .collect(),
-        }
+        Ring { slots: (0..capacity).map(|_| AtomicPtr::new(ptr::null_mut())).collect() }
     }
 
     fn slot(&self, seq: u64) -> &AtomicPtr<Event> {
@@ -53,10 +49,7 @@ pub struct Retained {
 impl History {
     /// An empty history that keeps at most `limit` events (0 keeps none).
     pub fn new(limit: usize) -> Self {
-        History {
-            ring: Atomic::null(),
-            limit,
-        }
+        History { ring: Atomic::null(), limit }
     }
 
     /// Appends `event`, evicting the oldest once `limit` events are held.
@@ -72,17 +65,11 @@ impl History {
         // SAFETY: loaded under `guard`; only this (single) writer replaces it.
         let capacity = unsafe { ring.as_ref() }.map_or(0, |r| r.slots.len());
         if capacity < self.limit && seq as usize > capacity {
-            ring = self.grow(
-                ring,
-                (capacity * 2).max(FIRST_CAPACITY).min(self.limit),
-                guard,
-            );
+            ring = self.grow(ring, (capacity * 2).max(FIRST_CAPACITY).min(self.limit), guard);
         }
         // SAFETY: non-null after `grow`, and alive for `guard`.
         let ring = unsafe { ring.deref() };
-        let old = ring
-            .slot(seq)
-            .swap(Arc::into_raw(event).cast_mut(), Ordering::AcqRel);
+        let old = ring.slot(seq).swap(Arc::into_raw(event).cast_mut(), Ordering::AcqRel);
         if !old.is_null() {
             let old = SendPtr(old);
             // SAFETY: `old` came from `Arc::into_raw` and this ring owned that reference; it is
@@ -130,9 +117,8 @@ impl History {
         let ring = unsafe { ring.as_ref() };
         let mut seq = head;
         while seq > after {
-            let entry = ring.map_or(ptr::null(), |r| {
-                r.slot(seq).load(Ordering::Acquire).cast_const()
-            });
+            let entry =
+                ring.map_or(ptr::null(), |r| r.slot(seq).load(Ordering::Acquire).cast_const());
             // SAFETY: a non-null entry is a live `Arc<Event>` until our guard is released.
             match unsafe { entry.as_ref() } {
                 Some(event) if event.id.seq == seq => {
@@ -192,10 +178,7 @@ mod tests {
     use crate::sse::encode;
 
     fn event(seq: u64) -> Arc<Event> {
-        let id = EventId {
-            epoch: Epoch::from_u64(1).unwrap(),
-            seq,
-        };
+        let id = EventId { epoch: Epoch::from_u64(1).unwrap(), seq };
         let data = EventData::Text(bytes::Bytes::from(seq.to_string()));
         Arc::new(Event {
             topic: TopicName::new("t").unwrap(),

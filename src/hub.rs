@@ -180,11 +180,7 @@ impl Hub {
             return Err(SubscribeError::ShuttingDown);
         }
 
-        let queue = Arc::new(ClientQueue::new(
-            self.config.client_queue_bytes,
-            transport,
-            closer,
-        ));
+        let queue = Arc::new(ClientQueue::new(self.config.client_queue_bytes, transport, closer));
         let mut subscription = Subscription {
             queue,
             topics: Vec::with_capacity(topics.len()),
@@ -206,12 +202,9 @@ impl Hub {
                 subscription.gaps.push((topic_index, gap));
             }
             let position = start.position();
-            subscription.replay.extend(
-                start
-                    .replay
-                    .into_iter()
-                    .map(|event| Delivery { event, topic_index }),
-            );
+            subscription
+                .replay
+                .extend(start.replay.into_iter().map(|event| Delivery { event, topic_index }));
             subscription.topics.push(SubscribedTopic {
                 topic,
                 slot: start.slot,
@@ -374,9 +367,7 @@ impl Drop for Subscription {
         for t in &self.topics {
             t.topic.unsubscribe(t.slot);
         }
-        self.metrics
-            .subscriptions
-            .decrement(self.topics.len() as f64);
+        self.metrics.subscriptions.decrement(self.topics.len() as f64);
     }
 }
 

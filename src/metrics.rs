@@ -156,10 +156,7 @@ impl Metrics {
 
     /// Counts one HTTP request by route and status (`crier_http_requests_total`).
     pub fn http_request(&self, route: &'static str, status: u16) {
-        let labels = vec![
-            Label::new("route", route),
-            Label::new("status", status_label(status)),
-        ];
+        let labels = vec![Label::new("route", route), Label::new("status", status_label(status))];
         self.recorder
             .register_counter(&Key::from_parts(HTTP_REQUESTS, labels), &METADATA)
             .increment(1);
@@ -202,44 +199,23 @@ fn status_label(status: u16) -> SharedString {
 
 fn describe(recorder: &PrometheusRecorder) {
     let counters: &[(&'static str, &'static str)] = &[
-        (
-            "crier_connections_accepted_total",
-            "Subscriber streams accepted, by transport.",
-        ),
-        (
-            "crier_events_published_total",
-            "Events accepted for publishing.",
-        ),
-        (
-            "crier_deliveries_total",
-            "Events written to subscribers, by transport.",
-        ),
-        (
-            "crier_sent_bytes_total",
-            "Stream bytes written to subscribers, by transport.",
-        ),
+        ("crier_connections_accepted_total", "Subscriber streams accepted, by transport."),
+        ("crier_events_published_total", "Events accepted for publishing."),
+        ("crier_deliveries_total", "Events written to subscribers, by transport."),
+        ("crier_sent_bytes_total", "Stream bytes written to subscribers, by transport."),
         (
             "crier_evictions_total",
             "Subscribers disconnected by the server, by transport and reason.",
         ),
-        (
-            HTTP_REQUESTS,
-            "HTTP requests answered, by route and status.",
-        ),
+        (HTTP_REQUESTS, "HTTP requests answered, by route and status."),
     ];
     for &(name, help) in counters {
         let unit = name.contains("_bytes_").then_some(Unit::Bytes);
         recorder.describe_counter(name.into(), unit, help.into());
     }
     let gauges: &[(&'static str, &'static str)] = &[
-        (
-            "crier_connections",
-            "Open subscriber streams, by transport.",
-        ),
-        (
-            "crier_subscriptions",
-            "Subscriptions (a stream and one of its topics).",
-        ),
+        ("crier_connections", "Open subscriber streams, by transport."),
+        ("crier_subscriptions", "Subscriptions (a stream and one of its topics)."),
         ("crier_topics", "Topics with state on this node."),
     ];
     for &(name, help) in gauges {
@@ -278,10 +254,7 @@ mod tests {
             "crier_publish_duration_seconds_count 1",
             "# HELP crier_topics Topics with state on this node.",
         ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "missing {line:?} in:\n{text}"
-            );
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
     }
 }

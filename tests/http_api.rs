@@ -7,16 +7,10 @@ use support::{TestServer, metric, publish, request};
 
 fn assert_error(response: &support::HttpResponse, status: u16, code: &str) {
     assert_eq!(response.status, status, "{}", response.text());
-    assert_eq!(
-        response.header("content-type").as_deref(),
-        Some("application/json")
-    );
+    assert_eq!(response.header("content-type").as_deref(), Some("application/json"));
     let json = response.json();
     assert_eq!(json["error"], code, "{json}");
-    assert!(
-        json["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{json}"
-    );
+    assert!(json["detail"].as_str().is_some_and(|d| !d.is_empty()), "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,16 +18,11 @@ async fn publish_answers_topic_and_id_in_order() {
     let server = TestServer::start(&[]).await;
     let response = publish(server.addr, "news/eu:1", Some("breaking"), b"hi", None).await;
     assert_eq!(response.status, 200);
-    assert_eq!(
-        response.header("content-type").as_deref(),
-        Some("application/json")
-    );
+    assert_eq!(response.header("content-type").as_deref(), Some("application/json"));
     let text = response.text();
     let id = response.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(text, format!(r#"{{"topic":"news/eu:1","id":"{id}"}}"#));
-    let next = publish(server.addr, "news/eu:1", None, b"again", None)
-        .await
-        .json()["id"]
+    let next = publish(server.addr, "news/eu:1", None, b"again", None).await.json()["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -53,11 +42,7 @@ async fn bad_topics_and_event_names_are_400() {
         &format!("/publish?topic={long}"),
         "/publish?topic=a&topic=b",
     ] {
-        assert_error(
-            &request(server.addr, "POST", target, &[], b"x").await,
-            400,
-            "bad_topic",
-        );
+        assert_error(&request(server.addr, "POST", target, &[], b"x").await, 400, "bad_topic");
     }
     for target in [
         "/publish?topic=a&event=",
@@ -65,18 +50,10 @@ async fn bad_topics_and_event_names_are_400() {
         "/publish?topic=a&event=crier.gap",
         "/publish?topic=a&event=line%0Abreak",
     ] {
-        assert_error(
-            &request(server.addr, "POST", target, &[], b"x").await,
-            400,
-            "bad_event_name",
-        );
+        assert_error(&request(server.addr, "POST", target, &[], b"x").await, 400, "bad_event_name");
     }
     for target in ["/sse", "/sse?topic=a%20b", "/sse?topic=ok&topic=bad!"] {
-        assert_error(
-            &request(server.addr, "GET", target, &[], b"").await,
-            400,
-            "bad_topic",
-        );
+        assert_error(&request(server.addr, "GET", target, &[], b"").await, 400, "bad_topic");
     }
     let too_many: String = (0..65).map(|i| format!("topic=t{i}&")).collect();
     assert_error(
@@ -89,21 +66,11 @@ async fn bad_topics_and_event_names_are_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_text_is_400_but_binary_is_accepted() {
     let server = TestServer::start(&[]).await;
-    assert_error(
-        &publish(server.addr, "t", None, &[0xff, 0xfe], None).await,
-        400,
-        "bad_data",
-    );
+    assert_error(&publish(server.addr, "t", None, &[0xff, 0xfe], None).await, 400, "bad_data");
     assert_eq!(
-        publish(
-            server.addr,
-            "t",
-            None,
-            &[0xff, 0xfe],
-            Some("application/octet-stream")
-        )
-        .await
-        .status,
+        publish(server.addr, "t", None, &[0xff, 0xfe], Some("application/octet-stream"))
+            .await
+            .status,
         200
     );
 }
@@ -111,17 +78,8 @@ async fn invalid_utf8_text_is_400_but_binary_is_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_events_are_413_declared_or_streamed() {
     let server = TestServer::start(&["--max-event-bytes", "1KiB"]).await;
-    assert_eq!(
-        publish(server.addr, "t", None, &[b'x'; 1024], None)
-            .await
-            .status,
-        200
-    );
-    assert_error(
-        &publish(server.addr, "t", None, &[b'x'; 1025], None).await,
-        413,
-        "too_large",
-    );
+    assert_eq!(publish(server.addr, "t", None, &[b'x'; 1024], None).await.status, 200);
+    assert_error(&publish(server.addr, "t", None, &[b'x'; 1025], None).await, 413, "too_large");
 
     // Without Content-Length: the body is cut off at the limit while streaming.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -135,10 +93,7 @@ async fn oversized_events_are_413_declared_or_streamed() {
     }
     stream.write_all(b"0\r\n\r\n").await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(support::WAIT, stream.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(support::WAIT, stream.read_to_end(&mut raw)).await.unwrap().unwrap();
     assert_error(&support::parse_response(&raw), 413, "too_large");
     let metrics = server.metrics().await;
     assert_eq!(
@@ -160,11 +115,7 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
         assert_eq!(response.header("allow").as_deref(), Some("GET, HEAD"));
     }
     for path in ["/nope", "/sse/extra", "/publishx"] {
-        assert_error(
-            &request(server.addr, "GET", path, &[], b"").await,
-            404,
-            "not_found",
-        );
+        assert_error(&request(server.addr, "GET", path, &[], b"").await, 404, "not_found");
     }
 }
 
@@ -172,15 +123,9 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
 async fn health_readiness_and_metrics() {
     let server = TestServer::start(&[]).await;
     let health = request(server.addr, "GET", "/healthz", &[], b"").await;
-    assert_eq!(
-        (health.status, health.text().as_str()),
-        (200, r#"{"status":"ok"}"#)
-    );
+    assert_eq!((health.status, health.text().as_str()), (200, r#"{"status":"ok"}"#));
     let ready = request(server.addr, "GET", "/readyz", &[], b"").await;
-    assert_eq!(
-        (ready.status, ready.text().as_str()),
-        (200, r#"{"status":"ready"}"#)
-    );
+    assert_eq!((ready.status, ready.text().as_str()), (200, r#"{"status":"ready"}"#));
 
     let mut sub = support::SseClient::connect(server.addr, "/sse?topic=a&topic=b", &[]).await;
     server.publish("a", "hello").await;
@@ -208,18 +153,13 @@ async fn health_readiness_and_metrics() {
         "crier_publish_duration_seconds_count 1",
         r#"crier_publish_duration_seconds_bucket{le="+Inf"} 1"#,
     ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing {line:?} in:\n{text}"
-        );
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }
     // Counted once hyper has written them; the client may read them a moment earlier.
     let received = sub.body.len() as f64;
     support::wait_until("sent bytes to match what the client read", || async {
-        metric(
-            &server.metrics().await,
-            r#"crier_sent_bytes_total{transport="sse"}"#,
-        ) == Some(received)
+        metric(&server.metrics().await, r#"crier_sent_bytes_total{transport="sse"}"#)
+            == Some(received)
     })
     .await;
 

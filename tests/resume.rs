@@ -29,20 +29,14 @@ async fn resume_by_header_and_by_query_replays_exactly_what_was_missed() {
         let replay = client.events(6).await;
         assert_eq!(datas(&replay), ["e4", "e5", "e6", "e7", "e8", "e9"]);
         assert_eq!(
-            replay
-                .iter()
-                .map(|e| e.last_event_id.clone())
-                .collect::<Vec<_>>(),
+            replay.iter().map(|e| e.last_event_id.clone()).collect::<Vec<_>>(),
             ids[4..].to_vec()
         );
     }
     let live = server.publish("t", "live").await;
     for client in [&mut by_header, &mut by_query] {
         let event = client.next_event().await;
-        assert_eq!(
-            (event.data.as_str(), event.last_event_id.as_str()),
-            ("live", live.as_str())
-        );
+        assert_eq!((event.data.as_str(), event.last_event_id.as_str()), ("live", live.as_str()));
         assert!(!String::from_utf8_lossy(&client.body).contains("crier.gap"));
     }
 }
@@ -78,22 +72,16 @@ async fn multi_topic_cursor_resumes_every_topic_exactly() {
     server.publish("b", "b2").await;
     server.publish("a", "a2").await;
     server.publish("b", "b3").await;
-    let mut c = SseClient::connect(
-        server.addr,
-        "/sse?topic=a&topic=b",
-        &[("Last-Event-ID", &cursor)],
-    )
-    .await;
+    let mut c =
+        SseClient::connect(server.addr, "/sse?topic=a&topic=b", &[("Last-Event-ID", &cursor)])
+            .await;
     let replay = c.events(3).await;
     let mut got = datas(&replay);
     got.sort_unstable();
     assert_eq!(got, ["a2", "b2", "b3"], "each missed event exactly once");
     // Per topic, order holds.
-    let b_order: Vec<_> = replay
-        .iter()
-        .filter(|e| e.data.starts_with('b'))
-        .map(|e| e.data.clone())
-        .collect();
+    let b_order: Vec<_> =
+        replay.iter().filter(|e| e.data.starts_with('b')).map(|e| e.data.clone()).collect();
     assert_eq!(b_order, ["b2", "b3"]);
     server.publish("a", "a3").await;
     assert_eq!(c.next_event().await.data, "a3");
@@ -102,10 +90,7 @@ async fn multi_topic_cursor_resumes_every_topic_exactly() {
     let last_cursor = whatwg::parse(&last).last().unwrap().last_event_id.clone();
     let mut again = SseClient::connect(
         server.addr,
-        &format!(
-            "/sse?topic=b&topic=a&last_event_id={}",
-            urlencode(&last_cursor)
-        ),
+        &format!("/sse?topic=b&topic=a&last_event_id={}", urlencode(&last_cursor)),
         &[],
     )
     .await;
@@ -119,11 +104,8 @@ async fn reconnecting_while_events_flow_loses_and_repeats_nothing() {
         let server = TestServer::start(&[]).await;
         let addr = server.addr;
         let total = 600;
-        let query: String = topics
-            .iter()
-            .map(|t| format!("topic={t}"))
-            .collect::<Vec<_>>()
-            .join("&");
+        let query: String =
+            topics.iter().map(|t| format!("topic={t}")).collect::<Vec<_>>().join("&");
         // Subscribed before the first publish, so every event must arrive exactly once.
         let mut client = Some(SseClient::connect(addr, &format!("/sse?{query}"), &[]).await);
         let publisher = {
@@ -142,9 +124,7 @@ async fn reconnecting_while_events_flow_loses_and_repeats_nothing() {
             let mut c = match client.take() {
                 Some(c) => c,
                 None => {
-                    let id = last_id
-                        .as_deref()
-                        .expect("an event before the first reconnect");
+                    let id = last_id.as_deref().expect("an event before the first reconnect");
                     SseClient::connect(addr, &format!("/sse?{query}"), &[("Last-Event-ID", id)])
                         .await
                 }
@@ -167,9 +147,8 @@ async fn reconnecting_while_events_flow_loses_and_repeats_nothing() {
                 .filter_map(|d| d.strip_prefix(&format!("{topic}:")))
                 .map(|n| n.parse().unwrap())
                 .collect();
-            let expected: Vec<usize> = (0..total)
-                .filter(|i| topics[i % topics.len()] == *topic)
-                .collect();
+            let expected: Vec<usize> =
+                (0..total).filter(|i| topics[i % topics.len()] == *topic).collect();
             assert_eq!(got, expected, "topic {topic}: duplicate or gap");
         }
     }
@@ -177,10 +156,7 @@ async fn reconnecting_while_events_flow_loses_and_repeats_nothing() {
 
 async fn gap_notice(client: &mut SseClient) -> (whatwg::Event, serde_json::Value) {
     let event = client.next_event().await;
-    assert_eq!(
-        event.kind, "crier.gap",
-        "first event must be the gap notice"
-    );
+    assert_eq!(event.kind, "crier.gap", "first event must be the gap notice");
     let json: serde_json::Value = serde_json::from_str(&event.data).expect("gap data is JSON");
     (event, json)
 }
@@ -244,10 +220,7 @@ async fn an_unknown_id_is_a_gap_and_the_stream_goes_live() {
     assert_eq!(gap.last_event_id, ids[1]);
     let live = server.publish("t", "live").await;
     let event = c.next_event().await;
-    assert_eq!(
-        (event.data.as_str(), event.last_event_id.as_str()),
-        ("live", live.as_str())
-    );
+    assert_eq!((event.data.as_str(), event.last_event_id.as_str()), ("live", live.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,20 +235,14 @@ async fn multi_topic_gap_names_only_the_topics_that_lost_events() {
         server.publish("a", &format!("a{i}")).await;
     }
     server.publish("b", "b2").await;
-    let mut c = SseClient::connect(
-        server.addr,
-        "/sse?topic=a&topic=b",
-        &[("Last-Event-ID", &cursor)],
-    )
-    .await;
+    let mut c =
+        SseClient::connect(server.addr, "/sse?topic=a&topic=b", &[("Last-Event-ID", &cursor)])
+            .await;
     let (gap, json) = gap_notice(&mut c).await;
     assert_eq!(json["gaps"].as_array().unwrap().len(), 1);
     assert_eq!(json["gaps"][0]["topic"], "a");
     assert_eq!(json["gaps"][0]["missed"], 2);
-    let mut got = datas(&c.events(3).await)
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
+    let mut got = datas(&c.events(3).await).into_iter().map(str::to_owned).collect::<Vec<_>>();
     got.sort();
     assert_eq!(got, ["a4", "a5", "b2"]);
     // Resuming from the gap's cursor replays the same three, without a new gap.
@@ -285,10 +252,8 @@ async fn multi_topic_gap_names_only_the_topics_that_lost_events() {
         &[("Last-Event-ID", &gap.last_event_id)],
     )
     .await;
-    let mut replay = datas(&again.events(3).await)
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
+    let mut replay =
+        datas(&again.events(3).await).into_iter().map(str::to_owned).collect::<Vec<_>>();
     replay.sort();
     assert_eq!(replay, ["a4", "a5", "b2"]);
 }

@@ -52,9 +52,8 @@ fn check(parsed: &whatwg::Event, name: Option<&str>, payload: &Payload, id: &str
     match payload {
         Payload::Text(text) => assert_eq!(parsed.data, whatwg::normalize_line_breaks(text)),
         Payload::Binary(bytes) => {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(&parsed.data)
-                .expect("base64");
+            let decoded =
+                base64::engine::general_purpose::STANDARD.decode(&parsed.data).expect("base64");
             assert_eq!(&decoded, bytes);
         }
     }

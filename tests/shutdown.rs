@@ -23,32 +23,20 @@ async fn sigterm_drains_streams_then_exits_zero() {
         server.signal(signal);
         let started = Instant::now();
         let clean = client.read_to_end().await;
-        assert!(
-            clean,
-            "SIG{signal}: the stream must end with the terminating chunk, not a reset"
-        );
+        assert!(clean, "SIG{signal}: the stream must end with the terminating chunk, not a reset");
         let events = support::whatwg::parse(&client.body);
         assert_eq!(
             events.len(),
             50,
             "SIG{signal}: queued events are written before the stream ends"
         );
-        assert_eq!(
-            events
-                .iter()
-                .map(|e| e.last_event_id.clone())
-                .collect::<Vec<_>>(),
-            ids
-        );
+        assert_eq!(events.iter().map(|e| e.last_event_id.clone()).collect::<Vec<_>>(), ids);
         let status = tokio::time::timeout(Duration::from_secs(5), server.child.wait())
             .await
             .expect("exits")
             .unwrap();
         assert!(status.success(), "SIG{signal}: exit status {status}");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "a drained server exits promptly"
-        );
+        assert!(started.elapsed() < Duration::from_secs(3), "a drained server exits promptly");
     }
 }
 
@@ -60,15 +48,10 @@ async fn shutdown_stops_accepting_and_bounds_the_drain_by_the_timeout() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket.connect(server.addr).await.unwrap();
-    stalled
-        .write_all(b"GET /sse?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    stalled.write_all(b"GET /sse?topic=t HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let payload = vec![b'x'; 32 << 10];
     wait_until("the stalled subscriber to be registered", || async {
-        let text = support::request(server.addr, "GET", "/metrics", &[], b"")
-            .await
-            .text();
+        let text = support::request(server.addr, "GET", "/metrics", &[], b"").await.text();
         support::metric(&text, "crier_subscriptions") == Some(1.0)
     })
     .await;
@@ -82,22 +65,13 @@ async fn shutdown_stops_accepting_and_bounds_the_drain_by_the_timeout() {
         tokio::net::TcpStream::connect(server.addr).await.is_err()
     })
     .await;
-    assert!(
-        server.child.try_wait().unwrap().is_none(),
-        "still draining the stalled stream"
-    );
+    assert!(server.child.try_wait().unwrap().is_none(), "still draining the stalled stream");
     let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
         .await
         .expect("exits")
         .unwrap();
     let took = started.elapsed();
     assert!(status.success(), "exit status {status}");
-    assert!(
-        took >= Duration::from_millis(1500),
-        "exited after {took:?}, before the drain timeout"
-    );
-    assert!(
-        took < Duration::from_secs(4),
-        "exited after {took:?}, well past the 2s drain timeout"
-    );
+    assert!(took >= Duration::from_millis(1500), "exited after {took:?}, before the drain timeout");
+    assert!(took < Duration::from_secs(4), "exited after {took:?}, well past the 2s drain timeout");
 }

@@ -9,19 +9,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Opens an SSE request on a socket with a tiny receive buffer and never reads from it.
-async fn stalled_subscriber(addr: std::net::SocketAddr, topic: &str) -> TcpStream {
+/// With `via_hyper`, the stream request follows another request on the connection, so hyper
+/// serves it rather than the fast path for dedicated stream connections.
+async fn stalled_subscriber(addr: std::net::SocketAddr, topic: &str, via_hyper: bool) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
-    let req = format!("GET /sse?topic={topic} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let first = if via_hyper { "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" } else { "" };
+    let req = format!("{first}GET /sse?topic={topic} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     stream.write_all(req.as_bytes()).await.unwrap();
     stream
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_evicted_while_a_healthy_one_gets_everything() {
+    for via_hyper in [false, true] {
+        stalled_subscriber_is_evicted(via_hyper).await;
+    }
+}
+
+async fn stalled_subscriber_is_evicted(via_hyper: bool) {
     let server = TestServer::start(&["--client-queue-bytes", "256KiB"]).await;
-    let mut stalled = stalled_subscriber(server.addr, "t").await;
+    let mut stalled = stalled_subscriber(server.addr, "t", via_hyper).await;
     let mut healthy = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
     wait_until("both subscribed", || async {
         metric(&server.metrics().await, "crier_subscriptions") == Some(2.0)
@@ -34,27 +43,12 @@ async fn a_stalled_subscriber_is_evicted_while_a_healthy_one_gets_everything() {
         let mut seen = Vec::with_capacity(total);
         for _ in 0..total {
             let event = healthy.next_event().await;
-            seen.push(
-                event
-                    .data
-                    .split(':')
-                    .next()
-                    .unwrap()
-                    .parse::<usize>()
-                    .unwrap(),
-            );
+            seen.push(event.data.split(':').next().unwrap().parse::<usize>().unwrap());
         }
         (seen, healthy)
     });
     for i in 0..total {
-        publish_ok(
-            server.addr,
-            "t",
-            None,
-            format!("{i}:{payload}").as_bytes(),
-            None,
-        )
-        .await;
+        publish_ok(server.addr, "t", None, format!("{i}:{payload}").as_bytes(), None).await;
     }
     let (seen, _healthy) = reader.await.unwrap();
     assert_eq!(
@@ -65,10 +59,7 @@ async fn a_stalled_subscriber_is_evicted_while_a_healthy_one_gets_everything() {
 
     let metrics = server.metrics().await;
     assert_eq!(
-        metric(
-            &metrics,
-            r#"crier_evictions_total{transport="sse",reason="slow_consumer"}"#
-        ),
+        metric(&metrics, r#"crier_evictions_total{transport="sse",reason="slow_consumer"}"#),
         Some(1.0)
     );
     assert_eq!(
@@ -76,10 +67,7 @@ async fn a_stalled_subscriber_is_evicted_while_a_healthy_one_gets_everything() {
         Some(1.0),
         "the evicted subscription is gone"
     );
-    assert_eq!(
-        metric(&metrics, r#"crier_connections{transport="sse"}"#),
-        Some(1.0)
-    );
+    assert_eq!(metric(&metrics, r#"crier_connections{transport="sse"}"#), Some(1.0));
 
     // The server closed the stalled connection: draining what the kernel buffered reaches EOF.
     let mut sink = vec![0; 64 << 10];
@@ -98,7 +86,7 @@ async fn a_stalled_subscriber_is_evicted_while_a_healthy_one_gets_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_memory_stays_bounded_under_a_stalled_subscriber() {
     let server = CrierProcess::spawn(&["--client-queue-bytes", "256KiB", "--history", "10"]).await;
-    let _stalled = stalled_subscriber(server.addr, "t").await;
+    let _stalled = stalled_subscriber(server.addr, "t", false).await;
     // Warm up: allocator arenas, a first eviction cycle.
     let payload = vec![b'x'; 16 << 10];
     for _ in 0..50 {
@@ -115,19 +103,11 @@ async fn server_memory_stays_bounded_under_a_stalled_subscriber() {
         grown < 16 << 10,
         "RSS grew by {grown} KiB ({before} -> {after}) while publishing 64 MiB"
     );
-    let metrics = support::request(server.addr, "GET", "/metrics", &[], b"")
-        .await
-        .text();
+    let metrics = support::request(server.addr, "GET", "/metrics", &[], b"").await.text();
     assert_eq!(
-        metric(
-            &metrics,
-            r#"crier_evictions_total{transport="sse",reason="slow_consumer"}"#
-        ),
+        metric(&metrics, r#"crier_evictions_total{transport="sse",reason="slow_consumer"}"#),
         Some(1.0)
     );
-    assert_eq!(
-        metric(&metrics, "crier_events_published_total"),
-        Some(4146.0)
-    );
+    assert_eq!(metric(&metrics, "crier_events_published_total"), Some(4146.0));
     eprintln!("RSS {before} KiB -> {after} KiB after 64 MiB published to a stalled subscriber");
 }

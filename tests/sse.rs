@@ -12,6 +12,15 @@ async fn subscribe(server: &TestServer, query: &str) -> SseClient {
     client
 }
 
+/// The same stream served by hyper: the connection carried another request first.
+async fn subscribe_via_hyper(server: &TestServer, query: &str) -> SseClient {
+    let mut client =
+        SseClient::connect_after_request(server.addr, &format!("/sse?{query}"), &[]).await;
+    assert_eq!(client.status, 200, "{}", client.head);
+    client.read_body_len(PREFACE.len()).await;
+    client
+}
+
 const PREFACE: &[u8] = b"retry: 2000\n: crier\n\n";
 
 /// Publishes, then reads exactly the expected frame (with the id the publish returned).
@@ -33,97 +42,58 @@ async fn assert_frame(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_head_and_preface_are_exact() {
     let server = TestServer::start(&[]).await;
-    let client = subscribe(&server, "topic=t").await;
-    assert!(
-        client.head.starts_with("HTTP/1.1 200 OK\r\n"),
-        "{}",
-        client.head
-    );
-    assert_eq!(
-        client.header("content-type").as_deref(),
-        Some("text/event-stream")
-    );
-    assert_eq!(client.header("cache-control").as_deref(), Some("no-cache"));
-    assert_eq!(client.header("x-accel-buffering").as_deref(), Some("no"));
-    assert_eq!(
-        client.header("transfer-encoding").as_deref(),
-        Some("chunked")
-    );
-    assert_eq!(client.body, PREFACE);
+    for client in [subscribe(&server, "topic=t").await, subscribe_via_hyper(&server, "topic=t").await]
+    {
+        assert!(client.head.starts_with("HTTP/1.1 200 OK\r\n"), "{}", client.head);
+        assert_eq!(client.header("content-type").as_deref(), Some("text/event-stream"));
+        assert_eq!(client.header("cache-control").as_deref(), Some("no-cache"));
+        assert_eq!(client.header("x-accel-buffering").as_deref(), Some("no"));
+        assert_eq!(client.header("transfer-encoding").as_deref(), Some("chunked"));
+        assert!(client.header("date").is_some());
+        assert_eq!(client.body, PREFACE);
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_field_case_is_wire_exact() {
-    let server = TestServer::start(&[]).await;
-    let mut c = subscribe(&server, "topic=t").await;
-    assert_frame(&server, &mut c, None, b"hello", None, "data: hello\n\n").await;
-    assert_frame(
-        &server,
-        &mut c,
-        Some("tick"),
-        b"hello",
-        None,
-        "event: tick\ndata: hello\n\n",
-    )
-    .await;
-    assert_frame(&server, &mut c, None, b"", None, "data: \n\n").await;
-    assert_frame(
-        &server,
-        &mut c,
-        None,
-        b" leading space",
-        None,
-        "data:  leading space\n\n",
-    )
-    .await;
-    assert_frame(
-        &server,
-        &mut c,
-        None,
-        b"trailing newline\n",
-        None,
-        "data: trailing newline\ndata: \n\n",
-    )
-    .await;
-    assert_frame(
-        &server,
-        &mut c,
-        None,
-        b"data: looks like a field",
-        None,
-        "data: data: looks like a field\n\n",
-    )
-    .await;
-    assert_frame(
-        &server,
-        &mut c,
-        None,
-        "ünïcödé ✓".as_bytes(),
-        None,
-        "data: ünïcödé ✓\n\n",
-    )
-    .await;
-    assert_frame(
-        &server,
-        &mut c,
+/// (event name, data, content type, expected frame after its `id:` line)
+const FIELD_CASES: &[(Option<&str>, &[u8], Option<&str>, &str)] = &[
+    (None, b"hello", None, "data: hello\n\n"),
+    (Some("tick"), b"hello", None, "event: tick\ndata: hello\n\n"),
+    (None, b"", None, "data: \n\n"),
+    (None, b" leading space", None, "data:  leading space\n\n"),
+    (None, b"trailing newline\n", None, "data: trailing newline\ndata: \n\n"),
+    (None, b"data: looks like a field", None, "data: data: looks like a field\n\n"),
+    (None, b":colon first", None, "data: :colon first\n\n"),
+    (None, "ünïcödé ✓".as_bytes(), None, "data: ünïcödé ✓\n\n"),
+    (
         Some("bin"),
         &[0, 1, 2, 253, 254, 255],
         Some("application/octet-stream"),
         "event: bin\ndata: AAEC/f7/\n\n",
-    )
-    .await;
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_case_is_wire_exact() {
+    let server = TestServer::start(&[]).await;
+    let mut fast = subscribe(&server, "topic=t").await;
+    let mut via_hyper = subscribe_via_hyper(&server, "topic=t").await;
+    for &(event, data, content_type, expected) in FIELD_CASES {
+        let fast_before = fast.body.len();
+        let before = via_hyper.body.len();
+        let id = publish_ok(server.addr, "t", event, data, content_type).await;
+        let expected = format!("id: {id}\n{expected}");
+        for (client, before) in [(&mut fast, fast_before), (&mut via_hyper, before)] {
+            let body = client.read_body_len(before + expected.len()).await;
+            assert_eq!(String::from_utf8_lossy(&body[before..]), expected);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_line_data_in_all_three_line_ending_forms() {
     let server = TestServer::start(&[]).await;
     let mut c = subscribe(&server, "topic=t").await;
-    for data in [
-        "one\ntwo\nthree",
-        "one\r\ntwo\r\nthree",
-        "one\rtwo\rthree",
-        "one\r\ntwo\nthree",
-    ] {
+    for data in ["one\ntwo\nthree", "one\r\ntwo\r\nthree", "one\rtwo\rthree", "one\r\ntwo\nthree"] {
         assert_frame(
             &server,
             &mut c,
@@ -164,10 +134,8 @@ async fn single_topic_ids_are_the_publish_ids_and_increase() {
         assert_eq!(&event.last_event_id, id);
         assert_eq!(event.kind, "message");
     }
-    let seqs: Vec<u64> = ids
-        .iter()
-        .map(|id| id.rsplit('-').next().unwrap().parse().unwrap())
-        .collect();
+    let seqs: Vec<u64> =
+        ids.iter().map(|id| id.rsplit('-').next().unwrap().parse().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
     let epochs: std::collections::HashSet<_> =
         ids.iter().map(|id| id.split('-').next().unwrap()).collect();
@@ -184,10 +152,7 @@ async fn several_topics_share_one_stream_with_a_cursor() {
     server.publish("other", "not subscribed").await;
     let a2 = server.publish("a", "a2").await;
     let events = c.events(3).await;
-    assert_eq!(
-        events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
-        ["a1", "b1", "a2"]
-    );
+    assert_eq!(events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["a1", "b1", "a2"]);
     // Cursor positions follow the canonical (sorted) topic order: a, then b.
     let b0 = format!("{}-0", a0.split('-').next().unwrap());
     assert_eq!(events[0].last_event_id, format!("{a1},{b0}"));
@@ -195,10 +160,7 @@ async fn several_topics_share_one_stream_with_a_cursor() {
     assert_eq!(events[2].last_event_id, format!("{a2},{b1}"));
     // The frame body after the cursor line is the event's own.
     let text = String::from_utf8_lossy(&c.body).into_owned();
-    assert!(
-        text.ends_with(&format!("id: {a2},{b1}\ndata: a2\n\n")),
-        "{text}"
-    );
+    assert!(text.ends_with(&format!("id: {a2},{b1}\ndata: a2\n\n")), "{text}");
     assert!(!text.contains("not subscribed"));
 }
 
@@ -221,18 +183,12 @@ async fn heartbeat_comments_fill_quiet_periods_only() {
         server.publish("t", &i.to_string()).await;
         let since = last_publish.elapsed();
         last_publish = tokio::time::Instant::now();
-        assert!(
-            since < std::time::Duration::from_millis(150),
-            "publisher too slow for this check"
-        );
+        assert!(since < std::time::Duration::from_millis(150), "publisher too slow for this check");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     c.events(10).await;
     let during = String::from_utf8_lossy(&c.body[before..]).into_owned();
-    assert!(
-        !during.contains("heartbeat"),
-        "heartbeat while busy: {during}"
-    );
+    assert!(!during.contains("heartbeat"), "heartbeat while busy: {during}");
     c.read_body_until(|b| b.ends_with(b": heartbeat\n\n")).await;
 }
 

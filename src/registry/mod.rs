@@ -90,9 +90,7 @@ impl Registry {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let shards = (cores.next_power_of_two() * 4).max(4);
         Registry {
-            shards: (0..shards)
-                .map(|_| CachePadded::new(RwLock::new(HashMap::new())))
-                .collect(),
+            shards: (0..shards).map(|_| CachePadded::new(RwLock::new(HashMap::new()))).collect(),
             hasher: RandomState::new(),
             history_limit,
             epoch: Epoch::random(),
@@ -170,10 +168,7 @@ impl TopicStart {
     /// The position just before the first event this subscription will deliver.
     pub fn position(&self) -> EventId {
         let seq = self.replay.first().map_or(self.head, |e| e.id.seq - 1);
-        EventId {
-            epoch: self.epoch,
-            seq,
-        }
+        EventId { epoch: self.epoch, seq }
     }
 }
 
@@ -229,10 +224,7 @@ impl Topic {
 
     /// The id of the last published event (sequence 0 before the first).
     pub fn head(&self) -> EventId {
-        EventId {
-            epoch: self.epoch,
-            seq: self.head.load(Ordering::Acquire),
-        }
+        EventId { epoch: self.epoch, seq: self.head.load(Ordering::Acquire) }
     }
 
     /// The subscriber set.
@@ -251,18 +243,9 @@ impl Topic {
     ) -> Arc<Event> {
         let _order = self.order.lock();
         let seq = self.head.load(Ordering::Relaxed) + 1;
-        let id = EventId {
-            epoch: self.epoch,
-            seq,
-        };
+        let id = EventId { epoch: self.epoch, seq };
         let sse = encode::finish(body, id);
-        let event = Arc::new(Event {
-            topic: self.name.clone(),
-            id,
-            name,
-            data,
-            sse,
-        });
+        let event = Arc::new(Event { topic: self.name.clone(), id, name, data, sse });
         let guard = epoch::pin();
         self.history.push(event.clone(), &guard);
         self.head.store(seq, Ordering::Release);
@@ -270,10 +253,7 @@ impl Topic {
         fence(Ordering::SeqCst);
         let bytes = event.sse.frame.len();
         self.subscribers.for_each(&guard, |subscriber| {
-            let delivery = Delivery {
-                event: event.clone(),
-                topic_index: subscriber.topic_index,
-            };
+            let delivery = Delivery { event: event.clone(), topic_index: subscriber.topic_index };
             if subscriber.queue.push(delivery, bytes) == Push::Evicted {
                 evicted(subscriber.queue.transport());
             }
@@ -289,36 +269,19 @@ impl Topic {
         topic_index: u16,
         resume: Option<EventId>,
     ) -> TopicStart {
-        let slot = self.subscribers.insert(Subscriber {
-            queue: queue.clone(),
-            topic_index,
-        });
+        let slot = self.subscribers.insert(Subscriber { queue: queue.clone(), topic_index });
         // Pairs with the fence in `publish`.
         fence(Ordering::SeqCst);
         let head = self.head.load(Ordering::Acquire);
-        let mut start = TopicStart {
-            slot,
-            epoch: self.epoch,
-            head,
-            replay: Vec::new(),
-            gap: None,
-        };
+        let mut start = TopicStart { slot, epoch: self.epoch, head, replay: Vec::new(), gap: None };
         let Some(requested) = resume else {
             return start;
         };
         if requested.epoch != self.epoch {
             start.replay = self.history.read(0, head).events;
-            start.gap = Some(Gap {
-                reason: GapReason::Epoch,
-                requested,
-                missed: None,
-            });
+            start.gap = Some(Gap { reason: GapReason::Epoch, requested, missed: None });
         } else if requested.seq > head {
-            start.gap = Some(Gap {
-                reason: GapReason::Unknown,
-                requested,
-                missed: None,
-            });
+            start.gap = Some(Gap { reason: GapReason::Unknown, requested, missed: None });
         } else {
             let retained = self.history.read(requested.seq, head);
             if retained.missed > 0 {
@@ -389,10 +352,7 @@ mod tests {
         let queue = Arc::new(ClientQueue::new(1 << 20, Transport::Sse, None));
 
         let start = topic.subscribe(&queue, 0, Some(ids[5]));
-        assert_eq!(
-            start.replay.iter().map(|e| e.id.seq).collect::<Vec<_>>(),
-            [7, 8]
-        );
+        assert_eq!(start.replay.iter().map(|e| e.id.seq).collect::<Vec<_>>(), [7, 8]);
         assert_eq!(start.gap, None);
         assert_eq!(start.position(), ids[5]);
         publish(&topic, "live");
@@ -400,40 +360,24 @@ mod tests {
         topic.unsubscribe(start.slot);
 
         let start = topic.subscribe(&queue, 0, Some(ids[0]));
-        assert_eq!(
-            start.replay.first().map(|e| e.id.seq),
-            Some(5),
-            "history keeps 5"
-        );
+        assert_eq!(start.replay.first().map(|e| e.id.seq), Some(5), "history keeps 5");
         assert_eq!(
             start.gap,
-            Some(Gap {
-                reason: GapReason::Expired,
-                requested: ids[0],
-                missed: Some(3)
-            })
+            Some(Gap { reason: GapReason::Expired, requested: ids[0], missed: Some(3) })
         );
         assert_eq!(start.position().seq, 4);
         topic.unsubscribe(start.slot);
 
-        let foreign = EventId {
-            epoch: Epoch::from_u64(registry.epoch().as_u64() ^ 1).unwrap(),
-            seq: 3,
-        };
+        let foreign =
+            EventId { epoch: Epoch::from_u64(registry.epoch().as_u64() ^ 1).unwrap(), seq: 3 };
         let start = topic.subscribe(&queue, 0, Some(foreign));
         assert_eq!(start.gap.as_ref().map(|g| g.reason), Some(GapReason::Epoch));
         assert_eq!(start.replay.len(), 5);
         topic.unsubscribe(start.slot);
 
-        let future = EventId {
-            epoch: registry.epoch(),
-            seq: 100,
-        };
+        let future = EventId { epoch: registry.epoch(), seq: 100 };
         let start = topic.subscribe(&queue, 0, Some(future));
-        assert_eq!(
-            start.gap.as_ref().map(|g| g.reason),
-            Some(GapReason::Unknown)
-        );
+        assert_eq!(start.gap.as_ref().map(|g| g.reason), Some(GapReason::Unknown));
         assert!(start.replay.is_empty());
         assert_eq!(start.position().seq, 9);
     }

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
@@ -60,14 +60,15 @@ pub trait ConnectionCloser: Send + Sync {
     fn close_connection(&self);
 }
 
+/// Deques up to this many entries keep their capacity between uses.
+const SHRINK_ABOVE: usize = 256;
+
 const OPEN: u8 = 0;
 const SHUTDOWN: u8 = 1;
 const EVICTED: u8 = 2;
 
 /// A bounded, multi-producer, single-consumer queue of events for one client.
 pub struct ClientQueue {
-    /// Bytes pushed and not yet reported written by the writer.
-    queued_bytes: AtomicUsize,
     /// Limit on `queued_bytes`.
     limit: usize,
     /// `OPEN`, `SHUTDOWN` or `EVICTED`; only ever moves away from `OPEN`.
@@ -80,6 +81,8 @@ pub struct ClientQueue {
 }
 
 struct Inner {
+    /// Bytes pushed and not yet reported written (or dropped) by the writer.
+    queued_bytes: usize,
     items: VecDeque<Delivery>,
     /// An emptied deque handed back by the writer, so pushes reuse its capacity.
     spare: Option<VecDeque<Delivery>>,
@@ -98,12 +101,12 @@ impl ClientQueue {
         closer: Option<Arc<dyn ConnectionCloser>>,
     ) -> Self {
         ClientQueue {
-            queued_bytes: AtomicUsize::new(0),
             limit,
             state: AtomicU8::new(OPEN),
             transport,
             closer,
             inner: Mutex::new(Inner {
+                queued_bytes: 0,
                 items: VecDeque::new(),
                 spare: None,
                 waker: None,
@@ -122,17 +125,13 @@ impl ClientQueue {
         if self.state.load(Ordering::Acquire) != OPEN {
             return Push::Closed;
         }
-        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-        if before + bytes > self.limit {
-            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            return if self.close(Closed::Evicted) {
-                Push::Evicted
-            } else {
-                Push::Closed
-            };
-        }
         let waker = {
             let mut inner = self.inner.lock();
+            if inner.queued_bytes + bytes > self.limit {
+                drop(inner);
+                return if self.close(Closed::Evicted) { Push::Evicted } else { Push::Closed };
+            }
+            inner.queued_bytes += bytes;
             inner.items.push_back(delivery);
             if inner.notified {
                 None
@@ -154,11 +153,7 @@ impl ClientQueue {
             Closed::Shutdown => SHUTDOWN,
             Closed::Evicted => EVICTED,
         };
-        if self
-            .state
-            .compare_exchange(OPEN, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if self.state.compare_exchange(OPEN, to, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return false;
         }
         let waker = self.inner.lock().waker.take();
@@ -214,9 +209,9 @@ impl ClientQueue {
     /// by a burst) are shrunk so an idle client does not keep a burst's memory.
     pub fn recycle(&self, mut deque: VecDeque<Delivery>, used: usize) {
         deque.clear();
-        let keep = used.max(8);
-        if deque.capacity() > 4 * keep {
-            deque.shrink_to(keep);
+        // Only a deque far larger than its use is shrunk, so steady traffic never reallocates.
+        if deque.capacity() > SHRINK_ABOVE && deque.capacity() > 8 * used {
+            deque.shrink_to(used.max(SHRINK_ABOVE / 8));
         }
         let mut inner = self.inner.lock();
         if inner.spare.is_none() {
@@ -226,12 +221,15 @@ impl ClientQueue {
 
     /// Reports `bytes` of queued frames as written (or dropped), freeing budget.
     pub fn release(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if bytes > 0 {
+            let mut inner = self.inner.lock();
+            inner.queued_bytes = inner.queued_bytes.saturating_sub(bytes);
+        }
     }
 
     /// Bytes pushed and not yet released.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Acquire)
+        self.inner.lock().queued_bytes
     }
 }
 
@@ -254,10 +252,7 @@ mod tests {
     use std::task::Wake;
 
     fn event(seq: u64) -> Arc<Event> {
-        let id = EventId {
-            epoch: Epoch::from_u64(1).unwrap(),
-            seq,
-        };
+        let id = EventId { epoch: Epoch::from_u64(1).unwrap(), seq };
         let data = EventData::Text(bytes::Bytes::from_static(b"x"));
         Arc::new(Event {
             topic: TopicName::new("t").unwrap(),
@@ -269,10 +264,7 @@ mod tests {
     }
 
     fn delivery(seq: u64) -> Delivery {
-        Delivery {
-            event: event(seq),
-            topic_index: 0,
-        }
+        Delivery { event: event(seq), topic_index: 0 }
     }
 
     #[derive(Default)]
@@ -313,23 +305,10 @@ mod tests {
         queue.push(delivery(1), 50);
         assert!(woken.0.swap(false, Ordering::SeqCst));
         queue.push(delivery(2), 50);
-        assert!(
-            !woken.0.load(Ordering::SeqCst),
-            "a second push must not wake again"
-        );
-        assert_eq!(
-            queue.poll_drain(&mut cx, &mut out),
-            Poll::Ready(Drained::Events)
-        );
-        assert_eq!(
-            out.iter().map(|d| d.event.id.seq).collect::<Vec<_>>(),
-            [1, 2]
-        );
-        assert_eq!(
-            queue.push(delivery(3), 1),
-            Push::Evicted,
-            "unreleased bytes still count"
-        );
+        assert!(!woken.0.load(Ordering::SeqCst), "a second push must not wake again");
+        assert_eq!(queue.poll_drain(&mut cx, &mut out), Poll::Ready(Drained::Events));
+        assert_eq!(out.iter().map(|d| d.event.id.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(queue.push(delivery(3), 1), Push::Evicted, "unreleased bytes still count");
 
         let queue = ClientQueue::new(100, Transport::Sse, None);
         queue.push(delivery(1), 100);
@@ -346,10 +325,7 @@ mod tests {
         assert!(queue.close(Closed::Shutdown));
         assert!(!queue.close(Closed::Evicted), "the first close wins");
         let mut out = VecDeque::new();
-        assert_eq!(
-            queue.poll_drain(&mut cx, &mut out),
-            Poll::Ready(Drained::Events)
-        );
+        assert_eq!(queue.poll_drain(&mut cx, &mut out), Poll::Ready(Drained::Events));
         out.clear();
         assert_eq!(
             queue.poll_drain(&mut cx, &mut out),

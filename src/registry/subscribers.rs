@@ -36,11 +36,7 @@ struct Slots {
 
 impl Slots {
     fn with_capacity(capacity: usize) -> Self {
-        Slots {
-            entries: (0..capacity)
-                .map(|_| AtomicPtr::new(ptr::null_mut()))
-                .collect(),
-        }
+        Slots { entries: (0..capacity).map(|_| AtomicPtr::new(ptr::null_mut())).collect() }
     }
 }
 
@@ -252,10 +248,7 @@ mod tests {
         assert!(!set.remove(ids[3]), "removing twice is a no-op");
         assert_eq!(set.len(), 9);
         let again = set.insert(subscriber(99));
-        assert_eq!(
-            again, ids[3],
-            "a freed slot is reused before the array grows"
-        );
+        assert_eq!(again, ids[3], "a freed slot is reused before the array grows");
         assert_eq!(set.high_water.load(Ordering::Relaxed), 10);
         assert!(seen(&set).contains(&99));
     }
@@ -291,10 +284,7 @@ mod tests {
                 tags
             };
             for i in 0..64u16 {
-                assert!(
-                    tags.contains(&i),
-                    "stable subscriber {i} missed during churn"
-                );
+                assert!(tags.contains(&i), "stable subscriber {i} missed during churn");
             }
         }
         stop.store(true, Ordering::Relaxed);

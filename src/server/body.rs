@@ -7,7 +7,8 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::sse::body::{Chunk, SseBody, StreamError};
+use crate::sse::body::SseBody;
+use crate::sse::writer::{Chunk, StreamError};
 
 pin_project! {
     /// A response body.
@@ -30,23 +31,17 @@ impl ResponseBody {
     /// A complete body.
     pub fn full(bytes: Bytes) -> Self {
         let chunk = (!bytes.is_empty()).then(|| Chunk::from_bytes(bytes));
-        ResponseBody {
-            kind: Kind::Full { chunk },
-        }
+        ResponseBody { kind: Kind::Full { chunk } }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        ResponseBody {
-            kind: Kind::Full { chunk: None },
-        }
+        ResponseBody { kind: Kind::Full { chunk: None } }
     }
 
     /// An event stream.
     pub fn sse(body: SseBody) -> Self {
-        ResponseBody {
-            kind: Kind::Sse { body },
-        }
+        ResponseBody { kind: Kind::Sse { body } }
     }
 }
 

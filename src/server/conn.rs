@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
-use hyper_util::server::graceful::GracefulConnection;
 use parking_lot::Mutex;
 use pin_project_lite::pin_project;
 use slab::Slab;
@@ -28,10 +27,7 @@ pub struct ConnControl {
 
 impl Default for ConnControl {
     fn default() -> Self {
-        ConnControl {
-            state: AtomicU8::new(RUNNING),
-            waker: AtomicWaker::new(),
-        }
+        ConnControl { state: AtomicU8::new(RUNNING), waker: AtomicWaker::new() }
     }
 }
 
@@ -60,37 +56,34 @@ impl ConnectionCloser for ConnControl {
 }
 
 pin_project! {
-    /// Drives a hyper connection until it ends, drains or is killed.
+    /// Drives a connection until it ends, or is killed; tells it when to drain.
     pub struct ControlledConnection<C> {
         #[pin]
         conn: C,
         control: Arc<ConnControl>,
+        drain: fn(Pin<&mut C>),
         draining: bool,
     }
 }
 
 impl<C> ControlledConnection<C> {
-    /// Wraps `conn`, obeying `control`.
-    pub fn new(conn: C, control: Arc<ConnControl>) -> Self {
-        ControlledConnection {
-            conn,
-            control,
-            draining: false,
-        }
+    /// Wraps `conn`, obeying `control`; `drain` starts a graceful close.
+    pub fn new(conn: C, control: Arc<ConnControl>, drain: fn(Pin<&mut C>)) -> Self {
+        ControlledConnection { conn, control, drain, draining: false }
     }
 }
 
 /// How a connection ended.
 #[derive(Debug)]
-pub enum ConnectionEnd<E> {
-    /// hyper finished it (the peer closed, or it drained).
-    Finished(Result<(), E>),
+pub enum ConnectionEnd<T> {
+    /// It finished by itself (the peer closed, or it drained).
+    Finished(T),
     /// The server closed it.
     Killed,
 }
 
-impl<C: GracefulConnection> Future for ControlledConnection<C> {
-    type Output = ConnectionEnd<C::Error>;
+impl<C: Future> Future for ControlledConnection<C> {
+    type Output = ConnectionEnd<C::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -99,7 +92,7 @@ impl<C: GracefulConnection> Future for ControlledConnection<C> {
             KILL => return Poll::Ready(ConnectionEnd::Killed),
             DRAIN if !*this.draining => {
                 *this.draining = true;
-                this.conn.as_mut().graceful_shutdown();
+                (this.drain)(this.conn.as_mut());
             }
             _ => {}
         }

@@ -7,7 +7,9 @@
 
 pub mod body;
 pub mod conn;
+mod first_request;
 mod publish;
+mod rewind;
 mod service;
 
 use std::future::Future;
@@ -26,6 +28,8 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use conn::{ConnControl, ConnectionEnd, ControlledConnection, Tracker};
+use first_request::FirstRequest;
+use rewind::Rewind;
 use service::ConnService;
 
 /// What every request handler shares.
@@ -43,11 +47,7 @@ impl App {
     pub fn new(config: Config) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(config.hub(), metrics.clone()));
-        Arc::new(App {
-            hub,
-            metrics,
-            config,
-        })
+        Arc::new(App { hub, metrics, config })
     }
 }
 
@@ -61,10 +61,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.config.header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(app.config.header_read_timeout);
     let builder = Arc::new(builder);
     let tracker = Arc::new(Tracker::default());
     let upkeep = tokio::spawn({
@@ -98,10 +95,7 @@ pub async fn serve(
     tracing::info!(connections = tracker.len(), "shutting down: draining");
     app.hub.shutdown();
     tracker.drain_all();
-    if tokio::time::timeout(app.config.shutdown_timeout, tracker.wait_empty())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(app.config.shutdown_timeout, tracker.wait_empty()).await.is_err() {
         tracing::warn!(
             connections = tracker.len(),
             "shutdown timeout: closing remaining connections"
@@ -126,19 +120,72 @@ fn spawn_connection(
     }
     let control = Arc::new(ConnControl::default());
     let key = tracker.add(control.clone());
-    let service = ConnService::new(app.clone(), control.clone(), peer);
-    let (builder, tracker) = (builder.clone(), tracker.clone());
+    let (app, builder, tracker) = (app.clone(), builder.clone(), tracker.clone());
     tokio::spawn(async move {
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        match ControlledConnection::new(conn, control).await {
-            ConnectionEnd::Finished(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "connection ended with an error")
-            }
-            ConnectionEnd::Finished(Ok(())) => {}
-            ConnectionEnd::Killed => tracing::debug!(%peer, "connection closed by the server"),
-        }
+        serve_connection(stream, peer, &app, &builder, control).await;
         tracker.remove(key);
     });
+}
+
+/// Serves one connection: an SSE stream on the fast path if that is what its first request
+/// asks for, hyper otherwise.
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    app: &Arc<App>,
+    builder: &Builder<TokioExecutor>,
+    control: Arc<ConnControl>,
+) {
+    let mut first = Vec::new();
+    let read_first = first_request::read(&mut stream, &mut first);
+    let stream = match tokio::time::timeout(app.config.header_read_timeout, read_first).await {
+        Ok(Ok(FirstRequest::EventStream { query, last_event_id })) => {
+            let closer = control.clone();
+            match crate::sse::fast_path(
+                app,
+                closer,
+                query.as_deref(),
+                last_event_id.as_deref(),
+                stream,
+            ) {
+                Ok(sse) => {
+                    drop(first);
+                    app.metrics.http_request("sse", 200);
+                    if let ConnectionEnd::Killed =
+                        ControlledConnection::new(sse, control, |_| {}).await
+                    {
+                        tracing::debug!(%peer, "stream closed by the server");
+                    }
+                    return;
+                }
+                // Refused: hyper answers the same request with the error.
+                Err(stream) => stream,
+            }
+        }
+        Ok(Ok(FirstRequest::Other)) => stream,
+        Ok(Ok(FirstRequest::Closed)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "reading the first request failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no request head within the header read timeout");
+            return;
+        }
+    };
+    let io = TokioIo::new(Rewind::new(first, stream));
+    let service = ConnService::new(app.clone(), control.clone(), peer);
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    let drain = |conn: std::pin::Pin<&mut _>| {
+        hyper_util::server::graceful::GracefulConnection::graceful_shutdown(conn)
+    };
+    match ControlledConnection::new(conn, control, drain).await {
+        ConnectionEnd::Finished(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error")
+        }
+        ConnectionEnd::Finished(Ok(())) => {}
+        ConnectionEnd::Killed => tracing::debug!(%peer, "connection closed by the server"),
+    }
 }
 
 /// A server running on a background task, for tests, benchmarks and embedding.
@@ -159,12 +206,7 @@ impl ServerHandle {
         let task = tokio::spawn(serve(listener, app.clone(), async move {
             let _ = rx.await;
         }));
-        Ok(ServerHandle {
-            addr,
-            app,
-            shutdown: Some(tx),
-            task: Some(task),
-        })
+        Ok(ServerHandle { addr, app, shutdown: Some(tx), task: Some(task) })
     }
 
     /// The address it listens on.

@@ -75,11 +75,9 @@ pub(crate) async fn handle(
         topic: &'a str,
         id: String,
     }
-    let body = serde_json::to_string(&Published {
-        topic: topic.as_str(),
-        id: event.id.to_string(),
-    })
-    .unwrap_or_default();
+    let body =
+        serde_json::to_string(&Published { topic: topic.as_str(), id: event.id.to_string() })
+            .unwrap_or_default();
     Ok(json_response(StatusCode::OK, body))
 }
 
@@ -128,24 +126,13 @@ mod tests {
     fn query_needs_exactly_one_valid_topic() {
         assert!(parse_query(Some("topic=a&event=x")).is_ok());
         assert_eq!(parse_query(None).unwrap_err().code, "bad_topic");
+        assert_eq!(parse_query(Some("topic=a&topic=b")).unwrap_err().code, "bad_topic");
+        assert_eq!(parse_query(Some("topic=a%20b")).unwrap_err().code, "bad_topic");
         assert_eq!(
-            parse_query(Some("topic=a&topic=b")).unwrap_err().code,
-            "bad_topic"
-        );
-        assert_eq!(
-            parse_query(Some("topic=a%20b")).unwrap_err().code,
-            "bad_topic"
-        );
-        assert_eq!(
-            parse_query(Some("topic=a&event=crier.gap"))
-                .unwrap_err()
-                .code,
+            parse_query(Some("topic=a&event=crier.gap")).unwrap_err().code,
             "bad_event_name"
         );
-        assert_eq!(
-            parse_query(Some("topic=a&event=")).unwrap_err().code,
-            "bad_event_name"
-        );
+        assert_eq!(parse_query(Some("topic=a&event=")).unwrap_err().code, "bad_event_name");
     }
 
     #[test]

@@ -34,34 +34,24 @@ impl ConnService {
             "/publish" => ("publish", self.publish(req).await),
             "/sse" => (
                 "sse",
-                only_get(&req, || {
-                    crate::sse::handle(&self.app, self.control.clone(), &req)
-                }),
+                only_get(&req, || crate::sse::handle(&self.app, self.control.clone(), &req)),
             ),
             "/healthz" => (
                 "healthz",
-                only_get(&req, || {
-                    Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()))
-                }),
+                only_get(&req, || Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()))),
             ),
             "/readyz" => ("readyz", only_get(&req, || self.readyz())),
             "/metrics" => ("metrics", only_get(&req, || Ok(self.metrics()))),
             _ => ("not_found", Err(ApiError::not_found(path))),
         };
         let response = result.unwrap_or_else(ApiError::into_response);
-        self.app
-            .metrics
-            .http_request(route, response.status().as_u16());
+        self.app.metrics.http_request(route, response.status().as_u16());
         response
     }
 
     async fn publish(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
         if req.method() != Method::POST {
-            return Err(ApiError::method_not_allowed(
-                req.method(),
-                req.uri().path(),
-                "POST",
-            ));
+            return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "POST"));
         }
         crate::server::publish::handle(&self.app.hub, self.peer, req).await
     }
@@ -74,10 +64,7 @@ impl ConnService {
                 "the server is shutting down",
             ));
         }
-        Ok(json_response(
-            StatusCode::OK,
-            r#"{"status":"ready"}"#.into(),
-        ))
+        Ok(json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()))
     }
 
     fn metrics(&self) -> Response<ResponseBody> {
@@ -97,11 +84,7 @@ fn only_get<B>(
     match *req.method() {
         // hyper sends no body for HEAD.
         Method::GET | Method::HEAD => handler(),
-        _ => Err(ApiError::method_not_allowed(
-            req.method(),
-            req.uri().path(),
-            "GET, HEAD",
-        )),
+        _ => Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "GET, HEAD")),
     }
 }
 

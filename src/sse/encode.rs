@@ -90,10 +90,7 @@ pub(crate) fn finish(body: EncodedBody, id: EventId) -> SseFrame {
     buf[start..start + 4].copy_from_slice(b"id: ");
     buf[start + 4..start + 4 + id.len()].copy_from_slice(id);
     buf[ID_HEADROOM - 1] = b'\n';
-    SseFrame {
-        frame: buf.freeze().slice(start..),
-        body_offset: id_line_len,
-    }
+    SseFrame { frame: buf.freeze().slice(start..), body_offset: id_line_len }
 }
 
 /// Encodes a complete frame for an event; for benchmarks, tests and fuzzing.
@@ -146,10 +143,7 @@ mod tests {
     use crate::event::Epoch;
 
     fn id(seq: u64) -> EventId {
-        EventId {
-            epoch: Epoch::from_u64(36 * 36).unwrap(),
-            seq,
-        }
+        EventId { epoch: Epoch::from_u64(36 * 36).unwrap(), seq }
     }
 
     fn text(s: &str) -> EventData {
@@ -158,10 +152,7 @@ mod tests {
 
     #[test]
     fn unnamed_single_line() {
-        assert_eq!(
-            encode_event(id(7), None, &text("hello")),
-            &b"id: 100-7\ndata: hello\n\n"[..]
-        );
+        assert_eq!(encode_event(id(7), None, &text("hello")), &b"id: 100-7\ndata: hello\n\n"[..]);
     }
 
     #[test]
@@ -175,14 +166,8 @@ mod tests {
 
     #[test]
     fn edge_lines_are_kept() {
-        assert_eq!(
-            encode_event(id(1), None, &text("")),
-            &b"id: 100-1\ndata: \n\n"[..]
-        );
-        assert_eq!(
-            encode_event(id(1), None, &text("\n")),
-            &b"id: 100-1\ndata: \ndata: \n\n"[..]
-        );
+        assert_eq!(encode_event(id(1), None, &text("")), &b"id: 100-1\ndata: \n\n"[..]);
+        assert_eq!(encode_event(id(1), None, &text("\n")), &b"id: 100-1\ndata: \ndata: \n\n"[..]);
         assert_eq!(
             encode_event(id(1), None, &text(" x\r")),
             &b"id: 100-1\ndata:  x\ndata: \n\n"[..]
@@ -196,10 +181,7 @@ mod tests {
     #[test]
     fn binary_is_base64() {
         let data = EventData::Binary(Bytes::from_static(&[0, 255, 10, 13]));
-        assert_eq!(
-            encode_event(id(2), None, &data),
-            &b"id: 100-2\ndata: AP8KDQ==\n\n"[..]
-        );
+        assert_eq!(encode_event(id(2), None, &data), &b"id: 100-2\ndata: AP8KDQ==\n\n"[..]);
     }
 
     #[test]

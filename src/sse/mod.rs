@@ -1,32 +1,82 @@
-//! The SSE edge: `GET /sse?topic=…` turns a request into a subscription and streams it.
+//! The SSE edge: `GET /sse?topic=…` turns a request into a subscription and streams it, either
+//! through hyper ([`body`]) or, for a dedicated HTTP/1.1 connection, on the socket itself
+//! ([`stream`]).
 
 pub mod body;
 pub mod encode;
+pub mod stream;
+pub mod writer;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use crate::error::ApiError;
 use crate::event::TopicName;
-use crate::hub::SubscribeError;
+use crate::hub::{SubscribeError, Subscription};
 use crate::metrics::Transport;
 use crate::registry::ConnectionCloser;
 use crate::server::App;
 use crate::server::body::ResponseBody;
+use writer::SseWriter;
 
 /// `Last-Event-ID`.
 const LAST_EVENT_ID: &str = "last-event-id";
 
-/// Subscribes to the requested topics and answers with the event stream.
+/// Subscribes to the requested topics and answers with the event stream (through hyper).
 pub(crate) fn handle<B>(
     app: &App,
     closer: Arc<dyn ConnectionCloser>,
     req: &Request<B>,
 ) -> Result<Response<ResponseBody>, ApiError> {
+    let header = req.headers().get(LAST_EVENT_ID).map(HeaderValue::as_bytes);
+    let subscription = subscribe(app, closer, req.uri().query(), header)?;
+    let mut response =
+        Response::new(ResponseBody::sse(body::SseBody::new(writer(app, subscription))));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The stream for the first request of a dedicated HTTP/1.1 connection; if the request is
+/// refused, the socket comes back so hyper can answer it with the error.
+pub(crate) fn fast_path(
+    app: &App,
+    closer: Arc<dyn ConnectionCloser>,
+    query: Option<&str>,
+    last_event_id: Option<&[u8]>,
+    io: tokio::net::TcpStream,
+) -> Result<stream::SseStream, tokio::net::TcpStream> {
+    match subscribe(app, closer, query, last_event_id) {
+        Ok(subscription) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+                 x-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: {}\r\n\r\n",
+                httpdate::fmt_http_date(std::time::SystemTime::now())
+            );
+            Ok(stream::SseStream::new(io, Bytes::from(head), writer(app, subscription)))
+        }
+        Err(_) => Err(io),
+    }
+}
+
+fn writer(app: &App, subscription: Subscription) -> SseWriter {
+    SseWriter::new(subscription, app.config.sse_retry, app.config.heartbeat, app.metrics.clone())
+}
+
+/// Reads the topics and resume position from a request and subscribes.
+fn subscribe(
+    app: &App,
+    closer: Arc<dyn ConnectionCloser>,
+    query: Option<&str>,
+    last_event_id_header: Option<&[u8]>,
+) -> Result<Subscription, ApiError> {
     let mut topics = Vec::new();
     let mut last_event_id = None;
-    for (key, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*key {
             "topic" => {
                 topics.push(TopicName::new(&value).map_err(|e| {
@@ -38,50 +88,26 @@ pub(crate) fn handle<B>(
         }
     }
     // A reconnecting EventSource sends the header; it is newer than the id in its URL.
-    if let Some(header) = req.headers().get(LAST_EVENT_ID) {
-        let value = header.to_str().map_err(|_| {
+    if let Some(header) = last_event_id_header {
+        let value = std::str::from_utf8(header).map_err(|_| {
             ApiError::bad_request("bad_last_event_id", "Last-Event-ID is not valid text")
         })?;
         if !value.is_empty() {
             last_event_id = Some(value.to_owned());
         }
     }
-    let subscription = app
-        .hub
-        .subscribe(
-            topics,
-            last_event_id.as_deref(),
-            Transport::Sse,
-            Some(closer),
-        )
-        .map_err(|e| match e {
-            SubscribeError::NoTopics => ApiError::bad_request(
-                "bad_topic",
-                "at least one topic query parameter is required",
-            ),
+    app.hub.subscribe(topics, last_event_id.as_deref(), Transport::Sse, Some(closer)).map_err(|e| {
+        match e {
+            SubscribeError::NoTopics => {
+                ApiError::bad_request("bad_topic", "at least one topic query parameter is required")
+            }
             SubscribeError::TooManyTopics { .. } => {
                 ApiError::bad_request("too_many_topics", e.to_string())
             }
             SubscribeError::BadId(e) => ApiError::bad_request("bad_last_event_id", e.to_string()),
-            SubscribeError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                e.to_string(),
-            ),
-        })?;
-    let body = body::SseBody::new(
-        subscription,
-        app.config.sse_retry,
-        app.config.heartbeat,
-        app.metrics.clone(),
-    );
-    let mut response = Response::new(ResponseBody::sse(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+            SubscribeError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string())
+            }
+        }
+    })
 }

@@ -27,10 +27,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with the default configuration plus `args` (command-line flags).
     pub async fn start(args: &[&str]) -> TestServer {
-        let argv = ["crier", "--listen", "127.0.0.1:0"]
-            .iter()
-            .chain(args)
-            .copied();
+        let argv = ["crier", "--listen", "127.0.0.1:0"].iter().chain(args).copied();
         let config = Config::try_parse_from(argv).expect("test flags parse");
         let handle = ServerHandle::start(config).await.expect("server starts");
         let addr = handle.addr();
@@ -73,9 +70,7 @@ impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|line| {
             let (k, v) = line.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
         })
     }
 }
@@ -97,10 +92,7 @@ pub async fn request(
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .expect("write request");
+    stream.write_all(req.as_bytes()).await.expect("write request");
     stream.write_all(body).await.expect("write body");
     let mut raw = Vec::new();
     timeout(WAIT, stream.read_to_end(&mut raw))
@@ -112,21 +104,10 @@ pub async fn request(
 
 /// Parses a complete `Content-Length` (or empty) response.
 pub fn parse_response(raw: &[u8]) -> HttpResponse {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response has a head");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response has a head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    HttpResponse {
-        status,
-        head,
-        body: raw[split + 4..].to_vec(),
-    }
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    HttpResponse { status, head, body: raw[split + 4..].to_vec() }
 }
 
 /// Publishes and asserts 200; returns the id.
@@ -156,10 +137,8 @@ pub async fn publish(
     if let Some(event) = event {
         target.push_str(&format!("&event={}", urlencode(event)));
     }
-    let headers: Vec<(&str, &str)> = content_type
-        .map(|ct| ("Content-Type", ct))
-        .into_iter()
-        .collect();
+    let headers: Vec<(&str, &str)> =
+        content_type.map(|ct| ("Content-Type", ct)).into_iter().collect();
     request(addr, "POST", &target, &headers, data).await
 }
 
@@ -190,6 +169,36 @@ impl SseClient {
         Self::on_stream(stream, addr, target, headers).await
     }
 
+    /// Opens the stream on a connection that first served another request, so hyper (not the
+    /// fast path for dedicated stream connections) serves it.
+    pub async fn connect_after_request(
+        addr: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> SseClient {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut reader = BufReader::new(stream);
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            timeout(WAIT, reader.read_line(&mut line)).await.expect("head in time").expect("read");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).await.expect("body");
+        assert!(reader.buffer().is_empty());
+        Self::on_stream(reader.into_inner(), addr, target, headers).await
+    }
+
     /// Like `connect` on an already connected (possibly tuned) socket.
     pub async fn on_stream(
         mut stream: TcpStream,
@@ -203,10 +212,7 @@ impl SseClient {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .expect("write request");
+        stream.write_all(req.as_bytes()).await.expect("write request");
         let mut reader = BufReader::new(stream);
         let mut head = String::new();
         loop {
@@ -215,20 +221,13 @@ impl SseClient {
                 .await
                 .expect("head in time")
                 .expect("read head");
-            assert!(
-                n > 0,
-                "connection closed before the response head ended: {head:?}"
-            );
+            assert!(n > 0, "connection closed before the response head ended: {head:?}");
             if line == "\r\n" {
                 break;
             }
             head.push_str(&line);
         }
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
         SseClient {
             reader,
             head,
@@ -243,12 +242,7 @@ impl SseClient {
 
     /// Value of response header `name`.
     pub fn header(&self, name: &str) -> Option<String> {
-        HttpResponse {
-            status: self.status,
-            head: self.head.clone(),
-            body: vec![],
-        }
-        .header(name)
+        HttpResponse { status: self.status, head: self.head.clone(), body: vec![] }.header(name)
     }
 
     /// Reads one chunk of the chunked body; false at the end of the stream.
@@ -298,9 +292,8 @@ impl SseClient {
     pub async fn read_body_until(&mut self, done: impl Fn(&[u8]) -> bool) -> &[u8] {
         let deadline = Instant::now() + WAIT;
         while !done(&self.body) {
-            let more = tokio::time::timeout_at(deadline, self.read_chunk())
-                .await
-                .unwrap_or_else(|_| {
+            let more =
+                tokio::time::timeout_at(deadline, self.read_chunk()).await.unwrap_or_else(|_| {
                     panic!(
                         "condition not met in time; body so far: {:?}",
                         String::from_utf8_lossy(&self.body)
@@ -328,9 +321,8 @@ impl SseClient {
             if !self.pending.is_empty() {
                 continue;
             }
-            let more = tokio::time::timeout_at(deadline, self.read_chunk())
-                .await
-                .unwrap_or_else(|_| {
+            let more =
+                tokio::time::timeout_at(deadline, self.read_chunk()).await.unwrap_or_else(|_| {
                     panic!(
                         "no event in time; body so far: {:?}",
                         String::from_utf8_lossy(&self.body)
@@ -393,13 +385,7 @@ where
 
 /// The value of the sample whose line starts with `series ` (exact name and labels).
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The real `crier` binary, started with `args` on a free port.

@@ -108,11 +108,7 @@ impl Parser {
         }
         let kind = std::mem::take(&mut self.kind);
         Some(Event {
-            kind: if kind.is_empty() {
-                "message".to_owned()
-            } else {
-                kind
-            },
+            kind: if kind.is_empty() { "message".to_owned() } else { kind },
             data,
             last_event_id: self.last_event_id.clone(),
         })

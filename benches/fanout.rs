@@ -1,0 +1,637 @@
+//! End-to-end fan-out benchmark: starts the real `crier` binary, opens N real SSE connections on
+//! loopback, publishes events of a given size over HTTP at a set rate (or as fast as the
+//! subscribers keep up), and reports published/s, deliveries/s, lost and duplicate events,
+//! publish-to-delivery latency (the send time travels in the payload) and server memory per
+//! connection.
+//!
+//! ```text
+//! cargo bench --bench fanout                       # the scenarios of the performance bar
+//! cargo bench --bench fanout -- --subscribers 10000 --rate 1000 --duration 10s
+//! cargo bench --bench fanout -- --subscribers 1000 --rate 0 --duration 10s
+//! ```
+//!
+//! "As fast as possible" (`--rate 0`) keeps at most `--window` events in flight (published but
+//! not yet delivered to every subscriber), so it measures the throughput the system sustains
+//! rather than how fast a queue can be overfilled; slow subscribers are still evicted by the
+//! server as usual, and are reported.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "End-to-end fan-out benchmark against the real crier binary")]
+struct Args {
+    /// Subscriber connections.
+    #[arg(long)]
+    subscribers: Option<usize>,
+    /// Events per second to publish; 0 publishes as fast as the subscribers keep up.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Event payload size in bytes (the send timestamp is written into it).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Keep-alive connections publishing in parallel.
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    /// With --rate 0: most events published but not yet delivered to every subscriber.
+    #[arg(long, default_value_t = 1000)]
+    window: u64,
+    /// Threads reading the subscriber connections.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Extra flag for the server (repeatable), e.g. --server-arg=--client-queue-bytes=4MiB.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Only measure idle memory: connect, measure, disconnect.
+    #[arg(long)]
+    idle_only: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    match args.subscribers {
+        Some(subscribers) => {
+            run(&args, subscribers);
+        }
+        None => {
+            // The performance bar: idle memory at 10k, throughput at 1k, paced 10k.
+            run(&Args { idle_only: true, ..args.clone() }, 10_000);
+            run(&Args { rate: 0, ..args.clone() }, 1_000);
+            run(&Args { rate: 1_000, ..args.clone() }, 10_000);
+        }
+    }
+}
+
+/// The server under test, as a child process.
+struct Server {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(extra: &[String]) -> Server {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_crier"))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
+            .env("CRIER_LOG", "warn,crier=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start crier");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let addr = loop {
+            let line = lines.next().expect("crier exited before listening").expect("read log");
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(listen) = json["fields"]["listen"].as_str() {
+                break listen.parse().expect("listen address");
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+
+    fn proc_status(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.proc_status("VmRSS:")
+    }
+
+    /// User + system CPU time, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: f64 = fields
+            .get(11..13)
+            .map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+        ticks / 100.0
+    }
+
+    fn metric(&self, series: &str) -> Option<f64> {
+        let text = http_get(self.addr, "/metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
+/// Counters shared by the publisher and every subscriber thread.
+struct Shared {
+    /// Timestamps in payloads are nanoseconds since this instant.
+    origin: Instant,
+    published: AtomicU64,
+    delivered: AtomicU64,
+    subscribed: AtomicUsize,
+    evicted: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// What one subscriber saw.
+#[derive(Default, Clone)]
+struct Stream {
+    last_seq: u64,
+    received: u64,
+    duplicates: u64,
+    gaps: u64,
+    evicted: bool,
+}
+
+/// What one subscriber thread collected.
+struct ThreadReport {
+    streams: Vec<Stream>,
+    latency: Histogram<u64>,
+}
+
+fn run(args: &Args, subscribers: usize) {
+    let server = Server::start(&args.server_args);
+    let topic = format!("bench-{}", std::process::id());
+    let shared = Arc::new(Shared {
+        origin: Instant::now(),
+        published: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        subscribed: AtomicUsize::new(0),
+        evicted: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+    });
+    // Let the server settle, then take the memory baseline.
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_base = server.rss_kib();
+
+    let threads = args.client_threads.max(1);
+    let per_thread: Vec<usize> = (0..threads)
+        .map(|t| subscribers / threads + usize::from(t < subscribers % threads))
+        .collect();
+    let handles: Vec<_> = per_thread
+        .iter()
+        .enumerate()
+        .map(|(t, &count)| {
+            let (shared, topic, addr) = (shared.clone(), topic.clone(), server.addr);
+            std::thread::spawn(move || subscriber_thread(t, count, addr, &topic, &shared))
+        })
+        .collect();
+    let connect_started = Instant::now();
+    while shared.subscribed.load(Ordering::Acquire) < subscribers {
+        assert!(
+            connect_started.elapsed() < Duration::from_secs(120),
+            "subscribers did not all connect"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connect_took = connect_started.elapsed();
+    // Idle memory: every stream open, nothing published yet.
+    std::thread::sleep(Duration::from_millis(1000));
+    let rss_idle = server.rss_kib();
+    let subscriptions = server.metric("crier_subscriptions").unwrap_or(0.0) as usize;
+    println!();
+    println!(
+        "crier fanout: {subscribers} SSE subscribers, {} B events, {}, {} publisher connections",
+        args.payload,
+        if args.rate == 0 {
+            format!("as fast as possible (window {})", args.window)
+        } else {
+            format!("{}/s", args.rate)
+        },
+        args.publishers
+    );
+    println!(
+        "  connect       {subscribers} streams in {:.2} s; server holds {subscriptions} subscriptions",
+        connect_took.as_secs_f64()
+    );
+    println!(
+        "  server RSS    {:.1} MiB before, {:.1} MiB with {subscribers} idle streams: {:.2} KiB per connection",
+        rss_base as f64 / 1024.0,
+        rss_idle as f64 / 1024.0,
+        (rss_idle.saturating_sub(rss_base)) as f64 / subscribers as f64
+    );
+    if args.idle_only {
+        shared.stop.store(true, Ordering::Release);
+        for h in handles {
+            let _ = h.join();
+        }
+        return;
+    }
+
+    let cpu_before = server.cpu_seconds();
+    let publish_started = Instant::now();
+    publish(args, server.addr, &topic, &shared, subscribers);
+    let publish_took = publish_started.elapsed();
+    let published = shared.published.load(Ordering::Acquire);
+    // Let in-flight events arrive.
+    let drain_deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let alive = subscribers - shared.evicted.load(Ordering::Acquire);
+        if shared.delivered.load(Ordering::Acquire) >= published * alive as u64
+            || Instant::now() > drain_deadline
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let delivered_took = publish_started.elapsed();
+    let cpu_used = server.cpu_seconds() - cpu_before;
+    let rss_busy = server.rss_kib();
+    shared.stop.store(true, Ordering::Release);
+    let reports: Vec<ThreadReport> =
+        handles.into_iter().map(|h| h.join().expect("subscriber thread")).collect();
+
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram");
+    let (mut received, mut duplicates, mut lost, mut evicted, mut evicted_missed) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for report in &reports {
+        latency.add(&report.latency).expect("merge histograms");
+        for s in &report.streams {
+            received += s.received;
+            duplicates += s.duplicates;
+            let missing = s.gaps + published.saturating_sub(s.last_seq);
+            if s.evicted {
+                evicted += 1;
+                evicted_missed += missing;
+            } else {
+                lost += missing;
+            }
+        }
+    }
+    let secs = delivered_took.as_secs_f64();
+    println!(
+        "  published     {published} events in {:.2} s: {:.0} events/s",
+        publish_took.as_secs_f64(),
+        published as f64 / publish_took.as_secs_f64()
+    );
+    println!(
+        "  deliveries    {received} in {secs:.2} s: {:.0} deliveries/s",
+        received as f64 / secs
+    );
+    println!(
+        "  lost          {lost}   duplicates {duplicates}   evicted {evicted} subscribers (missing {evicted_missed} events after eviction)"
+    );
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1e6;
+    println!(
+        "  latency       p50 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        latency.max() as f64 / 1e6
+    );
+    println!(
+        "  server        {:.2} CPU-seconds per second, RSS {:.1} MiB under load",
+        cpu_used / secs,
+        rss_busy as f64 / 1024.0
+    );
+}
+
+/// Publishes for `args.duration`: paced at `args.rate`, or as fast as the window allows.
+fn publish(args: &Args, addr: SocketAddr, topic: &str, shared: &Arc<Shared>, subscribers: usize) {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let next = Arc::new(AtomicU64::new(0));
+        let started = tokio::time::Instant::now();
+        let end = started + args.duration;
+        let tasks: Vec<_> = (0..args.publishers.max(1))
+            .map(|_| {
+                let (shared, next, topic) = (shared.clone(), next.clone(), topic.to_owned());
+                let (rate, window, payload) = (args.rate, args.window, args.payload);
+                tokio::spawn(async move {
+                    let mut conn = Publisher::connect(addr, &topic, payload).await;
+                    loop {
+                        let k = next.fetch_add(1, Ordering::AcqRel);
+                        if let Some(offset) = (k * 1_000_000_000).checked_div(rate) {
+                            let due = started + Duration::from_nanos(offset);
+                            if due >= end {
+                                return;
+                            }
+                            tokio::time::sleep_until(due).await;
+                        } else {
+                            if tokio::time::Instant::now() >= end {
+                                return;
+                            }
+                            loop {
+                                let alive =
+                                    (subscribers - shared.evicted.load(Ordering::Acquire)) as u64;
+                                let published = shared.published.load(Ordering::Acquire);
+                                if published * alive
+                                    <= shared.delivered.load(Ordering::Acquire) + window * alive
+                                {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_micros(200)).await;
+                            }
+                        }
+                        let ts = shared.origin.elapsed().as_nanos() as u64;
+                        conn.publish(ts).await;
+                        shared.published.fetch_add(1, Ordering::AcqRel);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("publisher task");
+        }
+    });
+}
+
+/// A keep-alive HTTP/1.1 publishing connection.
+struct Publisher {
+    reader: BufReader<TcpStream>,
+    head: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl Publisher {
+    async fn connect(addr: SocketAddr, topic: &str, payload: usize) -> Publisher {
+        let stream = TcpStream::connect(addr).await.expect("publisher connects");
+        stream.set_nodelay(true).expect("nodelay");
+        let head = format!(
+            "POST /publish?topic={topic} HTTP/1.1\r\nHost: bench\r\nContent-Length: {payload}\r\n\r\n"
+        );
+        Publisher {
+            reader: BufReader::new(stream),
+            head: head.into_bytes(),
+            body: vec![b'x'; payload.max(21)],
+        }
+    }
+
+    async fn publish(&mut self, ts: u64) {
+        // The payload starts with the send time: 20 digits and a space.
+        let stamp = format!("{ts:020} ");
+        self.body[..21].copy_from_slice(stamp.as_bytes());
+        let mut request = Vec::with_capacity(self.head.len() + self.body.len());
+        request.extend_from_slice(&self.head);
+        request.extend_from_slice(&self.body);
+        self.reader.get_mut().write_all(&request).await.expect("send publish");
+        let mut status = String::new();
+        self.reader.read_line(&mut status).await.expect("publish response");
+        assert!(status.starts_with("HTTP/1.1 200"), "publish failed: {status}");
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await.expect("publish response head");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("content-length");
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).await.expect("publish response body");
+    }
+}
+
+fn subscriber_thread(
+    thread: usize,
+    count: usize,
+    addr: SocketAddr,
+    topic: &str,
+    shared: &Arc<Shared>,
+) -> ThreadReport {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    let streams = Rc::new(RefCell::new(vec![Stream::default(); count]));
+    let latency = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram"),
+    ));
+    let buffer = Rc::new(RefCell::new(vec![0u8; 256 << 10]));
+    // Beyond one source address's ephemeral ports, spread over 127.0.0.x.
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (thread % 200) as u8);
+    local.block_on(&runtime, async {
+        let connecting = Rc::new(tokio::sync::Semaphore::new(128));
+        let mut tasks = Vec::with_capacity(count);
+        for index in 0..count {
+            let (streams, latency, buffer, shared, topic, connecting) = (
+                streams.clone(),
+                latency.clone(),
+                buffer.clone(),
+                shared.clone(),
+                topic.to_owned(),
+                connecting.clone(),
+            );
+            tasks.push(tokio::task::spawn_local(async move {
+                let permit = connecting.acquire().await.expect("semaphore");
+                let stream = connect_sse(addr, source, &topic).await;
+                drop(permit);
+                shared.subscribed.fetch_add(1, Ordering::AcqRel);
+                read_stream(stream, index, &streams, &latency, &buffer, &shared).await;
+            }));
+        }
+        while !shared.stop.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for t in tasks {
+            t.abort();
+        }
+    });
+    drop(local);
+    let streams = streams.borrow().clone();
+    let latency = latency.borrow().clone();
+    ThreadReport { streams, latency }
+}
+
+async fn connect_sse(addr: SocketAddr, source: std::net::Ipv4Addr, topic: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(source.into(), 0)).expect("bind source address");
+    let mut stream = socket.connect(addr).await.expect("connect subscriber");
+    let request = format!(
+        "GET /sse?topic={topic} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send subscribe");
+    stream
+}
+
+/// Reads a chunked SSE stream, checking every event's sequence number and recording latency.
+/// The thread's subscribers share one read buffer: each reads only when its socket is ready.
+async fn read_stream(
+    stream: TcpStream,
+    index: usize,
+    streams: &RefCell<Vec<Stream>>,
+    latency: &RefCell<Histogram<u64>>,
+    buffer: &RefCell<Vec<u8>>,
+    shared: &Shared,
+) {
+    let mut decoder = StreamDecoder::default();
+    loop {
+        let ready = stream.readable().await;
+        let mut buf = buffer.borrow_mut();
+        let n = match ready.and_then(|()| stream.try_read(&mut buf)) {
+            Ok(0) => 0,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            let mut streams = streams.borrow_mut();
+            if !shared.stop.load(Ordering::Acquire) {
+                streams[index].evicted = true;
+                shared.evicted.fetch_add(1, Ordering::AcqRel);
+            }
+            return;
+        }
+        let now = shared.origin.elapsed().as_nanos() as u64;
+        let mut stats = streams.borrow_mut();
+        let s = &mut stats[index];
+        let mut hist = latency.borrow_mut();
+        let before = s.received;
+        decoder.feed(&buf[..n], |seq, ts| {
+            if seq <= s.last_seq {
+                s.duplicates += 1;
+                return;
+            }
+            s.gaps += seq - s.last_seq - 1;
+            s.last_seq = seq;
+            s.received += 1;
+            let _ = hist.record(now.saturating_sub(ts).max(1_000));
+        });
+        let delivered = s.received - before;
+        if delivered > 0 {
+            shared.delivered.fetch_add(delivered, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Undoes chunked transfer coding and reads each event's sequence number (from its `id:`) and
+/// send timestamp (the first 20 digits of its data), line by line without copying whole
+/// events.
+#[derive(Default)]
+struct StreamDecoder {
+    head_done: bool,
+    /// Bytes left in the current chunk including its trailing CRLF; None while reading a size line.
+    chunk_left: Option<usize>,
+    /// A response head or chunk-size line split across reads.
+    framing: Vec<u8>,
+    /// An event-stream line split across reads or chunks.
+    line: Vec<u8>,
+    event: EventFields,
+}
+
+#[derive(Default)]
+struct EventFields {
+    seq: Option<u64>,
+    ts: u64,
+}
+
+impl EventFields {
+    fn line(&mut self, line: &[u8], on_event: &mut impl FnMut(u64, u64)) {
+        if line.is_empty() {
+            if let Some(seq) = self.seq.take() {
+                on_event(seq, self.ts);
+            }
+        } else if let Some(id) = line.strip_prefix(b"id: ") {
+            let dash = memchr::memchr(b'-', id).map_or(0, |d| d + 1);
+            self.seq = Some(parse_u64(&id[dash..]));
+        } else if let Some(data) = line.strip_prefix(b"data: ") {
+            self.ts = parse_u64(&data[..data.len().min(20)]);
+        }
+    }
+}
+
+impl StreamDecoder {
+    fn feed(&mut self, mut bytes: &[u8], mut on_event: impl FnMut(u64, u64)) {
+        if !self.head_done {
+            self.framing.extend_from_slice(bytes);
+            let Some(end) = memchr::memmem::find(&self.framing, b"\r\n\r\n") else {
+                return;
+            };
+            let rest = self.framing.split_off(end + 4);
+            self.framing.clear();
+            self.head_done = true;
+            self.feed_chunked(&rest, &mut on_event);
+            bytes = &[];
+        }
+        self.feed_chunked(bytes, &mut on_event);
+    }
+
+    fn feed_chunked(&mut self, mut bytes: &[u8], on_event: &mut impl FnMut(u64, u64)) {
+        while !bytes.is_empty() {
+            match self.chunk_left {
+                None => match memchr::memchr(b'\n', bytes) {
+                    None => {
+                        self.framing.extend_from_slice(bytes);
+                        return;
+                    }
+                    Some(nl) => {
+                        self.framing.extend_from_slice(&bytes[..nl]);
+                        bytes = &bytes[nl + 1..];
+                        let text = std::str::from_utf8(&self.framing).unwrap_or("").trim();
+                        let size = usize::from_str_radix(text, 16).unwrap_or(0);
+                        self.framing.clear();
+                        self.chunk_left = Some(size + 2);
+                    }
+                },
+                Some(left) => {
+                    let take = left.min(bytes.len());
+                    // The last two bytes of a chunk are its CRLF.
+                    let data = take.min(left.saturating_sub(2));
+                    self.scan_lines(&bytes[..data], on_event);
+                    bytes = &bytes[take..];
+                    self.chunk_left = if left == take { None } else { Some(left - take) };
+                }
+            }
+        }
+    }
+
+    fn scan_lines(&mut self, mut data: &[u8], on_event: &mut impl FnMut(u64, u64)) {
+        while let Some(nl) = memchr::memchr(b'\n', data) {
+            if self.line.is_empty() {
+                self.event.line(&data[..nl], on_event);
+            } else {
+                self.line.extend_from_slice(&data[..nl]);
+                self.event.line(&self.line, on_event);
+                self.line.clear();
+            }
+            data = &data[nl + 1..];
+        }
+        self.line.extend_from_slice(data);
+    }
+}
+
+fn parse_u64(digits: &[u8]) -> u64 {
+    digits.iter().take_while(|b| b.is_ascii_digit()).fold(0, |n, &b| n * 10 + u64::from(b - b'0'))
+}

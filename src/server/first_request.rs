@@ -1,0 +1,142 @@
+//! Reads the first request head of a connection to decide who serves it: an HTTP/1.1
+//! `GET /sse` goes to the SSE fast path, everything else (HTTP/2 prior knowledge included) to
+//! hyper, which is handed the bytes read so far as if nothing had been consumed.
+
+use std::io;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Request heads larger than this are left to hyper (and its limits).
+const MAX_HEAD: usize = 16 << 10;
+
+/// Headers parsed at most; a request with more is left to hyper.
+const MAX_HEADERS: usize = 64;
+
+/// What the first request is.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FirstRequest {
+    /// `GET /sse` over HTTP/1.1, without a body, and nothing after it.
+    EventStream {
+        /// The query string, if any.
+        query: Option<String>,
+        /// The `Last-Event-ID` header's value.
+        last_event_id: Option<Vec<u8>>,
+    },
+    /// Anything else: hyper serves it, starting with the bytes read so far.
+    Other,
+    /// The peer closed the connection before sending a request.
+    Closed,
+}
+
+/// Reads from `io` into `buf` until the first request head is complete or clearly not an SSE
+/// request.
+pub(crate) async fn read(io: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<FirstRequest> {
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(if buf.is_empty() { 1024 } else { buf.len() });
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Ok(if buf.is_empty() { FirstRequest::Closed } else { FirstRequest::Other });
+        }
+        if let Some(decision) = classify(buf) {
+            return Ok(decision);
+        }
+    }
+}
+
+/// Decides on the bytes read so far, or `None` if more are needed.
+pub(crate) fn classify(buf: &[u8]) -> Option<FirstRequest> {
+    let preface = buf.len().min(H2_PREFACE.len());
+    if buf[..preface] == H2_PREFACE[..preface] {
+        return (buf.len() >= H2_PREFACE.len()).then_some(FirstRequest::Other);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return None,
+        Ok(httparse::Status::Partial) | Err(_) => return Some(FirstRequest::Other),
+    };
+    let Some(target) = request.path else {
+        return Some(FirstRequest::Other);
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let has_body = request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+    });
+    if request.method != Some("GET")
+        || path != "/sse"
+        || request.version != Some(1)
+        || has_body
+        || len != buf.len()
+    {
+        return Some(FirstRequest::Other);
+    }
+    let last_event_id = request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
+        .map(|h| h.value.to_vec());
+    Some(FirstRequest::EventStream { query: query.map(str::to_owned), last_event_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sse(query: Option<&str>, id: Option<&[u8]>) -> Option<FirstRequest> {
+        Some(FirstRequest::EventStream {
+            query: query.map(str::to_owned),
+            last_event_id: id.map(<[u8]>::to_vec),
+        })
+    }
+
+    #[test]
+    fn only_a_plain_http11_sse_get_takes_the_fast_path() {
+        assert_eq!(
+            classify(b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n"),
+            sse(Some("topic=a"), None)
+        );
+        assert_eq!(
+            classify(b"GET /sse?topic=a HTTP/1.1\r\nlast-event-ID: k-1\r\n\r\n"),
+            sse(Some("topic=a"), Some(b"k-1"))
+        );
+        assert_eq!(classify(b"GET /sse HTTP/1.1\r\n\r\n"), sse(None, None));
+        for other in [
+            &b"GET /sse?topic=a HTTP/1.0\r\n\r\n"[..],
+            b"HEAD /sse?topic=a HTTP/1.1\r\n\r\n",
+            b"POST /sse?topic=a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            b"GET /sse?topic=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /ssex HTTP/1.1\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+            b"GET /sse?topic=a HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+            b"NOT HTTP AT ALL\r\n\r\n",
+            H2_PREFACE,
+        ] {
+            assert_eq!(
+                classify(other),
+                Some(FirstRequest::Other),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn incomplete_heads_wait_for_more() {
+        assert_eq!(classify(b"GET /sse?topic=a HTTP/1.1\r\nHost"), None);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None, "could still be the h2 preface");
+        assert_eq!(classify(b"P"), None);
+        let mut huge = b"GET /sse HTTP/1.1\r\nX: ".to_vec();
+        huge.resize(MAX_HEAD + 1, b'a');
+        assert_eq!(classify(&huge), Some(FirstRequest::Other));
+    }
+}
