@@ -54,8 +54,10 @@ async fn response_head_and_preface_are_exact() {
     }
 }
 
-/// (event name, data, content type, expected frame after its `id:` line)
-const FIELD_CASES: &[(Option<&str>, &[u8], Option<&str>, &str)] = &[
+/// Event name, data, content type, and the expected frame after its `id:` line.
+type FieldCase = (Option<&'static str>, &'static [u8], Option<&'static str>, &'static str);
+
+const FIELD_CASES: &[FieldCase] = &[
     (None, b"hello", None, "data: hello\n\n"),
     (Some("tick"), b"hello", None, "event: tick\ndata: hello\n\n"),
     (None, b"", None, "data: \n\n"),
