@@ -280,16 +280,20 @@ impl FromStr for EventId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         let malformed = || IdError::Malformed(s.chars().take(64).collect());
         let (epoch, seq) = s.split_once('-').ok_or_else(malformed)?;
-        if epoch.is_empty() || epoch.len() > 8 || seq.is_empty() || seq.len() > 20 {
+        // Only the exact text crier writes is accepted, so one id has one spelling: lowercase
+        // base 36 and decimal digits, no sign, no leading zeros.
+        let canonical = |digits: &str, max_len: usize, allowed: fn(u8) -> bool| {
+            (1..=max_len).contains(&digits.len())
+                && digits.bytes().all(allowed)
+                && (digits == "0" || !digits.starts_with('0'))
+        };
+        let base36 = |b: u8| b.is_ascii_digit() || b.is_ascii_lowercase();
+        if !canonical(epoch, 8, base36) || !canonical(seq, 20, |b| b.is_ascii_digit()) {
             return Err(malformed());
         }
         let epoch = u64::from_str_radix(epoch, 36).ok().and_then(Epoch::from_u64);
-        // `u64::from_str` accepts a leading '+', which crier never writes.
-        let seq = seq.bytes().all(|b| b.is_ascii_digit()).then(|| seq.parse().ok()).flatten();
-        match (epoch, seq) {
-            (Some(epoch), Some(seq)) if s.bytes().all(|b| !b.is_ascii_uppercase()) => {
-                Ok(EventId { epoch, seq })
-            }
+        match (epoch, seq.parse()) {
+            (Some(epoch), Ok(seq)) => Ok(EventId { epoch, seq }),
             _ => Err(malformed()),
         }
     }
@@ -409,9 +413,23 @@ mod tests {
         let max = EventId { epoch: Epoch::from_u64((1 << 40) - 1).unwrap(), seq: u64::MAX };
         assert_eq!(max.to_string().len(), MAX_EVENT_ID_LEN);
         assert_eq!(max.to_string().parse::<EventId>(), Ok(max));
-        for bad in
-            ["", "-", "abc", "abc-", "-5", "0-5", "ab-+5", "AB-5", "ab-5-6", "ab-x", "zzzzzzzzz-1"]
-        {
+        for bad in [
+            "",
+            "-",
+            "abc",
+            "abc-",
+            "-5",
+            "0-5",
+            "ab-+5",
+            "AB-5",
+            "ab-5-6",
+            "ab-x",
+            "zzzzzzzzz-1",
+            "+g-5151",
+            "0g-1",
+            "g-007",
+            "g-+7",
+        ] {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?} should be refused");
         }
     }

@@ -24,6 +24,9 @@
 pub mod config;
 pub mod error;
 pub mod event;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod hub;
 pub mod metrics;

@@ -42,7 +42,8 @@ async fn assert_frame(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_head_and_preface_are_exact() {
     let server = TestServer::start(&[]).await;
-    for client in [subscribe(&server, "topic=t").await, subscribe_via_hyper(&server, "topic=t").await]
+    for client in
+        [subscribe(&server, "topic=t").await, subscribe_via_hyper(&server, "topic=t").await]
     {
         assert!(client.head.starts_with("HTTP/1.1 200 OK\r\n"), "{}", client.head);
         assert_eq!(client.header("content-type").as_deref(), Some("text/event-stream"));

@@ -7,7 +7,7 @@
 
 pub mod body;
 pub mod conn;
-mod first_request;
+pub(crate) mod first_request;
 mod publish;
 mod rewind;
 mod service;

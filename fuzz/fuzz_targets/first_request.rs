@@ -1,0 +1,10 @@
+//! The first bytes of a connection, as any client may send them: classifying them never
+//! panics, and only a complete HTTP/1.1 `GET /sse` without a body takes the SSE fast path.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|bytes: &[u8]| {
+    crier::fuzzing::check_first_request(bytes);
+});
