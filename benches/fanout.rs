@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -125,16 +124,7 @@ impl Server {
 
     /// User + system CPU time, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: f64 = fields
-            .get(11..13)
-            .map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-        ticks / 100.0
+        process_cpu_seconds(self.child.id())
     }
 
     fn metric(&self, series: &str) -> Option<f64> {
@@ -151,6 +141,18 @@ impl Drop for Server {
     }
 }
 
+/// User + system CPU time of process `pid`, in seconds.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 =
+        fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
 fn http_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
@@ -165,6 +167,8 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 struct Shared {
     /// Timestamps in payloads are nanoseconds since this instant.
     origin: Instant,
+    /// Payload size of every event.
+    payload: usize,
     published: AtomicU64,
     delivered: AtomicU64,
     subscribed: AtomicUsize,
@@ -185,7 +189,7 @@ struct Stream {
 /// What one subscriber thread collected.
 struct ThreadReport {
     streams: Vec<Stream>,
-    latency: Histogram<u64>,
+    latency: Latency,
 }
 
 fn run(args: &Args, subscribers: usize) {
@@ -193,6 +197,7 @@ fn run(args: &Args, subscribers: usize) {
     let topic = format!("bench-{}", std::process::id());
     let shared = Arc::new(Shared {
         origin: Instant::now(),
+        payload: args.payload.max(21),
         published: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         subscribed: AtomicUsize::new(0),
@@ -258,6 +263,7 @@ fn run(args: &Args, subscribers: usize) {
     }
 
     let cpu_before = server.cpu_seconds();
+    let own_cpu_before = process_cpu_seconds(std::process::id());
     let publish_started = Instant::now();
     publish(args, server.addr, &topic, &shared, subscribers);
     let publish_took = publish_started.elapsed();
@@ -275,17 +281,17 @@ fn run(args: &Args, subscribers: usize) {
     }
     let delivered_took = publish_started.elapsed();
     let cpu_used = server.cpu_seconds() - cpu_before;
+    let own_cpu_used = process_cpu_seconds(std::process::id()) - own_cpu_before;
     let rss_busy = server.rss_kib();
     shared.stop.store(true, Ordering::Release);
     let reports: Vec<ThreadReport> =
         handles.into_iter().map(|h| h.join().expect("subscriber thread")).collect();
 
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram");
+    let mut latency = Latency::default();
     let (mut received, mut duplicates, mut lost, mut evicted, mut evicted_missed) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     for report in &reports {
-        latency.add(&report.latency).expect("merge histograms");
+        latency.merge(&report.latency);
         for s in &report.streams {
             received += s.received;
             duplicates += s.duplicates;
@@ -311,18 +317,19 @@ fn run(args: &Args, subscribers: usize) {
     println!(
         "  lost          {lost}   duplicates {duplicates}   evicted {evicted} subscribers (missing {evicted_missed} events after eviction)"
     );
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1e6;
+    let ms = |q: f64| latency.quantile(q) as f64 / 1e6;
     println!(
         "  latency       p50 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms",
         ms(0.5),
         ms(0.99),
         ms(0.999),
-        latency.max() as f64 / 1e6
+        latency.max as f64 / 1e6
     );
     println!(
-        "  server        {:.2} CPU-seconds per second, RSS {:.1} MiB under load",
+        "  server        {:.2} CPU-seconds per second, RSS {:.1} MiB under load; load generator {:.2} CPU-seconds per second",
         cpu_used / secs,
-        rss_busy as f64 / 1024.0
+        rss_busy as f64 / 1024.0,
+        own_cpu_used / secs
     );
 }
 
@@ -436,9 +443,7 @@ fn subscriber_thread(
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
     let streams = Rc::new(RefCell::new(vec![Stream::default(); count]));
-    let latency = Rc::new(RefCell::new(
-        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram"),
-    ));
+    let latency = Rc::new(RefCell::new(Latency::default()));
     let buffer = Rc::new(RefCell::new(vec![0u8; 256 << 10]));
     // Beyond one source address's ephemeral ports, spread over 127.0.0.x.
     let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (thread % 200) as u8);
@@ -492,11 +497,11 @@ async fn read_stream(
     stream: TcpStream,
     index: usize,
     streams: &RefCell<Vec<Stream>>,
-    latency: &RefCell<Histogram<u64>>,
+    latency: &RefCell<Latency>,
     buffer: &RefCell<Vec<u8>>,
     shared: &Shared,
 ) {
-    let mut decoder = StreamDecoder::default();
+    let mut decoder = StreamDecoder { payload: shared.payload, ..StreamDecoder::default() };
     loop {
         let ready = stream.readable().await;
         let mut buf = buffer.borrow_mut();
@@ -527,7 +532,7 @@ async fn read_stream(
             s.gaps += seq - s.last_seq - 1;
             s.last_seq = seq;
             s.received += 1;
-            let _ = hist.record(now.saturating_sub(ts).max(1_000));
+            hist.record(now.saturating_sub(ts));
         });
         let delivered = s.received - before;
         if delivered > 0 {
@@ -541,6 +546,8 @@ async fn read_stream(
 /// events.
 #[derive(Default)]
 struct StreamDecoder {
+    /// Payload size every event is expected to have (events of another shape take a slower path).
+    payload: usize,
     head_done: bool,
     /// Bytes left in the current chunk including its trailing CRLF; None while reading a size line.
     chunk_left: Option<usize>,
@@ -618,7 +625,16 @@ impl StreamDecoder {
     }
 
     fn scan_lines(&mut self, mut data: &[u8], on_event: &mut impl FnMut(u64, u64)) {
-        while let Some(nl) = memchr::memchr(b'\n', data) {
+        loop {
+            // Fast path: a whole event of the expected shape at the start of the data.
+            if self.line.is_empty() && self.event.seq.is_none() {
+                if let Some((seq, ts, len)) = whole_event(data, self.payload) {
+                    on_event(seq, ts);
+                    data = &data[len..];
+                    continue;
+                }
+            }
+            let Some(nl) = memchr::memchr(b'\n', data) else { break };
             if self.line.is_empty() {
                 self.event.line(&data[..nl], on_event);
             } else {
@@ -629,6 +645,83 @@ impl StreamDecoder {
             data = &data[nl + 1..];
         }
         self.line.extend_from_slice(data);
+    }
+}
+
+/// Reads `id: <epoch>-<seq>\ndata: <ts> <payload>\n\n` at the start of `data` if it is all
+/// there: (seq, ts, frame length).
+fn whole_event(data: &[u8], payload: usize) -> Option<(u64, u64, usize)> {
+    let id = data.strip_prefix(b"id: ")?;
+    let nl = id.iter().take(40).position(|&b| b == b'\n')?;
+    let dash = id[..nl].iter().position(|&b| b == b'-')?;
+    let seq = parse_u64(&id[dash + 1..nl]);
+    let rest = &id[nl + 1..];
+    let data_line = b"data: ".len() + payload;
+    if rest.len() < data_line + 2
+        || !rest.starts_with(b"data: ")
+        || &rest[data_line..data_line + 2] != b"\n\n"
+    {
+        return None;
+    }
+    let ts = parse_u64(&rest[6..26.min(data_line)]);
+    Some((seq, ts, 4 + nl + 1 + data_line + 2))
+}
+
+/// Latency histogram: microsecond buckets with 1/128 relative precision, cheap to record.
+#[derive(Clone)]
+struct Latency {
+    counts: Vec<u64>,
+    max: u64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency { counts: vec![0; 128 * 40], max: 0 }
+    }
+}
+
+impl Latency {
+    fn index(us: u64) -> usize {
+        if us < 128 {
+            return us as usize;
+        }
+        let shift = 63 - us.leading_zeros() as usize - 7;
+        128 * (shift + 1) + ((us >> shift) as usize - 128)
+    }
+
+    fn lower_bound(index: usize) -> u64 {
+        if index < 128 {
+            return index as u64;
+        }
+        let shift = index / 128 - 1;
+        ((index % 128) as u64 + 128) << shift
+    }
+
+    fn record(&mut self, ns: u64) {
+        self.max = self.max.max(ns);
+        let index = Self::index(ns / 1000).min(self.counts.len() - 1);
+        self.counts[index] += 1;
+    }
+
+    fn merge(&mut self, other: &Latency) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.max = self.max.max(other.max);
+    }
+
+    /// The latency (ns) at quantile `q`.
+    fn quantile(&self, q: f64) -> u64 {
+        let total: u64 = self.counts.iter().sum();
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (index, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= target {
+                return Self::lower_bound(index) * 1000;
+            }
+        }
+        self.max
     }
 }
 

@@ -371,13 +371,6 @@ pub(crate) struct SseFrame {
     pub(crate) body_offset: usize,
 }
 
-impl SseFrame {
-    /// The frame without its `id:` line.
-    pub(crate) fn body(&self) -> Bytes {
-        self.frame.slice(self.body_offset..)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,7 +66,7 @@ impl Subscriber {
         let mut cx = Context::from_waker(Waker::noop());
         let mut out = VecDeque::new();
         if let Poll::Ready(Drained::Events) = self.queue.poll_drain(&mut cx, &mut out) {
-            let live = out.iter().map(|d| d.event.id.seq).filter(|&s| s > self.start.head);
+            let live = out.iter().map(|d| d.event.id.seq).filter(|&s| s > self.start.live_after);
             self.received.extend(live);
         }
         // Everything received is contiguous, starting right after the start position.
@@ -98,7 +98,7 @@ pub fn check_topic_ops(history: usize, ops: impl IntoIterator<Item = TopicOp>) {
                 });
                 let queue = Arc::new(ClientQueue::new(usize::MAX, Transport::Sse, None));
                 let start = topic.subscribe(&queue, 0, resume);
-                assert_eq!(start.head, head.seq, "no concurrent publisher here");
+                assert_eq!(start.live_after, head.seq, "no concurrent publisher here");
                 let requested = resume.map_or(head.seq, |r| r.seq);
                 let wanted = head.seq - requested;
                 let kept = wanted.min(history as u64);

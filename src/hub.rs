@@ -208,7 +208,7 @@ impl Hub {
             subscription.topics.push(SubscribedTopic {
                 topic,
                 slot: start.slot,
-                head: start.head,
+                live_after: Some(start.live_after),
                 position,
             });
         }
@@ -239,8 +239,9 @@ impl Hub {
 struct SubscribedTopic {
     topic: Arc<Topic>,
     slot: SlotId,
-    /// Live events at or below this sequence number were replayed (or predate the subscription).
-    head: u64,
+    /// Live events at or below this sequence number were replayed (or predate the
+    /// subscription); `None` once a later live event has passed, as nothing older follows it.
+    live_after: Option<u64>,
     /// Where the stream starts on this topic.
     position: EventId,
 }
@@ -345,14 +346,12 @@ impl Subscription {
         let mut released = 0;
         events.retain(|d| {
             let topic = &mut self.topics[d.topic_index as usize];
-            if topic.head == u64::MAX {
-                return true;
-            }
-            if d.event.id.seq <= topic.head {
+            let Some(live_after) = topic.live_after else { return true };
+            if d.event.id.seq <= live_after {
                 released += d.event.sse.frame.len();
                 return false;
             }
-            topic.head = u64::MAX;
+            topic.live_after = None;
             self.undeduplicated -= 1;
             true
         });

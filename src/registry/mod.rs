@@ -41,7 +41,7 @@
 //! let start = topic.subscribe(&queue, 0, None);
 //! let body = crier::sse::encode::encode_body(None, &EventData::text("hi".into()).unwrap());
 //! let event = topic.publish(None, EventData::text("hi".into()).unwrap(), body, |_| {});
-//! assert_eq!(event.id.seq, start.head + 1);
+//! assert_eq!(event.id.seq, start.live_after + 1);
 //! assert_eq!(queue.queued_bytes(), event.sse_frame().len());
 //! topic.unsubscribe(start.slot);
 //! ```
@@ -53,7 +53,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 use crossbeam_epoch as epoch;
 use crossbeam_utils::CachePadded;
@@ -140,10 +140,15 @@ impl Registry {
 pub struct Topic {
     name: TopicName,
     epoch: Epoch,
-    /// Serializes publishers so fan-out follows sequence order.
-    order: Mutex<()>,
-    /// Sequence number of the last published event (0 before the first).
+    /// Sequenced events waiting for fan-out. Publishers hold it only to assign the next id,
+    /// append to history and queue the event.
+    pending: Mutex<Vec<Arc<Event>>>,
+    /// Sequence number of the last sequenced event (0 before the first).
     head: AtomicU64,
+    /// Sequence number of the last event handed to a fan-out scan.
+    fanned_out: AtomicU64,
+    /// Set while a publisher fans out pending events for everyone.
+    combining: AtomicBool,
     history: History,
     subscribers: SubscriberSet,
 }
@@ -155,9 +160,9 @@ pub struct TopicStart {
     pub slot: SlotId,
     /// The topic's epoch.
     pub epoch: Epoch,
-    /// The head read at subscribe: replay covers events up to it, live delivery everything
-    /// after it. Live events at or below it are duplicates of the replay and must be dropped.
-    pub head: u64,
+    /// Live delivery covers the events after this sequence number. Live events at or below it
+    /// were replayed (or precede the requested position) and must be dropped.
+    pub live_after: u64,
     /// Retained events to send before live ones, oldest first.
     pub replay: Vec<Arc<Event>>,
     /// Set when the requested position cannot be resumed exactly.
@@ -167,7 +172,7 @@ pub struct TopicStart {
 impl TopicStart {
     /// The position just before the first event this subscription will deliver.
     pub fn position(&self) -> EventId {
-        let seq = self.replay.first().map_or(self.head, |e| e.id.seq - 1);
+        let seq = self.replay.first().map_or(self.live_after, |e| e.id.seq - 1);
         EventId { epoch: self.epoch, seq }
     }
 }
@@ -210,8 +215,10 @@ impl Topic {
         Topic {
             name,
             epoch,
-            order: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
             head: AtomicU64::new(0),
+            fanned_out: AtomicU64::new(0),
+            combining: AtomicBool::new(false),
             history: History::new(history_limit),
             subscribers: SubscriberSet::new(),
         }
@@ -232,37 +239,70 @@ impl Topic {
         &self.subscribers
     }
 
-    /// Assigns the next id, finishes the frame, records the event in history and pushes it to
-    /// every subscriber. `evicted` is called for each client this push evicted.
+    /// Assigns the next id, finishes the frame, records the event in history and queues it for
+    /// every subscriber. `evicted` is called for each client a push evicted.
+    ///
+    /// Publishers only wait for each other while ids are assigned. The fan-out is combined:
+    /// whichever publisher finds no fan-out running pushes everything pending to every
+    /// subscriber, one queue operation per subscriber for the whole batch, while the others
+    /// return at once; their events are in the batch.
     pub fn publish(
         &self,
         name: Option<EventName>,
         data: EventData,
         body: EncodedBody,
-        mut evicted: impl FnMut(Transport),
+        evicted: impl FnMut(Transport),
     ) -> Arc<Event> {
-        let _order = self.order.lock();
-        let seq = self.head.load(Ordering::Relaxed) + 1;
-        let id = EventId { epoch: self.epoch, seq };
-        let sse = encode::finish(body, id);
-        let event = Arc::new(Event { topic: self.name.clone(), id, name, data, sse });
-        let guard = epoch::pin();
-        self.history.push(event.clone(), &guard);
-        self.head.store(seq, Ordering::Release);
-        // Pairs with the fence in `subscribe`: see "Resume without gap or duplicate".
-        fence(Ordering::SeqCst);
-        let bytes = event.sse.frame.len();
-        self.subscribers.for_each(&guard, |subscriber| {
-            let delivery = Delivery { event: event.clone(), topic_index: subscriber.topic_index };
-            if subscriber.queue.push(delivery, bytes) == Push::Evicted {
-                evicted(subscriber.queue.transport());
-            }
-        });
+        let event = {
+            let mut pending = self.pending.lock();
+            let seq = self.head.load(Ordering::Relaxed) + 1;
+            let id = EventId { epoch: self.epoch, seq };
+            let sse = encode::finish(body, id);
+            let event = Arc::new(Event { topic: self.name.clone(), id, name, data, sse });
+            self.history.push(event.clone(), &epoch::pin());
+            self.head.store(seq, Ordering::Release);
+            pending.push(event.clone());
+            event
+        };
+        self.fan_out(evicted);
         event
     }
 
+    /// Pushes pending events to every subscriber unless another publisher is doing so.
+    fn fan_out(&self, mut evicted: impl FnMut(Transport)) {
+        let mut batch = Vec::new();
+        loop {
+            if self.combining.swap(true, Ordering::AcqRel) {
+                // The running fan-out takes our event: it re-checks before it stops.
+                return;
+            }
+            loop {
+                std::mem::swap(&mut batch, &mut *self.pending.lock());
+                let Some(last) = batch.last() else { break };
+                self.fanned_out.store(last.id.seq, Ordering::SeqCst);
+                // Pairs with the fence in `subscribe`: see "Resume without gap or duplicate".
+                fence(Ordering::SeqCst);
+                let bytes = batch.iter().map(|e| e.sse.frame.len()).sum();
+                self.subscribers.for_each(&epoch::pin(), |subscriber| {
+                    let pushed = subscriber.queue.push_batch(&batch, subscriber.topic_index, bytes);
+                    if pushed == Push::Evicted {
+                        evicted(subscriber.queue.transport());
+                    }
+                });
+                batch.clear();
+            }
+            self.combining.store(false, Ordering::Release);
+            // A publisher may have queued an event after our last take and left because we
+            // were still combining.
+            if self.pending.lock().is_empty() {
+                return;
+            }
+        }
+    }
+
     /// Registers `queue` as a subscriber and works out where it starts: after `resume` if
-    /// given (replaying retained events, or reporting a gap), else at the current head.
+    /// given (replaying retained events, or reporting a gap), else after the last event
+    /// already fanned out.
     pub fn subscribe(
         &self,
         queue: &Arc<ClientQueue>,
@@ -270,26 +310,32 @@ impl Topic {
         resume: Option<EventId>,
     ) -> TopicStart {
         let slot = self.subscribers.insert(Subscriber { queue: queue.clone(), topic_index });
-        // Pairs with the fence in `publish`.
+        // Pairs with the fence in `fan_out`.
         fence(Ordering::SeqCst);
+        let fanned_out = self.fanned_out.load(Ordering::SeqCst);
         let head = self.head.load(Ordering::Acquire);
-        let mut start = TopicStart { slot, epoch: self.epoch, head, replay: Vec::new(), gap: None };
-        let Some(requested) = resume else {
-            return start;
+        let mut start = TopicStart {
+            slot,
+            epoch: self.epoch,
+            live_after: fanned_out,
+            replay: Vec::new(),
+            gap: None,
         };
+        let Some(requested) = resume else { return start };
         if requested.epoch != self.epoch {
-            start.replay = self.history.read(0, head).events;
+            start.replay = self.history.read(0, fanned_out).events;
             start.gap = Some(Gap { reason: GapReason::Epoch, requested, missed: None });
         } else if requested.seq > head {
             start.gap = Some(Gap { reason: GapReason::Unknown, requested, missed: None });
+        } else if requested.seq >= fanned_out {
+            // Known but not fanned out yet (a publisher resuming from its own publish's id):
+            // everything after it arrives live.
+            start.live_after = requested.seq;
         } else {
-            let retained = self.history.read(requested.seq, head);
+            let retained = self.history.read(requested.seq, fanned_out);
             if retained.missed > 0 {
-                start.gap = Some(Gap {
-                    reason: GapReason::Expired,
-                    requested,
-                    missed: Some(retained.missed),
-                });
+                let missed = Some(retained.missed);
+                start.gap = Some(Gap { reason: GapReason::Expired, requested, missed });
             }
             start.replay = retained.events;
         }
@@ -383,6 +429,30 @@ mod tests {
     }
 
     #[test]
+    fn events_sequenced_but_not_yet_fanned_out_are_delivered_once() {
+        let registry = Registry::new(10);
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        publish(&topic, "fanned out");
+        // Another publisher is mid fan-out: this event is sequenced and pending.
+        topic.combining.store(true, Ordering::SeqCst);
+        let pending = publish(&topic, "pending");
+        let fresh = Arc::new(ClientQueue::new(1 << 20, Transport::Sse, None));
+        let fresh_start = topic.subscribe(&fresh, 0, None);
+        assert_eq!(fresh_start.live_after, 1);
+        // A publisher resuming from the id its own publish returned.
+        let own = Arc::new(ClientQueue::new(1 << 20, Transport::Sse, None));
+        let own_start = topic.subscribe(&own, 0, Some(pending.id));
+        assert_eq!((own_start.live_after, own_start.gap.as_ref()), (2, None));
+        assert!(own_start.replay.is_empty());
+        topic.combining.store(false, Ordering::SeqCst);
+        publish(&topic, "next");
+        assert_eq!(drain(&fresh), [2, 3], "the pending event arrives live after the subscribe");
+        let live: Vec<u64> =
+            drain(&own).into_iter().filter(|&s| s > own_start.live_after).collect();
+        assert_eq!(live, [3]);
+    }
+
+    #[test]
     fn racing_publishers_and_resumers_see_no_gap_and_no_duplicate() {
         // Each subscriber registers while publishers run, then combines replay + live (dropping
         // live events at or below its head) and must see every event after its start exactly once.
@@ -407,9 +477,9 @@ mod tests {
             topic.unsubscribe(start.slot);
             let end_head = topic.head().seq;
             let mut got: Vec<u64> = start.replay.iter().map(|e| e.id.seq).collect();
-            got.extend(drain(&queue).into_iter().filter(|&s| s > start.head));
+            got.extend(drain(&queue).into_iter().filter(|&s| s > start.live_after));
             // Every event published after the resume point and before the live window closed.
-            let live_until = got.last().copied().unwrap_or(resume_at.seq).max(start.head);
+            let live_until = got.last().copied().unwrap_or(resume_at.seq).max(start.live_after);
             assert_eq!(got, ((resume_at.seq + 1)..=live_until).collect::<Vec<_>>());
             assert!(live_until <= end_head);
             checked += 1;

@@ -146,6 +146,35 @@ impl ClientQueue {
         Push::Queued
     }
 
+    /// Queues `events` of one topic, `bytes` in all: one queue operation and at most one
+    /// wakeup for the whole batch. Never waits for the writer.
+    pub fn push_batch(&self, events: &[Arc<Event>], topic_index: u16, bytes: usize) -> Push {
+        if self.state.load(Ordering::Acquire) != OPEN {
+            return Push::Closed;
+        }
+        let waker = {
+            let mut inner = self.inner.lock();
+            if inner.queued_bytes + bytes > self.limit {
+                drop(inner);
+                return if self.close(Closed::Evicted) { Push::Evicted } else { Push::Closed };
+            }
+            inner.queued_bytes += bytes;
+            let deliveries =
+                events.iter().map(|event| Delivery { event: event.clone(), topic_index });
+            inner.items.extend(deliveries);
+            if inner.notified {
+                None
+            } else {
+                inner.notified = true;
+                inner.waker.take()
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Push::Queued
+    }
+
     /// Stops the queue taking events; returns whether this call closed it. Eviction also closes
     /// the connection.
     pub fn close(&self, why: Closed) -> bool {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::time::{Instant, Sleep};
 
-use crate::event::EventId;
+use crate::event::{Cursor, EventId};
 use crate::hub::Subscription;
 use crate::metrics::{Metrics, Transport};
 use crate::registry::{ClientQueue, Closed, Delivery, Drained};
@@ -30,59 +30,62 @@ pub enum StreamError {
     Evicted,
 }
 
-/// Something hyper can write as one piece of a response body.
-trait Part {
-    fn bytes(&self) -> &[u8];
-}
+/// Frames up to this size are copied into the chunk's own buffer; larger ones are written from
+/// the shared frame. Measured with `benches/fanout.rs`: handing the kernel one contiguous buffer
+/// instead of a hundred 130-byte slices more than pays for the copy of small frames.
+const COPY_AT_MOST: usize = 1024;
 
-impl Part for Bytes {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-}
-
-impl Part for Delivery {
-    fn bytes(&self) -> &[u8] {
-        &self.event.sse.frame
-    }
-}
-
-/// A queue of parts written front to back, with vectored access for `writev`.
-struct Parts<P> {
-    parts: VecDeque<P>,
+/// One write's worth of a stream, as a `Buf` for a vectored write: small frames copied into one
+/// buffer, large frames shared.
+///
+/// When dropped (fully written, or the connection closed) it returns its queue bytes to the
+/// client's budget and counts what was sent.
+pub struct Chunk {
+    parts: VecDeque<Bytes>,
     /// Bytes of the front part already written.
     offset: usize,
     remaining: usize,
+    /// Queue budget this chunk holds, released on drop.
+    queued_bytes: usize,
+    /// Events in this chunk.
+    events: usize,
+    bytes_written: usize,
+    owner: Option<(Arc<ClientQueue>, Arc<Metrics>)>,
 }
 
-impl<P: Part> Parts<P> {
-    fn new(parts: VecDeque<P>) -> Self {
-        let remaining = parts.iter().map(|p| p.bytes().len()).sum();
-        Parts { parts, offset: 0, remaining }
+impl Chunk {
+    /// A chunk of fixed bytes outside any stream's accounting (a whole response body).
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        let mut builder = ChunkBuilder::with_capacity(0);
+        builder.push_shared(bytes);
+        builder.finish(0, None)
+    }
+}
+
+impl Buf for Chunk {
+    fn remaining(&self) -> usize {
+        self.remaining
     }
 
     fn chunk(&self) -> &[u8] {
-        self.parts.front().map_or(&[], |p| &p.bytes()[self.offset..])
+        self.parts.front().map_or(&[], |p| &p[self.offset..])
     }
 
-    fn advance(&mut self, mut n: usize) -> usize {
-        let mut finished = 0;
-        self.remaining -= n;
-        while n > 0 {
-            let Some(front) = self.parts.front() else {
-                break;
-            };
-            let left = front.bytes().len() - self.offset;
-            if n < left {
-                self.offset += n;
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end of a chunk");
+        self.remaining -= cnt;
+        self.bytes_written += cnt;
+        while cnt > 0 {
+            let Some(front) = self.parts.front() else { break };
+            let left = front.len() - self.offset;
+            if cnt < left {
+                self.offset += cnt;
                 break;
             }
-            n -= left;
+            cnt -= left;
             self.offset = 0;
             self.parts.pop_front();
-            finished += 1;
         }
-        finished
     }
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
@@ -91,7 +94,7 @@ impl<P: Part> Parts<P> {
             if filled == dst.len() {
                 break;
             }
-            let bytes = if i == 0 { &part.bytes()[self.offset..] } else { part.bytes() };
+            let bytes = if i == 0 { &part[self.offset..] } else { &part[..] };
             if !bytes.is_empty() {
                 dst[filled] = IoSlice::new(bytes);
                 filled += 1;
@@ -101,105 +104,14 @@ impl<P: Part> Parts<P> {
     }
 }
 
-enum Content {
-    /// Events of a single-topic stream: each frame is written as encoded at publish.
-    Events(Parts<Delivery>),
-    /// Anything else: preface, gap notice, replay, cursor lines, heartbeats.
-    Frames(Parts<Bytes>),
-}
-
-/// One write's worth of a stream: a `Buf` over shared frames, never a copy of them.
-///
-/// When dropped (fully written, or the connection closed) it returns its queue bytes to the
-/// client's budget, hands its deque back for reuse, and counts what was sent.
-pub struct Chunk {
-    content: Content,
-    /// Queue budget this chunk holds, released on drop.
-    queued_bytes: usize,
-    /// Events in this chunk.
-    events: usize,
-    events_written: usize,
-    bytes_written: usize,
-    owner: Option<(Arc<ClientQueue>, Arc<Metrics>)>,
-}
-
-impl Chunk {
-    /// A chunk of fixed bytes outside any stream's accounting (a whole response body).
-    pub fn from_bytes(bytes: Bytes) -> Self {
-        let mut parts = VecDeque::with_capacity(1);
-        parts.push_back(bytes);
-        Chunk::frames(parts, 0, 0, None)
-    }
-
-    fn frames(
-        parts: VecDeque<Bytes>,
-        queued_bytes: usize,
-        events: usize,
-        owner: Option<(Arc<ClientQueue>, Arc<Metrics>)>,
-    ) -> Self {
-        Chunk {
-            content: Content::Frames(Parts::new(parts)),
-            queued_bytes,
-            events,
-            events_written: 0,
-            bytes_written: 0,
-            owner,
-        }
-    }
-}
-
-impl Buf for Chunk {
-    fn remaining(&self) -> usize {
-        match &self.content {
-            Content::Events(p) => p.remaining,
-            Content::Frames(p) => p.remaining,
-        }
-    }
-
-    fn chunk(&self) -> &[u8] {
-        match &self.content {
-            Content::Events(p) => p.chunk(),
-            Content::Frames(p) => p.chunk(),
-        }
-    }
-
-    fn advance(&mut self, cnt: usize) {
-        assert!(cnt <= self.remaining(), "advance past the end of a chunk");
-        self.bytes_written += cnt;
-        match &mut self.content {
-            Content::Events(p) => self.events_written += p.advance(cnt),
-            Content::Frames(p) => {
-                p.advance(cnt);
-            }
-        }
-    }
-
-    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
-        match &self.content {
-            Content::Events(p) => p.chunks_vectored(dst),
-            Content::Frames(p) => p.chunks_vectored(dst),
-        }
-    }
-}
-
 impl Drop for Chunk {
     fn drop(&mut self) {
-        let Some((queue, metrics)) = &self.owner else {
-            return;
-        };
+        let Some((queue, metrics)) = &self.owner else { return };
         queue.release(self.queued_bytes);
         let transport = metrics.transport(Transport::Sse);
-        let delivered = match &mut self.content {
-            Content::Events(p) => {
-                let deque = std::mem::take(&mut p.parts);
-                queue.recycle(deque, self.events);
-                self.events_written
-            }
-            // Frames mix events with other lines; count them once everything is out.
-            Content::Frames(p) if p.remaining == 0 => self.events,
-            Content::Frames(_) => 0,
-        };
-        transport.deliveries.increment(delivered as u64);
+        if self.remaining == 0 {
+            transport.deliveries.increment(self.events as u64);
+        }
         transport.sent_bytes.increment(self.bytes_written as u64);
     }
 }
@@ -207,6 +119,62 @@ impl Drop for Chunk {
 impl std::fmt::Debug for Chunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chunk").field("remaining", &self.remaining()).finish_non_exhaustive()
+    }
+}
+
+/// Assembles a chunk: consecutive small pieces go into one buffer, large frames are shared.
+struct ChunkBuilder {
+    parts: VecDeque<Bytes>,
+    buf: Vec<u8>,
+    events: usize,
+}
+
+impl ChunkBuilder {
+    fn with_capacity(bytes: usize) -> Self {
+        ChunkBuilder { parts: VecDeque::new(), buf: Vec::with_capacity(bytes), events: 0 }
+    }
+
+    fn push_copy(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn push_shared(&mut self, bytes: Bytes) {
+        self.flush();
+        self.parts.push_back(bytes);
+    }
+
+    /// An event's frame from byte `from` on (all of it, or the part after the `id:` line),
+    /// copied or shared by size.
+    fn push_frame(&mut self, frame: &Bytes, from: usize) {
+        if frame.len() - from <= COPY_AT_MOST {
+            self.push_copy(&frame[from..]);
+        } else {
+            self.push_shared(frame.slice(from..));
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            self.parts.push_back(Bytes::from(std::mem::take(&mut self.buf)));
+        }
+    }
+
+    fn finish(
+        mut self,
+        queued_bytes: usize,
+        owner: Option<(Arc<ClientQueue>, Arc<Metrics>)>,
+    ) -> Chunk {
+        self.flush();
+        let remaining = self.parts.iter().map(Bytes::len).sum();
+        Chunk {
+            parts: self.parts,
+            offset: 0,
+            remaining,
+            queued_bytes,
+            events: self.events,
+            bytes_written: 0,
+            owner,
+        }
     }
 }
 
@@ -243,23 +211,21 @@ impl SseWriter {
 
         let multi = subscription.topics().len() > 1;
         let mut cursor = multi.then(|| subscription.start_positions());
-        let mut parts = VecDeque::new();
-        parts.push_back(encode::preface(retry.as_millis() as u64));
+        let mut opening = ChunkBuilder::with_capacity(256);
+        opening.push_copy(&encode::preface(retry.as_millis() as u64));
         if !subscription.gaps().is_empty() {
             let start = subscription.start_positions();
             let id_line = match &cursor {
                 Some(_) => encode::cursor_line(&start).to_vec(),
                 None => encode::id_line(start[0]),
             };
-            parts.push_back(encode::gap_event(&id_line, &subscription.gap_notice()));
+            opening.push_copy(&encode::gap_event(&id_line, &subscription.gap_notice()));
         }
-        let replay = subscription.take_replay();
-        let replayed = replay.len();
-        for delivery in replay {
-            parts.extend(frame_parts(&mut cursor, &delivery));
+        for delivery in subscription.take_replay() {
+            push_delivery(&mut opening, &mut cursor, &delivery);
         }
         let owner = Some((subscription.queue().clone(), metrics.clone()));
-        let opening = Chunk::frames(parts, 0, replayed, owner);
+        let opening = opening.finish(0, owner);
         let now = Instant::now();
         SseWriter {
             subscription,
@@ -322,27 +288,17 @@ impl SseWriter {
 
     fn live_chunk(&mut self) -> Chunk {
         let events = std::mem::take(&mut self.drained);
-        let owner = Some((self.subscription.queue().clone(), self.metrics.clone()));
-        let queued_bytes = events.iter().map(|d| d.event.sse.frame.len()).sum();
-        let count = events.len();
-        match &mut self.cursor {
-            None => Chunk {
-                content: Content::Events(Parts::new(events)),
-                queued_bytes,
-                events: count,
-                events_written: 0,
-                bytes_written: 0,
-                owner,
-            },
-            cursor @ Some(_) => {
-                let mut parts = VecDeque::with_capacity(count * 2);
-                for delivery in &events {
-                    parts.extend(frame_parts(cursor, delivery));
-                }
-                self.subscription.queue().recycle(events, count);
-                Chunk::frames(parts, queued_bytes, count, owner)
-            }
+        let queued_bytes: usize = events.iter().map(|d| d.event.sse.frame.len()).sum();
+        let cursor_lines = self.cursor.as_ref().map_or(0, |c| c.len() * 30 * events.len());
+        let mut chunk = ChunkBuilder::with_capacity((queued_bytes + cursor_lines).min(1 << 20));
+        for delivery in &events {
+            push_delivery(&mut chunk, &mut self.cursor, delivery);
         }
+        let count = events.len();
+        // The frames are copied or referenced: the deque goes back for the next pushes.
+        self.subscription.queue().recycle(events, count);
+        let owner = Some((self.subscription.queue().clone(), self.metrics.clone()));
+        chunk.finish(queued_bytes, owner)
     }
 }
 
@@ -352,19 +308,19 @@ impl Drop for SseWriter {
     }
 }
 
-/// The parts that send `delivery`: its frame as encoded, or for a stream of several topics the
+/// Adds `delivery` to a chunk: its frame as encoded, or for a stream of several topics the
 /// stream's updated cursor line followed by the frame without its own id line.
-fn frame_parts(
-    cursor: &mut Option<Vec<EventId>>,
-    delivery: &Delivery,
-) -> impl Iterator<Item = Bytes> {
+fn push_delivery(chunk: &mut ChunkBuilder, cursor: &mut Option<Vec<EventId>>, delivery: &Delivery) {
     let sse = &delivery.event.sse;
-    let (first, second) = match cursor {
-        None => (sse.frame.clone(), None),
+    chunk.events += 1;
+    match cursor {
+        None => chunk.push_frame(&sse.frame, 0),
         Some(positions) => {
             positions[delivery.topic_index as usize] = delivery.event.id;
-            (encode::cursor_line(positions), Some(sse.body()))
+            chunk.buf.extend_from_slice(b"id: ");
+            Cursor::write_positions(positions, &mut chunk.buf);
+            chunk.buf.push(b'\n');
+            chunk.push_frame(&sse.frame, sse.body_offset);
         }
-    };
-    std::iter::once(first).chain(second)
+    }
 }
