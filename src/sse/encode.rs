@@ -188,6 +188,6 @@ mod tests {
     fn body_offset_skips_the_id_line() {
         let frame = finish(encode_body(None, &text("x")), id(12345));
         assert_eq!(&frame.frame[..frame.body_offset], b"id: 100-12345\n");
-        assert_eq!(frame.body(), &b"data: x\n\n"[..]);
+        assert_eq!(&frame.frame[frame.body_offset..], &b"data: x\n\n"[..]);
     }
 }
