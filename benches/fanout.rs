@@ -627,12 +627,13 @@ impl StreamDecoder {
     fn scan_lines(&mut self, mut data: &[u8], on_event: &mut impl FnMut(u64, u64)) {
         loop {
             // Fast path: a whole event of the expected shape at the start of the data.
-            if self.line.is_empty() && self.event.seq.is_none() {
-                if let Some((seq, ts, len)) = whole_event(data, self.payload) {
-                    on_event(seq, ts);
-                    data = &data[len..];
-                    continue;
-                }
+            if self.line.is_empty()
+                && self.event.seq.is_none()
+                && let Some((seq, ts, len)) = whole_event(data, self.payload)
+            {
+                on_event(seq, ts);
+                data = &data[len..];
+                continue;
             }
             let Some(nl) = memchr::memchr(b'\n', data) else { break };
             if self.line.is_empty() {
