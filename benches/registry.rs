@@ -1,6 +1,7 @@
-//! Registry benchmarks: the publish path (id, frame, history, fan-out into every subscriber's
-//! queue) with 1k and 10k in-process subscribers, and publish throughput while other threads
-//! subscribe and unsubscribe 10k times per second on the same topic.
+//! Registry benchmarks with 1k and 10k in-process subscribers: the whole fan-out (publish, then
+//! every subscriber's writer taking the event into its write buffer, as the SSE writer does),
+//! the publish call alone, and publish throughput while another thread subscribes and
+//! unsubscribes 10k times per second on the same topic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,49 +23,72 @@ fn data() -> EventData {
     EventData::Text(Bytes::from(vec![b'x'; 100]))
 }
 
-/// Empties every subscriber's queue, as their writers would.
-fn drain(subscriptions: &mut [Subscription]) {
+/// Lets every subscriber's writer take what was published, copying frames into a buffer as
+/// the SSE writer does for small events.
+fn drain(subscriptions: &mut [Subscription], buf: &mut Vec<u8>) {
     let mut cx = Context::from_waker(Waker::noop());
-    let mut drained = std::collections::VecDeque::new();
     for s in subscriptions.iter_mut() {
-        if s.poll_drain(&mut cx, &mut drained).is_ready() {
-            let bytes = drained.iter().map(|d| d.event.sse_frame().len()).sum();
-            let used = drained.len();
-            s.queue().recycle(std::mem::take(&mut drained), used);
-            s.queue().release(bytes);
-        }
+        let _ =
+            s.poll_events(&mut cx, usize::MAX, |_, event| buf.extend_from_slice(event.sse_frame()));
+        buf.clear();
     }
 }
 
 fn publish_fan_out(c: &mut Criterion) {
-    let mut group = c.benchmark_group("publish_fan_out");
+    let mut group = c.benchmark_group("fan_out");
     group.measurement_time(Duration::from_secs(5));
+    let mut buf = Vec::with_capacity(64 << 10);
     for subscribers in [1_000usize, 10_000] {
         let hub = hub();
         let topic = TopicName::new("bench").unwrap();
         let mut subscriptions: Vec<_> = (0..subscribers)
             .map(|_| hub.subscribe(vec![topic.clone()], None, Transport::Sse, None).unwrap())
             .collect();
-        // Throughput in deliveries: one event reaching every subscriber's queue.
+        // Throughput in deliveries: one event reaching every subscriber's write buffer.
         group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(subscribers), &subscribers, |b, _| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    // Publish in runs of 16 (writers drain between runs, outside the timing).
-                    let run = (iters - done).min(16);
+        group.bench_with_input(
+            BenchmarkId::new("publish_and_take", subscribers),
+            &subscribers,
+            |b, _| {
+                b.iter_custom(|iters| {
                     let started = Instant::now();
-                    for _ in 0..run {
-                        hub.publish_now(&topic, None, data()).unwrap();
+                    let mut done = 0;
+                    while done < iters {
+                        // Writers wake for runs of 16 events, as under load.
+                        let run = (iters - done).min(16);
+                        for _ in 0..run {
+                            hub.publish_now(&topic, None, data()).unwrap();
+                        }
+                        drain(&mut subscriptions, &mut buf);
+                        done += run;
                     }
-                    total += started.elapsed();
-                    done += run;
-                    drain(&mut subscriptions);
-                }
-                total
-            })
-        });
+                    started.elapsed()
+                })
+            },
+        );
+        // The publish call alone, with every writer busy (none parked).
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(
+            BenchmarkId::new("publish_only", subscribers),
+            &subscribers,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        let run = (iters - done).min(256);
+                        let started = Instant::now();
+                        for _ in 0..run {
+                            hub.publish_now(&topic, None, data()).unwrap();
+                        }
+                        total += started.elapsed();
+                        done += run;
+                        drain(&mut subscriptions, &mut buf);
+                    }
+                    total
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -73,13 +97,13 @@ fn publish_under_churn(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish_under_churn");
     group.measurement_time(Duration::from_secs(5));
     let subscribers = 1_000;
-    group.throughput(Throughput::Elements(subscribers as u64));
     for churn in [false, true] {
         let hub = Arc::new(hub());
         let topic = TopicName::new("bench").unwrap();
         let mut subscriptions: Vec<_> = (0..subscribers)
             .map(|_| hub.subscribe(vec![topic.clone()], None, Transport::Sse, None).unwrap())
             .collect();
+        let mut buf = Vec::with_capacity(64 << 10);
         let stop = Arc::new(AtomicBool::new(false));
         let churned = Arc::new(AtomicU64::new(0));
         // 10k subscribe + unsubscribe pairs per second on the published topic.
@@ -100,6 +124,7 @@ fn publish_under_churn(c: &mut Criterion) {
             })
         });
         let name = if churn { "10k_subscribes_per_s" } else { "no_churn" };
+        group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::new(name, subscribers), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -112,7 +137,7 @@ fn publish_under_churn(c: &mut Criterion) {
                     }
                     total += started.elapsed();
                     done += run;
-                    drain(&mut subscriptions);
+                    drain(&mut subscriptions, &mut buf);
                 }
                 total
             })

@@ -43,6 +43,13 @@ pub struct Config {
     #[arg(long, env = "CRIER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Least time between two writes to a busy stream. 0 writes as soon as events arrive.
+    /// Larger values gather more events per write (fewer system calls, less CPU per event at
+    /// high fan-out rates) at the cost of up to this much added latency; a stream that was
+    /// idle for this long still writes at once.
+    #[arg(long, env = "CRIER_WRITE_DELAY", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub write_delay: Duration,
+
     /// Reconnection delay sent to SSE clients in the `retry:` field.
     #[arg(long, env = "CRIER_SSE_RETRY", default_value = "2s", value_parser = humantime::parse_duration)]
     pub sse_retry: Duration,

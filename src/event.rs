@@ -354,6 +354,9 @@ pub struct Event {
     pub data: EventData,
     /// The complete SSE frame, `id:` line first.
     pub(crate) sse: SseFrame,
+    /// The topic's stream length (bytes of SSE frames published so far) including this event:
+    /// subtracting two of these gives how far a subscriber lags, in bytes.
+    pub(crate) stream_end: u64,
 }
 
 impl Event {

@@ -1,17 +1,16 @@
 //! Checks the fuzz targets in `fuzz/` drive: library internals exercised with arbitrary input
 //! and compared with simple models. Compiled for fuzzing builds and unit tests only.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
 use crate::event::{EventData, EventId, TopicName};
-use crate::metrics::Transport;
-use crate::registry::{ClientQueue, Drained, GapReason, Registry, TopicStart};
+use crate::hub::{Hub, HubConfig, Polled, Subscription};
+use crate::metrics::{Metrics, Transport};
+use crate::registry::{Closed, GapReason, MIN_LOG_EVENTS};
 use crate::server::first_request::{FirstRequest, classify};
-use crate::sse::encode;
 
 /// Classifies the first bytes of a connection; only a complete HTTP/1.1 `GET /sse` head with
 /// nothing after it may take the SSE fast path.
@@ -47,91 +46,110 @@ pub enum TopicOp {
         /// Payload size.
         size: u8,
     },
-    /// Drain one subscriber's queue and check what it got.
+    /// Let one subscriber's writer take what it can and check it.
     Drain {
         /// Which.
         which: u8,
     },
 }
 
-struct Subscriber {
-    queue: Arc<ClientQueue>,
-    start: TopicStart,
-    /// Sequence numbers received so far (replay, then live without duplicates).
+struct Reader {
+    subscription: Subscription,
+    /// The position it started after.
+    start: u64,
+    /// Sequence numbers received so far.
     received: Vec<u64>,
+    evicted: bool,
 }
 
-impl Subscriber {
-    fn drain(&mut self) {
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut out = VecDeque::new();
-        if let Poll::Ready(Drained::Events) = self.queue.poll_drain(&mut cx, &mut out) {
-            let live = out.iter().map(|d| d.event.id.seq).filter(|&s| s > self.start.live_after);
-            self.received.extend(live);
+impl Reader {
+    fn last(&self) -> u64 {
+        self.received.last().copied().unwrap_or(self.start)
+    }
+
+    /// Takes everything available, checking it against the model: contiguous after the start,
+    /// or eviction exactly when the log no longer holds the next event.
+    fn drain(&mut self, head: u64, log_capacity: u64) {
+        if self.evicted {
+            return;
         }
-        // Everything received is contiguous, starting right after the start position.
-        let first = self.start.position().seq + 1;
+        let lapped = head.saturating_sub(self.last()) > log_capacity;
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut got = Vec::new();
+        let polled = self.subscription.poll_events(&mut cx, usize::MAX, |_, e| got.push(e.id.seq));
+        match polled {
+            Poll::Ready(Polled::Closed(Closed::Evicted)) => {
+                assert!(lapped, "evicted while the log still held its next event");
+                self.evicted = true;
+                return;
+            }
+            Poll::Ready(Polled::Events) => self.received.extend(got),
+            Poll::Pending => assert!(got.is_empty()),
+            Poll::Ready(Polled::Closed(Closed::Shutdown)) => panic!("no shutdown here"),
+        }
+        assert!(!lapped, "a lapped reader must be evicted, not skip ahead");
+        let first = self.start + 1;
         let expected: Vec<u64> = (first..first + self.received.len() as u64).collect();
         assert_eq!(self.received, expected, "a subscriber saw a gap or a duplicate");
+        assert_eq!(self.last(), head, "a drain takes everything published");
     }
 }
 
-/// Runs `ops` against one topic with `history` retained events, checking every subscriber
-/// against the model: replay exactly what is retained after its resume point (with a gap notice
-/// exactly when something is missing), then every later event once, in order.
+/// Runs `ops` against one topic of a hub retaining `history` events, checking every
+/// subscriber against the model: it starts exactly after the requested position when the
+/// history still covers it (else after the oldest retained event, with a gap notice saying how
+/// many were missed), then receives every later event once, in order, unless it falls further
+/// behind than the log holds, in which case it is evicted.
 pub fn check_topic_ops(history: usize, ops: impl IntoIterator<Item = TopicOp>) {
-    let registry = Registry::new(history);
-    let topic = registry.topic_or_create(&TopicName::new("t").expect("valid")).0;
-    let mut subscribers: Vec<Subscriber> = Vec::new();
+    let config = HubConfig { history, client_queue_bytes: usize::MAX, ..HubConfig::default() };
+    let hub = Hub::new(config, Arc::new(Metrics::new()));
+    let topic = TopicName::new("t").expect("valid");
+    let log_capacity = history.max(MIN_LOG_EVENTS) as u64;
+    let mut head = 0u64;
+    let mut epoch = None;
+    let mut readers: Vec<Reader> = Vec::new();
     for op in ops {
         match op {
             TopicOp::Publish { size } => {
                 let data = EventData::Text(Bytes::from(vec![b'x'; usize::from(size)]));
-                let body = encode::encode_body(None, &data);
-                topic.publish(None, data, body, |_| panic!("unbounded queues never evict"));
+                let event = hub.publish_now(&topic, None, data).expect("within limits");
+                head += 1;
+                assert_eq!(event.id.seq, head);
+                epoch = Some(event.id.epoch);
             }
             TopicOp::Subscribe { resume_back } => {
-                let head = topic.head();
-                let resume = resume_back.map(|back| EventId {
-                    epoch: head.epoch,
-                    seq: head.seq.saturating_sub(u64::from(back)),
+                let requested = resume_back.zip(epoch).map(|(back, epoch)| EventId {
+                    epoch,
+                    seq: head.saturating_sub(u64::from(back)),
                 });
-                let queue = Arc::new(ClientQueue::new(usize::MAX, Transport::Sse, None));
-                let start = topic.subscribe(&queue, 0, resume);
-                assert_eq!(start.live_after, head.seq, "no concurrent publisher here");
-                let requested = resume.map_or(head.seq, |r| r.seq);
-                let wanted = head.seq - requested;
-                let kept = wanted.min(history as u64);
-                let replay: Vec<u64> = start.replay.iter().map(|e| e.id.seq).collect();
-                assert_eq!(replay, ((head.seq - kept + 1)..=head.seq).collect::<Vec<_>>());
-                match &start.gap {
-                    None => assert_eq!(kept, wanted),
-                    Some(gap) => {
-                        assert_eq!(gap.reason, GapReason::Expired);
-                        assert_eq!(gap.missed, Some(wanted - kept));
-                    }
-                }
-                let received = replay;
-                subscribers.push(Subscriber { queue, start, received });
+                let text = requested.map(|id| id.to_string());
+                let subscription = hub
+                    .subscribe(vec![topic.clone()], text.as_deref(), Transport::Sse, None)
+                    .expect("valid subscription");
+                let oldest = (head + 1).saturating_sub(history as u64).max(1);
+                let (start, missed) = match requested {
+                    None => (head, None),
+                    Some(r) if r.seq + 1 < oldest => (oldest - 1, Some(oldest - 1 - r.seq)),
+                    Some(r) => (r.seq, None),
+                };
+                assert_eq!(subscription.start_positions()[0].seq, start);
+                let gap = subscription.gaps().first().map(|(_, g)| (g.reason, g.missed));
+                assert_eq!(gap, missed.map(|m| (GapReason::Expired, Some(m))));
+                readers.push(Reader { subscription, start, received: Vec::new(), evicted: false });
             }
-            TopicOp::Unsubscribe { which } if !subscribers.is_empty() => {
-                let mut gone = subscribers.swap_remove(usize::from(which) % subscribers.len());
-                assert!(topic.unsubscribe(gone.start.slot));
-                gone.drain();
-                let last = gone.received.last().copied().unwrap_or(gone.start.position().seq);
-                assert_eq!(last, topic.head().seq, "everything up to unsubscribing arrived");
+            TopicOp::Unsubscribe { which } if !readers.is_empty() => {
+                let mut gone = readers.swap_remove(usize::from(which) % readers.len());
+                gone.drain(head, log_capacity);
             }
-            TopicOp::Drain { which } if !subscribers.is_empty() => {
-                let index = usize::from(which) % subscribers.len();
-                subscribers[index].drain();
+            TopicOp::Drain { which } if !readers.is_empty() => {
+                let index = usize::from(which) % readers.len();
+                readers[index].drain(head, log_capacity);
             }
             TopicOp::Unsubscribe { .. } | TopicOp::Drain { .. } => {}
         }
     }
-    for mut s in subscribers {
-        s.drain();
-        let last = s.received.last().copied().unwrap_or(s.start.position().seq);
-        assert_eq!(last, topic.head().seq);
+    for mut reader in readers {
+        reader.drain(head, log_capacity);
     }
 }
 
@@ -144,7 +162,7 @@ mod tests {
         use TopicOp::*;
         for history in [0, 1, 3, 50] {
             let mut ops = Vec::new();
-            for round in 0u8..20 {
+            for round in 0u8..120 {
                 ops.push(Publish { size: round });
                 if round % 3 == 0 {
                     ops.push(Subscribe { resume_back: Some(round % 7) });
@@ -152,7 +170,9 @@ mod tests {
                 if round % 4 == 1 {
                     ops.push(Subscribe { resume_back: None });
                 }
-                ops.push(Drain { which: round });
+                if round % 2 == 0 || round > 100 {
+                    ops.push(Drain { which: round });
+                }
                 if round % 5 == 4 {
                     ops.push(Unsubscribe { which: round });
                 }

@@ -106,6 +106,21 @@ impl History {
         new
     }
 
+    /// The event with sequence number `seq`, if still retained, borrowed while `guard` is held.
+    pub fn get<'g>(&self, seq: u64, guard: &'g Guard) -> Option<&'g Event> {
+        let ring = self.ring.load(Ordering::Acquire, guard);
+        // SAFETY: loaded under `guard`, so the ring outlives the borrow.
+        let entry = unsafe { ring.as_ref() }?.slot(seq).load(Ordering::Acquire);
+        // SAFETY: a non-null entry is a live `Arc<Event>` until `guard` is released (a replaced
+        // entry's drop is deferred past every pinned reader).
+        unsafe { entry.as_ref() }.filter(|event| event.id.seq == seq)
+    }
+
+    /// Most events the ring holds once full: how far a reader may fall behind the head.
+    pub fn capacity(&self) -> usize {
+        self.limit
+    }
+
     /// The retained events with sequence numbers in `after + 1 ..= head`, as a contiguous run
     /// ending at `head`.
     pub fn read(&self, after: u64, head: u64) -> Retained {
@@ -186,6 +201,7 @@ mod tests {
             name: None,
             sse: encode::finish(encode::encode_body(None, &data), id),
             data,
+            stream_end: 0,
         })
     }
 

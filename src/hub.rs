@@ -1,21 +1,22 @@
 //! The hub: the publish and subscribe API every edge uses (HTTP publish, SSE, and in-process
-//! callers such as tests and benchmarks), on top of the registry.
+//! callers such as tests and benchmarks), on top of the registry, and the sweeper that evicts
+//! subscribers whose writers stopped reading.
 //!
-//! A [`Subscription`] is one client's view: its queue, the topics it follows in canonical
-//! (sorted) order, the replay and gap notice it starts with, and the watermarks that drop live
-//! duplicates of the replay. Dropping it unsubscribes from every topic.
+//! A [`Subscription`] is one client's reader: the topics it follows in canonical (sorted)
+//! order, its cursor on each topic's log, and the gap notice it starts with. Its writer calls
+//! [`Subscription::poll_events`] to take what was published since. Dropping it unsubscribes
+//! from every topic.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crossbeam_epoch as epoch;
 
 use crate::event::{Cursor, Event, EventData, EventId, EventName, IdError, TopicName};
 use crate::metrics::{EvictReason, Metrics, Transport};
-use crate::registry::{
-    ClientQueue, Closed, ConnectionCloser, Delivery, Drained, Gap, Registry, SlotId, Topic,
-};
+use crate::registry::{Client, Closed, ConnectionCloser, Gap, Registry, SlotId, Subscriber, Topic};
 use crate::sse::encode;
 
 /// Limits the hub enforces.
@@ -23,7 +24,7 @@ use crate::sse::encode;
 pub struct HubConfig {
     /// Events retained per topic for resume.
     pub history: usize,
-    /// Byte budget of each client's queue.
+    /// How far (in stream bytes) a client may fall behind a topic before it is evicted.
     pub client_queue_bytes: usize,
     /// Largest event payload accepted.
     pub max_event_bytes: usize,
@@ -111,8 +112,9 @@ impl Hub {
         &self.registry
     }
 
-    /// Publishes an event: assigns its id, records it in the topic's history and queues it for
-    /// every subscriber. Returns once the event is accepted; the id is in the returned event.
+    /// Publishes an event: assigns its id and appends it to the topic's log, from which every
+    /// subscriber's writer takes it. Returns once the event is accepted; the id is in the
+    /// returned event.
     pub async fn publish(
         &self,
         topic: &TopicName,
@@ -141,9 +143,7 @@ impl Hub {
         if created {
             self.metrics.topics.increment(1);
         }
-        let event = topic.publish(name, data, body, |transport| {
-            self.metrics.evicted(transport, EvictReason::SlowConsumer);
-        });
+        let event = topic.publish(name, data, body);
         self.metrics.events_published.increment(1);
         self.metrics.publish_took(started.elapsed());
         Ok(event)
@@ -180,13 +180,12 @@ impl Hub {
             return Err(SubscribeError::ShuttingDown);
         }
 
-        let queue = Arc::new(ClientQueue::new(self.config.client_queue_bytes, transport, closer));
+        let client = Arc::new(Client::new(self.config.client_queue_bytes, transport, closer));
         let mut subscription = Subscription {
-            queue,
+            client,
             topics: Vec::with_capacity(topics.len()),
-            replay: VecDeque::new(),
             gaps: Vec::new(),
-            undeduplicated: topics.len(),
+            next_topic: 0,
             metrics: self.metrics.clone(),
         };
         for (index, name) in topics.iter().enumerate() {
@@ -194,34 +193,35 @@ impl Hub {
             if created {
                 self.metrics.topics.increment(1);
             }
-            let resume_at = resume.as_ref().map(|ids| ids[index]);
             let topic_index = index as u16;
-            let start = topic.subscribe(&subscription.queue, topic_index, resume_at);
+            let start = topic.subscribe(
+                &subscription.client,
+                topic_index,
+                resume.as_ref().map(|ids| ids[index]),
+            );
             self.metrics.subscriptions.increment(1);
             if let Some(gap) = start.gap.clone() {
                 subscription.gaps.push((topic_index, gap));
             }
-            let position = start.position();
-            subscription
-                .replay
-                .extend(start.replay.into_iter().map(|event| Delivery { event, topic_index }));
             subscription.topics.push(SubscribedTopic {
                 topic,
                 slot: start.slot,
-                live_after: Some(start.live_after),
-                position,
+                subscriber: start.subscriber,
+                start: start.position,
+                cursor: start.position.seq,
+                cursor_end: start.position_end,
             });
         }
-        // Pairs with the fence in `shutdown`: either its scan closes this queue, or we see it.
+        // Pairs with the fence in `shutdown`: either its scan closes this client, or we see it.
         fence(Ordering::SeqCst);
         if self.draining.load(Ordering::SeqCst) {
-            subscription.queue.close(Closed::Shutdown);
+            subscription.client.close(Closed::Shutdown);
         }
         Ok(subscription)
     }
 
-    /// Starts draining: refuses new subscriptions and closes every queue for shutdown, so each
-    /// stream ends after writing what is already queued.
+    /// Starts draining: refuses new subscriptions and closes every client for shutdown, so each
+    /// stream ends once it has written what is already published.
     pub fn shutdown(&self) {
         self.draining.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -234,39 +234,74 @@ impl Hub {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
+
+    /// Evicts every subscriber whose writer has fallen further behind than its budget or the
+    /// log allows (typically one whose socket stopped draining); returns how many.
+    pub fn sweep(&self) -> usize {
+        let mut evicted = 0;
+        for topic in self.registry.topics() {
+            topic.sweep(|subscriber| {
+                if subscriber.client.close(Closed::Evicted) {
+                    self.metrics.evicted(subscriber.client.transport(), EvictReason::SlowConsumer);
+                    evicted += 1;
+                }
+            });
+        }
+        evicted
+    }
+
+    /// Runs [`Hub::sweep`] every `interval`, forever.
+    pub async fn run_sweeper(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sweep();
+        }
+    }
 }
 
 struct SubscribedTopic {
     topic: Arc<Topic>,
     slot: SlotId,
-    /// Live events at or below this sequence number were replayed (or predate the
-    /// subscription); `None` once a later live event has passed, as nothing older follows it.
-    live_after: Option<u64>,
-    /// Where the stream starts on this topic.
-    position: EventId,
+    subscriber: Arc<Subscriber>,
+    /// Where the subscription started.
+    start: EventId,
+    /// Sequence number of the last event taken.
+    cursor: u64,
+    /// The topic's stream length at the cursor.
+    cursor_end: u64,
+}
+
+/// What [`Subscription::poll_events`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Polled {
+    /// Events were handed to the sink.
+    Events,
+    /// Nothing more will come: the client was closed (after everything published before a
+    /// shutdown was taken).
+    Closed(Closed),
 }
 
 /// One client's subscription to one or more topics.
 pub struct Subscription {
-    queue: Arc<ClientQueue>,
+    client: Arc<Client>,
     topics: Vec<SubscribedTopic>,
-    replay: VecDeque<Delivery>,
     gaps: Vec<(u16, Gap)>,
-    /// Topics whose first live event has not been seen yet; while non-zero, drained events are
-    /// checked against the replay watermarks.
-    undeduplicated: usize,
+    /// The topic to read first next time, so no topic starves the others.
+    next_topic: usize,
     metrics: Arc<Metrics>,
 }
 
 impl Subscription {
-    /// The topics, in canonical order; a delivery's `topic_index` indexes this list.
+    /// The topics, in canonical order; the `topic_index` given to a sink indexes this list.
     pub fn topics(&self) -> impl ExactSizeIterator<Item = &TopicName> {
         self.topics.iter().map(|t| t.topic.name())
     }
 
-    /// Where the stream starts on each topic: just before the first event it will deliver.
+    /// Where the stream started on each topic: just before the first event it delivers.
     pub fn start_positions(&self) -> Vec<EventId> {
-        self.topics.iter().map(|t| t.position).collect()
+        self.topics.iter().map(|t| t.start).collect()
     }
 
     /// The topics whose requested position could not be resumed exactly.
@@ -304,7 +339,7 @@ impl Subscription {
                     topic: topic.topic.name().as_str(),
                     reason: gap.reason.as_str(),
                     last_event_id: gap.requested.to_string(),
-                    resumed_after: topic.position.to_string(),
+                    resumed_after: topic.start.to_string(),
                     missed: gap.missed,
                 }
             })
@@ -312,51 +347,75 @@ impl Subscription {
         serde_json::to_string(&Notice { gaps }).unwrap_or_default()
     }
 
-    /// Takes the retained events to send before anything live.
-    pub fn take_replay(&mut self) -> VecDeque<Delivery> {
-        std::mem::take(&mut self.replay)
+    /// The client.
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
     }
 
-    /// The client's queue.
-    pub fn queue(&self) -> &Arc<ClientQueue> {
-        &self.queue
-    }
-
-    /// Moves queued live events into `into` (which must be empty), dropping duplicates of the
-    /// replay, or registers the task to be woken when more arrive or the queue closes.
-    pub fn poll_drain(
+    /// Hands `sink` every event published after the cursors (about `budget` stream bytes at
+    /// most), oldest first per topic, with the index of its topic; or parks the task until
+    /// there is more.
+    ///
+    /// A subscription whose next event the log no longer holds is evicted here rather than
+    /// skipping ahead. After a shutdown, it reports `Closed(Shutdown)` once it has handed over
+    /// everything published before.
+    pub fn poll_events(
         &mut self,
         cx: &mut Context<'_>,
-        into: &mut VecDeque<Delivery>,
-    ) -> Poll<Drained> {
-        loop {
-            let drained = std::task::ready!(self.queue.poll_drain(cx, into));
-            if drained != Drained::Events || self.undeduplicated == 0 {
-                return Poll::Ready(drained);
-            }
-            self.drop_replayed(into);
-            if !into.is_empty() {
-                return Poll::Ready(Drained::Events);
-            }
+        budget: usize,
+        mut sink: impl FnMut(u16, &Event),
+    ) -> Poll<Polled> {
+        self.client.register(cx.waker());
+        let closed = self.client.closed();
+        if closed == Some(Closed::Evicted) {
+            return Poll::Ready(Polled::Closed(Closed::Evicted));
         }
-    }
-
-    fn drop_replayed(&mut self, events: &mut VecDeque<Delivery>) {
-        let before = events.len();
-        let mut released = 0;
-        events.retain(|d| {
-            let topic = &mut self.topics[d.topic_index as usize];
-            let Some(live_after) = topic.live_after else { return true };
-            if d.event.id.seq <= live_after {
-                released += d.event.sse.frame.len();
-                return false;
+        loop {
+            let mut taken = 0;
+            let mut lapped = false;
+            {
+                let guard = epoch::pin();
+                let count = self.topics.len();
+                for i in 0..count {
+                    let t = &mut self.topics[(self.next_topic + i) % count];
+                    let head = t.topic.head().seq;
+                    let before = t.cursor;
+                    while t.cursor < head && taken < budget {
+                        let Some(event) = t.topic.event(t.cursor + 1, &guard) else {
+                            lapped = true;
+                            break;
+                        };
+                        sink(t.subscriber.topic_index, event);
+                        t.cursor += 1;
+                        t.cursor_end = event.stream_end;
+                        taken += event.sse.frame.len().max(1);
+                    }
+                    if t.cursor != before {
+                        t.subscriber.set_position(t.cursor, t.cursor_end);
+                    }
+                }
+                self.next_topic = (self.next_topic + 1) % count;
             }
-            topic.live_after = None;
-            self.undeduplicated -= 1;
-            true
-        });
-        if events.len() != before {
-            self.queue.release(released);
+            if lapped {
+                if self.client.close(Closed::Evicted) {
+                    self.metrics.evicted(self.client.transport(), EvictReason::SlowConsumer);
+                }
+                return Poll::Ready(Polled::Closed(Closed::Evicted));
+            }
+            if taken > 0 {
+                return Poll::Ready(Polled::Events);
+            }
+            if closed == Some(Closed::Shutdown) {
+                return Poll::Ready(Polled::Closed(Closed::Shutdown));
+            }
+            // Park, then look once more: an event published before we registered must not
+            // wait for the next one.
+            for t in &self.topics {
+                t.topic.register_waiter(&t.subscriber);
+            }
+            if self.topics.iter().all(|t| t.topic.head().seq == t.cursor) {
+                return Poll::Pending;
+            }
         }
     }
 }
@@ -374,7 +433,7 @@ impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("topics", &self.topics().collect::<Vec<_>>())
-            .field("queue", &self.queue)
+            .field("client", &self.client)
             .finish_non_exhaustive()
     }
 }

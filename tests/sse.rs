@@ -230,3 +230,25 @@ async fn h2c_prior_knowledge_streams_too() {
     .expect("h2 data in time");
     assert_eq!(String::from_utf8_lossy(&received), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_delay_gathers_a_busy_streams_events_into_one_write() {
+    let server = TestServer::start(&["--write-delay", "400ms"]).await;
+    let mut c = subscribe(&server, "topic=t").await;
+    // The stream was idle for longer than the delay: the first event goes out at once.
+    server.publish("t", "first").await;
+    c.next_event().await;
+    let (first_end, first_at) = *c.chunk_ends.last().unwrap();
+    // These follow within the delay: they wait for it, then leave in one write.
+    server.publish("t", "second").await;
+    server.publish("t", "third").await;
+    let events = c.events(2).await;
+    assert_eq!(events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["second", "third"]);
+    let later: Vec<_> = c.chunk_ends.iter().filter(|(end, _)| *end > first_end).collect();
+    assert_eq!(later.len(), 1, "second and third share one chunk: {:?}", c.chunk_ends);
+    let waited = later[0].1 - first_at;
+    assert!(
+        waited >= std::time::Duration::from_millis(350),
+        "written after {waited:?}, before the delay"
+    );
+}

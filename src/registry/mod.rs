@@ -1,5 +1,5 @@
-//! The registry: topic → state (order, history, subscribers), sharded by topic hash, and the
-//! fan-out of one published event to every subscriber's queue.
+//! The registry: topic → state (sequence, log, subscribers), sharded by topic hash, and the
+//! protocol by which each subscriber's writer follows a topic's log.
 //!
 //! # Concurrency contract
 //!
@@ -7,65 +7,80 @@
 //!   maps. Publishing, subscribing and unsubscribing on an existing topic take only a shard's
 //!   read lock, shared with each other. The write lock is taken to create a topic, for one map
 //!   insert. Topics are never removed while the node runs.
-//! - **Publish order.** Publishers of one topic serialize on the topic's `order` lock: sequence
-//!   number, frame, history append and fan-out of event *n* all complete before event *n + 1*
-//!   starts, so every subscriber receives a topic's events in id order. Publishers of different
-//!   topics never contend.
-//! - **Publishing never waits on subscribers.** The fan-out scans the topic's
-//!   [`SubscriberSet`] without a lock and pushes into each [`ClientQueue`], which never blocks:
-//!   a push that does not fit the client's byte budget evicts that client (the queue closes and
-//!   its connection is closed) and the fan-out moves on. Subscribe and unsubscribe take the
-//!   set's writer lock, which publishers never take, and cost O(1) amortised.
-//! - **Zero-copy fan-out.** An event is encoded once; each subscriber's queue gets a reference
-//!   (`Arc`) to the shared event and its `Bytes` frames. Nothing is allocated or copied per
-//!   subscriber on the publish path (a queue reuses its deque's capacity).
-//! - **Resume without gap or duplicate.** A subscriber registers first and reads the topic's
-//!   head and history second; a publisher appends to history and advances the head first and
-//!   scans subscribers second, with a sequentially consistent fence between the two steps on
-//!   both sides. So for every event either the publisher's scan sees the new subscriber (live
-//!   delivery) or the subscriber's read sees the event (replay), and possibly both: the
-//!   subscriber drops live events at or below the head it read ([`TopicStart::head`]).
-//! - **Closing.** A queue closes once: for eviction (nothing more is written) or for shutdown
-//!   (what is queued is written, then the stream ends). Dropping a subscription removes it from
-//!   every topic's set; memory a publisher may still be reading is reclaimed by epochs.
+//! - **Publish order.** Publishers of one topic serialize on the topic's `order` lock only to
+//!   assign the next id, finish the frame and append the event to the topic's log: a few
+//!   hundred nanoseconds, whatever the number of subscribers. Every subscriber reads a topic's
+//!   events in id order because it reads them from the log by sequence number.
+//! - **Fan-out by reference, without per-subscriber work on publish.** An event is encoded
+//!   once and appended once. Each subscriber's writer keeps its own cursor into the log and,
+//!   when it runs, takes everything after its cursor: small frames are copied straight into its
+//!   write buffer, large ones shared as `Bytes`. Publishing touches no subscriber except those
+//!   whose writers are parked waiting for news ([`Topic::register_waiter`]); those it wakes,
+//!   once each. So publishing never waits on subscribers, subscribe or unsubscribe, and costs
+//!   the same for one subscriber or a hundred thousand.
+//! - **No lost wakeup.** A writer that found nothing new registers as a waiter and then
+//!   re-reads the head; a publisher advances the head and then takes the waiter list. The
+//!   waiter list's lock orders the two, so either the writer sees the new head or the
+//!   publisher sees the waiter.
+//! - **Bounded lag, eviction.** A subscriber may fall behind by at most its client's byte
+//!   budget (`--client-queue-bytes`) and at most the events the log holds (`--history`, at
+//!   least [`MIN_LOG_EVENTS`]). A writer that finds its next event already overwritten is
+//!   evicted on the spot (never a silent gap); the hub's sweeper evicts subscribers whose
+//!   writers stopped reading (a stalled socket) once they exceed either bound. Eviction closes
+//!   the client and its connection; nobody else is affected, and memory stays bounded by the
+//!   log.
+//! - **Resume without gap or duplicate.** A new subscription starts with its cursor at the
+//!   requested position (or the head), and its writer reads from the log after it: the replay
+//!   and the live stream are the same read, so nothing is skipped or repeated. A position the
+//!   log no longer covers, or from another epoch, starts at the oldest retained event with a
+//!   [`Gap`] to report.
+//! - **Closing.** A client closes once: for eviction (nothing more is written) or for shutdown
+//!   (its writer sends what is already published, then ends the stream). Dropping a
+//!   subscription removes it from every topic's set; memory a scan may still be reading is
+//!   reclaimed by epochs.
 //!
 //! ```
 //! use crier::event::{EventData, TopicName};
-//! use crier::registry::{ClientQueue, Registry};
+//! use crier::registry::{Client, Registry};
 //! use crier::metrics::Transport;
 //! use std::sync::Arc;
 //!
 //! let registry = Registry::new(100);
 //! let topic = registry.topic_or_create(&TopicName::new("news").unwrap()).0;
-//! let queue = Arc::new(ClientQueue::new(1 << 20, Transport::Sse, None));
-//! let start = topic.subscribe(&queue, 0, None);
-//! let body = crier::sse::encode::encode_body(None, &EventData::text("hi".into()).unwrap());
-//! let event = topic.publish(None, EventData::text("hi".into()).unwrap(), body, |_| {});
-//! assert_eq!(event.id.seq, start.live_after + 1);
-//! assert_eq!(queue.queued_bytes(), event.sse_frame().len());
+//! let client = Arc::new(Client::new(1 << 20, Transport::Sse, None));
+//! let start = topic.subscribe(&client, 0, None);
+//! let data = EventData::text("hi".into()).unwrap();
+//! let body = crier::sse::encode::encode_body(None, &data);
+//! let event = topic.publish(None, data, body);
+//! assert_eq!(event.id.seq, start.position.seq + 1);
+//! let guard = crossbeam_epoch::pin();
+//! assert_eq!(topic.event(event.id.seq, &guard).map(|e| e.id), Some(event.id));
 //! topic.unsubscribe(start.slot);
 //! ```
 
-mod queue;
+mod client;
 mod subscribers;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_epoch as epoch;
+use crossbeam_epoch::{self as epoch, Guard};
 use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 
 use crate::event::{Epoch, Event, EventData, EventId, EventName, TopicName};
 use crate::history::History;
-use crate::metrics::Transport;
 use crate::sse::encode::{self, EncodedBody};
 
-pub use queue::{ClientQueue, Closed, ConnectionCloser, Delivery, Drained, Push};
+pub use client::{Client, Closed, ConnectionCloser};
 pub use subscribers::{SlotId, Subscriber, SubscriberSet};
+
+/// Events a topic's log holds at least, whatever `--history` says: how far behind a live
+/// subscriber may fall when history is small or off.
+pub const MIN_LOG_EVENTS: usize = 64;
 
 impl Borrow<str> for TopicName {
     fn borrow(&self) -> &str {
@@ -136,21 +151,23 @@ impl Registry {
     }
 }
 
-/// A topic: its publish order, retained history and subscribers.
+/// A topic: its sequence, log of recent events, subscribers and parked writers.
 pub struct Topic {
     name: TopicName,
     epoch: Epoch,
-    /// Sequenced events waiting for fan-out. Publishers hold it only to assign the next id,
-    /// append to history and queue the event.
-    pending: Mutex<Vec<Arc<Event>>>,
-    /// Sequence number of the last sequenced event (0 before the first).
+    /// Serializes publishers; holds the stream length (bytes of SSE frames published so far).
+    order: Mutex<u64>,
+    /// Sequence number of the last published event (0 before the first).
     head: AtomicU64,
-    /// Sequence number of the last event handed to a fan-out scan.
-    fanned_out: AtomicU64,
-    /// Set while a publisher fans out pending events for everyone.
-    combining: AtomicBool,
-    history: History,
+    /// Stream length including the head event.
+    head_end: AtomicU64,
+    /// Recent events by sequence number: what writers read and resume replays.
+    log: History,
+    /// How many of the most recent events a resume may replay (`--history`).
+    resume_window: u64,
     subscribers: SubscriberSet,
+    /// Writers parked until the next event.
+    waiters: Mutex<Vec<Arc<Subscriber>>>,
 }
 
 /// Where a new subscription starts on one topic.
@@ -158,23 +175,14 @@ pub struct Topic {
 pub struct TopicStart {
     /// Its slot, for unsubscribing.
     pub slot: SlotId,
-    /// The topic's epoch.
-    pub epoch: Epoch,
-    /// Live delivery covers the events after this sequence number. Live events at or below it
-    /// were replayed (or precede the requested position) and must be dropped.
-    pub live_after: u64,
-    /// Retained events to send before live ones, oldest first.
-    pub replay: Vec<Arc<Event>>,
+    /// Its entry in the topic's subscriber set.
+    pub subscriber: Arc<Subscriber>,
+    /// The position it starts after: the first event it receives is the next one.
+    pub position: EventId,
+    /// The topic's stream length at `position`.
+    pub position_end: u64,
     /// Set when the requested position cannot be resumed exactly.
     pub gap: Option<Gap>,
-}
-
-impl TopicStart {
-    /// The position just before the first event this subscription will deliver.
-    pub fn position(&self) -> EventId {
-        let seq = self.replay.first().map_or(self.live_after, |e| e.id.seq - 1);
-        EventId { epoch: self.epoch, seq }
-    }
 }
 
 /// Why a resume is not exact.
@@ -215,12 +223,13 @@ impl Topic {
         Topic {
             name,
             epoch,
-            pending: Mutex::new(Vec::new()),
+            order: Mutex::new(0),
             head: AtomicU64::new(0),
-            fanned_out: AtomicU64::new(0),
-            combining: AtomicBool::new(false),
-            history: History::new(history_limit),
+            head_end: AtomicU64::new(0),
+            log: History::new(history_limit.max(MIN_LOG_EVENTS)),
+            resume_window: history_limit as u64,
             subscribers: SubscriberSet::new(),
+            waiters: Mutex::new(Vec::new()),
         }
     }
 
@@ -231,7 +240,7 @@ impl Topic {
 
     /// The id of the last published event (sequence 0 before the first).
     pub fn head(&self) -> EventId {
-        EventId { epoch: self.epoch, seq: self.head.load(Ordering::Acquire) }
+        EventId { epoch: self.epoch, seq: self.head.load(Ordering::SeqCst) }
     }
 
     /// The subscriber set.
@@ -239,107 +248,110 @@ impl Topic {
         &self.subscribers
     }
 
-    /// Assigns the next id, finishes the frame, records the event in history and queues it for
-    /// every subscriber. `evicted` is called for each client a push evicted.
-    ///
-    /// Publishers only wait for each other while ids are assigned. The fan-out is combined:
-    /// whichever publisher finds no fan-out running pushes everything pending to every
-    /// subscriber, one queue operation per subscriber for the whole batch, while the others
-    /// return at once; their events are in the batch.
+    /// Assigns the next id, finishes the frame, appends the event to the log and wakes the
+    /// writers parked on this topic.
     pub fn publish(
         &self,
         name: Option<EventName>,
         data: EventData,
         body: EncodedBody,
-        evicted: impl FnMut(Transport),
     ) -> Arc<Event> {
         let event = {
-            let mut pending = self.pending.lock();
+            let mut stream_len = self.order.lock();
             let seq = self.head.load(Ordering::Relaxed) + 1;
             let id = EventId { epoch: self.epoch, seq };
             let sse = encode::finish(body, id);
-            let event = Arc::new(Event { topic: self.name.clone(), id, name, data, sse });
-            self.history.push(event.clone(), &epoch::pin());
-            self.head.store(seq, Ordering::Release);
-            pending.push(event.clone());
+            *stream_len += sse.frame.len() as u64;
+            let stream_end = *stream_len;
+            let event =
+                Arc::new(Event { topic: self.name.clone(), id, name, data, sse, stream_end });
+            self.log.push(event.clone(), &epoch::pin());
+            self.head_end.store(stream_end, Ordering::Relaxed);
+            // Pairs with the head read in a writer's re-check after `register_waiter`.
+            self.head.store(seq, Ordering::SeqCst);
             event
         };
-        self.fan_out(evicted);
+        let waiters = std::mem::take(&mut *self.waiters.lock());
+        for subscriber in waiters {
+            subscriber.waiting.store(false, Ordering::Release);
+            subscriber.client.wake();
+        }
         event
     }
 
-    /// Pushes pending events to every subscriber unless another publisher is doing so.
-    fn fan_out(&self, mut evicted: impl FnMut(Transport)) {
-        let mut batch = Vec::new();
-        loop {
-            if self.combining.swap(true, Ordering::AcqRel) {
-                // The running fan-out takes our event: it re-checks before it stops.
-                return;
-            }
-            loop {
-                std::mem::swap(&mut batch, &mut *self.pending.lock());
-                let Some(last) = batch.last() else { break };
-                self.fanned_out.store(last.id.seq, Ordering::SeqCst);
-                // Pairs with the fence in `subscribe`: see "Resume without gap or duplicate".
-                fence(Ordering::SeqCst);
-                let bytes = batch.iter().map(|e| e.sse.frame.len()).sum();
-                self.subscribers.for_each(&epoch::pin(), |subscriber| {
-                    let pushed = subscriber.queue.push_batch(&batch, subscriber.topic_index, bytes);
-                    if pushed == Push::Evicted {
-                        evicted(subscriber.queue.transport());
-                    }
-                });
-                batch.clear();
-            }
-            self.combining.store(false, Ordering::Release);
-            // A publisher may have queued an event after our last take and left because we
-            // were still combining.
-            if self.pending.lock().is_empty() {
-                return;
-            }
+    /// The event with sequence number `seq`, if the log still holds it.
+    pub fn event<'g>(&self, seq: u64, guard: &'g Guard) -> Option<&'g Event> {
+        self.log.get(seq, guard)
+    }
+
+    /// Parks `subscriber`'s writer until the next event: the caller must re-read the head
+    /// afterwards and not sleep if it moved.
+    pub fn register_waiter(&self, subscriber: &Arc<Subscriber>) {
+        if !subscriber.waiting.swap(true, Ordering::AcqRel) {
+            self.waiters.lock().push(subscriber.clone());
         }
     }
 
-    /// Registers `queue` as a subscriber and works out where it starts: after `resume` if
-    /// given (replaying retained events, or reporting a gap), else after the last event
-    /// already fanned out.
+    /// Registers `client` as a subscriber, starting after `resume` if given (or at the oldest
+    /// retained event with a gap if that position is gone), else after the head.
     pub fn subscribe(
         &self,
-        queue: &Arc<ClientQueue>,
+        client: &Arc<Client>,
         topic_index: u16,
         resume: Option<EventId>,
     ) -> TopicStart {
-        let slot = self.subscribers.insert(Subscriber { queue: queue.clone(), topic_index });
-        // Pairs with the fence in `fan_out`.
-        fence(Ordering::SeqCst);
-        let fanned_out = self.fanned_out.load(Ordering::SeqCst);
-        let head = self.head.load(Ordering::Acquire);
-        let mut start = TopicStart {
-            slot,
-            epoch: self.epoch,
-            live_after: fanned_out,
-            replay: Vec::new(),
-            gap: None,
-        };
-        let Some(requested) = resume else { return start };
-        if requested.epoch != self.epoch {
-            start.replay = self.history.read(0, fanned_out).events;
-            start.gap = Some(Gap { reason: GapReason::Epoch, requested, missed: None });
-        } else if requested.seq > head {
-            start.gap = Some(Gap { reason: GapReason::Unknown, requested, missed: None });
-        } else if requested.seq >= fanned_out {
-            // Known but not fanned out yet (a publisher resuming from its own publish's id):
-            // everything after it arrives live.
-            start.live_after = requested.seq;
-        } else {
-            let retained = self.history.read(requested.seq, fanned_out);
-            if retained.missed > 0 {
-                let missed = Some(retained.missed);
-                start.gap = Some(Gap { reason: GapReason::Expired, requested, missed });
+        let guard = epoch::pin();
+        let head = self.head.load(Ordering::SeqCst);
+        let oldest = self.oldest_resumable(head, &guard);
+        let (cursor, gap) = match resume {
+            None => (head, None),
+            Some(requested) if requested.epoch != self.epoch => {
+                (oldest - 1, Some(Gap { reason: GapReason::Epoch, requested, missed: None }))
             }
-            start.replay = retained.events;
+            Some(requested) if requested.seq > head => {
+                (head, Some(Gap { reason: GapReason::Unknown, requested, missed: None }))
+            }
+            Some(requested) if requested.seq + 1 < oldest => {
+                let missed = Some(oldest - 1 - requested.seq);
+                (oldest - 1, Some(Gap { reason: GapReason::Expired, requested, missed }))
+            }
+            Some(requested) => (requested.seq, None),
+        };
+        let position_end = self.stream_end_at(cursor, &guard);
+        let subscriber =
+            Arc::new(Subscriber::new(client.clone(), topic_index, cursor, position_end));
+        let slot = self.subscribers.insert(subscriber.clone());
+        TopicStart {
+            slot,
+            subscriber,
+            position: EventId { epoch: self.epoch, seq: cursor },
+            position_end,
+            gap,
         }
-        start
+    }
+
+    /// The oldest event a resume may start from: within the resume window and still logged.
+    fn oldest_resumable(&self, head: u64, guard: &Guard) -> u64 {
+        let mut oldest = (head + 1).saturating_sub(self.resume_window).max(1);
+        // A publisher racing ahead may have overwritten the first few; never report them.
+        while oldest <= head && self.log.get(oldest, guard).is_none() {
+            oldest += 1;
+        }
+        oldest
+    }
+
+    /// The stream length after event `seq` (0 before the first event).
+    fn stream_end_at(&self, seq: u64, guard: &Guard) -> u64 {
+        if seq == 0 {
+            return 0;
+        }
+        if let Some(event) = self.log.get(seq, guard) {
+            return event.stream_end;
+        }
+        match self.log.get(seq + 1, guard) {
+            Some(next) => next.stream_end - next.sse.frame.len() as u64,
+            None => self.head_end.load(Ordering::Relaxed),
+        }
     }
 
     /// Removes a subscription made by [`Topic::subscribe`].
@@ -347,10 +359,27 @@ impl Topic {
         self.subscribers.remove(slot)
     }
 
-    /// Closes every subscriber's queue.
+    /// Calls `evict` for every subscriber that lags beyond its client's byte budget or beyond
+    /// what the log holds (its writer has stopped reading).
+    pub fn sweep(&self, mut evict: impl FnMut(&Subscriber)) {
+        let head = self.head.load(Ordering::Acquire);
+        let head_end = self.head_end.load(Ordering::Relaxed);
+        let capacity = self.log.capacity() as u64;
+        self.subscribers.for_each(&epoch::pin(), |subscriber| {
+            let (cursor, cursor_end) = subscriber.position();
+            let lag_bytes = head_end.saturating_sub(cursor_end);
+            if lag_bytes > subscriber.client.lag_limit() as u64
+                || head.saturating_sub(cursor) > capacity
+            {
+                evict(subscriber);
+            }
+        });
+    }
+
+    /// Closes every subscriber's client.
     pub fn close_subscribers(&self, why: Closed) {
         self.subscribers.for_each(&epoch::pin(), |subscriber| {
-            subscriber.queue.close(why);
+            subscriber.client.close(why);
         });
     }
 }
@@ -368,8 +397,7 @@ impl std::fmt::Debug for Topic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
-    use std::task::{Context, Poll, Waker};
+    use crate::metrics::Transport;
 
     fn text(s: &str) -> EventData {
         EventData::text(bytes::Bytes::copy_from_slice(s.as_bytes())).unwrap()
@@ -378,84 +406,141 @@ mod tests {
     fn publish(topic: &Topic, s: &str) -> Arc<Event> {
         let data = text(s);
         let body = encode::encode_body(None, &data);
-        topic.publish(None, data, body, |_| {})
+        topic.publish(None, data, body)
     }
 
-    fn drain(queue: &ClientQueue) -> Vec<u64> {
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut out = VecDeque::new();
-        match queue.poll_drain(&mut cx, &mut out) {
-            Poll::Ready(Drained::Events) => out.iter().map(|d| d.event.id.seq).collect(),
-            _ => Vec::new(),
-        }
+    fn client() -> Arc<Client> {
+        Arc::new(Client::new(1 << 20, Transport::Sse, None))
+    }
+
+    /// What a writer reads after `after` up to the head, or `None` if it was lapped.
+    fn read_after(topic: &Topic, after: u64) -> Option<Vec<u64>> {
+        let guard = epoch::pin();
+        let head = topic.head().seq;
+        (after + 1..=head).map(|seq| topic.event(seq, &guard).map(|e| e.id.seq)).collect()
     }
 
     #[test]
-    fn resume_replays_retained_events_then_goes_live() {
+    fn resume_starts_at_the_requested_position_or_reports_the_gap() {
         let registry = Registry::new(5);
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
         let ids: Vec<_> = (0..8).map(|i| publish(&topic, &i.to_string()).id).collect();
-        let queue = Arc::new(ClientQueue::new(1 << 20, Transport::Sse, None));
 
-        let start = topic.subscribe(&queue, 0, Some(ids[5]));
-        assert_eq!(start.replay.iter().map(|e| e.id.seq).collect::<Vec<_>>(), [7, 8]);
-        assert_eq!(start.gap, None);
-        assert_eq!(start.position(), ids[5]);
-        publish(&topic, "live");
-        assert_eq!(drain(&queue), [9]);
+        let start = topic.subscribe(&client(), 0, Some(ids[5]));
+        assert_eq!((start.position, start.gap.as_ref()), (ids[5], None));
+        assert_eq!(read_after(&topic, start.position.seq), Some(vec![7, 8]));
         topic.unsubscribe(start.slot);
 
-        let start = topic.subscribe(&queue, 0, Some(ids[0]));
-        assert_eq!(start.replay.first().map(|e| e.id.seq), Some(5), "history keeps 5");
+        let start = topic.subscribe(&client(), 0, Some(ids[0]));
+        assert_eq!(start.position.seq, 3, "history keeps 5: the oldest is 4");
         assert_eq!(
             start.gap,
-            Some(Gap { reason: GapReason::Expired, requested: ids[0], missed: Some(3) })
+            Some(Gap { reason: GapReason::Expired, requested: ids[0], missed: Some(2) })
         );
-        assert_eq!(start.position().seq, 4);
+        assert_eq!(read_after(&topic, 3), Some(vec![4, 5, 6, 7, 8]));
         topic.unsubscribe(start.slot);
 
         let foreign =
             EventId { epoch: Epoch::from_u64(registry.epoch().as_u64() ^ 1).unwrap(), seq: 3 };
-        let start = topic.subscribe(&queue, 0, Some(foreign));
+        let start = topic.subscribe(&client(), 0, Some(foreign));
         assert_eq!(start.gap.as_ref().map(|g| g.reason), Some(GapReason::Epoch));
-        assert_eq!(start.replay.len(), 5);
+        assert_eq!(start.position.seq, 3);
         topic.unsubscribe(start.slot);
 
         let future = EventId { epoch: registry.epoch(), seq: 100 };
-        let start = topic.subscribe(&queue, 0, Some(future));
+        let start = topic.subscribe(&client(), 0, Some(future));
         assert_eq!(start.gap.as_ref().map(|g| g.reason), Some(GapReason::Unknown));
-        assert!(start.replay.is_empty());
-        assert_eq!(start.position().seq, 9);
+        assert_eq!(start.position.seq, 8);
+
+        let fresh = topic.subscribe(&client(), 0, None);
+        assert_eq!((fresh.position.seq, fresh.gap.as_ref()), (8, None));
+        assert_eq!(fresh.position_end, topic.head_end.load(Ordering::Relaxed));
     }
 
     #[test]
-    fn events_sequenced_but_not_yet_fanned_out_are_delivered_once() {
+    fn zero_history_resumes_nothing_but_still_logs_for_live_readers() {
+        let registry = Registry::new(0);
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        let first = publish(&topic, "a");
+        publish(&topic, "b");
+        let start = topic.subscribe(&client(), 0, Some(first.id));
+        assert_eq!(start.gap.as_ref().and_then(|g| g.missed), Some(1));
+        assert_eq!(start.position.seq, 2);
+        for i in 0..MIN_LOG_EVENTS {
+            publish(&topic, &i.to_string());
+        }
+        assert_eq!(read_after(&topic, 2).map(|v| v.len()), Some(MIN_LOG_EVENTS));
+    }
+
+    #[test]
+    fn a_reader_lapped_by_the_log_notices() {
+        let registry = Registry::new(MIN_LOG_EVENTS);
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        for i in 0..=MIN_LOG_EVENTS {
+            publish(&topic, &i.to_string());
+        }
+        assert_eq!(read_after(&topic, 0), None, "event 1 was overwritten");
+        assert!(read_after(&topic, 1).is_some());
+    }
+
+    #[test]
+    fn sweep_finds_subscribers_beyond_their_budget_or_the_log() {
+        let registry = Registry::new(100);
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        let small = Arc::new(Client::new(300, Transport::Sse, None));
+        let big = client();
+        let small_start = topic.subscribe(&small, 0, None);
+        let big_start = topic.subscribe(&big, 1, None);
+        let swept = |topic: &Topic| {
+            let mut found = Vec::new();
+            topic.sweep(|s| found.push(s.topic_index));
+            found
+        };
+        publish(&topic, &"x".repeat(100));
+        assert!(swept(&topic).is_empty());
+        publish(&topic, &"x".repeat(300));
+        assert_eq!(swept(&topic), [0], "over 300 bytes behind");
+        // A writer that keeps up reports its position and is left alone.
+        let head = topic.head().seq;
+        small_start.subscriber.set_position(head, topic.head_end.load(Ordering::Relaxed));
+        assert!(swept(&topic).is_empty());
+        for _ in 0..150 {
+            publish(&topic, "y");
+        }
+        assert_eq!(swept(&topic), [0, 1], "both lapped by the 100-event log");
+        drop(big_start);
+    }
+
+    #[test]
+    fn parked_writers_are_woken_once_by_the_next_event() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::{Wake, Waker};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         let registry = Registry::new(10);
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
-        publish(&topic, "fanned out");
-        // Another publisher is mid fan-out: this event is sequenced and pending.
-        topic.combining.store(true, Ordering::SeqCst);
-        let pending = publish(&topic, "pending");
-        let fresh = Arc::new(ClientQueue::new(1 << 20, Transport::Sse, None));
-        let fresh_start = topic.subscribe(&fresh, 0, None);
-        assert_eq!(fresh_start.live_after, 1);
-        // A publisher resuming from the id its own publish returned.
-        let own = Arc::new(ClientQueue::new(1 << 20, Transport::Sse, None));
-        let own_start = topic.subscribe(&own, 0, Some(pending.id));
-        assert_eq!((own_start.live_after, own_start.gap.as_ref()), (2, None));
-        assert!(own_start.replay.is_empty());
-        topic.combining.store(false, Ordering::SeqCst);
-        publish(&topic, "next");
-        assert_eq!(drain(&fresh), [2, 3], "the pending event arrives live after the subscribe");
-        let live: Vec<u64> =
-            drain(&own).into_iter().filter(|&s| s > own_start.live_after).collect();
-        assert_eq!(live, [3]);
+        let client = client();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        client.register(&Waker::from(count.clone()));
+        let start = topic.subscribe(&client, 0, None);
+        topic.register_waiter(&start.subscriber);
+        topic.register_waiter(&start.subscriber);
+        publish(&topic, "a");
+        publish(&topic, "b");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake per parking");
+        // A writer registers its waker on every poll.
+        client.register(&Waker::from(count.clone()));
+        topic.register_waiter(&start.subscriber);
+        publish(&topic, "c");
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
 
     #[test]
-    fn racing_publishers_and_resumers_see_no_gap_and_no_duplicate() {
-        // Each subscriber registers while publishers run, then combines replay + live (dropping
-        // live events at or below its head) and must see every event after its start exactly once.
+    fn racing_publishers_and_subscribers_see_every_event_once_in_order() {
         let registry = Arc::new(Registry::new(100_000));
         let topic = registry.topic_or_create(&TopicName::new("race").unwrap()).0;
         let publishers: Vec<_> = (0..2)
@@ -468,21 +553,16 @@ mod tests {
                 })
             })
             .collect();
-        let mut checked = 0;
-        while checked < 200 {
+        for _ in 0..200 {
             let resume_at = topic.head();
-            let queue = Arc::new(ClientQueue::new(usize::MAX, Transport::Sse, None));
-            let start = topic.subscribe(&queue, 0, Some(resume_at));
+            let start = topic.subscribe(&client(), 0, Some(resume_at));
+            assert_eq!(start.position, resume_at);
             std::thread::yield_now();
+            let got = read_after(&topic, start.position.seq).expect("history covers the run");
+            let expected: Vec<u64> =
+                (resume_at.seq + 1..=resume_at.seq + got.len() as u64).collect();
+            assert_eq!(got, expected);
             topic.unsubscribe(start.slot);
-            let end_head = topic.head().seq;
-            let mut got: Vec<u64> = start.replay.iter().map(|e| e.id.seq).collect();
-            got.extend(drain(&queue).into_iter().filter(|&s| s > start.live_after));
-            // Every event published after the resume point and before the live window closed.
-            let live_until = got.last().copied().unwrap_or(resume_at.seq).max(start.live_after);
-            assert_eq!(got, ((resume_at.seq + 1)..=live_until).collect::<Vec<_>>());
-            assert!(live_until <= end_head);
-            checked += 1;
         }
         for p in publishers {
             p.join().unwrap();

@@ -10,20 +10,52 @@
 
 use std::ptr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 use parking_lot::Mutex;
 
-use super::queue::ClientQueue;
+use super::client::Client;
 
-/// One subscription: which client, and which of its topics this is.
+/// One subscription: which client, which of its topics this is, and how far it has read.
 #[derive(Debug)]
 pub struct Subscriber {
-    /// The client's queue.
-    pub queue: Arc<ClientQueue>,
+    /// The client.
+    pub client: Arc<Client>,
     /// Index of this topic in the client's topic list.
     pub topic_index: u16,
+    /// In the topic's waiter list and not yet woken.
+    pub(super) waiting: AtomicBool,
+    /// Sequence number of the last event the writer took (for the sweeper; the writer keeps
+    /// its own copy).
+    cursor: AtomicU64,
+    /// The topic's stream length at that event.
+    cursor_end: AtomicU64,
+}
+
+impl Subscriber {
+    /// A subscription of `client` starting after event `cursor`, whose stream length is
+    /// `cursor_end`.
+    pub fn new(client: Arc<Client>, topic_index: u16, cursor: u64, cursor_end: u64) -> Self {
+        Subscriber {
+            client,
+            topic_index,
+            waiting: AtomicBool::new(false),
+            cursor: AtomicU64::new(cursor),
+            cursor_end: AtomicU64::new(cursor_end),
+        }
+    }
+
+    /// Records how far the writer has read.
+    pub fn set_position(&self, cursor: u64, cursor_end: u64) {
+        self.cursor.store(cursor, Ordering::Relaxed);
+        self.cursor_end.store(cursor_end, Ordering::Relaxed);
+    }
+
+    /// How far the writer has read: (sequence number, stream length).
+    pub fn position(&self) -> (u64, u64) {
+        (self.cursor.load(Ordering::Relaxed), self.cursor_end.load(Ordering::Relaxed))
+    }
 }
 
 /// Where a subscription sits in its topic's set; needed to unsubscribe.
@@ -31,6 +63,7 @@ pub struct Subscriber {
 pub struct SlotId(u32);
 
 struct Slots {
+    /// Each non-null entry is an `Arc<Subscriber>` the array owns (from `Arc::into_raw`).
     entries: Box<[AtomicPtr<Subscriber>]>,
 }
 
@@ -79,8 +112,8 @@ impl SubscriberSet {
         self.len() == 0
     }
 
-    /// Adds a subscriber. The entry is visible to publishers when this returns.
-    pub fn insert(&self, subscriber: Subscriber) -> SlotId {
+    /// Adds a subscriber. The entry is visible to scans when this returns.
+    pub fn insert(&self, subscriber: Arc<Subscriber>) -> SlotId {
         let guard = epoch::pin();
         let mut writer = self.writer.lock();
         let index = match writer.free.pop() {
@@ -94,7 +127,7 @@ impl SubscriberSet {
         if index >= capacity {
             slots = self.grow(slots, (capacity * 2).max(FIRST_CAPACITY), &guard);
         }
-        let entry = Box::into_raw(Box::new(subscriber));
+        let entry = Arc::into_raw(subscriber).cast_mut();
         // SAFETY: as above; after `grow` the array is non-null and longer than `index`.
         let array = unsafe { slots.deref() };
         array.entries[index].store(entry, Ordering::Release);
@@ -150,19 +183,19 @@ impl SubscriberSet {
         drop(writer);
         self.len.fetch_sub(1, Ordering::Relaxed);
         let entry = SendPtr(entry);
-        // SAFETY: the entry came from `Box::into_raw` in `insert` and is now unreachable from
-        // the current array; publishers that loaded it (from this or an older array) are pinned
-        // and finish before the deferred drop runs. Only this call nulled the slot, so the box
-        // is freed once.
-        unsafe { guard.defer_unchecked(move || drop(Box::from_raw(entry.into_inner()))) };
+        // SAFETY: the entry came from `Arc::into_raw` in `insert` and is now unreachable from
+        // the current array; scans that loaded it (from this or an older array) are pinned and
+        // finish before the deferred drop runs. Only this call nulled the slot, so the array's
+        // reference is released once.
+        unsafe { guard.defer_unchecked(move || drop(Arc::from_raw(entry.into_inner()))) };
         guard.flush();
         true
     }
 
     /// Calls `f` with every subscriber present when the scan reaches its slot.
     ///
-    /// Never blocks: concurrent subscribes may or may not be seen (see the registry's contract
-    /// for how resume closes that window), concurrent unsubscribes may still be seen once.
+    /// Never blocks: concurrent subscribes may or may not be seen, concurrent unsubscribes may
+    /// still be seen once.
     pub fn for_each(&self, guard: &Guard, mut f: impl FnMut(&Subscriber)) {
         let high_water = self.high_water.load(Ordering::Acquire);
         let slots = self.slots.load(Ordering::Acquire, guard);
@@ -198,7 +231,7 @@ impl Drop for SubscriberSet {
                 for cell in array.entries.iter() {
                     let entry = cell.load(Ordering::Relaxed);
                     if !entry.is_null() {
-                        drop(Box::from_raw(entry));
+                        drop(Arc::from_raw(entry));
                     }
                 }
                 drop(slots.into_owned());
@@ -216,8 +249,9 @@ impl<T> SendPtr<T> {
     }
 }
 
-// SAFETY: `Subscriber` is `Send`; the pointer is uniquely owned by the deferred destructor.
-unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: `Subscriber` is `Send + Sync`; the pointer is one `Arc` reference moved to the
+// deferred destructor.
+unsafe impl<T: Send + Sync> Send for SendPtr<T> {}
 
 #[cfg(test)]
 mod tests {
@@ -225,11 +259,9 @@ mod tests {
     use crate::metrics::Transport;
     use std::collections::HashSet;
 
-    fn subscriber(tag: u16) -> Subscriber {
-        Subscriber {
-            queue: Arc::new(ClientQueue::new(1 << 20, Transport::Sse, None)),
-            topic_index: tag,
-        }
+    fn subscriber(tag: u16) -> Arc<Subscriber> {
+        let client = Arc::new(Client::new(1 << 20, Transport::Sse, None));
+        Arc::new(Subscriber::new(client, tag, 0, 0))
     }
 
     fn seen(set: &SubscriberSet) -> Vec<u16> {

@@ -54,6 +54,9 @@ impl App {
 /// How often recorded histogram samples are folded into buckets.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
+/// How often subscribers whose writers stopped reading are looked for and evicted.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Serves `listener` until `shutdown` resolves, then drains (see the module docs).
 pub async fn serve(
     listener: TcpListener,
@@ -74,6 +77,8 @@ pub async fn serve(
             }
         }
     });
+
+    let sweeper = tokio::spawn(app.hub.clone().run_sweeper(SWEEP_INTERVAL));
 
     tokio::pin!(shutdown);
     loop {
@@ -104,6 +109,7 @@ pub async fn serve(
         tracker.wait_empty().await;
     }
     upkeep.abort();
+    sweeper.abort();
     tracing::info!("shut down");
     Ok(())
 }

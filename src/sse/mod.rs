@@ -19,7 +19,7 @@ use crate::metrics::Transport;
 use crate::registry::ConnectionCloser;
 use crate::server::App;
 use crate::server::body::ResponseBody;
-use writer::SseWriter;
+use writer::{SseWriter, StreamTiming};
 
 /// `Last-Event-ID`.
 const LAST_EVENT_ID: &str = "last-event-id";
@@ -64,7 +64,12 @@ pub(crate) fn fast_path(
 }
 
 fn writer(app: &App, subscription: Subscription) -> SseWriter {
-    SseWriter::new(subscription, app.config.sse_retry, app.config.heartbeat, app.metrics.clone())
+    let timing = StreamTiming {
+        retry: app.config.sse_retry,
+        heartbeat: app.config.heartbeat,
+        write_delay: app.config.write_delay,
+    };
+    SseWriter::new(subscription, timing, app.metrics.clone())
 }
 
 /// Reads the topics and resume position from a request and subscribes.

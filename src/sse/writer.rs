@@ -16,10 +16,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::time::{Instant, Sleep};
 
-use crate::event::{Cursor, EventId};
+use crate::event::{Cursor, Event, EventId};
+use crate::hub::Polled;
 use crate::hub::Subscription;
 use crate::metrics::{Metrics, Transport};
-use crate::registry::{ClientQueue, Closed, Delivery, Drained};
+use crate::registry::Closed;
 use crate::sse::encode;
 
 /// The stream was cut by the server.
@@ -35,22 +36,26 @@ pub enum StreamError {
 /// instead of a hundred 130-byte slices more than pays for the copy of small frames.
 const COPY_AT_MOST: usize = 1024;
 
+/// Most stream bytes taken from the logs per wakeup, so one write stays a bounded size.
+const MAX_CHUNK_BYTES: usize = 256 << 10;
+
+/// First allocation of a chunk's copy buffer.
+const INITIAL_BUFFER: usize = 16 << 10;
+
 /// One write's worth of a stream, as a `Buf` for a vectored write: small frames copied into one
 /// buffer, large frames shared.
 ///
-/// When dropped (fully written, or the connection closed) it returns its queue bytes to the
-/// client's budget and counts what was sent.
+/// When dropped (fully written, or the connection closed) it counts what was sent.
 pub struct Chunk {
     parts: VecDeque<Bytes>,
     /// Bytes of the front part already written.
     offset: usize,
     remaining: usize,
-    /// Queue budget this chunk holds, released on drop.
-    queued_bytes: usize,
     /// Events in this chunk.
     events: usize,
     bytes_written: usize,
-    owner: Option<(Arc<ClientQueue>, Arc<Metrics>)>,
+    /// Where to count deliveries and bytes sent, for stream chunks.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Chunk {
@@ -58,7 +63,7 @@ impl Chunk {
     pub fn from_bytes(bytes: Bytes) -> Self {
         let mut builder = ChunkBuilder::with_capacity(0);
         builder.push_shared(bytes);
-        builder.finish(0, None)
+        builder.finish(None)
     }
 }
 
@@ -106,8 +111,7 @@ impl Buf for Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        let Some((queue, metrics)) = &self.owner else { return };
-        queue.release(self.queued_bytes);
+        let Some(metrics) = &self.metrics else { return };
         let transport = metrics.transport(Transport::Sse);
         if self.remaining == 0 {
             transport.deliveries.increment(self.events as u64);
@@ -134,8 +138,17 @@ impl ChunkBuilder {
         ChunkBuilder { parts: VecDeque::new(), buf: Vec::with_capacity(bytes), events: 0 }
     }
 
+    /// The copy buffer, allocated on first use.
+    fn buf_mut(&mut self) -> &mut Vec<u8> {
+        if self.buf.capacity() == 0 {
+            // Below the allocator's mmap threshold, and enough for a typical wakeup's events.
+            self.buf.reserve(INITIAL_BUFFER);
+        }
+        &mut self.buf
+    }
+
     fn push_copy(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.buf_mut().extend_from_slice(bytes);
     }
 
     fn push_shared(&mut self, bytes: Bytes) {
@@ -159,58 +172,61 @@ impl ChunkBuilder {
         }
     }
 
-    fn finish(
-        mut self,
-        queued_bytes: usize,
-        owner: Option<(Arc<ClientQueue>, Arc<Metrics>)>,
-    ) -> Chunk {
+    fn finish(mut self, metrics: Option<Arc<Metrics>>) -> Chunk {
         self.flush();
         let remaining = self.parts.iter().map(Bytes::len).sum();
         Chunk {
             parts: self.parts,
             offset: 0,
             remaining,
-            queued_bytes,
             events: self.events,
             bytes_written: 0,
-            owner,
+            metrics,
         }
     }
+}
+
+/// The timing knobs of a stream.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamTiming {
+    /// The reconnection delay sent in the `retry:` field.
+    pub retry: Duration,
+    /// Quiet time after which a heartbeat comment is written.
+    pub heartbeat: Duration,
+    /// Least time between two writes of a busy stream (0: write as soon as events arrive).
+    pub write_delay: Duration,
 }
 
 /// The writer of one SSE stream: yields what to send next.
 pub struct SseWriter {
     subscription: Subscription,
     metrics: Arc<Metrics>,
-    /// Written before anything queued: preface, gap notice, replay.
+    /// Written before anything else: preface and gap notice.
     opening: Option<Chunk>,
     /// Current position on each topic, for streams of several topics (which send a cursor as
     /// their `id:`); `None` for a single topic, whose frames carry the event id.
     cursor: Option<Vec<EventId>>,
-    /// Deque swapped with the queue's on each drain.
-    drained: VecDeque<Delivery>,
     heartbeat_every: Duration,
+    /// Least time between two writes of a busy stream (`--write-delay`).
+    write_delay: Duration,
     last_write: Instant,
+    /// Fires for the next heartbeat, or when a delayed write is due.
     heartbeat: Pin<Box<Sleep>>,
     ended: bool,
 }
 
 impl SseWriter {
     /// The writer for `subscription`: opens with `retry:` and a comment, then a `crier.gap`
-    /// notice if the resume was not exact, then the replay, then live events. Counts the
-    /// stream as an open SSE connection until dropped.
-    pub fn new(
-        mut subscription: Subscription,
-        retry: Duration,
-        heartbeat_every: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// notice if the resume was not exact, then every event after the start positions. Counts
+    /// the stream as an open SSE connection until dropped.
+    pub fn new(subscription: Subscription, timing: StreamTiming, metrics: Arc<Metrics>) -> Self {
+        let StreamTiming { retry, heartbeat: heartbeat_every, write_delay } = timing;
         let transport = metrics.transport(Transport::Sse);
         transport.accepted.increment(1);
         transport.connections.increment(1);
 
         let multi = subscription.topics().len() > 1;
-        let mut cursor = multi.then(|| subscription.start_positions());
+        let cursor = multi.then(|| subscription.start_positions());
         let mut opening = ChunkBuilder::with_capacity(256);
         opening.push_copy(&encode::preface(retry.as_millis() as u64));
         if !subscription.gaps().is_empty() {
@@ -221,28 +237,25 @@ impl SseWriter {
             };
             opening.push_copy(&encode::gap_event(&id_line, &subscription.gap_notice()));
         }
-        for delivery in subscription.take_replay() {
-            push_delivery(&mut opening, &mut cursor, &delivery);
-        }
-        let owner = Some((subscription.queue().clone(), metrics.clone()));
-        let opening = opening.finish(0, owner);
+        let opening = opening.finish(Some(metrics.clone()));
         let now = Instant::now();
         SseWriter {
             subscription,
             metrics,
             opening: Some(opening),
             cursor,
-            drained: VecDeque::new(),
             heartbeat_every,
+            write_delay,
             last_write: now,
             heartbeat: Box::pin(tokio::time::sleep_until(now + heartbeat_every)),
             ended: false,
         }
     }
 
-    /// The next chunk to write: the opening, everything queued, or a heartbeat after a quiet
-    /// interval. `None` once the stream has ended cleanly (shutdown); an error if the client
-    /// was evicted. Registers for a wakeup when there is nothing to write.
+    /// The next chunk to write: the opening, everything published since the last chunk, or a
+    /// heartbeat after a quiet interval. `None` once the stream has ended cleanly (shutdown);
+    /// an error if the client was evicted. Registers for a wakeup when there is nothing to
+    /// write.
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Chunk, StreamError>>> {
         if self.ended {
             return Poll::Ready(None);
@@ -251,16 +264,33 @@ impl SseWriter {
             self.last_write = Instant::now();
             return Poll::Ready(Some(Ok(opening)));
         }
-        match self.subscription.poll_drain(cx, &mut self.drained) {
-            Poll::Ready(Drained::Events) => {
-                self.last_write = Instant::now();
-                return Poll::Ready(Some(Ok(self.live_chunk())));
+        // A stream written to less than `write_delay` ago gathers events until then, so a busy
+        // stream costs one write per interval rather than one per wakeup; an idle one writes
+        // at once.
+        if !self.write_delay.is_zero() {
+            let earliest = self.last_write + self.write_delay;
+            if Instant::now() < earliest {
+                self.heartbeat.as_mut().reset(earliest);
+                if self.heartbeat.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
             }
-            Poll::Ready(Drained::Closed(Closed::Shutdown)) => {
+        }
+        let mut chunk = ChunkBuilder::with_capacity(0);
+        let cursor = &mut self.cursor;
+        let polled = self.subscription.poll_events(cx, MAX_CHUNK_BYTES, |topic_index, event| {
+            push_event(&mut chunk, cursor, topic_index, event)
+        });
+        match polled {
+            Poll::Ready(Polled::Events) => {
+                self.last_write = Instant::now();
+                return Poll::Ready(Some(Ok(chunk.finish(Some(self.metrics.clone())))));
+            }
+            Poll::Ready(Polled::Closed(Closed::Shutdown)) => {
                 self.ended = true;
                 return Poll::Ready(None);
             }
-            Poll::Ready(Drained::Closed(Closed::Evicted)) => {
+            Poll::Ready(Polled::Closed(Closed::Evicted)) => {
                 self.ended = true;
                 return Poll::Ready(Some(Err(StreamError::Evicted)));
             }
@@ -285,21 +315,6 @@ impl SseWriter {
     pub fn is_ended(&self) -> bool {
         self.ended
     }
-
-    fn live_chunk(&mut self) -> Chunk {
-        let events = std::mem::take(&mut self.drained);
-        let queued_bytes: usize = events.iter().map(|d| d.event.sse.frame.len()).sum();
-        let cursor_lines = self.cursor.as_ref().map_or(0, |c| c.len() * 30 * events.len());
-        let mut chunk = ChunkBuilder::with_capacity((queued_bytes + cursor_lines).min(1 << 20));
-        for delivery in &events {
-            push_delivery(&mut chunk, &mut self.cursor, delivery);
-        }
-        let count = events.len();
-        // The frames are copied or referenced: the deque goes back for the next pushes.
-        self.subscription.queue().recycle(events, count);
-        let owner = Some((self.subscription.queue().clone(), self.metrics.clone()));
-        chunk.finish(queued_bytes, owner)
-    }
 }
 
 impl Drop for SseWriter {
@@ -308,18 +323,24 @@ impl Drop for SseWriter {
     }
 }
 
-/// Adds `delivery` to a chunk: its frame as encoded, or for a stream of several topics the
+/// Adds an event to a chunk: its frame as encoded, or for a stream of several topics the
 /// stream's updated cursor line followed by the frame without its own id line.
-fn push_delivery(chunk: &mut ChunkBuilder, cursor: &mut Option<Vec<EventId>>, delivery: &Delivery) {
-    let sse = &delivery.event.sse;
+fn push_event(
+    chunk: &mut ChunkBuilder,
+    cursor: &mut Option<Vec<EventId>>,
+    topic_index: u16,
+    event: &Event,
+) {
+    let sse = &event.sse;
     chunk.events += 1;
     match cursor {
         None => chunk.push_frame(&sse.frame, 0),
         Some(positions) => {
-            positions[delivery.topic_index as usize] = delivery.event.id;
-            chunk.buf.extend_from_slice(b"id: ");
-            Cursor::write_positions(positions, &mut chunk.buf);
-            chunk.buf.push(b'\n');
+            positions[usize::from(topic_index)] = event.id;
+            let buf = chunk.buf_mut();
+            buf.extend_from_slice(b"id: ");
+            Cursor::write_positions(positions, buf);
+            buf.push(b'\n');
             chunk.push_frame(&sse.frame, sse.body_offset);
         }
     }

@@ -154,6 +154,8 @@ pub struct SseClient {
     pub status: u16,
     /// Every body byte received so far.
     pub body: Vec<u8>,
+    /// Where each HTTP chunk received ends in `body`, and when it arrived.
+    pub chunk_ends: Vec<(usize, tokio::time::Instant)>,
     /// Body bytes not yet handed to the parser.
     parsed_upto: usize,
     pub parser: whatwg::Parser,
@@ -233,6 +235,7 @@ impl SseClient {
             head,
             status,
             body: Vec::new(),
+            chunk_ends: Vec::new(),
             parsed_upto: 0,
             parser: whatwg::Parser::new(),
             pending: Default::default(),
@@ -268,6 +271,7 @@ impl SseClient {
             return false;
         }
         self.body.extend_from_slice(&chunk[..size]);
+        self.chunk_ends.push((self.body.len(), tokio::time::Instant::now()));
         true
     }
 
