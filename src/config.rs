@@ -21,9 +21,10 @@ pub struct Config {
     #[arg(long, env = "CRIER_HEARTBEAT", default_value = "15s", value_parser = parse_positive_duration)]
     pub heartbeat: Duration,
 
-    /// Bytes crier may hold for one subscriber (queued plus being written). A subscriber that
-    /// falls further behind is disconnected and resumes from history; larger absorbs longer
-    /// stalls at the cost of memory per slow client.
+    /// How far, in bytes of stream, one subscriber may fall behind a topic (its queue). A
+    /// subscriber that falls further behind, or behind the events the topic's log holds
+    /// (--history), is disconnected and resumes from history. The events are shared, so a
+    /// slow subscriber costs no memory of its own beyond the chunk being written.
     #[arg(long, env = "CRIER_CLIENT_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub client_queue_bytes: usize,
 

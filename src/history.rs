@@ -1,11 +1,11 @@
-//! A topic's recent events, kept for resume: a ring written by the topic's (single, ordered)
-//! publisher and read without locks by any number of resuming subscribers.
+//! A topic's log of recent events: a ring written by the topic's publishers (one at a time, in
+//! order) and read without locks by every subscriber's writer and by resume.
 //!
 //! The ring holds the last `limit` events. It starts small and doubles up to `limit`, so a
 //! quiet topic costs little. Event `seq` lives in slot `seq % capacity`; a reader detects an
-//! overwritten or missing slot by its sequence number, so it always gets a contiguous run that
-//! ends at the head it was asked for. Replaced events and outgrown rings are freed with epochs
-//! (crossbeam-epoch) once no reader can still hold them.
+//! overwritten or missing slot by its sequence number, so it never mistakes one event for
+//! another. Replaced events and outgrown rings are freed with epochs (crossbeam-epoch) once no
+//! reader can still hold them.
 
 use std::ptr;
 use std::sync::Arc;
@@ -36,15 +36,6 @@ pub struct History {
 }
 
 const FIRST_CAPACITY: usize = 8;
-
-/// What a reader got back for a range.
-#[derive(Debug)]
-pub struct Retained {
-    /// Contiguous events, oldest first, ending at the requested head.
-    pub events: Vec<Arc<Event>>,
-    /// How many of the requested events (the oldest ones) are no longer retained.
-    pub missed: u64,
-}
 
 impl History {
     /// An empty history that keeps at most `limit` events (0 keeps none).
@@ -120,39 +111,6 @@ impl History {
     pub fn capacity(&self) -> usize {
         self.limit
     }
-
-    /// The retained events with sequence numbers in `after + 1 ..= head`, as a contiguous run
-    /// ending at `head`.
-    pub fn read(&self, after: u64, head: u64) -> Retained {
-        let mut events = Vec::new();
-        let mut missed = 0;
-        let guard = epoch::pin();
-        let ring = self.ring.load(Ordering::Acquire, &guard);
-        // SAFETY: loaded under `guard`.
-        let ring = unsafe { ring.as_ref() };
-        let mut seq = head;
-        while seq > after {
-            let entry =
-                ring.map_or(ptr::null(), |r| r.slot(seq).load(Ordering::Acquire).cast_const());
-            // SAFETY: a non-null entry is a live `Arc<Event>` until our guard is released.
-            match unsafe { entry.as_ref() } {
-                Some(event) if event.id.seq == seq => {
-                    // SAFETY: the ring (or the deferred drop of a replaced entry) still holds a
-                    // reference while we are pinned, so the count is positive.
-                    unsafe { Arc::increment_strong_count(entry) };
-                    // SAFETY: we just took the reference this `Arc` releases.
-                    events.push(unsafe { Arc::from_raw(entry) });
-                }
-                _ => {
-                    missed = seq - after;
-                    break;
-                }
-            }
-            seq -= 1;
-        }
-        events.reverse();
-        Retained { events, missed }
-    }
 }
 
 impl Drop for History {
@@ -205,8 +163,9 @@ mod tests {
         })
     }
 
-    fn seqs(r: &Retained) -> Vec<u64> {
-        r.events.iter().map(|e| e.id.seq).collect()
+    fn retained(history: &History, head: u64) -> Vec<u64> {
+        let guard = epoch::pin();
+        (1..=head).filter(|&s| history.get(s, &guard).is_some_and(|e| e.id.seq == s)).collect()
     }
 
     #[test]
@@ -214,25 +173,17 @@ mod tests {
         let history = History::new(20);
         for seq in 1..=50 {
             history.push(event(seq), &epoch::pin());
-            let r = history.read(0, seq);
             let first = seq.saturating_sub(19).max(1);
-            assert_eq!(seqs(&r), (first..=seq).collect::<Vec<_>>(), "after {seq}");
-            assert_eq!(r.missed, first - 1);
+            assert_eq!(retained(&history, seq), (first..=seq).collect::<Vec<_>>(), "after {seq}");
         }
-        let r = history.read(40, 50);
-        assert_eq!(seqs(&r), (41..=50).collect::<Vec<_>>());
-        assert_eq!(r.missed, 0);
-        let r = history.read(50, 50);
-        assert!(r.events.is_empty() && r.missed == 0);
+        assert!(history.get(51, &epoch::pin()).is_none(), "nothing beyond the head");
     }
 
     #[test]
     fn zero_limit_keeps_nothing() {
         let history = History::new(0);
         history.push(event(1), &epoch::pin());
-        let r = history.read(0, 1);
-        assert!(r.events.is_empty());
-        assert_eq!(r.missed, 1);
+        assert!(history.get(1, &epoch::pin()).is_none());
     }
 
     #[test]
@@ -248,10 +199,7 @@ mod tests {
         // tests in this process pin too), so wait for it with a deadline.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while weak.upgrade().is_some() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "an evicted event must eventually be freed"
-            );
+            assert!(std::time::Instant::now() < deadline, "an evicted event must eventually be freed");
             epoch::pin().flush();
             std::thread::yield_now();
         }
@@ -259,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_readers_see_contiguous_runs() {
+    fn concurrent_readers_never_see_a_wrong_event() {
         let history = Arc::new(History::new(64));
         let head = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let reader = {
@@ -268,12 +216,12 @@ mod tests {
                 let mut reads = 0;
                 loop {
                     let h = head.load(Ordering::Acquire);
-                    let r = history.read(h.saturating_sub(100), h);
-                    let got = seqs(&r);
-                    if let Some(last) = got.last() {
-                        assert_eq!(*last, h);
+                    let guard = epoch::pin();
+                    for seq in h.saturating_sub(100)..=h {
+                        if let Some(e) = history.get(seq, &guard) {
+                            assert_eq!(e.id.seq, seq);
+                        }
                     }
-                    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "gap in {got:?}");
                     reads += 1;
                     if h >= 20_000 {
                         return reads;

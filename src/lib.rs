@@ -2,20 +2,23 @@
 //!
 //! Publishers send events over HTTP (`POST /publish`); crier pushes each event to every
 //! subscriber of its topic over Server-Sent Events (`GET /sse`). Each event is encoded once and
-//! shared by reference with every subscriber's bounded queue; a subscriber that falls behind is
-//! evicted instead of slowing anyone else, and resumes from the topic's history with no gap and
-//! no duplicate.
+//! appended once to its topic's log; every subscriber's writer reads the log from its own
+//! cursor, so publishing costs the same for one subscriber or a hundred thousand. A subscriber
+//! that falls too far behind is evicted instead of slowing anyone else, and resumes from the
+//! log with no gap and no duplicate.
 //!
 //! The data flow, module by module:
 //!
 //! ```text
-//! server (accept, hyper, routing) ─▶ server::publish ─▶ hub::Hub::publish
-//!                                                          │ sse::encode (once per event)
-//!                                                          ▼
-//!                                   registry (topic ─▶ history + subscribers)
-//!                                                          │ ClientQueue::push (never waits)
-//!                                                          ▼
-//!                           sse::body (connection writer, one vectored write per wakeup) ─▶ socket
+//! server (accept; hyper, or the SSE fast path) ─▶ server::publish ─▶ hub::Hub::publish
+//!                                                                       │ sse::encode, once
+//!                                                                       ▼
+//!                          registry::Topic: id, append to the log (history), wake parked writers
+//!                                                                       │
+//!              hub::Subscription (cursor per topic) ◀── reads the log ──┘
+//!                                    │
+//!                                    ▼
+//!     sse::writer (one chunk per wakeup) ─▶ sse::stream / sse::body ─▶ one writev ─▶ socket
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]

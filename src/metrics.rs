@@ -35,7 +35,8 @@ impl Transport {
 /// Why a subscriber was disconnected by the server; the `reason` label of evictions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EvictReason {
-    /// Its queue overflowed `--client-queue-bytes`: it read slower than events arrived.
+    /// It fell further behind than `--client-queue-bytes` or the topic log allow: it read
+    /// slower than events arrived.
     SlowConsumer,
 }
 
