@@ -241,7 +241,9 @@ fn run(args: &Args, subscribers: usize) {
     println!(
         "crier fanout: {subscribers} SSE subscribers, {} B events, {}, {} publisher connections, server flags {:?}",
         args.payload,
-        if args.rate == 0 {
+        if args.idle_only {
+            "idle streams only".to_owned()
+        } else if args.rate == 0 {
             format!("as fast as possible (window {})", args.window)
         } else {
             format!("{}/s", args.rate)

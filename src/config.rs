@@ -28,7 +28,9 @@ pub struct Config {
     #[arg(long, env = "CRIER_CLIENT_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub client_queue_bytes: usize,
 
-    /// Events kept per topic for resume (Last-Event-ID). 0 disables resume.
+    /// Events per topic a resume (Last-Event-ID) may replay. The topic's log keeps at least 64
+    /// whatever this says, so this also bounds how far a live subscriber may lag. 0 disables
+    /// resume.
     #[arg(long, env = "CRIER_HISTORY", default_value_t = 1000)]
     pub history: usize,
 

@@ -199,7 +199,10 @@ mod tests {
         // tests in this process pin too), so wait for it with a deadline.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while weak.upgrade().is_some() {
-            assert!(std::time::Instant::now() < deadline, "an evicted event must eventually be freed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "an evicted event must eventually be freed"
+            );
             epoch::pin().flush();
             std::thread::yield_now();
         }

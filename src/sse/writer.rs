@@ -27,7 +27,9 @@ use crate::sse::encode;
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     /// The client fell too far behind and was disconnected.
-    #[error("subscriber evicted: it fell further behind than its byte budget or the topic log allow")]
+    #[error(
+        "subscriber evicted: it fell further behind than its byte budget or the topic log allow"
+    )]
     Evicted,
 }
 

@@ -443,11 +443,16 @@ impl CrierProcess {
             .expect("VmRSS")
     }
 
+    /// Sends `signal` ("TERM" or "INT") to the process.
     pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args(["-s", signal, &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        let signal = match signal {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            other => panic!("unexpected signal {other}"),
+        };
+        let pid = i32::try_from(self.pid()).expect("pid fits");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill failed: {}", std::io::Error::last_os_error());
     }
 }
