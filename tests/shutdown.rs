@@ -75,3 +75,29 @@ async fn shutdown_stops_accepting_and_bounds_the_drain_by_the_timeout() {
     assert!(took >= Duration::from_millis(1500), "exited after {took:?}, before the drain timeout");
     assert!(took < Duration::from_secs(4), "exited after {took:?}, well past the 2s drain timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_hold_up_shutdown() {
+    let mut server =
+        CrierProcess::spawn(&["--shutdown-timeout", "20s", "--header-read-timeout", "30s"]).await;
+    // One connection that never sends a request, one idle keep-alive connection after a request.
+    let _silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut keep_alive = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    keep_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut response = [0u8; 256];
+    let n = tokio::io::AsyncReadExt::read(&mut keep_alive, &mut response).await.unwrap();
+    assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+    wait_until("both connections to be accepted", || async {
+        // The connections are accepted by the time a third is answered.
+        support::request(server.addr, "GET", "/healthz", &[], b"").await.status == 200
+    })
+    .await;
+    let started = Instant::now();
+    server.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(5), server.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+}

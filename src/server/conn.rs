@@ -47,6 +47,16 @@ impl ConnControl {
     pub fn kill(&self) {
         self.signal(KILL);
     }
+
+    /// Ready once the connection was asked to drain or close, for work that has nothing in
+    /// flight to finish (waiting for a first request).
+    pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        match self.state.load(Ordering::Acquire) {
+            RUNNING => Poll::Pending,
+            _ => Poll::Ready(()),
+        }
+    }
 }
 
 impl ConnectionCloser for ConnControl {

@@ -1,9 +1,11 @@
-//! The server: accepts TCP connections, serves HTTP/1.1 and h2c on each with hyper, and drains
-//! everything on shutdown.
+//! The server: accepts TCP connections, routes each to the SSE fast path (a dedicated HTTP/1.1
+//! stream) or to hyper (HTTP/1.1 and h2c, everything else), runs the eviction sweeper, and
+//! drains everything on shutdown.
 //!
-//! Shutdown, in order: stop accepting; `/readyz` answers 503; every subscriber queue closes, so
-//! each stream writes what is queued and ends; every connection is asked to finish what is in
-//! flight and close; whatever is still open after `--shutdown-timeout` is closed.
+//! Shutdown, in order: stop accepting; `/readyz` answers 503; every subscriber is closed for
+//! shutdown, so each stream writes what was already published and ends; every connection is
+//! asked to finish what is in flight and close; whatever is still open after
+//! `--shutdown-timeout` is closed.
 
 pub mod body;
 pub mod conn;
@@ -143,8 +145,23 @@ async fn serve_connection(
     control: Arc<ConnControl>,
 ) {
     let mut first = Vec::new();
-    let read_first = first_request::read(&mut stream, &mut first);
-    let stream = match tokio::time::timeout(app.config.header_read_timeout, read_first).await {
+    let first_request = {
+        let read_first = tokio::time::timeout(
+            app.config.header_read_timeout,
+            first_request::read(&mut stream, &mut first),
+        );
+        tokio::pin!(read_first);
+        // A connection that has not sent a request yet has nothing to finish: shutdown closes it.
+        std::future::poll_fn(|cx| {
+            if control.poll_stopped(cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+            read_first.as_mut().poll(cx).map(Some)
+        })
+        .await
+    };
+    let Some(first_request) = first_request else { return };
+    let stream = match first_request {
         Ok(Ok(FirstRequest::EventStream { query, last_event_id })) => {
             let closer = control.clone();
             match crate::sse::fast_path(
