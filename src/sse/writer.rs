@@ -1,7 +1,8 @@
 //! The SSE connection writer, whichever way the stream reaches the socket: it turns what the
-//! client's subscription yields into [`Chunk`]s — everything queued since the last wakeup as
-//! one chunk, written with one vectored write — opens with the preface, gap notice and replay,
-//! heartbeats when quiet, and ends (shutdown) or aborts (eviction) when the queue closes.
+//! client's subscription reads from its topics' logs into [`Chunk`]s — everything published
+//! since the last wakeup as one chunk, written with one vectored write — opens with the preface
+//! and gap notice, heartbeats when quiet, and ends (shutdown) or aborts (eviction) when the
+//! client is closed.
 //!
 //! [`SseBody`](super::body::SseBody) hands chunks to hyper; the
 //! [`stream`](super::stream) fast path writes them to the socket itself.
