@@ -34,6 +34,31 @@ fn drain(subscriptions: &mut [Subscription], buf: &mut Vec<u8>) {
     }
 }
 
+/// Times `iters` publish calls alone, in runs of `run` between which (untimed) every
+/// subscriber's writer takes what was published.
+fn time_publishes(
+    hub: &Hub,
+    topic: &TopicName,
+    subscriptions: &mut [Subscription],
+    iters: u64,
+    run: u64,
+) -> Duration {
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let this_run = (iters - done).min(run);
+        let started = Instant::now();
+        for _ in 0..this_run {
+            hub.publish_now(topic, None, data()).unwrap();
+        }
+        total += started.elapsed();
+        done += this_run;
+        drain(subscriptions, &mut buf);
+    }
+    total
+}
+
 fn publish_fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan_out");
     group.measurement_time(Duration::from_secs(5));
@@ -72,21 +97,7 @@ fn publish_fan_out(c: &mut Criterion) {
             BenchmarkId::new("publish_only", subscribers),
             &subscribers,
             |b, _| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    let mut done = 0;
-                    while done < iters {
-                        let run = (iters - done).min(256);
-                        let started = Instant::now();
-                        for _ in 0..run {
-                            hub.publish_now(&topic, None, data()).unwrap();
-                        }
-                        total += started.elapsed();
-                        done += run;
-                        drain(&mut subscriptions, &mut buf);
-                    }
-                    total
-                })
+                b.iter_custom(|iters| time_publishes(&hub, &topic, &mut subscriptions, iters, 256))
             },
         );
     }
@@ -103,7 +114,6 @@ fn publish_under_churn(c: &mut Criterion) {
         let mut subscriptions: Vec<_> = (0..subscribers)
             .map(|_| hub.subscribe(vec![topic.clone()], None, Transport::Sse, None).unwrap())
             .collect();
-        let mut buf = Vec::with_capacity(64 << 10);
         let stop = Arc::new(AtomicBool::new(false));
         let churned = Arc::new(AtomicU64::new(0));
         // 10k subscribe + unsubscribe pairs per second on the published topic.
@@ -126,21 +136,7 @@ fn publish_under_churn(c: &mut Criterion) {
         let name = if churn { "10k_subscribes_per_s" } else { "no_churn" };
         group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::new(name, subscribers), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut done = 0;
-                while done < iters {
-                    let run = (iters - done).min(16);
-                    let started = Instant::now();
-                    for _ in 0..run {
-                        hub.publish_now(&topic, None, data()).unwrap();
-                    }
-                    total += started.elapsed();
-                    done += run;
-                    drain(&mut subscriptions, &mut buf);
-                }
-                total
-            })
+            b.iter_custom(|iters| time_publishes(&hub, &topic, &mut subscriptions, iters, 16))
         });
         stop.store(true, Ordering::Relaxed);
         if let Some(churner) = churner {

@@ -18,7 +18,7 @@
 //!              hub::Subscription (cursor per topic) ◀── reads the log ──┘
 //!                                    │
 //!                                    ▼
-//!     sse::writer (one chunk per wakeup) ─▶ sse::stream / sse::body ─▶ one writev ─▶ socket
+//!     sse::writer (one chunk per wakeup) ─▶ sse::stream, or hyper ─▶ one writev ─▶ socket
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]

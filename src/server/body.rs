@@ -7,8 +7,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::sse::body::SseBody;
-use crate::sse::writer::{Chunk, StreamError};
+use crate::sse::writer::{Chunk, SseWriter, StreamError};
 
 pin_project! {
     /// A response body.
@@ -23,7 +22,9 @@ pin_project! {
     enum Kind {
         // A complete body known up front (sent with `Content-Length`).
         Full { chunk: Option<Chunk> },
-        Sse { #[pin] body: SseBody },
+        // An event stream served through hyper (HTTP/2, and HTTP/1.1 connections that carried
+        // other requests first): hyper polls the stream's writer for its next chunk.
+        Sse { writer: SseWriter },
     }
 }
 
@@ -40,8 +41,8 @@ impl ResponseBody {
     }
 
     /// An event stream.
-    pub fn sse(body: SseBody) -> Self {
-        ResponseBody { kind: Kind::Sse { body } }
+    pub fn sse(writer: SseWriter) -> Self {
+        ResponseBody { kind: Kind::Sse { writer } }
     }
 }
 
@@ -55,14 +56,16 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Chunk>, StreamError>>> {
         match self.project().kind.project() {
             KindProj::Full { chunk } => Poll::Ready(chunk.take().map(|c| Ok(Frame::data(c)))),
-            KindProj::Sse { body } => body.poll_frame(cx),
+            KindProj::Sse { writer } => {
+                writer.poll_chunk(cx).map(|c| c.map(|c| c.map(Frame::data)))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { chunk } => chunk.is_none(),
-            Kind::Sse { body } => body.is_end_stream(),
+            Kind::Sse { writer } => writer.is_ended(),
         }
     }
 
@@ -71,7 +74,7 @@ impl Body for ResponseBody {
             Kind::Full { chunk } => {
                 SizeHint::with_exact(chunk.as_ref().map_or(0, |c| c.remaining() as u64))
             }
-            Kind::Sse { body } => body.size_hint(),
+            Kind::Sse { .. } => SizeHint::default(),
         }
     }
 }

@@ -1,8 +1,7 @@
 //! The SSE edge: `GET /sse?topic=…` turns a request into a subscription and streams it, either
-//! through hyper ([`body`]) or, for a dedicated HTTP/1.1 connection, on the socket itself
-//! ([`stream`]).
+//! through hyper (as a response body) or, for a dedicated HTTP/1.1 connection, on the socket
+//! itself ([`stream`]).
 
-pub mod body;
 pub mod encode;
 pub mod stream;
 pub mod writer;
@@ -32,8 +31,7 @@ pub(crate) fn handle<B>(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let header = req.headers().get(LAST_EVENT_ID).map(HeaderValue::as_bytes);
     let subscription = subscribe(app, closer, req.uri().query(), header)?;
-    let mut response =
-        Response::new(ResponseBody::sse(body::SseBody::new(writer(app, subscription))));
+    let mut response = Response::new(ResponseBody::sse(writer(app, subscription)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

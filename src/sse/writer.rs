@@ -4,8 +4,8 @@
 //! and gap notice, heartbeats when quiet, and ends (shutdown) or aborts (eviction) when the
 //! client is closed.
 //!
-//! [`SseBody`](super::body::SseBody) hands chunks to hyper; the
-//! [`stream`](super::stream) fast path writes them to the socket itself.
+//! Through hyper, the response body hands chunks to hyper; the [`stream`](super::stream) fast
+//! path writes them to the socket itself.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
