@@ -53,6 +53,22 @@ pub struct Config {
     #[arg(long, env = "CRIER_WRITE_DELAY", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub write_delay: Duration,
 
+    /// Origins allowed to open WebSockets, comma-separated (e.g.
+    /// `https://app.example,https://admin.example`). Empty allows any; a handshake without an
+    /// `Origin` header (not a browser) is not checked.
+    #[arg(long, env = "CRIER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Commands a WebSocket client may send per second (and in a burst). Over the limit a
+    /// command is refused; a client that keeps going is disconnected (close 1008).
+    #[arg(long, env = "CRIER_WS_COMMANDS_PER_SEC", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_commands_per_sec: u32,
+
+    /// Largest WebSocket message a client may send to /ws (larger: close 1009). /ws/echo
+    /// takes at least 16 MiB.
+    #[arg(long, env = "CRIER_MAX_MESSAGE_BYTES", default_value = "256KiB", value_parser = parse_bytes)]
+    pub max_message_bytes: usize,
+
     /// Reconnection delay sent to SSE clients in the `retry:` field.
     #[arg(long, env = "CRIER_SSE_RETRY", default_value = "2s", value_parser = humantime::parse_duration)]
     pub sse_retry: Duration,

@@ -1,7 +1,7 @@
 //! Errors answered to HTTP clients: a status and the JSON body shape used everywhere,
 //! `{"error": "<code>", "detail": "<sentence>"}`.
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::server::body::ResponseBody;
 
@@ -14,14 +14,14 @@ pub struct ApiError {
     pub code: &'static str,
     /// What was wrong, for a human.
     pub detail: String,
-    /// Methods to list in `Allow` (405 only).
-    pub allow: Option<&'static str>,
+    /// A header the answer must carry (`Allow` on a 405, `Sec-WebSocket-Version` on a 426).
+    pub extra_header: Option<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
     /// An error with `status`, `code` and `detail`.
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, code, detail: detail.into(), allow: None }
+        ApiError { status, code, detail: detail.into(), extra_header: None }
     }
 
     /// 400 Bad Request.
@@ -32,7 +32,7 @@ impl ApiError {
     /// 405 Method Not Allowed, listing what is allowed.
     pub fn method_not_allowed(method: &http::Method, path: &str, allow: &'static str) -> Self {
         ApiError {
-            allow: Some(allow),
+            extra_header: Some((header::ALLOW, HeaderValue::from_static(allow))),
             ..ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -59,8 +59,8 @@ impl ApiError {
     /// The response.
     pub fn into_response(self) -> Response<ResponseBody> {
         let mut response = json_response(self.status, self.body());
-        if let Some(allow) = self.allow {
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        if let Some((name, value)) = self.extra_header {
+            response.headers_mut().insert(name, value);
         }
         response
     }

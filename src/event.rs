@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -357,9 +357,24 @@ pub struct Event {
     /// The topic's stream length (bytes of SSE frames published so far) including this event:
     /// subtracting two of these gives how far a subscriber lags, in bytes.
     pub(crate) stream_end: u64,
+    /// The WebSocket frames of the event, one per format, encoded by the first writer that
+    /// needs each and shared by every other.
+    pub(crate) ws_frames: [OnceLock<Bytes>; 2],
 }
 
 impl Event {
+    /// An event with its SSE frame; WebSocket frames are encoded when first needed.
+    pub(crate) fn new(
+        topic: TopicName,
+        id: EventId,
+        name: Option<EventName>,
+        data: EventData,
+        sse: SseFrame,
+        stream_end: u64,
+    ) -> Self {
+        Event { topic, id, name, data, sse, stream_end, ws_frames: Default::default() }
+    }
+
     /// The complete SSE frame of this event (`id:`, optional `event:`, `data:` lines, blank line).
     pub fn sse_frame(&self) -> &Bytes {
         &self.sse.frame

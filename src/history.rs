@@ -153,14 +153,8 @@ mod tests {
     fn event(seq: u64) -> Arc<Event> {
         let id = EventId { epoch: Epoch::from_u64(1).unwrap(), seq };
         let data = EventData::Text(bytes::Bytes::from(seq.to_string()));
-        Arc::new(Event {
-            topic: TopicName::new("t").unwrap(),
-            id,
-            name: None,
-            sse: encode::finish(encode::encode_body(None, &data), id),
-            data,
-            stream_end: 0,
-        })
+        let sse = encode::finish(encode::encode_body(None, &data), id);
+        Arc::new(Event::new(TopicName::new("t").unwrap(), id, None, data, sse, 0))
     }
 
     fn retained(history: &History, head: u64) -> Vec<u64> {

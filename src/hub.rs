@@ -162,7 +162,8 @@ impl Hub {
         let mut topics = topics;
         topics.sort_unstable();
         topics.dedup();
-        if topics.is_empty() {
+        // A WebSocket may start with no topic and subscribe by command; a stream may not.
+        if topics.is_empty() && transport == Transport::Sse {
             return Err(SubscribeError::NoTopics);
         }
         if topics.len() > self.config.max_topics_per_stream {
@@ -189,29 +190,12 @@ impl Hub {
             metrics: self.metrics.clone(),
         };
         for (index, name) in topics.iter().enumerate() {
-            let (topic, created) = self.registry.topic_or_create(name);
-            if created {
-                self.metrics.topics.increment(1);
+            let gap = subscription.follow(self, name, resume.as_ref().map(|ids| ids[index]));
+            if let Some(gap) = gap {
+                subscription.gaps.push((index as u16, gap));
             }
-            let topic_index = index as u16;
-            let start = topic.subscribe(
-                &subscription.client,
-                topic_index,
-                resume.as_ref().map(|ids| ids[index]),
-            );
-            self.metrics.subscriptions.increment(1);
-            if let Some(gap) = start.gap.clone() {
-                subscription.gaps.push((topic_index, gap));
-            }
-            subscription.topics.push(SubscribedTopic {
-                topic,
-                slot: start.slot,
-                subscriber: start.subscriber,
-                start: start.position,
-                cursor: start.position.seq,
-                cursor_end: start.position_end,
-            });
         }
+
         // Pairs with the fence in `shutdown`: either its scan closes this client, or we see it.
         fence(Ordering::SeqCst);
         if self.draining.load(Ordering::SeqCst) {
@@ -273,6 +257,53 @@ struct SubscribedTopic {
     cursor_end: u64,
 }
 
+/// The data of a `crier.gap` event for `(topic, gap, position resumed after)` triples.
+fn gap_notice(gaps: &[(&str, &Gap, EventId)]) -> String {
+    #[derive(serde::Serialize)]
+    struct TopicGap<'a> {
+        topic: &'a str,
+        reason: &'static str,
+        last_event_id: String,
+        resumed_after: String,
+        missed: Option<u64>,
+    }
+    #[derive(serde::Serialize)]
+    struct Notice<'a> {
+        gaps: Vec<TopicGap<'a>>,
+    }
+    let gaps = gaps
+        .iter()
+        .map(|&(topic, gap, resumed_after)| TopicGap {
+            topic,
+            reason: gap.reason.as_str(),
+            last_event_id: gap.requested.to_string(),
+            resumed_after: resumed_after.to_string(),
+            missed: gap.missed,
+        })
+        .collect();
+    serde_json::to_string(&Notice { gaps }).unwrap_or_default()
+}
+
+/// A topic added to a live subscription.
+#[derive(Debug)]
+pub struct Added {
+    /// The position the topic starts after.
+    pub position: EventId,
+    /// The data of a `crier.gap` event to send first, if the resume was not exact.
+    pub gap_notice: Option<String>,
+}
+
+/// Why a topic could not be added to a live subscription.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// The topic is already followed.
+    #[error("already subscribed to this topic")]
+    AlreadySubscribed,
+    /// Refused for the same reasons as a new subscription.
+    #[error(transparent)]
+    Refused(#[from] SubscribeError),
+}
+
 /// What [`Subscription::poll_events`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Polled {
@@ -294,6 +325,65 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Subscribes to one more topic (at the end of the topic list); returns its gap, if any.
+    fn follow(&mut self, hub: &Hub, name: &TopicName, resume: Option<EventId>) -> Option<Gap> {
+        let (topic, created) = hub.registry.topic_or_create(name);
+        if created {
+            hub.metrics.topics.increment(1);
+        }
+        let topic_index = self.topics.len() as u16;
+        let start = topic.subscribe(&self.client, topic_index, resume);
+        hub.metrics.subscriptions.increment(1);
+        self.topics.push(SubscribedTopic {
+            topic,
+            slot: start.slot,
+            subscriber: start.subscriber,
+            start: start.position,
+            cursor: start.position.seq,
+            cursor_end: start.position_end,
+        });
+        start.gap
+    }
+
+    /// Adds a topic to a live subscription (a WebSocket `subscribe` command), resuming after
+    /// `last_event_id` if given. Returns where it starts and its gap notice, if the resume was
+    /// not exact.
+    pub fn add_topic(
+        &mut self,
+        hub: &Hub,
+        name: TopicName,
+        last_event_id: Option<&str>,
+    ) -> Result<Added, AddError> {
+        if self.topics.iter().any(|t| t.topic.name() == &name) {
+            return Err(AddError::AlreadySubscribed);
+        }
+        if self.topics.len() >= hub.config.max_topics_per_stream {
+            let max = hub.config.max_topics_per_stream;
+            return Err(AddError::Refused(SubscribeError::TooManyTopics { count: max + 1, max }));
+        }
+        let resume = last_event_id
+            .map(str::parse::<EventId>)
+            .transpose()
+            .map_err(|e| AddError::Refused(e.into()))?;
+        let gap = self.follow(hub, &name, resume);
+        let index = self.topics.len() - 1;
+        let position = self.topics[index].start;
+        let gap_notice = gap.map(|gap| gap_notice(&[(name.as_str(), &gap, position)]));
+        Ok(Added { position, gap_notice })
+    }
+
+    /// Stops following a topic; returns whether it was followed.
+    pub fn remove_topic(&mut self, name: &str) -> bool {
+        let Some(index) = self.topics.iter().position(|t| t.topic.name().as_str() == name) else {
+            return false;
+        };
+        let removed = self.topics.swap_remove(index);
+        removed.topic.unsubscribe(removed.slot);
+        self.metrics.subscriptions.decrement(1);
+        self.next_topic = 0;
+        true
+    }
+
     /// The topics, in canonical order; the `topic_index` given to a sink indexes this list.
     pub fn topics(&self) -> impl ExactSizeIterator<Item = &TopicName> {
         self.topics.iter().map(|t| t.topic.name())
@@ -318,33 +408,28 @@ impl Subscription {
     ///           "resumed_after":"k2j8f0qz-9","missed":6}]}
     /// ```
     pub fn gap_notice(&self) -> String {
-        #[derive(serde::Serialize)]
-        struct TopicGap<'a> {
-            topic: &'a str,
-            reason: &'static str,
-            last_event_id: String,
-            resumed_after: String,
-            missed: Option<u64>,
-        }
-        #[derive(serde::Serialize)]
-        struct Notice<'a> {
-            gaps: Vec<TopicGap<'a>>,
-        }
-        let gaps = self
+        let gaps: Vec<_> = self
             .gaps
             .iter()
             .map(|(index, gap)| {
                 let topic = &self.topics[usize::from(*index)];
-                TopicGap {
-                    topic: topic.topic.name().as_str(),
-                    reason: gap.reason.as_str(),
-                    last_event_id: gap.requested.to_string(),
-                    resumed_after: topic.start.to_string(),
-                    missed: gap.missed,
-                }
+                (topic.topic.name().as_str(), gap, topic.start)
             })
             .collect();
-        serde_json::to_string(&Notice { gaps }).unwrap_or_default()
+        gap_notice(&gaps)
+    }
+
+    /// One `crier.gap` notice per topic whose resume was not exact: (topic, position resumed
+    /// after, notice data).
+    pub fn gap_notices(&self) -> Vec<(String, EventId, String)> {
+        self.gaps
+            .iter()
+            .map(|(index, gap)| {
+                let topic = &self.topics[usize::from(*index)];
+                let name = topic.topic.name().as_str();
+                (name.to_owned(), topic.start, gap_notice(&[(name, gap, topic.start)]))
+            })
+            .collect()
     }
 
     /// The client.
@@ -394,7 +479,7 @@ impl Subscription {
                         t.subscriber.set_position(t.cursor, t.cursor_end);
                     }
                 }
-                self.next_topic = (self.next_topic + 1) % count;
+                self.next_topic = (self.next_topic + 1) % count.max(1);
             }
             if lapped {
                 if self.client.close(Closed::Evicted) {

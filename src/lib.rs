@@ -24,6 +24,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod chunk;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod sse;
+pub mod ws;
 
 pub use config::Config;
 pub use hub::{Hub, HubConfig, Subscription};

@@ -82,6 +82,7 @@ pub struct Metrics {
 
 const PUBLISH_DURATION: &str = "crier_publish_duration_seconds";
 const HTTP_REQUESTS: &str = "crier_http_requests_total";
+const WS_CLOSES: &str = "crier_ws_closes_total";
 
 /// Buckets of `crier_publish_duration_seconds`: 5 µs to 1 s.
 const PUBLISH_BUCKETS: &[f64] = &[
@@ -163,6 +164,13 @@ impl Metrics {
             .increment(1);
     }
 
+    /// Counts one closed WebSocket by the code of the close frame crier sent (1006 when the
+    /// connection dropped without one): `crier_ws_closes_total{code}`.
+    pub fn ws_closed(&self, code: u16) {
+        let labels = vec![Label::new("code", code.to_string())];
+        self.recorder.register_counter(&Key::from_parts(WS_CLOSES, labels), &METADATA).increment(1);
+    }
+
     /// Records a publish's duration.
     pub fn publish_took(&self, elapsed: Duration) {
         self.publish_duration.record(elapsed.as_secs_f64());
@@ -209,6 +217,7 @@ fn describe(recorder: &PrometheusRecorder) {
             "Subscribers disconnected by the server, by transport and reason.",
         ),
         (HTTP_REQUESTS, "HTTP requests answered, by route and status."),
+        (WS_CLOSES, "WebSocket connections closed, by the close code crier sent (1006: none)."),
     ];
     for &(name, help) in counters {
         let unit = name.contains("_bytes_").then_some(Unit::Bytes);

@@ -263,8 +263,7 @@ impl Topic {
             let sse = encode::finish(body, id);
             *stream_len += sse.frame.len() as u64;
             let stream_end = *stream_len;
-            let event =
-                Arc::new(Event { topic: self.name.clone(), id, name, data, sse, stream_end });
+            let event = Arc::new(Event::new(self.name.clone(), id, name, data, sse, stream_end));
             self.log.push(event.clone(), &epoch::pin());
             self.head_end.store(stream_end, Ordering::Relaxed);
             // Pairs with the head read in a writer's re-check after `register_waiter`.

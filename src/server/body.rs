@@ -7,7 +7,8 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::sse::writer::{Chunk, SseWriter, StreamError};
+use crate::chunk::Chunk;
+use crate::sse::writer::{SseWriter, StreamError};
 
 pin_project! {
     /// A response body.

@@ -13,6 +13,7 @@ pub(crate) mod first_request;
 mod publish;
 mod rewind;
 mod service;
+pub(crate) mod stream_query;
 
 use std::future::Future;
 use std::io;
@@ -42,6 +43,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The configuration it was started with.
     pub config: Config,
+    /// Every open connection and WebSocket session, for shutdown.
+    pub(crate) tracker: Tracker,
 }
 
 impl App {
@@ -49,7 +52,7 @@ impl App {
     pub fn new(config: Config) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(config.hub(), metrics.clone()));
-        Arc::new(App { hub, metrics, config })
+        Arc::new(App { hub, metrics, config, tracker: Tracker::default() })
     }
 }
 
@@ -68,7 +71,7 @@ pub async fn serve(
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(app.config.header_read_timeout);
     let builder = Arc::new(builder);
-    let tracker = Arc::new(Tracker::default());
+    let tracker = &app.tracker;
     let upkeep = tokio::spawn({
         let metrics = app.metrics.clone();
         async move {
@@ -89,7 +92,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(stream, peer, &app, &builder, &tracker),
+            Ok((stream, peer)) => spawn_connection(stream, peer, &app, &builder),
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning on accept.
                 tracing::warn!(error = %e, "accept failed");
@@ -121,17 +124,16 @@ fn spawn_connection(
     peer: SocketAddr,
     app: &Arc<App>,
     builder: &Arc<Builder<TokioExecutor>>,
-    tracker: &Arc<Tracker>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
     let control = Arc::new(ConnControl::default());
-    let key = tracker.add(control.clone());
-    let (app, builder, tracker) = (app.clone(), builder.clone(), tracker.clone());
+    let key = app.tracker.add(control.clone());
+    let (app, builder) = (app.clone(), builder.clone());
     tokio::spawn(async move {
         serve_connection(stream, peer, &app, &builder, control).await;
-        tracker.remove(key);
+        app.tracker.remove(key);
     });
 }
 

@@ -28,7 +28,7 @@ impl ConnService {
         ConnService { app, control, peer }
     }
 
-    async fn route(self, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn route(self, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let path = req.uri().path();
         let (route, result) = match path {
             "/publish" => ("publish", self.publish(req).await),
@@ -42,6 +42,8 @@ impl ConnService {
             ),
             "/readyz" => ("readyz", only_get(&req, || self.readyz())),
             "/metrics" => ("metrics", only_get(&req, || Ok(self.metrics()))),
+            "/ws" => ("ws", crate::ws::handle(&self.app, &mut req, self.peer, false)),
+            "/ws/echo" => ("ws_echo", crate::ws::handle(&self.app, &mut req, self.peer, true)),
             _ => ("not_found", Err(ApiError::not_found(path))),
         };
         let response = result.unwrap_or_else(ApiError::into_response);

@@ -9,15 +9,15 @@ pub mod writer;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, header};
 
 use crate::error::ApiError;
-use crate::event::TopicName;
-use crate::hub::{SubscribeError, Subscription};
+use crate::hub::Subscription;
 use crate::metrics::Transport;
 use crate::registry::ConnectionCloser;
 use crate::server::App;
 use crate::server::body::ResponseBody;
+use crate::server::stream_query::{StreamQuery, subscribe_error};
 use writer::{SseWriter, StreamTiming};
 
 /// `Last-Event-ID`.
@@ -77,40 +77,8 @@ fn subscribe(
     query: Option<&str>,
     last_event_id_header: Option<&[u8]>,
 ) -> Result<Subscription, ApiError> {
-    let mut topics = Vec::new();
-    let mut last_event_id = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match &*key {
-            "topic" => {
-                topics.push(TopicName::new(&value).map_err(|e| {
-                    ApiError::bad_request("bad_topic", format!("topic {value:?} {e}"))
-                })?)
-            }
-            "last_event_id" if !value.is_empty() => last_event_id = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    // A reconnecting EventSource sends the header; it is newer than the id in its URL.
-    if let Some(header) = last_event_id_header {
-        let value = std::str::from_utf8(header).map_err(|_| {
-            ApiError::bad_request("bad_last_event_id", "Last-Event-ID is not valid text")
-        })?;
-        if !value.is_empty() {
-            last_event_id = Some(value.to_owned());
-        }
-    }
-    app.hub.subscribe(topics, last_event_id.as_deref(), Transport::Sse, Some(closer)).map_err(|e| {
-        match e {
-            SubscribeError::NoTopics => {
-                ApiError::bad_request("bad_topic", "at least one topic query parameter is required")
-            }
-            SubscribeError::TooManyTopics { .. } => {
-                ApiError::bad_request("too_many_topics", e.to_string())
-            }
-            SubscribeError::BadId(e) => ApiError::bad_request("bad_last_event_id", e.to_string()),
-            SubscribeError::ShuttingDown => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string())
-            }
-        }
-    })
+    let request = StreamQuery::parse(query, last_event_id_header)?;
+    app.hub
+        .subscribe(request.topics, request.last_event_id.as_deref(), Transport::Sse, Some(closer))
+        .map_err(subscribe_error)
 }

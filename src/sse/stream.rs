@@ -15,7 +15,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::writer::{Chunk, SseWriter};
+use super::writer::SseWriter;
+use crate::chunk::Chunk;
 
 /// Most slices handed to one `writev` (Linux's `IOV_MAX`).
 const MAX_IOVECS: usize = 1024;

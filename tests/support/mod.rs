@@ -456,3 +456,136 @@ impl CrierProcess {
         assert_eq!(result, 0, "kill failed: {}", std::io::Error::last_os_error());
     }
 }
+
+/// A WebSocket client at the frame level: it writes exactly the frames a test asks for.
+pub struct RawWs {
+    pub stream: TcpStream,
+    /// The 101 response head.
+    pub head: String,
+    buf: Vec<u8>,
+}
+
+/// A frame read off a raw WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// The close code, for a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+impl RawWs {
+    /// Sends a valid handshake for `target` and reads the `101`.
+    pub async fn connect(addr: SocketAddr, target: &str) -> RawWs {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("write handshake");
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let mut chunk = [0u8; 1024];
+            let n =
+                timeout(WAIT, stream.read(&mut chunk)).await.expect("101 in time").expect("read");
+            assert!(n > 0, "closed during the handshake: {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let rest = buf[end + 4..].to_vec();
+        RawWs { stream, head, buf: rest }
+    }
+
+    /// Writes one client frame; `masked` false writes an (illegal) unmasked frame.
+    pub async fn send(&mut self, first_byte: u8, payload: &[u8], masked: bool) {
+        let mut frame = vec![first_byte];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n @ 0..=125 => frame.push(mask_bit | n as u8),
+            n @ 126..=0xFFFF => {
+                frame.push(mask_bit | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(mask_bit | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let mask = [0x37, 0xfa, 0x21, 0x3d];
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        self.stream.write_all(&frame).await.expect("write frame");
+    }
+
+    /// Sends a final masked text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.send(0x81, text.as_bytes(), true).await;
+    }
+
+    /// The next frame the server sends, or `None` once the connection is closed.
+    pub async fn read(&mut self) -> Option<RawFrame> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 16 << 10];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .expect("a frame in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Frames until the server closes the connection; the last is normally its close frame.
+    pub async fn read_until_closed(&mut self) -> Vec<RawFrame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.read().await {
+            frames.push(frame);
+        }
+        frames
+    }
+}
+
+/// Parses an (unmasked) server frame at the start of `buf`.
+fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "server frames are never masked");
+    let (len, header) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().ok()?) as usize, 10),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if buf.len() < header + len {
+        return None;
+    }
+    let frame = RawFrame {
+        fin: buf[0] & 0x80 != 0,
+        opcode: buf[0] & 0x0f,
+        payload: buf[header..header + len].to_vec(),
+    };
+    Some((frame, header + len))
+}

@@ -1,0 +1,236 @@
+//! The JSON commands a client sends on `/ws`, and crier's replies.
+//!
+//! ```text
+//! {"op":"subscribe","topic":"T","last_event_id":"…"?,"ref":…?}
+//! {"op":"unsubscribe","topic":"T","ref":…?}
+//! {"op":"publish","topic":"T","event":"NAME"?,"data":"…","encoding":"base64"?,"ref":…?}
+//! {"op":"ping","ref":…?}
+//! ```
+//!
+//! Each is answered by `{"op":"ok","ref":…,…}` or `{"op":"error","ref":…,"error":"<code>",
+//! "detail":"…"}`; `ref` is echoed when given, whatever JSON value it is.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::frame::{self, OP_TEXT};
+
+/// A parsed command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Follow a topic, optionally resuming after an id.
+    Subscribe {
+        /// The topic.
+        topic: String,
+        /// Resume after this id.
+        last_event_id: Option<String>,
+    },
+    /// Stop following a topic.
+    Unsubscribe {
+        /// The topic.
+        topic: String,
+    },
+    /// Publish an event.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The event name.
+        event: Option<String>,
+        /// The data (base64 text when `binary`).
+        data: String,
+        /// The data is base64 of binary data.
+        binary: bool,
+    },
+    /// Answered with `ok`: lets a client check the connection end to end.
+    Ping,
+}
+
+/// A command the server cannot act on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// Stable code, such as `bad_command`.
+    pub code: &'static str,
+    /// What was wrong.
+    pub detail: String,
+}
+
+impl Refused {
+    /// A refusal with `code` and `detail`.
+    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Refused { code, detail: detail.into() }
+    }
+}
+
+/// Parses a text message as a command; the `ref` is returned whether or not the rest is valid.
+pub fn parse(text: &[u8]) -> (Option<Value>, Result<Command, Refused>) {
+    let value: Value = match serde_json::from_slice(text) {
+        Ok(value) => value,
+        Err(e) => return (None, Err(Refused::new("bad_command", format!("not JSON: {e}")))),
+    };
+    let Value::Object(mut fields) = value else {
+        return (None, Err(Refused::new("bad_command", "a command is a JSON object")));
+    };
+    let reference = fields.remove("ref");
+    (reference, command(&fields))
+}
+
+fn command(fields: &serde_json::Map<String, Value>) -> Result<Command, Refused> {
+    let string = |name: &str| match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Refused::new("bad_command", format!("\"{name}\" must be a string"))),
+    };
+    let required = |name: &str| {
+        string(name)?.ok_or_else(|| Refused::new("bad_command", format!("\"{name}\" is required")))
+    };
+    match fields.get("op") {
+        Some(Value::String(op)) => match op.as_str() {
+            "subscribe" => Ok(Command::Subscribe {
+                topic: required("topic")?,
+                last_event_id: string("last_event_id")?,
+            }),
+            "unsubscribe" => Ok(Command::Unsubscribe { topic: required("topic")? }),
+            "publish" => {
+                let binary = match string("encoding")?.as_deref() {
+                    None => false,
+                    Some("base64") => true,
+                    Some(other) => {
+                        return Err(Refused::new(
+                            "bad_command",
+                            format!("unknown encoding {other:?}; only \"base64\" is supported"),
+                        ));
+                    }
+                };
+                Ok(Command::Publish {
+                    topic: required("topic")?,
+                    event: string("event")?,
+                    data: required("data")?,
+                    binary,
+                })
+            }
+            "ping" => Ok(Command::Ping),
+            other => Err(Refused::new(
+                "unknown_op",
+                format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or ping"),
+            )),
+        },
+        Some(_) => Err(Refused::new("bad_command", "\"op\" must be a string")),
+        None => Err(Refused::new("bad_command", "\"op\" is required")),
+    }
+}
+
+/// A reply, serialized with `op` first and absent fields left out.
+#[derive(Serialize, Default)]
+pub struct Reply<'a> {
+    op: &'static str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+impl<'a> Reply<'a> {
+    /// An `ok` reply.
+    pub fn ok(reference: Option<&'a Value>) -> Self {
+        Reply { op: "ok", reference, ..Reply::default() }
+    }
+
+    /// An `error` reply.
+    pub fn error(reference: Option<&'a Value>, refused: &'a Refused) -> Self {
+        Reply {
+            op: "error",
+            reference,
+            error: Some(refused.code),
+            detail: Some(&refused.detail),
+            ..Reply::default()
+        }
+    }
+
+    /// Adds the topic.
+    pub fn topic(mut self, topic: &'a str) -> Self {
+        self.topic = Some(topic);
+        self
+    }
+
+    /// Adds the id of a published event.
+    pub fn id(mut self, id: String) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Adds the position a subscription starts after.
+    pub fn position(mut self, position: String) -> Self {
+        self.position = Some(position);
+        self
+    }
+
+    /// The reply as a text frame.
+    pub fn frame(&self) -> Bytes {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        frame::encode(OP_TEXT, &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_with_their_ref() {
+        let (reference, command) =
+            parse(br#"{"op":"subscribe","topic":"a","last_event_id":"x-1","ref":7}"#);
+        assert_eq!(reference, Some(Value::from(7)));
+        assert_eq!(
+            command,
+            Ok(Command::Subscribe { topic: "a".into(), last_event_id: Some("x-1".into()) })
+        );
+        let (_, command) =
+            parse(br#"{"op":"publish","topic":"a","data":"AAE=","encoding":"base64"}"#);
+        assert_eq!(
+            command,
+            Ok(Command::Publish {
+                topic: "a".into(),
+                event: None,
+                data: "AAE=".into(),
+                binary: true
+            })
+        );
+        assert_eq!(parse(br#"{"op":"ping","ref":{"k":[1]}}"#).1, Ok(Command::Ping));
+    }
+
+    #[test]
+    fn malformed_commands_are_refused_but_keep_their_ref() {
+        let code = |text: &[u8]| parse(text).1.unwrap_err().code;
+        assert_eq!(code(b"not json"), "bad_command");
+        assert_eq!(code(b"[1]"), "bad_command");
+        assert_eq!(code(br#"{"topic":"a"}"#), "bad_command");
+        assert_eq!(code(br#"{"op":5}"#), "bad_command");
+        assert_eq!(code(br#"{"op":"dance"}"#), "unknown_op");
+        assert_eq!(code(br#"{"op":"subscribe"}"#), "bad_command");
+        assert_eq!(code(br#"{"op":"subscribe","topic":3}"#), "bad_command");
+        assert_eq!(
+            code(br#"{"op":"publish","topic":"a","data":"x","encoding":"hex"}"#),
+            "bad_command"
+        );
+        assert_eq!(parse(br#"{"op":"dance","ref":"r1"}"#).0, Some(Value::from("r1")));
+    }
+
+    #[test]
+    fn replies_put_op_first_and_skip_absent_fields() {
+        let reference = Value::from("r");
+        let ok = Reply::ok(Some(&reference)).topic("a").id("e-1".into()).frame();
+        assert_eq!(&ok[2..], br#"{"op":"ok","ref":"r","topic":"a","id":"e-1"}"#);
+        let refused = Refused::new("bad_topic", "nope");
+        let error = Reply::error(None, &refused).frame();
+        assert_eq!(&error[2..], br#"{"op":"error","error":"bad_topic","detail":"nope"}"#);
+    }
+}

@@ -1,0 +1,287 @@
+//! WebSocket framing (RFC 6455 §5): outbound frames, written by crier itself (unmasked, so one
+//! encoding serves every subscriber), and inbound frames, parsed with tungstenite's
+//! `FrameHeader` and unmasked here, with every check a server must make on what a client sends.
+
+use std::io::Cursor;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use super::close::CloseCode;
+
+/// Text frame opcode.
+pub const OP_TEXT: u8 = 0x1;
+/// Binary frame opcode.
+pub const OP_BINARY: u8 = 0x2;
+/// Close frame opcode.
+pub const OP_CLOSE: u8 = 0x8;
+/// Ping frame opcode.
+pub const OP_PING: u8 = 0x9;
+/// Pong frame opcode.
+pub const OP_PONG: u8 = 0xA;
+
+/// Largest payload of a control frame.
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// The header of an unmasked, final frame: `(bytes, length)`.
+pub fn header(opcode: u8, payload_len: usize) -> ([u8; 10], usize) {
+    let mut head = [0u8; 10];
+    head[0] = 0x80 | opcode;
+    let len = match payload_len {
+        0..=125 => {
+            head[1] = payload_len as u8;
+            2
+        }
+        126..=0xFFFF => {
+            head[1] = 126;
+            head[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            head[1] = 127;
+            head[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+            10
+        }
+    };
+    (head, len)
+}
+
+/// A complete unmasked, final frame carrying `payload`.
+pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+    let (head, head_len) = header(opcode, payload.len());
+    let mut frame = BytesMut::with_capacity(head_len + payload.len());
+    frame.put_slice(&head[..head_len]);
+    frame.put_slice(payload);
+    frame.freeze()
+}
+
+/// A close frame with `code` and a short reason.
+pub fn close(code: CloseCode, reason: &str) -> Bytes {
+    let reason = &reason.as_bytes()[..reason.len().min(MAX_CONTROL_PAYLOAD - 2)];
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.as_u16().to_be_bytes());
+    payload.extend_from_slice(reason);
+    encode(OP_CLOSE, &payload)
+}
+
+/// What kind of frame arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// First frame of a text message.
+    Text,
+    /// First frame of a binary message.
+    Binary,
+    /// A later fragment of the message in progress.
+    Continuation,
+    /// Close.
+    Close,
+    /// Ping.
+    Ping,
+    /// Pong.
+    Pong,
+}
+
+/// A frame's header, as far as the session needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Final fragment of its message.
+    pub fin: bool,
+    /// Frame kind.
+    pub kind: Kind,
+    /// Length of the header in bytes.
+    pub header_len: usize,
+    /// Length of the payload in bytes.
+    pub payload_len: usize,
+    mask: [u8; 4],
+}
+
+/// Why a client's frame ends the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The close code to send.
+    pub code: CloseCode,
+    /// The reason, for the close frame and logs.
+    pub reason: &'static str,
+}
+
+impl Violation {
+    fn protocol(reason: &'static str) -> Self {
+        Violation { code: CloseCode::PROTOCOL_ERROR, reason }
+    }
+}
+
+/// Parses the header of the client frame at the start of `buf`. `Ok(None)` means more bytes
+/// are needed. `max_payload` bounds data frames (a larger one is refused before its payload is
+/// read).
+pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, Violation> {
+    let mut cursor = Cursor::new(buf);
+    let (header, payload_len) = match FrameHeader::parse(&mut cursor) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(Violation::protocol("reserved opcode")),
+    };
+    if header.rsv1 || header.rsv2 || header.rsv3 {
+        return Err(Violation::protocol("reserved bits set without a negotiated extension"));
+    }
+    let Some(mask) = header.mask else {
+        return Err(Violation::protocol("client frames must be masked"));
+    };
+    let kind = match header.opcode {
+        OpCode::Data(Data::Text) => Kind::Text,
+        OpCode::Data(Data::Binary) => Kind::Binary,
+        OpCode::Data(Data::Continue) => Kind::Continuation,
+        OpCode::Control(Control::Close) => Kind::Close,
+        OpCode::Control(Control::Ping) => Kind::Ping,
+        OpCode::Control(Control::Pong) => Kind::Pong,
+        OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+            return Err(Violation::protocol("reserved opcode"));
+        }
+    };
+    let control = matches!(kind, Kind::Close | Kind::Ping | Kind::Pong);
+    if control && !header.is_final {
+        return Err(Violation::protocol("fragmented control frame"));
+    }
+    if control && payload_len > MAX_CONTROL_PAYLOAD as u64 {
+        return Err(Violation::protocol("control frame payload over 125 bytes"));
+    }
+    if !control && payload_len > max_payload as u64 {
+        return Err(Violation { code: CloseCode::MESSAGE_TOO_BIG, reason: "message too big" });
+    }
+    Ok(Some(Head {
+        fin: header.is_final,
+        kind,
+        header_len: cursor.position() as usize,
+        payload_len: payload_len as usize,
+        mask,
+    }))
+}
+
+impl Head {
+    /// Total bytes of the frame.
+    pub fn frame_len(&self) -> usize {
+        self.header_len + self.payload_len
+    }
+
+    /// Unmasks the payload in place (`payload` is this frame's payload bytes).
+    pub fn unmask(&self, payload: &mut [u8]) {
+        unmask(payload, self.mask);
+    }
+}
+
+/// XORs `data` with the four-byte `mask`, eight bytes at a time.
+pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let value = u64::from_ne_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]) ^ wide;
+        chunk.copy_from_slice(&value.to_ne_bytes());
+    }
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i % 4];
+    }
+}
+
+/// Checks a close frame's payload: empty, or a valid code and a UTF-8 reason.
+pub fn parse_close(payload: &[u8]) -> Result<Option<CloseCode>, Violation> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Violation::protocol("close payload of one byte")),
+        [high, low, reason @ ..] => {
+            let code = CloseCode::from_u16(u16::from_be_bytes([*high, *low]))
+                .filter(|code| code.may_be_sent_by_peer())
+                .ok_or(Violation::protocol("invalid close code"))?;
+            if std::str::from_utf8(reason).is_err() {
+                return Err(Violation {
+                    code: CloseCode::INVALID_PAYLOAD,
+                    reason: "close reason is not UTF-8",
+                });
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut frame = vec![first];
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=0xFFFF => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        let mut body = payload.to_vec();
+        unmask(&mut body, mask);
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    #[test]
+    fn headers_use_the_shortest_length_form() {
+        assert_eq!(&encode(OP_TEXT, b"hi")[..], b"\x81\x02hi");
+        assert_eq!(&encode(OP_BINARY, &[0; 126])[..4], b"\x82\x7e\x00\x7e");
+        assert_eq!(
+            &encode(OP_BINARY, &vec![0; 65536])[..10],
+            b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"
+        );
+        assert_eq!(&close(CloseCode::NORMAL, "bye")[..], b"\x88\x05\x03\xe8bye");
+    }
+
+    #[test]
+    fn masked_frames_parse_and_unmask() {
+        for len in [0, 5, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut frame = masked(0x82, &payload, [1, 2, 3, 4]);
+            let head = parse_head(&frame, 1 << 20).unwrap().unwrap();
+            assert_eq!((head.fin, head.kind, head.payload_len), (true, Kind::Binary, len));
+            assert_eq!(head.frame_len(), frame.len());
+            let body = &mut frame[head.header_len..];
+            head.unmask(body);
+            assert_eq!(body, &payload[..]);
+            assert_eq!(parse_head(&frame[..head.header_len - 1], 1 << 20), Ok(None));
+        }
+    }
+
+    #[test]
+    fn protocol_violations_are_refused_with_the_right_code() {
+        let code = |bytes: &[u8]| parse_head(bytes, 1000).unwrap_err().code;
+        assert_eq!(code(&masked(0xC1, b"x", [0; 4])), CloseCode::PROTOCOL_ERROR, "rsv1");
+        assert_eq!(code(&masked(0x83, b"x", [0; 4])), CloseCode::PROTOCOL_ERROR, "opcode 3");
+        assert_eq!(code(&masked(0x8B, b"x", [0; 4])), CloseCode::PROTOCOL_ERROR, "opcode 0xB");
+        assert_eq!(code(&masked(0x09, b"x", [0; 4])), CloseCode::PROTOCOL_ERROR, "fragmented ping");
+        assert_eq!(code(&masked(0x89, &[0; 126], [0; 4])), CloseCode::PROTOCOL_ERROR, "big ping");
+        assert_eq!(code(b"\x81\x01x"), CloseCode::PROTOCOL_ERROR, "unmasked");
+        assert_eq!(code(&masked(0x82, &[0; 1001], [0; 4])), CloseCode::MESSAGE_TOO_BIG);
+    }
+
+    #[test]
+    fn close_payloads_are_checked() {
+        assert_eq!(parse_close(b""), Ok(None));
+        assert_eq!(parse_close(b"\x03\xe8ok"), Ok(Some(CloseCode::NORMAL)));
+        assert_eq!(parse_close(b"\x03").unwrap_err().code, CloseCode::PROTOCOL_ERROR);
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert_eq!(
+                parse_close(&bad.to_be_bytes()).unwrap_err().code,
+                CloseCode::PROTOCOL_ERROR,
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_close(b"\x0f\xa0\xff").unwrap_err().code, CloseCode::INVALID_PAYLOAD);
+        assert!(parse_close(&3000u16.to_be_bytes()).is_ok());
+        assert!(parse_close(&4999u16.to_be_bytes()).is_ok());
+    }
+}

@@ -1,0 +1,184 @@
+//! The opening handshake (RFC 6455 §4.2), done in the HTTP service: validate the client's
+//! request and build the `101 Switching Protocols` answer.
+//!
+//! Refusals: `400` (`bad_handshake`) for anything that is not a WebSocket handshake, `426` with
+//! `Sec-WebSocket-Version: 13` for another protocol version, `403` (`origin_not_allowed`) for an
+//! `Origin` outside `--allowed-origins` (requests without `Origin`, which browsers always send,
+//! are not checked). Subprotocol: a client offering `crier.v1` in `Sec-WebSocket-Protocol` gets
+//! it back; any other offer is answered without a subprotocol, as RFC 6455 allows.
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version, header};
+
+use crate::error::ApiError;
+use crate::server::body::ResponseBody;
+
+/// The subprotocol crier speaks, when a client asks for one.
+pub const SUBPROTOCOL: &str = "crier.v1";
+
+/// A valid handshake, ready to be answered.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Accept {
+    /// The `Sec-WebSocket-Accept` value.
+    pub accept: String,
+    /// The subprotocol to confirm.
+    pub protocol: Option<&'static str>,
+}
+
+/// Whether the comma-separated token list in any `name` header contains `token`.
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn bad(detail: &str) -> ApiError {
+    ApiError::bad_request("bad_handshake", detail)
+}
+
+/// Validates a handshake request.
+pub fn validate(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+    allowed_origins: &[String],
+) -> Result<Accept, ApiError> {
+    if method != Method::GET {
+        return Err(bad("a WebSocket handshake is a GET request"));
+    }
+    if version != Version::HTTP_11 {
+        return Err(bad("a WebSocket handshake needs HTTP/1.1"));
+    }
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return Err(bad("missing Upgrade: websocket"));
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(bad("missing Connection: Upgrade"));
+    }
+    let version_ok = headers
+        .get_all(header::SEC_WEBSOCKET_VERSION)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii() == b"13");
+    if !version_ok {
+        let mut error = ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported_version",
+            "only WebSocket version 13 is supported",
+        );
+        error.extra_header = Some((header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
+        return Err(error);
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) => key,
+        _ => return Err(bad("exactly one Sec-WebSocket-Key is required")),
+    };
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes().trim_ascii());
+    if decoded.map_or(true, |k| k.len() != 16) {
+        return Err(bad("Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
+    let mut allowed = allowed_origins
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/'))
+        .filter(|o| !o.is_empty())
+        .peekable();
+    if let (Some(_), Some(origin)) = (allowed.peek(), headers.get(header::ORIGIN)) {
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        if !allowed.any(|allowed| allowed.eq_ignore_ascii_case(origin)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!("origin {origin:?} is not in --allowed-origins"),
+            ));
+        }
+    }
+    let protocol =
+        has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL).then_some(SUBPROTOCOL);
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes().trim_ascii());
+    Ok(Accept { accept, protocol })
+}
+
+/// The `101 Switching Protocols` response.
+pub fn switching_protocols(accept: &Accept) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(value) = HeaderValue::from_str(&accept.accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if let Some(protocol) = accept.protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("upgrade", "websocket"),
+        ("connection", "keep-alive, Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    fn check(pairs: &[(&'static str, &'static str)]) -> Result<Accept, ApiError> {
+        validate(&Method::GET, Version::HTTP_11, &headers(pairs), &["https://app.example".into()])
+    }
+
+    #[test]
+    fn the_rfc_sample_key_is_accepted() {
+        let accept = check(GOOD).unwrap();
+        assert_eq!(accept.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(accept.protocol, None);
+        let mut offered = GOOD.to_vec();
+        offered.push(("sec-websocket-protocol", "other, crier.v1"));
+        assert_eq!(check(&offered).unwrap().protocol, Some(SUBPROTOCOL));
+        offered.push(("origin", "https://app.example"));
+        assert!(check(&offered).is_ok());
+        let any = validate(&Method::GET, Version::HTTP_11, &headers(&offered), &["".into()]);
+        assert!(any.is_ok(), "an empty list allows every origin");
+    }
+
+    #[test]
+    fn every_missing_or_wrong_part_is_refused() {
+        let without =
+            |name: &str| GOOD.iter().copied().filter(|(k, _)| *k != name).collect::<Vec<_>>();
+        for name in ["upgrade", "connection", "sec-websocket-key"] {
+            assert_eq!(
+                check(&without(name)).unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{name}"
+            );
+        }
+        let version = check(&without("sec-websocket-version")).unwrap_err();
+        assert_eq!(version.status, StatusCode::UPGRADE_REQUIRED);
+        let mut old = without("sec-websocket-version");
+        old.push(("sec-websocket-version", "8"));
+        assert_eq!(check(&old).unwrap_err().status, StatusCode::UPGRADE_REQUIRED);
+        let mut short = without("sec-websocket-key");
+        short.push(("sec-websocket-key", "c2hvcnQ="));
+        assert_eq!(check(&short).unwrap_err().status, StatusCode::BAD_REQUEST);
+        let mut foreign = GOOD.to_vec();
+        foreign.push(("origin", "https://evil.example"));
+        assert_eq!(check(&foreign).unwrap_err().status, StatusCode::FORBIDDEN);
+        let post = validate(&Method::POST, Version::HTTP_11, &headers(GOOD), &[]);
+        assert_eq!(post.unwrap_err().status, StatusCode::BAD_REQUEST);
+        let http10 = validate(&Method::GET, Version::HTTP_10, &headers(GOOD), &[]);
+        assert_eq!(http10.unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+}
