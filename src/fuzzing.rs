@@ -28,6 +28,74 @@ pub fn check_first_request(bytes: &[u8]) {
     }
 }
 
+/// Feeds `bytes` to a WebSocket decoder in reads cut at `cuts`, buffering a cut frame as the
+/// session does: never panics, never holds more than one frame or a message over `max`, and
+/// every text message it yields is UTF-8.
+pub fn check_ws_decoder(bytes: &[u8], cuts: &[u16], max: usize) {
+    use crate::ws::inbound::{Decoder, Inbound};
+    use crate::ws::message::Message;
+    let mut decoder = Decoder::new(max);
+    let mut buffered = Vec::new();
+    let mut rest = bytes;
+    for &cut in cuts.iter().chain(std::iter::once(&u16::MAX)) {
+        let n = usize::from(cut).min(rest.len());
+        buffered.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        let mut pos = 0;
+        while let Some(item) = decoder.next(&mut buffered, &mut pos) {
+            match item {
+                Inbound::Message(Message::Text(text)) => {
+                    assert!(text.len() <= max);
+                    assert!(std::str::from_utf8(&text).is_ok(), "a text message must be UTF-8");
+                }
+                Inbound::Message(Message::Binary(bytes)) => assert!(bytes.len() <= max),
+                Inbound::Ping(payload) => assert!(payload.len() <= 125),
+                Inbound::Violation(_) => return,
+                Inbound::Close(_) | Inbound::Pong | Inbound::Fragment => {}
+            }
+            assert!(decoder.buffered() <= max, "a message over the limit is held");
+        }
+        assert!(pos <= buffered.len());
+        buffered.drain(..pos);
+        // What stays buffered is at most one frame: a header and a payload within the limit.
+        assert!(buffered.len() <= max.max(125) + 14);
+    }
+}
+
+/// Runs the WebSocket handshake check on an arbitrary request; an accepted one must have every
+/// part RFC 6455 requires, and a 16-byte key.
+pub fn check_ws_handshake(
+    post: bool,
+    http10: bool,
+    headers: &[(String, Vec<u8>)],
+    origins: &[String],
+) {
+    use base64::Engine as _;
+    use http::{HeaderMap, HeaderName, HeaderValue, Method, Version, header};
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::try_from(name.as_str()), HeaderValue::from_bytes(value))
+        {
+            map.append(name, value);
+        }
+    }
+    let method = if post { Method::POST } else { Method::GET };
+    let version = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    if let Ok(accept) = crate::ws::handshake::validate(&method, version, &map, origins) {
+        assert!(method == Method::GET && version == Version::HTTP_11);
+        let key = map.get(header::SEC_WEBSOCKET_KEY).expect("a key");
+        let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes().trim_ascii());
+        assert_eq!(decoded.map(|k| k.len()).ok(), Some(16));
+        assert!(
+            map.get_all(header::SEC_WEBSOCKET_VERSION)
+                .iter()
+                .any(|v| v.as_bytes().trim_ascii() == b"13")
+        );
+        assert_eq!(accept.accept.len(), 28);
+    }
+}
+
 /// One step of [`check_topic_ops`].
 #[derive(Debug)]
 pub enum TopicOp {
@@ -179,6 +247,22 @@ mod tests {
             }
             check_topic_ops(history, ops);
         }
+    }
+
+    #[test]
+    fn ws_checks_hold_for_handmade_inputs() {
+        let mut frame = vec![0x81, 0x85, 1, 2, 3, 4];
+        frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+        check_ws_decoder(&frame, &[1, 3, 2], 100);
+        check_ws_decoder(&[0x82, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff], &[], 100);
+        let headers = [
+            ("upgrade".to_owned(), b"websocket".to_vec()),
+            ("connection".to_owned(), b"Upgrade".to_vec()),
+            ("sec-websocket-version".to_owned(), b"13".to_vec()),
+            ("sec-websocket-key".to_owned(), b"dGhlIHNhbXBsZSBub25jZQ==".to_vec()),
+        ];
+        check_ws_handshake(false, false, &headers, &[]);
+        check_ws_handshake(true, false, &headers, &[]);
     }
 
     #[test]

@@ -57,6 +57,11 @@ impl Assembler {
         self.partial.is_some()
     }
 
+    /// Bytes of the message in progress held so far.
+    pub fn buffered(&self) -> usize {
+        self.partial.as_ref().map_or(0, |p| p.buf.len())
+    }
+
     /// Takes one data frame's (unmasked) payload; returns the message it completes, if any.
     /// `max` bounds the whole message.
     pub fn push(

@@ -13,6 +13,7 @@ pub mod close;
 pub mod command;
 pub mod frame;
 pub mod handshake;
+pub mod inbound;
 pub mod message;
 pub mod session;
 

@@ -28,8 +28,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::close::CloseCode;
 use super::command::{self, Command, Refused, Reply};
-use super::frame::{self, Head, Kind, OP_BINARY, OP_PING, OP_PONG, OP_TEXT, Violation};
-use super::message::{Assembler, Message};
+use super::frame::{self, OP_BINARY, OP_PING, OP_PONG, OP_TEXT, Violation};
+use super::inbound::{Decoder, Inbound};
+use super::message::Message;
 use super::{Format, event_frame, gap_frame};
 use crate::chunk::{Chunk, ChunkBuilder};
 use crate::event::{EventData, EventName, TopicName};
@@ -160,9 +161,7 @@ pub struct Session<IO> {
     metrics: Arc<Metrics>,
     /// A frame cut by a read, waiting for the rest.
     partial: BytesMut,
-    /// Bytes the frame in `partial` still needs, when its header has been read.
-    partial_needs: usize,
-    assembler: Assembler,
+    decoder: Decoder,
     /// The client sent a close frame or closed its side.
     peer_closed: bool,
     /// What is being written.
@@ -191,6 +190,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         let transport = metrics.transport(Transport::Ws);
         transport.accepted.increment(1);
         transport.connections.increment(1);
+        let decoder = Decoder::new(max_message(&role, &limits));
         let mut pending = VecDeque::new();
         let mut pending_bytes = 0;
         if let Role::Hub(hub) = &mut role {
@@ -205,8 +205,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             limits,
             metrics,
             partial: BytesMut::new(),
-            partial_needs: 0,
-            assembler: Assembler::default(),
+            decoder,
             peer_closed: false,
             out: None,
             out_has_close: false,
@@ -282,13 +281,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             }
             let consumed = self.handle_bytes(&mut stack[..n]);
             if consumed < n {
-                self.partial.reserve(self.partial_needs.max(n - consumed));
+                self.partial.reserve(self.decoder.needs().max(n - consumed));
                 self.partial.extend_from_slice(&stack[consumed..n]);
             }
             return true;
         }
         // Finish the cut frame: read straight into its buffer.
-        self.partial.reserve(self.partial_needs.saturating_sub(self.partial.len()).max(READ_CHUNK));
+        self.partial
+            .reserve(self.decoder.needs().saturating_sub(self.partial.len()).max(READ_CHUNK));
         let filled = {
             let spare = self.partial.spare_capacity_mut();
             let mut buf = ReadBuf::uninit(spare);
@@ -327,34 +327,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
     /// Handles the complete frames at the start of `buf`; returns how many bytes they took.
     fn handle_bytes(&mut self, buf: &mut [u8]) -> usize {
         let mut pos = 0;
-        self.partial_needs = 0;
-        while pos < buf.len() && !self.peer_closed {
-            let head = match frame::parse_head(&buf[pos..], self.max_message()) {
-                Ok(Some(head)) => head,
-                Ok(None) => break,
-                Err(violation) => {
-                    self.fail(violation);
-                    return buf.len();
-                }
-            };
-            if buf.len() - pos < head.frame_len() {
-                self.partial_needs = head.frame_len();
-                break;
-            }
-            let payload = &mut buf[pos + head.header_len..pos + head.frame_len()];
-            head.unmask(payload);
-            self.handle_frame(head, payload);
-            pos += head.frame_len();
+        while !self.peer_closed {
+            let Some(item) = self.decoder.next(buf, &mut pos) else { break };
+            self.handle_inbound(item);
         }
-        pos
-    }
-
-    fn max_message(&self) -> usize {
-        match self.role {
-            // The conformance target takes the 16 MiB messages of Autobahn's limits cases.
-            Role::Echo => self.limits.max_message.max(16 << 20),
-            Role::Hub(_) => self.limits.max_message,
-        }
+        if self.peer_closed { buf.len() } else { pos }
     }
 
     /// A client broke the protocol: close with the violation's code and read nothing more.
@@ -364,48 +341,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         self.peer_closed = true;
     }
 
-    fn handle_frame(&mut self, head: Head, payload: &[u8]) {
+    fn handle_inbound(&mut self, item: Inbound<'_>) {
         self.heard = Instant::now();
-        match head.kind {
-            Kind::Ping => {
+        match item {
+            Inbound::Ping(payload) => {
                 if !self.closing_started() {
                     self.queue(frame::encode(OP_PONG, payload));
                 }
             }
-            Kind::Pong => {}
-            Kind::Close => match frame::parse_close(payload) {
-                Err(violation) => self.fail(violation),
-                Ok(code) => {
-                    self.peer_closed = true;
-                    match &mut self.closing {
-                        // Answer with the same code, then close the connection.
-                        Closing::Open => {
-                            let reply = match code {
-                                Some(code) => frame::close(code, ""),
-                                None => frame::encode(frame::OP_CLOSE, &[]),
-                            };
-                            self.close_frame = Some(reply);
-                            let code = code.unwrap_or(CloseCode::NORMAL);
-                            let deadline = Instant::now() + CLOSE_GRACE;
-                            self.closing = Closing::Started { code, deadline, written: false };
-                        }
-                        // The answer to our close: the handshake is complete once ours is out.
-                        Closing::Started { written: true, .. } => self.closing = Closing::Finished,
-                        Closing::Started { .. } | Closing::Finished => {}
+            Inbound::Pong | Inbound::Fragment => {}
+            Inbound::Violation(violation) => self.fail(violation),
+            Inbound::Close(code) => {
+                self.peer_closed = true;
+                match &mut self.closing {
+                    // Answer with the same code, then close the connection.
+                    Closing::Open => {
+                        let reply = match code {
+                            Some(code) => frame::close(code, ""),
+                            None => frame::encode(frame::OP_CLOSE, &[]),
+                        };
+                        self.close_frame = Some(reply);
+                        let code = code.unwrap_or(CloseCode::NORMAL);
+                        let deadline = Instant::now() + CLOSE_GRACE;
+                        self.closing = Closing::Started { code, deadline, written: false };
                     }
-                }
-            },
-            Kind::Text | Kind::Binary | Kind::Continuation => {
-                if self.closing_started() {
-                    return;
-                }
-                let max = self.max_message();
-                match self.assembler.push(head.kind, head.fin, payload, max) {
-                    Ok(Some(message)) => self.handle_message(message),
-                    Ok(None) => {}
-                    Err(violation) => self.fail(violation),
+                    // The answer to our close: the handshake is complete once ours is out.
+                    Closing::Started { written: true, .. } => self.closing = Closing::Finished,
+                    Closing::Started { .. } | Closing::Finished => {}
                 }
             }
+            // Once a close has begun, messages are read and dropped.
+            Inbound::Message(_) if self.closing_started() => {}
+            Inbound::Message(message) => self.handle_message(message),
         }
     }
 
@@ -580,6 +547,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                 self.begin_close(CloseCode::SLOW_CONSUMER, "slow consumer");
             }
         }
+    }
+}
+
+/// Largest message a connection in `role` accepts.
+fn max_message(role: &Role, limits: &Limits) -> usize {
+    match role {
+        // The conformance target takes the 16 MiB messages of Autobahn's limits cases.
+        Role::Echo => limits.max_message.max(16 << 20),
+        Role::Hub(_) => limits.max_message,
     }
 }
 
