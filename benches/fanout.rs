@@ -58,6 +58,9 @@ struct Args {
     /// Only measure idle memory: connect, measure, disconnect.
     #[arg(long)]
     idle_only: bool,
+    /// How subscribers connect: `sse`, or `ws` (WebSocket, JSON frames).
+    #[arg(long, default_value = "sse")]
+    transport: String,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -171,6 +174,8 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 struct Shared {
     /// Timestamps in payloads are nanoseconds since this instant.
     origin: Instant,
+    /// Subscribers use WebSocket rather than SSE.
+    websocket: bool,
     /// Payload size of every event.
     payload: usize,
     published: AtomicU64,
@@ -201,6 +206,7 @@ fn run(args: &Args, subscribers: usize) {
     let topic = format!("bench-{}", std::process::id());
     let shared = Arc::new(Shared {
         origin: Instant::now(),
+        websocket: args.transport == "ws",
         payload: args.payload.max(21),
         published: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
@@ -239,7 +245,8 @@ fn run(args: &Args, subscribers: usize) {
     let subscriptions = server.metric("crier_subscriptions").unwrap_or(0.0) as usize;
     println!();
     println!(
-        "crier fanout: {subscribers} SSE subscribers, {} B events, {}, {} publisher connections, server flags {:?}",
+        "crier fanout: {subscribers} {} subscribers, {} B events, {}, {} publisher connections, server flags {:?}",
+        args.transport.to_uppercase(),
         args.payload,
         if args.idle_only {
             "idle streams only".to_owned()
@@ -468,7 +475,7 @@ fn subscriber_thread(
             );
             tasks.push(tokio::task::spawn_local(async move {
                 let permit = connecting.acquire().await.expect("semaphore");
-                let stream = connect_sse(addr, source, &topic).await;
+                let stream = connect_subscriber(addr, source, &topic, shared.websocket).await;
                 drop(permit);
                 shared.subscribed.fetch_add(1, Ordering::AcqRel);
                 read_stream(stream, index, &streams, &latency, &buffer, &shared).await;
@@ -487,13 +494,26 @@ fn subscriber_thread(
     ThreadReport { streams, latency }
 }
 
-async fn connect_sse(addr: SocketAddr, source: std::net::Ipv4Addr, topic: &str) -> TcpStream {
+async fn connect_subscriber(
+    addr: SocketAddr,
+    source: std::net::Ipv4Addr,
+    topic: &str,
+    websocket: bool,
+) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.bind(SocketAddr::new(source.into(), 0)).expect("bind source address");
     let mut stream = socket.connect(addr).await.expect("connect subscriber");
-    let request = format!(
-        "GET /sse?topic={topic} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
-    );
+    let request = if websocket {
+        format!(
+            "GET /ws?topic={topic}&format=json HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    } else {
+        format!(
+            "GET /sse?topic={topic} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+        )
+    };
     stream.write_all(request.as_bytes()).await.expect("send subscribe");
     stream
 }
@@ -508,7 +528,12 @@ async fn read_stream(
     buffer: &RefCell<Vec<u8>>,
     shared: &Shared,
 ) {
-    let mut decoder = StreamDecoder { payload: shared.payload, ..StreamDecoder::default() };
+    let mut decoder = if shared.websocket {
+        Decoder::Ws(WsDecoder::default())
+    } else {
+        Decoder::Sse(StreamDecoder { payload: shared.payload, ..StreamDecoder::default() })
+    };
+    let mut pongs = Vec::new();
     loop {
         let ready = stream.readable().await;
         let mut buf = buffer.borrow_mut();
@@ -531,7 +556,7 @@ async fn read_stream(
         let s = &mut stats[index];
         let mut hist = latency.borrow_mut();
         let before = s.received;
-        decoder.feed(&buf[..n], |seq, ts| {
+        let on_event = |seq: u64, ts: u64| {
             if seq <= s.last_seq {
                 s.duplicates += 1;
                 return;
@@ -540,12 +565,125 @@ async fn read_stream(
             s.last_seq = seq;
             s.received += 1;
             hist.record(now.saturating_sub(ts));
-        });
+        };
+        match &mut decoder {
+            Decoder::Sse(decoder) => decoder.feed(&buf[..n], on_event),
+            Decoder::Ws(decoder) => decoder.feed(&buf[..n], on_event, &mut pongs),
+        }
+        if !pongs.is_empty() {
+            // Liveness answers are tiny; a full socket just means the next ping is answered.
+            let _ = stream.try_write(&pongs);
+            pongs.clear();
+        }
         let delivered = s.received - before;
         if delivered > 0 {
             shared.delivered.fetch_add(delivered, Ordering::AcqRel);
         }
     }
+}
+
+enum Decoder {
+    Sse(StreamDecoder),
+    Ws(WsDecoder),
+}
+
+/// Reads WebSocket frames: each JSON event's sequence number (from its id) and send timestamp
+/// (the first 20 digits of its data); answers pings.
+#[derive(Default)]
+struct WsDecoder {
+    head_done: bool,
+    /// Unparsed bytes: the response head, or a frame cut by a read.
+    carry: Vec<u8>,
+}
+
+impl WsDecoder {
+    fn feed(&mut self, bytes: &[u8], mut on_event: impl FnMut(u64, u64), pongs: &mut Vec<u8>) {
+        if !self.head_done {
+            self.carry.extend_from_slice(bytes);
+            let Some(end) = memchr::memmem::find(&self.carry, b"\r\n\r\n") else { return };
+            assert!(self.carry.starts_with(b"HTTP/1.1 101"), "handshake refused");
+            self.head_done = true;
+            let rest = self.carry.split_off(end + 4);
+            self.carry.clear();
+            return self.feed(&rest, on_event, pongs);
+        }
+        // Frames are parsed where they lie; only a frame cut by the read is carried over.
+        let carried = !self.carry.is_empty();
+        if carried {
+            self.carry.extend_from_slice(bytes);
+        }
+        let data: &[u8] = if carried { &self.carry } else { bytes };
+        let used = ws_frames(data, &mut on_event, pongs);
+        if carried {
+            self.carry.drain(..used);
+        } else {
+            self.carry.extend_from_slice(&bytes[used..]);
+        }
+    }
+}
+
+/// Handles the complete frames at the start of `data`; returns the bytes they took.
+fn ws_frames(data: &[u8], on_event: &mut impl FnMut(u64, u64), pongs: &mut Vec<u8>) -> usize {
+    let mut pos = 0;
+    while data.len() - pos >= 2 {
+        let (len, header) = match data[pos + 1] & 0x7f {
+            126 if data.len() - pos >= 4 => {
+                (usize::from(u16::from_be_bytes([data[pos + 2], data[pos + 3]])), 4)
+            }
+            127 if data.len() - pos >= 10 => {
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&data[pos + 2..pos + 10]);
+                (u64::from_be_bytes(len) as usize, 10)
+            }
+            126 | 127 => break,
+            n => (usize::from(n), 2),
+        };
+        if data.len() - pos < header + len {
+            break;
+        }
+        let payload = &data[pos + header..pos + header + len];
+        match data[pos] & 0x0f {
+            0x1 => {
+                if let Some((seq, ts)) = json_event(payload) {
+                    on_event(seq, ts);
+                }
+            }
+            0x9 => {
+                // A masked pong with the ping's payload (a zero mask keeps it as is).
+                pongs.extend_from_slice(&[0x8A, 0x80 | payload.len() as u8, 0, 0, 0, 0]);
+                pongs.extend_from_slice(payload);
+            }
+            _ => {}
+        }
+        pos += header + len;
+    }
+    pos
+}
+
+static ID_FIELD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"id\":\""));
+static DATA_FIELD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"data\":\""));
+
+/// (seq, ts) from `{"topic":…,"id":"<epoch>-<seq>",…,"data":"<ts> …"}`.
+fn json_event(payload: &[u8]) -> Option<(u64, u64)> {
+    // The usual shape, an unnamed event: `…","id":"<id>","event":null,"data":"<ts> …`.
+    const UNNAMED: &[u8] = b"\",\"event\":null,\"data\":\"";
+    if let Some(start) = payload.strip_prefix(b"{\"topic\":\"") {
+        let topic_end = memchr::memchr(b'"', start)?;
+        if let Some(id) = start[topic_end..].strip_prefix(b"\",\"id\":\"") {
+            let quote = memchr::memchr(b'"', id)?;
+            let dash = memchr::memchr(b'-', &id[..quote])? + 1;
+            if let Some(data) = id[quote..].strip_prefix(UNNAMED) {
+                return Some((parse_u64(&id[dash..quote]), parse_u64(&data[..data.len().min(20)])));
+            }
+        }
+    }
+    let id = ID_FIELD.find(payload)? + 6;
+    let dash = id + memchr::memchr(b'-', &payload[id..])? + 1;
+    let seq = parse_u64(&payload[dash..]);
+    let data = DATA_FIELD.find(&payload[dash..])? + dash + 8;
+    Some((seq, parse_u64(&payload[data..(data + 20).min(payload.len())])))
 }
 
 /// Undoes chunked transfer coding and reads each event's sequence number (from its `id:`) and

@@ -534,3 +534,29 @@ async fn echo_returns_every_message_unchanged() {
     );
     ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_delay_gathers_a_busy_connections_events() {
+    let server = TestServer::start(&["--write-delay", "400ms"]).await;
+    let mut raw = support::RawWs::connect(server.addr, "/ws?topic=t&format=raw").await;
+    wait_until("the subscription", || async {
+        metric(&server.metrics().await, "crier_subscriptions") == Some(1.0)
+    })
+    .await;
+    // Idle for longer than the delay: the first event goes at once.
+    let sent = tokio::time::Instant::now();
+    server.publish("t", "first").await;
+    assert_eq!(raw.read().await.unwrap().payload, b"first");
+    let first_at = tokio::time::Instant::now();
+    assert!(first_at - sent < Duration::from_millis(300), "first event took {:?}", first_at - sent);
+    // The next ones wait for the delay.
+    server.publish("t", "second").await;
+    server.publish("t", "third").await;
+    assert_eq!(raw.read().await.unwrap().payload, b"second");
+    let waited = tokio::time::Instant::now() - first_at;
+    assert_eq!(raw.read().await.unwrap().payload, b"third");
+    assert!(
+        waited >= Duration::from_millis(350),
+        "second event after {waited:?}, before the delay"
+    );
+}

@@ -179,6 +179,7 @@ pub(crate) fn handle<B>(
             heartbeat: app.config.heartbeat,
             commands_per_sec: app.config.ws_commands_per_sec,
             max_event_bytes: app.config.max_event_bytes,
+            write_delay: app.config.write_delay,
         };
         let mut session = Session::new(TokioIo::new(upgraded), role, limits, app.metrics.clone());
         // The session outlives the HTTP connection's task: it is tracked on its own so

@@ -67,6 +67,8 @@ pub struct Limits {
     pub commands_per_sec: u32,
     /// Largest event data a `publish` command may carry.
     pub max_event_bytes: usize,
+    /// Least time between two writes of events to a busy connection (`--write-delay`).
+    pub write_delay: Duration,
 }
 
 /// What the connection is for.
@@ -178,6 +180,10 @@ pub struct Session<IO> {
     close_sent: Option<CloseCode>,
     heard: Instant,
     pinged: Instant,
+    /// When events were last taken for writing.
+    events_taken: Instant,
+    /// Events wait until then, under `--write-delay`.
+    events_due: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
 }
@@ -191,6 +197,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         transport.accepted.increment(1);
         transport.connections.increment(1);
         let decoder = Decoder::new(max_message(&role, &limits));
+        // As if events were last written a delay ago: the first ones go out at once.
+        let events_taken = now.checked_sub(limits.write_delay).unwrap_or(now);
         let mut pending = VecDeque::new();
         let mut pending_bytes = 0;
         if let Role::Hub(hub) = &mut role {
@@ -216,6 +224,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             close_sent: None,
             heard: now,
             pinged: now,
+            events_taken,
+            events_due: None,
             timer: Box::pin(tokio::time::sleep_until(timer_at)),
             timer_at,
         }
@@ -477,7 +487,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             self.pending_bytes -= frame.len();
             chunk.push_frame(&frame, 0);
         }
-        if let (Closing::Open, Role::Hub(role)) = (&self.closing, &mut self.role) {
+        // A connection given events less than `write_delay` ago gathers more until then.
+        let now = Instant::now();
+        let due = self.events_taken + self.limits.write_delay;
+        self.events_due = (now < due).then_some(due);
+        if let (Closing::Open, Role::Hub(role), None) =
+            (&self.closing, &mut self.role, self.events_due)
+        {
             let format = role.format;
             let polled = role.subscription.poll_events(cx, MAX_CHUNK_BYTES, |_, event| {
                 chunk.events += 1;
@@ -490,7 +506,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                 Poll::Ready(Polled::Closed(Closed::Shutdown)) => {
                     self.begin_close(CloseCode::GOING_AWAY, "server shutting down");
                 }
-                Poll::Ready(Polled::Events) | Poll::Pending => {}
+                Poll::Ready(Polled::Events) => self.events_taken = now,
+                Poll::Pending => {}
             }
         }
         if let Some(close) = self.close_frame.take() {
@@ -529,7 +546,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
                     self.queue(frame::encode(OP_PING, b""));
                     return true;
                 }
-                (self.pinged + heartbeat).min(self.heard + 2 * heartbeat)
+                let next = (self.pinged + heartbeat).min(self.heard + 2 * heartbeat);
+                match self.events_due {
+                    Some(due) if now >= due => {
+                        self.events_due = None;
+                        return true;
+                    }
+                    Some(due) => next.min(due),
+                    None => next,
+                }
             }
         };
         if next != self.timer_at {
