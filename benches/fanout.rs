@@ -71,15 +71,18 @@ fn main() {
     match args.subscribers {
         Some(subscribers) => run(&args, subscribers),
         None => {
-            // The performance bar: idle memory at 10k, throughput at 1k, paced 10k (as
-            // configured by default, and with a write delay).
-            run(&Args { idle_only: true, ..args.clone() }, 10_000);
-            run(&Args { rate: 0, ..args.clone() }, 1_000);
-            let paced = Args { rate: 1_000, publishers: 32, client_threads: 2, ..args.clone() };
-            run(&paced, 10_000);
-            let mut delayed = paced.clone();
-            delayed.server_args.push("--write-delay=150ms".into());
-            run(&delayed, 10_000);
+            // The performance bars, SSE then WebSocket: idle memory at 10k, throughput at 1k,
+            // 10k paced at 1000 events/s (as configured by default, and with a write delay).
+            for (transport, delay) in [("sse", "150ms"), ("ws", "200ms")] {
+                let args = Args { transport: transport.into(), ..args.clone() };
+                run(&Args { idle_only: true, ..args.clone() }, 10_000);
+                run(&Args { rate: 0, ..args.clone() }, 1_000);
+                let paced = Args { rate: 1_000, publishers: 32, client_threads: 2, ..args.clone() };
+                run(&paced, 10_000);
+                let mut delayed = paced.clone();
+                delayed.server_args.push(format!("--write-delay={delay}"));
+                run(&delayed, 10_000);
+            }
         }
     }
 }
