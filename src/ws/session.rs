@@ -727,3 +727,60 @@ impl<IO> Drop for Session<IO> {
         self.metrics.ws_closed(self.close_sent.map_or(1006, CloseCode::as_u16));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn limits() -> Limits {
+        Limits {
+            max_message: 1 << 20,
+            heartbeat: Duration::from_secs(60),
+            commands_per_sec: 10,
+            max_event_bytes: 1 << 16,
+            write_delay: Duration::ZERO,
+        }
+    }
+
+    fn masked_frame(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+        frame
+    }
+
+    /// Polls `session` while `client` does its part, until `client` finishes.
+    async fn drive<F: Future>(session: &mut Session<DuplexStream>, client: F) -> F::Output {
+        tokio::pin!(client);
+        std::future::poll_fn(|cx| {
+            let _ = Pin::new(&mut *session).poll(cx);
+            client.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_large_message_buffer_is_released_once_echoed() {
+        let (server, mut client) = tokio::io::duplex(64 << 10);
+        let mut session = Session::new(server, Role::Echo, limits(), Arc::new(Metrics::new()));
+        let payload: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
+        let frame = masked_frame(&payload);
+        let echoed = drive(&mut session, async {
+            client.write_all(&frame).await.unwrap();
+            let mut head = [0u8; 10];
+            client.read_exact(&mut head).await.unwrap();
+            let mut body = vec![0u8; payload.len()];
+            client.read_exact(&mut body).await.unwrap();
+            (head, body)
+        })
+        .await;
+        assert_eq!(echoed.0[..2], [0x82, 127]);
+        assert!(echoed.1 == payload, "echo differs");
+        // Nothing stays allocated for reading once the message is through.
+        assert_eq!(session.partial.capacity(), 0);
+        assert_eq!(session.decoder.buffered(), 0);
+        assert!(session.pending.is_empty() && session.out.is_none());
+    }
+}
