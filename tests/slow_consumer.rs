@@ -5,20 +5,15 @@
 mod support;
 
 use support::{CrierProcess, SseClient, TestServer, metric, publish_ok, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// Opens an SSE request on a socket with a tiny receive buffer and never reads from it.
-/// With `via_hyper`, the stream request follows another request on the connection, so hyper
-/// serves it rather than the fast path for dedicated stream connections.
+/// A subscriber that never reads. With `via_hyper`, the stream request follows another request
+/// on the connection, so hyper serves it rather than the fast path for dedicated streams.
 async fn stalled_subscriber(addr: std::net::SocketAddr, topic: &str, via_hyper: bool) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
     let first = if via_hyper { "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" } else { "" };
-    let req = format!("{first}GET /sse?topic={topic} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    stream
+    let request = format!("{first}GET /sse?topic={topic} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    support::stalled_connection(addr, &request).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,17 +65,7 @@ async fn stalled_subscriber_is_evicted(via_hyper: bool) {
     assert_eq!(metric(&metrics, r#"crier_connections{transport="sse"}"#), Some(1.0));
 
     // The server closed the stalled connection: draining what the kernel buffered reaches EOF.
-    let mut sink = vec![0; 64 << 10];
-    let drained = tokio::time::timeout(support::WAIT, async {
-        loop {
-            match stalled.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(drained.is_ok(), "the evicted connection was not closed");
+    support::assert_closed_by_server(&mut stalled).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -417,16 +417,10 @@ async fn shutdown_closes_websockets_with_1001_after_published_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_websocket_is_evicted_with_4008_while_a_healthy_one_gets_everything() {
     let server = TestServer::start(&["--client-queue-bytes", "256KiB"]).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(server.addr).await.unwrap();
-    stalled
-        .write_all(
-            format!("GET /ws?topic=t&format=raw HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n{CONNECTION}\r\n{VERSION}\r\n{KEY}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let handshake = format!(
+        "GET /ws?topic=t&format=raw HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n{CONNECTION}\r\n{VERSION}\r\n{KEY}\r\n\r\n"
+    );
+    let mut stalled = support::stalled_connection(server.addr, &handshake).await;
     let mut healthy = connect(&server, "/ws?topic=t&format=raw").await;
     wait_until("both subscribed", || async {
         metric(&server.metrics().await, "crier_subscriptions") == Some(2.0)
@@ -459,17 +453,7 @@ async fn a_stalled_websocket_is_evicted_with_4008_while_a_healthy_one_gets_every
     })
     .await;
     // Its connection goes away after the close grace.
-    let mut sink = vec![0; 64 << 10];
-    let closed = tokio::time::timeout(support::WAIT, async {
-        loop {
-            match stalled.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the evicted connection was not closed");
+    support::assert_closed_by_server(&mut stalled).await;
     let metrics = server.metrics().await;
     assert_eq!(metric(&metrics, r#"crier_ws_closes_total{code="4008"}"#), Some(1.0));
 }

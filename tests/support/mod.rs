@@ -589,3 +589,28 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     };
     Some((frame, header + len))
 }
+
+/// A connection with a 4 KiB receive buffer that sends `request` and then never reads: a
+/// subscriber whose socket stops draining.
+pub async fn stalled_connection(addr: SocketAddr, request: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write request");
+    stream
+}
+
+/// Reads and discards until the server closes `stream`; fails if it stays open past `WAIT`.
+pub async fn assert_closed_by_server(stream: &mut TcpStream) {
+    let mut sink = vec![0; 64 << 10];
+    let closed = timeout(WAIT, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server did not close the connection");
+}
