@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::hub::HubConfig;
+use crate::relay::RelayConfig;
 
 /// crier: a real-time event broadcasting edge server (HTTP publish, SSE and WebSocket fan-out).
 #[derive(Parser, Debug, Clone)]
@@ -77,6 +78,18 @@ pub struct Config {
     #[arg(long, env = "CRIER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub header_read_timeout: Duration,
 
+    /// Join a cluster through this Redis (`redis://[user:password@]host:port[/db]`): events
+    /// are published through Redis, every node delivers them with the same ids in the same
+    /// order, and clients resume on any node. Unset: a single node with in-memory history.
+    #[arg(long, env = "CRIER_REDIS_URL", value_parser = parse_redis_url)]
+    pub redis_url: Option<String>,
+
+    /// Cluster mode: connections to Redis that publish in parallel (one more serves catch-up
+    /// reads, one more Pub/Sub). Publishes waiting while all are busy go out together as one
+    /// pipeline.
+    #[arg(long, env = "CRIER_REDIS_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub redis_pool_size: u16,
+
     /// Log format.
     #[arg(long, env = "CRIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -99,6 +112,12 @@ impl Config {
         config
     }
 
+    /// The relay's share of the configuration, in cluster mode.
+    pub fn relay(&self) -> Option<RelayConfig> {
+        let url = self.redis_url.clone()?;
+        Some(RelayConfig { url, pool_size: usize::from(self.redis_pool_size) })
+    }
+
     /// The hub's share of the configuration.
     pub fn hub(&self) -> HubConfig {
         HubConfig {
@@ -108,6 +127,11 @@ impl Config {
             max_topics_per_stream: usize::from(self.max_topics_per_connection),
         }
     }
+}
+
+fn parse_redis_url(text: &str) -> Result<String, String> {
+    redis::Client::open(text).map_err(|e| format!("not a Redis URL: {e}"))?;
+    Ok(text.to_owned())
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -142,6 +166,8 @@ mod tests {
         assert_eq!(c.max_event_bytes, 64 << 10);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.redis_url, None);
+        assert_eq!(c.redis_pool_size, 4);
     }
 
     #[test]
@@ -168,6 +194,8 @@ mod tests {
             &["--history", "-1"],
             &["--log-format", "xml"],
             &["--max-topics-per-connection", "0"],
+            &["--redis-url", "http://127.0.0.1:6379"],
+            &["--redis-pool-size", "0"],
         ] {
             let args = std::iter::once("crier").chain(bad.iter().copied());
             assert!(Config::try_parse_from(args).is_err(), "{bad:?} should be refused");

@@ -14,7 +14,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What was wrong, for a human.
     pub detail: String,
-    /// A header the answer must carry (`Allow` on a 405, `Sec-WebSocket-Version` on a 426).
+    /// A header the answer must carry (`Allow` on a 405, `Sec-WebSocket-Version` on a 426,
+    /// `Retry-After` on a 503 from the relay).
     pub extra_header: Option<(HeaderName, HeaderValue)>,
 }
 
@@ -38,6 +39,15 @@ impl ApiError {
                 "method_not_allowed",
                 format!("{path} accepts {allow}, not {method}"),
             )
+        }
+    }
+
+    /// 503 Service Unavailable: Redis could not serve the request; worth retrying after
+    /// `Retry-After`.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        ApiError {
+            extra_header: Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
         }
     }
 

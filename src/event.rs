@@ -110,6 +110,11 @@ impl EventName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `crier.gap`, the name of the notice a stream gets when it could not resume exactly.
+    pub(crate) fn gap() -> Self {
+        EventName(Arc::from("crier.gap"))
+    }
 }
 
 impl fmt::Display for EventName {

@@ -2,14 +2,15 @@
 //! order) and read without locks by every subscriber's writer and by resume.
 //!
 //! The ring holds the last `limit` events. It starts small and doubles up to `limit`, so a
-//! quiet topic costs little. Event `seq` lives in slot `seq % capacity`; a reader detects an
+//! quiet topic costs little. Sequence numbers need not start at 1 (a cluster node's copy of a
+//! topic starts wherever it joined). Event `seq` lives in slot `seq % capacity`; a reader detects an
 //! overwritten or missing slot by its sequence number, so it never mistakes one event for
 //! another. Replaced events and outgrown rings are freed with epochs (crossbeam-epoch) once no
 //! reader can still hold them.
 
 use std::ptr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 
@@ -33,6 +34,9 @@ impl Ring {
 pub struct History {
     ring: Atomic<Ring>,
     limit: usize,
+    /// Sequence number of the first event pushed (0 before any): with the head, how many
+    /// events the ring would hold, so it grows only when it must.
+    first: AtomicU64,
 }
 
 const FIRST_CAPACITY: usize = 8;
@@ -40,7 +44,7 @@ const FIRST_CAPACITY: usize = 8;
 impl History {
     /// An empty history that keeps at most `limit` events (0 keeps none).
     pub fn new(limit: usize) -> Self {
-        History { ring: Atomic::null(), limit }
+        History { ring: Atomic::null(), limit, first: AtomicU64::new(0) }
     }
 
     /// Appends `event`, evicting the oldest once `limit` events are held.
@@ -52,10 +56,17 @@ impl History {
             return;
         }
         let seq = event.id.seq;
+        let first = match self.first.load(Ordering::Relaxed) {
+            0 => {
+                self.first.store(seq, Ordering::Relaxed);
+                seq
+            }
+            first => first,
+        };
         let mut ring = self.ring.load(Ordering::Acquire, guard);
         // SAFETY: loaded under `guard`; only this (single) writer replaces it.
         let capacity = unsafe { ring.as_ref() }.map_or(0, |r| r.slots.len());
-        if capacity < self.limit && seq as usize > capacity {
+        if capacity < self.limit && (seq - first) as usize >= capacity {
             ring = self.grow(ring, (capacity * 2).max(FIRST_CAPACITY).min(self.limit), guard);
         }
         // SAFETY: non-null after `grow`, and alive for `guard`.
@@ -171,6 +182,25 @@ mod tests {
             assert_eq!(retained(&history, seq), (first..=seq).collect::<Vec<_>>(), "after {seq}");
         }
         assert!(history.get(51, &epoch::pin()).is_none(), "nothing beyond the head");
+    }
+
+    #[test]
+    fn a_log_may_start_at_any_sequence_number() {
+        let history = History::new(20);
+        for seq in 1_000_001..=1_000_050 {
+            history.push(event(seq), &epoch::pin());
+        }
+        let guard = epoch::pin();
+        let kept: Vec<u64> =
+            (1_000_000..=1_000_051).filter(|&s| history.get(s, &guard).is_some()).collect();
+        assert_eq!(kept, (1_000_031..=1_000_050).collect::<Vec<_>>());
+        // It grew as it filled, not on the first large sequence number.
+        let ring = history.ring.load(Ordering::Acquire, &guard);
+        assert_eq!(unsafe { ring.deref() }.slots.len(), 20);
+        let small = History::new(1000);
+        small.push(event(5_000_000), &guard);
+        let ring = small.ring.load(Ordering::Acquire, &guard);
+        assert_eq!(unsafe { ring.deref() }.slots.len(), FIRST_CAPACITY);
     }
 
     #[test]

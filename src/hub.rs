@@ -7,8 +7,8 @@
 //! [`Subscription::poll_events`] to take what was published since. Dropping it unsubscribes
 //! from every topic.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crossbeam_epoch as epoch;
 use crate::event::{Cursor, Event, EventData, EventId, EventName, IdError, TopicName};
 use crate::metrics::{EvictReason, Metrics, Transport};
 use crate::registry::{Client, Closed, ConnectionCloser, Gap, Registry, SlotId, Subscriber, Topic};
+use crate::relay::{Relay, RelayConfig, RelayError, RelayStartError};
 use crate::sse::encode;
 
 /// Limits the hub enforces.
@@ -54,6 +55,9 @@ pub enum PublishError {
         /// The limit.
         max: usize,
     },
+    /// Cluster mode: Redis did not take the event (nothing was published).
+    #[error(transparent)]
+    Unavailable(#[from] RelayError),
 }
 
 /// Why a subscribe was refused.
@@ -76,6 +80,9 @@ pub enum SubscribeError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Cluster mode: the topic's state could not be read from Redis.
+    #[error(transparent)]
+    Unavailable(#[from] RelayError),
 }
 
 /// The publish/subscribe core of one node.
@@ -84,6 +91,8 @@ pub struct Hub {
     config: HubConfig,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
+    /// Set in cluster mode: events are published through Redis and topics follow it.
+    relay: OnceLock<Relay>,
 }
 
 impl Hub {
@@ -94,7 +103,27 @@ impl Hub {
             config,
             metrics,
             draining: AtomicBool::new(false),
+            relay: OnceLock::new(),
         }
+    }
+
+    /// Joins the cluster behind `config`'s Redis: from now on publishes go through Redis and
+    /// topics follow it. Must be called before the hub serves anyone.
+    pub fn start_relay(self: &Arc<Self>, config: &RelayConfig) -> Result<(), RelayStartError> {
+        let relay = Relay::start(self, config)?;
+        let _ = self.relay.set(relay);
+        Ok(())
+    }
+
+    /// The relay, in cluster mode.
+    pub fn relay(&self) -> Option<&Relay> {
+        self.relay.get()
+    }
+
+    /// Whether the node can serve: always on a single node; in cluster mode, while its link
+    /// to Redis is up.
+    pub fn is_connected(&self) -> bool {
+        self.relay.get().is_none_or(Relay::is_connected)
     }
 
     /// The hub's limits.
@@ -112,32 +141,49 @@ impl Hub {
         &self.registry
     }
 
-    /// Publishes an event: assigns its id and appends it to the topic's log, from which every
-    /// subscriber's writer takes it. Returns once the event is accepted; the id is in the
-    /// returned event.
+    /// Publishes an event and returns its id once it is accepted. On a single node it is
+    /// assigned an id and appended to the topic's log, from which every subscriber's writer
+    /// takes it. In cluster mode it is accepted once Redis has it, and reaches subscribers
+    /// (here too) through the relay.
     pub async fn publish(
         &self,
         topic: &TopicName,
         name: Option<EventName>,
         data: EventData,
-    ) -> Result<Arc<Event>, PublishError> {
-        self.publish_now(topic, name, data)
+    ) -> Result<EventId, PublishError> {
+        let Some(relay) = self.relay.get() else {
+            return self.publish_now(topic, name, data).map(|event| event.id);
+        };
+        self.check_size(&data)?;
+        let id = relay.publish(topic.clone(), name, data).await?;
+        self.metrics.events_published.increment(1);
+        Ok(id)
     }
 
-    /// [`Hub::publish`] without the future, for in-process callers that do not run in async code.
-    pub fn publish_now(
-        &self,
-        topic: &TopicName,
-        name: Option<EventName>,
-        data: EventData,
-    ) -> Result<Arc<Event>, PublishError> {
-        let started = Instant::now();
+    fn check_size(&self, data: &EventData) -> Result<(), PublishError> {
         if data.len() > self.config.max_event_bytes {
             return Err(PublishError::TooLarge {
                 size: data.len(),
                 max: self.config.max_event_bytes,
             });
         }
+        Ok(())
+    }
+
+    /// [`Hub::publish`] without the future, for in-process callers on a single node.
+    ///
+    /// # Panics
+    ///
+    /// In cluster mode, where ids come from Redis.
+    pub fn publish_now(
+        &self,
+        topic: &TopicName,
+        name: Option<EventName>,
+        data: EventData,
+    ) -> Result<Arc<Event>, PublishError> {
+        assert!(self.relay.get().is_none(), "in cluster mode ids come from Redis");
+        let started = Instant::now();
+        self.check_size(&data)?;
         let body = encode::encode_body(name.as_ref(), &data);
         let (topic, created) = self.registry.topic_or_create(topic);
         if created {
@@ -147,6 +193,44 @@ impl Hub {
         self.metrics.events_published.increment(1);
         self.metrics.publish_took(started.elapsed());
         Ok(event)
+    }
+
+    /// Cluster mode: makes sure this node's copies of `topics` can serve a subscription that
+    /// resumes after `last_event_id` (read the same way as by [`Hub::subscribe`]): topics the
+    /// node has never seen, and positions it has not reached yet, are read from Redis first.
+    /// Does nothing on a single node, or when the node's copies already serve.
+    pub async fn prepare(
+        &self,
+        topics: &[TopicName],
+        last_event_id: Option<&str>,
+    ) -> Result<(), SubscribeError> {
+        let Some(relay) = self.relay.get() else { return Ok(()) };
+        let mut sorted = topics.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        // An unreadable id is refused by `subscribe`; here it just asks for nothing.
+        let resume = match last_event_id {
+            None => None,
+            Some(text) if sorted.len() == 1 => text.parse::<EventId>().ok().map(|id| vec![id]),
+            Some(text) => Cursor::parse(text, sorted.len()).ok().map(|cursor| cursor.0),
+        };
+        let needed: Vec<TopicName> = sorted
+            .iter()
+            .enumerate()
+            .filter(|(index, name)| match self.registry.topic(name.as_str()) {
+                None => true,
+                Some(topic) => resume.as_ref().is_some_and(|ids| {
+                    let (id, head) = (ids[*index], topic.head());
+                    id.epoch != head.epoch || id.seq > head.seq
+                }),
+            })
+            .map(|(_, name)| name.clone())
+            .collect();
+        if needed.is_empty() {
+            return Ok(());
+        }
+        relay.sync(needed).await?;
+        Ok(())
     }
 
     /// Subscribes a new client to `topics`, resuming after `last_event_id` if given (an event
@@ -190,7 +274,7 @@ impl Hub {
             metrics: self.metrics.clone(),
         };
         for (index, name) in topics.iter().enumerate() {
-            let gap = subscription.follow(self, name, resume.as_ref().map(|ids| ids[index]));
+            let gap = subscription.follow(self, name, resume.as_ref().map(|ids| ids[index]))?;
             if let Some(gap) = gap {
                 subscription.gaps.push((index as u16, gap));
             }
@@ -222,6 +306,7 @@ impl Hub {
     /// Evicts every subscriber whose writer has fallen further behind than its budget or the
     /// log allows (typically one whose socket stopped draining); returns how many.
     pub fn sweep(&self) -> usize {
+        self.registry.prune_retired();
         let mut evicted = 0;
         for topic in self.registry.topics() {
             topic.sweep(|subscriber| {
@@ -284,6 +369,17 @@ fn gap_notice(gaps: &[(&str, &Gap, EventId)]) -> String {
     serde_json::to_string(&Notice { gaps }).unwrap_or_default()
 }
 
+/// The `crier.gap` notice for readers of `topic` who lost events and continue after
+/// `resumed_after`, as an event of that topic: it reaches SSE and WebSocket streams like any
+/// other, with `resumed_after` as its id so that resuming from it is exact.
+pub fn gap_notice_event(topic: &TopicName, gap: &Gap, resumed_after: EventId) -> Arc<Event> {
+    let notice = gap_notice(&[(topic.as_str(), gap, resumed_after)]);
+    let name = EventName::gap();
+    let data = EventData::Text(bytes::Bytes::from(notice.into_bytes()));
+    let sse = encode::finish(encode::encode_body(Some(&name), &data), resumed_after);
+    Arc::new(Event::new(topic.clone(), resumed_after, Some(name), data, sse, 0))
+}
+
 /// A topic added to a live subscription.
 #[derive(Debug)]
 pub struct Added {
@@ -326,11 +422,27 @@ pub struct Subscription {
 
 impl Subscription {
     /// Subscribes to one more topic (at the end of the topic list); returns its gap, if any.
-    fn follow(&mut self, hub: &Hub, name: &TopicName, resume: Option<EventId>) -> Option<Gap> {
-        let (topic, created) = hub.registry.topic_or_create(name);
-        if created {
-            hub.metrics.topics.increment(1);
-        }
+    fn follow(
+        &mut self,
+        hub: &Hub,
+        name: &TopicName,
+        resume: Option<EventId>,
+    ) -> Result<Option<Gap>, SubscribeError> {
+        let topic = if hub.relay.get().is_some() {
+            // Cluster topics are created by the relay, from Redis ([`Hub::prepare`]).
+            hub.registry.topic(name.as_str()).ok_or_else(|| {
+                RelayError::Unavailable(format!(
+                    "topic {:?} is not synced from Redis yet",
+                    name.as_str()
+                ))
+            })?
+        } else {
+            let (topic, created) = hub.registry.topic_or_create(name);
+            if created {
+                hub.metrics.topics.increment(1);
+            }
+            topic
+        };
         let topic_index = self.topics.len() as u16;
         let start = topic.subscribe(&self.client, topic_index, resume);
         hub.metrics.subscriptions.increment(1);
@@ -342,7 +454,7 @@ impl Subscription {
             cursor: start.position.seq,
             cursor_end: start.position_end,
         });
-        start.gap
+        Ok(start.gap)
     }
 
     /// Adds a topic to a live subscription (a WebSocket `subscribe` command), resuming after
@@ -365,7 +477,7 @@ impl Subscription {
             .map(str::parse::<EventId>)
             .transpose()
             .map_err(|e| AddError::Refused(e.into()))?;
-        let gap = self.follow(hub, &name, resume);
+        let gap = self.follow(hub, &name, resume)?;
         let index = self.topics.len() - 1;
         let position = self.topics[index].start;
         let gap_notice = gap.map(|gap| gap_notice(&[(name.as_str(), &gap, position)]));
@@ -455,6 +567,7 @@ impl Subscription {
         if closed == Some(Closed::Evicted) {
             return Poll::Ready(Polled::Closed(Closed::Evicted));
         }
+        let mut moving = Vec::new();
         loop {
             let mut taken = 0;
             let mut lapped = false;
@@ -462,7 +575,10 @@ impl Subscription {
                 let guard = epoch::pin();
                 let count = self.topics.len();
                 for i in 0..count {
-                    let t = &mut self.topics[(self.next_topic + i) % count];
+                    let index = (self.next_topic + i) % count;
+                    let t = &mut self.topics[index];
+                    // Read before the head: once a copy is replaced, its head is final.
+                    let replaced = t.topic.successor().is_some();
                     let head = t.topic.head().seq;
                     let before = t.cursor;
                     while t.cursor < head && taken < budget {
@@ -478,8 +594,14 @@ impl Subscription {
                     if t.cursor != before {
                         t.subscriber.set_position(t.cursor, t.cursor_end);
                     }
+                    if replaced && t.cursor == head && !lapped {
+                        moving.push(index);
+                    }
                 }
                 self.next_topic = (self.next_topic + 1) % count.max(1);
+            }
+            for index in moving.drain(..) {
+                taken += self.move_over(index, &mut sink);
             }
             if lapped {
                 if self.client.close(Closed::Evicted) {
@@ -498,9 +620,41 @@ impl Subscription {
             for t in &self.topics {
                 t.topic.register_waiter(&t.subscriber);
             }
-            if self.topics.iter().all(|t| t.topic.head().seq == t.cursor) {
+            if self
+                .topics
+                .iter()
+                .all(|t| t.topic.head().seq == t.cursor && t.topic.successor().is_none())
+            {
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// Moves the reader of topic `index`, which has read everything of a replaced copy, to the
+    /// copy that replaced it, handing `sink` the gap notice if events were lost in between;
+    /// returns the stream bytes handed over.
+    fn move_over(&mut self, index: usize, sink: &mut impl FnMut(u16, &Event)) -> usize {
+        let t = &mut self.topics[index];
+        let Some(next) = t.topic.successor() else { return 0 };
+        let topic_index = t.subscriber.topic_index;
+        let topic = next.topic.clone();
+        let start = topic.subscribe_after(&self.client, topic_index, next.start.seq);
+        let notice = next.notice.clone();
+        t.topic.unsubscribe(t.slot);
+        *t = SubscribedTopic {
+            topic,
+            slot: start.slot,
+            subscriber: start.subscriber,
+            start: t.start,
+            cursor: start.position.seq,
+            cursor_end: start.position_end,
+        };
+        match notice {
+            Some(notice) => {
+                sink(topic_index, &notice);
+                notice.sse.frame.len()
+            }
+            None => 0,
         }
     }
 }
@@ -520,5 +674,79 @@ impl std::fmt::Debug for Subscription {
             .field("topics", &self.topics().collect::<Vec<_>>())
             .field("client", &self.client)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Epoch;
+    use crate::registry::GapReason;
+    use std::task::Waker;
+
+    fn text(s: &str) -> EventData {
+        EventData::text(bytes::Bytes::copy_from_slice(s.as_bytes())).unwrap()
+    }
+
+    fn append(topic: &Topic, id: EventId, s: &str) {
+        let data = text(s);
+        let body = encode::encode_body(None, &data);
+        topic.append(id, None, data, body).unwrap();
+    }
+
+    /// Everything the subscription hands over now: (id, event name).
+    fn drain(subscription: &mut Subscription) -> Vec<(String, Option<String>)> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut got = Vec::new();
+        while let Poll::Ready(Polled::Events) =
+            subscription.poll_events(&mut cx, 1 << 20, |_, e| {
+                got.push((e.id.to_string(), e.name.as_ref().map(|n| n.to_string())))
+            })
+        {}
+        got
+    }
+
+    #[test]
+    fn readers_of_a_replaced_copy_finish_it_then_get_the_notice_then_the_new_copy() {
+        let hub = Hub::new(HubConfig::default(), Arc::new(Metrics::new()));
+        let name = TopicName::new("t").unwrap();
+        let (old_epoch, new_epoch) =
+            (Epoch::from_u64(1000).unwrap(), Epoch::from_u64(2000).unwrap());
+        let id = |epoch, seq| EventId { epoch, seq };
+        let old = Arc::new(Topic::new(name.clone(), old_epoch, 10, 100));
+        assert!(!hub.registry().install(old.clone(), id(old_epoch, 10), None));
+        append(&old, id(old_epoch, 11), "a");
+        let mut subscription =
+            hub.subscribe(vec![name.clone()], None, Transport::Sse, None).unwrap();
+        assert_eq!(subscription.start_positions(), [id(old_epoch, 11)]);
+        append(&old, id(old_epoch, 12), "b");
+        assert_eq!(drain(&mut subscription), [(id(old_epoch, 12).to_string(), None)]);
+        append(&old, id(old_epoch, 13), "c");
+
+        let new = Arc::new(Topic::new(name.clone(), new_epoch, 0, 100));
+        append(&new, id(new_epoch, 1), "x");
+        let gap = Gap { reason: GapReason::Epoch, requested: id(old_epoch, 13), missed: None };
+        let notice = gap_notice_event(&name, &gap, id(new_epoch, 0));
+        assert!(hub.registry().install(new.clone(), id(new_epoch, 0), Some(notice)));
+        append(&new, id(new_epoch, 2), "y");
+        assert_eq!(
+            drain(&mut subscription),
+            [
+                (id(old_epoch, 13).to_string(), None),
+                (id(new_epoch, 0).to_string(), Some("crier.gap".to_owned())),
+                (id(new_epoch, 1).to_string(), None),
+                (id(new_epoch, 2).to_string(), None),
+            ]
+        );
+        assert_eq!(old.subscribers().len(), 0, "moved off the old copy");
+        assert_eq!(new.subscribers().len(), 1);
+        hub.registry().prune_retired();
+        assert_eq!(hub.registry().topics().len(), 1);
+
+        // A resume from the old epoch on the new copy reports the gap.
+        let resumed =
+            hub.subscribe(vec![name], Some(&id(old_epoch, 12).to_string()), Transport::Sse, None);
+        let gaps = resumed.unwrap().gaps().to_vec();
+        assert_eq!(gaps[0].1.reason, GapReason::Epoch);
     }
 }

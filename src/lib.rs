@@ -20,6 +20,10 @@
 //!                                    ▼
 //!     sse::writer (one chunk per wakeup) ─▶ sse::stream, or hyper ─▶ one writev ─▶ socket
 //! ```
+//!
+//! In cluster mode (`--redis-url`), `Hub::publish` goes through `relay` (a Lua script in
+//! Redis assigns the id and publishes the envelope), and the relay's Pub/Sub link appends what
+//! arrives to the topic's log on every node, the publishing one included.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub)]
@@ -35,6 +39,7 @@ pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod registry;
+pub mod relay;
 pub mod server;
 pub mod sse;
 pub mod ws;

@@ -46,7 +46,7 @@ async fn run(config: Config) -> std::io::Result<()> {
         std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
     tracing::info!(listen = %listener.local_addr()?, "crier listening");
-    let app = crier::App::new(config);
+    let app = crier::App::new(config)?;
     crier::serve(listener, app, shutdown_signal()).await
 }
 

@@ -81,6 +81,8 @@ pub struct Metrics {
 }
 
 const PUBLISH_DURATION: &str = "crier_publish_duration_seconds";
+const RELAY_PUBLISH_DURATION: &str = "crier_relay_publish_duration_seconds";
+const RELAY_ERRORS: &str = "crier_relay_errors_total";
 const HTTP_REQUESTS: &str = "crier_http_requests_total";
 const WS_CLOSES: &str = "crier_ws_closes_total";
 
@@ -97,6 +99,12 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(PUBLISH_DURATION.into()), PUBLISH_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(RELAY_PUBLISH_DURATION.into()),
+                    PUBLISH_BUCKETS,
+                )
+            })
             .map(PrometheusBuilder::build_recorder)
             // The bucket list is a non-empty constant, the only thing the builder checks.
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
@@ -171,6 +179,28 @@ impl Metrics {
         self.recorder.register_counter(&Key::from_parts(WS_CLOSES, labels), &METADATA).increment(1);
     }
 
+    /// Registers the relay's metrics (cluster mode only, so a single node does not export
+    /// them).
+    pub fn relay(&self) -> RelayMetrics {
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        let errors = RelayMetrics::ERROR_KINDS
+            .map(|kind| counter(RELAY_ERRORS, vec![Label::new("kind", kind)]));
+        RelayMetrics {
+            connected: self
+                .recorder
+                .register_gauge(&Key::from_name("crier_relay_connected"), &METADATA),
+            received: counter("crier_relay_received_total", vec![]),
+            backfilled: counter("crier_relay_backfilled_total", vec![]),
+            gaps: counter("crier_relay_gaps_total", vec![]),
+            publish_duration: self
+                .recorder
+                .register_histogram(&Key::from_name(RELAY_PUBLISH_DURATION), &METADATA),
+            errors,
+        }
+    }
+
     /// Records a publish's duration.
     pub fn publish_took(&self, elapsed: Duration) {
         self.publish_duration.record(elapsed.as_secs_f64());
@@ -185,6 +215,40 @@ impl Metrics {
     /// pile up between scrapes.
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+    }
+}
+
+/// Handles of the relay's metrics (cluster mode).
+pub struct RelayMetrics {
+    /// `crier_relay_connected`: 1 while the Pub/Sub link to Redis is up and caught up.
+    pub connected: Gauge,
+    /// `crier_relay_received_total`: envelopes received over Pub/Sub.
+    pub received: Counter,
+    /// `crier_relay_backfilled_total`: events read back from topic streams to fill a gap.
+    pub backfilled: Counter,
+    /// `crier_relay_gaps_total`: topics that lost events no stream could give back.
+    pub gaps: Counter,
+    /// `crier_relay_publish_duration_seconds`: from a publish's arrival to Redis's answer.
+    pub publish_duration: Histogram,
+    errors: [Counter; 5],
+}
+
+impl RelayMetrics {
+    /// Values of the `kind` label of `crier_relay_errors_total`: Redis could not be reached,
+    /// a publish batch failed, a catch-up read failed, a malformed envelope was skipped, the
+    /// Pub/Sub link was lost.
+    pub const ERROR_KINDS: [&'static str; 5] = ["connect", "publish", "sync", "envelope", "link"];
+
+    /// Counts one error of `kind` (one of [`Self::ERROR_KINDS`]).
+    pub fn error(&self, kind: &str) {
+        if let Some(i) = Self::ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.errors[i].increment(1);
+        }
+    }
+
+    /// Records a publish's round trip.
+    pub fn publish_took(&self, elapsed: Duration) {
+        self.publish_duration.record(elapsed.as_secs_f64());
     }
 }
 
@@ -231,6 +295,25 @@ fn describe(recorder: &PrometheusRecorder) {
     for &(name, help) in gauges {
         recorder.describe_gauge(name.into(), None, help.into());
     }
+    let relay_counters: &[(&'static str, &'static str)] = &[
+        ("crier_relay_received_total", "Envelopes received from Redis Pub/Sub."),
+        ("crier_relay_backfilled_total", "Events read back from Redis streams to fill a gap."),
+        ("crier_relay_gaps_total", "Topic gaps no Redis stream could fill (crier.gap sent)."),
+        (RELAY_ERRORS, "Relay errors, by kind."),
+    ];
+    for &(name, help) in relay_counters {
+        recorder.describe_counter(name.into(), None, help.into());
+    }
+    recorder.describe_gauge(
+        "crier_relay_connected".into(),
+        None,
+        "1 while the Redis Pub/Sub link is up and caught up, else 0.".into(),
+    );
+    recorder.describe_histogram(
+        RELAY_PUBLISH_DURATION.into(),
+        Some(Unit::Seconds),
+        "Time from a publish's arrival to Redis's answer.".into(),
+    );
     recorder.describe_histogram(
         PUBLISH_DURATION.into(),
         Some(Unit::Seconds),

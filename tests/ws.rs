@@ -6,57 +6,20 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
+use support::ws::{command, connect, next, next_json};
 use support::{SseClient, TestServer, metric, publish_ok, request, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-type Ws = WebSocketStream<TcpStream>;
-
-async fn connect(server: &TestServer, path: &str) -> Ws {
-    let stream = TcpStream::connect(server.addr).await.unwrap();
-    let url = format!("ws://{}{path}", server.addr);
-    let (ws, response) = tokio_tungstenite::client_async(url, stream).await.expect("handshake");
-    assert_eq!(response.status(), 101);
-    ws
-}
-
-/// The next text or binary message (pings answered automatically), within the test deadline.
-async fn next(ws: &mut Ws) -> Message {
-    loop {
-        let message = tokio::time::timeout(support::WAIT, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("stream open")
-            .expect("valid frame");
-        match message {
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => return other,
-        }
-    }
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    match next(ws).await {
-        Message::Text(text) => serde_json::from_str(&text).expect("JSON"),
-        other => panic!("expected a text frame, got {other:?}"),
-    }
-}
-
-async fn command(ws: &mut Ws, command: Value) -> Value {
-    ws.send(Message::text(command.to_string())).await.unwrap();
-    next_json(ws).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_delivery_and_commands() {
     let server = TestServer::start(&[]).await;
-    let mut ws = connect(&server, "/ws?topic=a").await;
+    let mut ws = connect(server.addr, "/ws?topic=a").await;
     let id = server.publish("a", "hello").await;
     assert_eq!(next_json(&mut ws).await, json!({"topic":"a","id":id,"event":null,"data":"hello"}));
     let reply = command(&mut ws, json!({"op":"subscribe","topic":"b","ref":1})).await;
@@ -203,8 +166,8 @@ async fn handshake_refusals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_formats_carry_text_and_binary_events() {
     let server = TestServer::start(&[]).await;
-    let mut json_ws = connect(&server, "/ws?topic=t&format=json").await;
-    let mut raw_ws = connect(&server, "/ws?topic=t&format=raw").await;
+    let mut json_ws = connect(server.addr, "/ws?topic=t&format=json").await;
+    let mut raw_ws = connect(server.addr, "/ws?topic=t&format=raw").await;
     let text_id = publish_ok(server.addr, "t", Some("greet"), "hé\nllo".as_bytes(), None).await;
     let bin_id =
         publish_ok(server.addr, "t", None, &[0, 1, 255], Some("application/octet-stream")).await;
@@ -223,7 +186,7 @@ async fn both_formats_carry_text_and_binary_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_errors_are_replies_not_disconnects() {
     let server = TestServer::start(&["--max-event-bytes", "8"]).await;
-    let mut ws = connect(&server, "/ws").await;
+    let mut ws = connect(server.addr, "/ws").await;
     for (sent, code) in [
         (Message::text("not json"), "bad_command"),
         (Message::text("[1,2]"), "bad_command"),
@@ -267,14 +230,14 @@ async fn resume_by_query_and_by_command_without_gap_or_duplicate() {
     let server = TestServer::start(&["--history", "4"]).await;
     let ids: Vec<String> = futures_ids(&server, "t", 6).await;
     // By query: everything after ids[2].
-    let mut ws = connect(&server, &format!("/ws?topic=t&last_event_id={}", ids[2])).await;
+    let mut ws = connect(server.addr, &format!("/ws?topic=t&last_event_id={}", ids[2])).await;
     for id in &ids[3..] {
         assert_eq!(next_json(&mut ws).await["id"], id.as_str());
     }
     let live = server.publish("t", "live").await;
     assert_eq!(next_json(&mut ws).await["id"], live.as_str());
     // By command, from an id the history no longer holds: a crier.gap first.
-    let mut ws = connect(&server, "/ws").await;
+    let mut ws = connect(server.addr, "/ws").await;
     let reply =
         command(&mut ws, json!({"op":"subscribe","topic":"t","last_event_id":ids[0],"ref":1}))
             .await;
@@ -319,7 +282,7 @@ async fn pings_pongs_and_the_silent_peer_timeout() {
         started.elapsed()
     );
     // A peer that answers pings (the client answers while it reads) stays.
-    let mut ws = connect(&server, "/ws?topic=t").await;
+    let mut ws = connect(server.addr, "/ws?topic=t").await;
     let reader = tokio::spawn(async move { next_json(&mut ws).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     let id = server.publish("t", "still here").await;
@@ -379,7 +342,7 @@ async fn every_close_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_commands_get_an_error_first() {
     let server = TestServer::start(&["--ws-commands-per-sec", "3"]).await;
-    let mut ws = connect(&server, "/ws").await;
+    let mut ws = connect(server.addr, "/ws").await;
     for _ in 0..5 {
         ws.send(Message::text(r#"{"op":"ping"}"#)).await.unwrap();
     }
@@ -421,7 +384,7 @@ async fn a_stalled_websocket_is_evicted_with_4008_while_a_healthy_one_gets_every
         "GET /ws?topic=t&format=raw HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n{CONNECTION}\r\n{VERSION}\r\n{KEY}\r\n\r\n"
     );
     let mut stalled = support::stalled_connection(server.addr, &handshake).await;
-    let mut healthy = connect(&server, "/ws?topic=t&format=raw").await;
+    let mut healthy = connect(server.addr, "/ws?topic=t&format=raw").await;
     wait_until("both subscribed", || async {
         metric(&server.metrics().await, "crier_subscriptions") == Some(2.0)
     })
@@ -462,7 +425,7 @@ async fn a_stalled_websocket_is_evicted_with_4008_while_a_healthy_one_gets_every
 async fn sse_and_websocket_subscribers_see_the_same_events_in_the_same_order() {
     let server = TestServer::start(&[]).await;
     let mut sse = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
-    let mut ws = connect(&server, "/ws?topic=t").await;
+    let mut ws = connect(server.addr, "/ws?topic=t").await;
     let addr = server.addr;
     let publishers: Vec<_> = (0..4)
         .map(|p| {
@@ -493,7 +456,7 @@ async fn sse_and_websocket_subscribers_see_the_same_events_in_the_same_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_returns_every_message_unchanged() {
     let server = TestServer::start(&[]).await;
-    let mut ws = connect(&server, "/ws/echo").await;
+    let mut ws = connect(server.addr, "/ws/echo").await;
     let big = vec![7u8; 200_000];
     for message in [
         Message::text("hello"),

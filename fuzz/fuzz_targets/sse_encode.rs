@@ -45,7 +45,8 @@ fuzz_target!(|input: Input| {
     assert_eq!(event.kind, name.as_ref().map_or("message", |n| n.as_str()));
     assert_eq!(event.last_event_id, id.to_string());
     if input.binary {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(&event.data).expect("base64");
+        let decoded =
+            base64::engine::general_purpose::STANDARD.decode(&event.data).expect("base64");
         assert_eq!(decoded, input.data);
     } else {
         let text = std::str::from_utf8(&input.data).expect("checked above");

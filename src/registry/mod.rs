@@ -64,8 +64,8 @@ mod subscribers;
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Guard};
 use crossbeam_utils::CachePadded;
@@ -97,6 +97,9 @@ pub struct Registry {
     hasher: RandomState,
     history_limit: usize,
     epoch: Epoch,
+    /// Copies replaced in cluster mode that still have subscribers moving off them: kept
+    /// reachable for shutdown and the sweeper until they have none.
+    retired: Mutex<Vec<Arc<Topic>>>,
 }
 
 impl Registry {
@@ -109,6 +112,7 @@ impl Registry {
             hasher: RandomState::new(),
             history_limit,
             epoch: Epoch::random(),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -137,17 +141,47 @@ impl Registry {
         if let Some(topic) = map.get(name.as_str()) {
             return (topic.clone(), false);
         }
-        let topic = Arc::new(Topic::new(name.clone(), self.epoch, self.history_limit));
+        let topic = Arc::new(Topic::new(name.clone(), self.epoch, 0, self.history_limit));
         map.insert(name.clone(), topic.clone());
         (topic, true)
     }
 
-    /// Every topic, at some moment during the call.
-    pub fn topics(&self) -> Vec<Arc<Topic>> {
+    /// Events each topic keeps for resume (`--history`).
+    pub fn history_limit(&self) -> usize {
+        self.history_limit
+    }
+
+    /// Makes `topic` the node's copy of its name (cluster mode), replacing the current copy if
+    /// any: readers of the old copy take its remaining events, then `notice` if given, then
+    /// continue after `start` on the new copy. Returns whether a copy was replaced.
+    ///
+    /// The caller must be the topic's only writer: nothing is appended to the old copy after.
+    pub fn install(&self, topic: Arc<Topic>, start: EventId, notice: Option<Arc<Event>>) -> bool {
+        let old = self.shard(topic.name.as_str()).write().insert(topic.name.clone(), topic.clone());
+        let Some(old) = old else { return false };
+        old.retire(Successor { topic, start, notice });
+        self.retired.lock().push(old);
+        true
+    }
+
+    /// Forgets replaced copies that nobody reads any more.
+    pub fn prune_retired(&self) {
+        self.retired.lock().retain(|topic| !topic.subscribers.is_empty());
+    }
+
+    /// Every current topic, at some moment during the call.
+    pub fn live_topics(&self) -> Vec<Arc<Topic>> {
         self.shards
             .iter()
             .flat_map(|shard| shard.read().values().cloned().collect::<Vec<_>>())
             .collect()
+    }
+
+    /// Every topic, at some moment during the call, and the replaced copies still read.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut topics = self.live_topics();
+        topics.extend(self.retired.lock().iter().cloned());
+        topics
     }
 }
 
@@ -168,6 +202,31 @@ pub struct Topic {
     subscribers: SubscriberSet,
     /// Writers parked until the next event.
     waiters: Mutex<Vec<Arc<Subscriber>>>,
+    /// Set once, in cluster mode, when this copy of the topic is replaced (its history of
+    /// record lost or out of reach): nothing is appended after, and readers move on.
+    successor: OnceLock<Successor>,
+}
+
+/// The topic that replaced another, and how its readers move over.
+#[derive(Debug)]
+pub struct Successor {
+    /// The new copy of the topic.
+    pub topic: Arc<Topic>,
+    /// Where readers of the old copy continue: they take the events after it.
+    pub start: EventId,
+    /// The `crier.gap` event readers are handed first when events were lost between the old
+    /// copy's head and `start`.
+    pub notice: Option<Arc<Event>>,
+}
+
+/// An appended event does not continue the topic's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("event {id} does not follow {head}")]
+pub struct Discontinuity {
+    /// The event's id.
+    pub id: EventId,
+    /// The log's head.
+    pub head: EventId,
 }
 
 /// Where a new subscription starts on one topic.
@@ -219,18 +278,30 @@ pub struct Gap {
 }
 
 impl Topic {
-    fn new(name: TopicName, epoch: Epoch, history_limit: usize) -> Self {
+    /// An empty topic of `epoch` whose next event is `base + 1`.
+    pub fn new(name: TopicName, epoch: Epoch, base: u64, history_limit: usize) -> Self {
         Topic {
             name,
             epoch,
             order: Mutex::new(0),
-            head: AtomicU64::new(0),
+            head: AtomicU64::new(base),
             head_end: AtomicU64::new(0),
             log: History::new(history_limit.max(MIN_LOG_EVENTS)),
             resume_window: history_limit as u64,
             subscribers: SubscriberSet::new(),
             waiters: Mutex::new(Vec::new()),
+            successor: OnceLock::new(),
         }
+    }
+
+    /// The epoch of the topic's ids.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The copy that replaced this one, if any (cluster mode).
+    pub fn successor(&self) -> Option<&Successor> {
+        self.successor.get()
     }
 
     /// The topic's name.
@@ -258,24 +329,67 @@ impl Topic {
     ) -> Arc<Event> {
         let event = {
             let mut stream_len = self.order.lock();
-            let seq = self.head.load(Ordering::Relaxed) + 1;
-            let id = EventId { epoch: self.epoch, seq };
-            let sse = encode::finish(body, id);
-            *stream_len += sse.frame.len() as u64;
-            let stream_end = *stream_len;
-            let event = Arc::new(Event::new(self.name.clone(), id, name, data, sse, stream_end));
-            self.log.push(event.clone(), &epoch::pin());
-            self.head_end.store(stream_end, Ordering::Relaxed);
-            // Pairs with the head read in a writer's re-check after `register_waiter`.
-            self.head.store(seq, Ordering::SeqCst);
-            event
+            let id = EventId { epoch: self.epoch, seq: self.head.load(Ordering::Relaxed) + 1 };
+            self.push_locked(&mut stream_len, id, name, data, body)
         };
+        self.wake_waiters();
+        event
+    }
+
+    /// Appends an event whose id was assigned elsewhere (by Redis, in cluster mode): it must be
+    /// the next one of this topic's epoch.
+    pub fn append(
+        &self,
+        id: EventId,
+        name: Option<EventName>,
+        data: EventData,
+        body: EncodedBody,
+    ) -> Result<Arc<Event>, Discontinuity> {
+        let event = {
+            let mut stream_len = self.order.lock();
+            let head = self.head.load(Ordering::Relaxed);
+            if id.epoch != self.epoch || id.seq != head + 1 {
+                return Err(Discontinuity { id, head: EventId { epoch: self.epoch, seq: head } });
+            }
+            self.push_locked(&mut stream_len, id, name, data, body)
+        };
+        self.wake_waiters();
+        Ok(event)
+    }
+
+    fn push_locked(
+        &self,
+        stream_len: &mut u64,
+        id: EventId,
+        name: Option<EventName>,
+        data: EventData,
+        body: EncodedBody,
+    ) -> Arc<Event> {
+        let sse = encode::finish(body, id);
+        *stream_len += sse.frame.len() as u64;
+        let stream_end = *stream_len;
+        let event = Arc::new(Event::new(self.name.clone(), id, name, data, sse, stream_end));
+        self.log.push(event.clone(), &epoch::pin());
+        self.head_end.store(stream_end, Ordering::Relaxed);
+        // Pairs with the head read in a writer's re-check after `register_waiter`.
+        self.head.store(id.seq, Ordering::SeqCst);
+        event
+    }
+
+    fn wake_waiters(&self) {
         let waiters = std::mem::take(&mut *self.waiters.lock());
         for subscriber in waiters {
             subscriber.waiting.store(false, Ordering::Release);
             subscriber.client.wake();
         }
-        event
+    }
+
+    /// Marks this copy as replaced by `successor` and wakes its parked writers so they move
+    /// over. Nothing may be appended to this copy afterwards.
+    fn retire(&self, successor: Successor) {
+        // Set before the waiter list is taken: a writer that parks after that sees it.
+        let _ = self.successor.set(successor);
+        self.wake_waiters();
     }
 
     /// The event with sequence number `seq`, if the log still holds it.
@@ -326,6 +440,27 @@ impl Topic {
             position: EventId { epoch: self.epoch, seq: cursor },
             position_end,
             gap,
+        }
+    }
+
+    /// Registers `client` as a subscriber whose next event is `after + 1`, whatever the log
+    /// holds: for readers moving over from a replaced copy, which were told what they lost.
+    pub fn subscribe_after(
+        &self,
+        client: &Arc<Client>,
+        topic_index: u16,
+        after: u64,
+    ) -> TopicStart {
+        let position_end = self.stream_end_at(after, &epoch::pin());
+        let subscriber =
+            Arc::new(Subscriber::new(client.clone(), topic_index, after, position_end));
+        let slot = self.subscribers.insert(subscriber.clone());
+        TopicStart {
+            slot,
+            subscriber,
+            position: EventId { epoch: self.epoch, seq: after },
+            position_end,
+            gap: None,
         }
     }
 

@@ -48,11 +48,15 @@ pub struct App {
 }
 
 impl App {
-    /// A fresh node for `config`.
-    pub fn new(config: Config) -> Arc<Self> {
+    /// A fresh node for `config`; in cluster mode its relay starts connecting to Redis (on
+    /// the current runtime).
+    pub fn new(config: Config) -> io::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(config.hub(), metrics.clone()));
-        Arc::new(App { hub, metrics, config, tracker: Tracker::default() })
+        if let Some(relay) = config.relay() {
+            hub.start_relay(&relay).map_err(io::Error::other)?;
+        }
+        Ok(Arc::new(App { hub, metrics, config, tracker: Tracker::default() }))
     }
 }
 
@@ -172,7 +176,9 @@ async fn serve_connection(
                 query.as_deref(),
                 last_event_id.as_deref(),
                 stream,
-            ) {
+            )
+            .await
+            {
                 Ok(sse) => {
                     drop(first);
                     app.metrics.http_request("sse", 200);
@@ -226,7 +232,7 @@ impl ServerHandle {
     pub async fn start(config: Config) -> io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let app = App::new(config);
+        let app = App::new(config)?;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(listener, app.clone(), async move {
             let _ = rx.await;

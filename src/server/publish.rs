@@ -67,17 +67,17 @@ pub(crate) async fn handle(
             )
         })?
     };
-    let event = hub.publish(&topic, name, data).await.map_err(|e| match e {
+    let id = hub.publish(&topic, name, data).await.map_err(|e| match e {
         PublishError::TooLarge { size, .. } => too_large(Some(size as u64)),
+        PublishError::Unavailable(e) => ApiError::unavailable(e.to_string()),
     })?;
     #[derive(serde::Serialize)]
     struct Published<'a> {
         topic: &'a str,
         id: String,
     }
-    let body =
-        serde_json::to_string(&Published { topic: topic.as_str(), id: event.id.to_string() })
-            .unwrap_or_default();
+    let body = serde_json::to_string(&Published { topic: topic.as_str(), id: id.to_string() })
+        .unwrap_or_default();
     Ok(json_response(StatusCode::OK, body))
 }
 

@@ -32,23 +32,29 @@ impl ConnService {
         let path = req.uri().path();
         let (route, result) = match path {
             "/publish" => ("publish", self.publish(req).await),
-            "/sse" => (
-                "sse",
-                only_get(&req, || crate::sse::handle(&self.app, self.control.clone(), &req)),
-            ),
+            "/sse" => ("sse", self.sse(&req).await),
             "/healthz" => (
                 "healthz",
                 only_get(&req, || Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()))),
             ),
             "/readyz" => ("readyz", only_get(&req, || self.readyz())),
             "/metrics" => ("metrics", only_get(&req, || Ok(self.metrics()))),
-            "/ws" => ("ws", crate::ws::handle(&self.app, &mut req, self.peer, false)),
-            "/ws/echo" => ("ws_echo", crate::ws::handle(&self.app, &mut req, self.peer, true)),
+            "/ws" => ("ws", crate::ws::handle(&self.app, &mut req, self.peer, false).await),
+            "/ws/echo" => {
+                ("ws_echo", crate::ws::handle(&self.app, &mut req, self.peer, true).await)
+            }
             _ => ("not_found", Err(ApiError::not_found(path))),
         };
         let response = result.unwrap_or_else(ApiError::into_response);
         self.app.metrics.http_request(route, response.status().as_u16());
         response
+    }
+
+    async fn sse(&self, req: &Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "GET, HEAD"));
+        }
+        crate::sse::handle(&self.app, self.control.clone(), req).await
     }
 
     async fn publish(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
@@ -65,6 +71,9 @@ impl ConnService {
                 "draining",
                 "the server is shutting down",
             ));
+        }
+        if !self.app.hub.is_connected() {
+            return Err(ApiError::unavailable("the Redis link is down; the node is reconnecting"));
         }
         Ok(json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()))
     }

@@ -57,6 +57,7 @@ pub(crate) fn subscribe_error_code(error: &SubscribeError) -> &'static str {
         SubscribeError::TooManyTopics { .. } => "too_many_topics",
         SubscribeError::BadId(_) => "bad_last_event_id",
         SubscribeError::ShuttingDown => "shutting_down",
+        SubscribeError::Unavailable(_) => "unavailable",
     }
 }
 
@@ -70,6 +71,7 @@ pub(crate) fn subscribe_error(error: SubscribeError) -> ApiError {
         SubscribeError::ShuttingDown => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string())
         }
+        SubscribeError::Unavailable(e) => ApiError::unavailable(e.to_string()),
         SubscribeError::TooManyTopics { .. } | SubscribeError::BadId(_) => {
             ApiError::bad_request(code, error.to_string())
         }

@@ -24,13 +24,13 @@ use writer::{SseWriter, StreamTiming};
 const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Subscribes to the requested topics and answers with the event stream (through hyper).
-pub(crate) fn handle<B>(
+pub(crate) async fn handle<B>(
     app: &App,
     closer: Arc<dyn ConnectionCloser>,
     req: &Request<B>,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let header = req.headers().get(LAST_EVENT_ID).map(HeaderValue::as_bytes);
-    let subscription = subscribe(app, closer, req.uri().query(), header)?;
+    let subscription = subscribe(app, closer, req.uri().query(), header).await?;
     let mut response = Response::new(ResponseBody::sse(writer(app, subscription)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -41,14 +41,14 @@ pub(crate) fn handle<B>(
 
 /// The stream for the first request of a dedicated HTTP/1.1 connection; if the request is
 /// refused, the socket comes back so hyper can answer it with the error.
-pub(crate) fn fast_path(
+pub(crate) async fn fast_path(
     app: &App,
     closer: Arc<dyn ConnectionCloser>,
     query: Option<&str>,
     last_event_id: Option<&[u8]>,
     io: tokio::net::TcpStream,
 ) -> Result<stream::SseStream, tokio::net::TcpStream> {
-    match subscribe(app, closer, query, last_event_id) {
+    match subscribe(app, closer, query, last_event_id).await {
         Ok(subscription) => {
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
@@ -70,14 +70,19 @@ fn writer(app: &App, subscription: Subscription) -> SseWriter {
     SseWriter::new(subscription, timing, app.metrics.clone())
 }
 
-/// Reads the topics and resume position from a request and subscribes.
-fn subscribe(
+/// Reads the topics and resume position from a request and subscribes (in cluster mode, after
+/// reading from Redis what the node does not have yet).
+async fn subscribe(
     app: &App,
     closer: Arc<dyn ConnectionCloser>,
     query: Option<&str>,
     last_event_id_header: Option<&[u8]>,
 ) -> Result<Subscription, ApiError> {
     let request = StreamQuery::parse(query, last_event_id_header)?;
+    app.hub
+        .prepare(&request.topics, request.last_event_id.as_deref())
+        .await
+        .map_err(subscribe_error)?;
     app.hub
         .subscribe(request.topics, request.last_event_id.as_deref(), Transport::Sse, Some(closer))
         .map_err(subscribe_error)

@@ -127,7 +127,7 @@ pub fn gap_frame(topic: &str, position: EventId, notice: &str, format: Format) -
 
 /// Answers a WebSocket handshake on `/ws` (or `/ws/echo` when `echo`), and starts the session
 /// once the connection is upgraded.
-pub(crate) fn handle<B>(
+pub(crate) async fn handle<B>(
     app: &Arc<App>,
     req: &mut Request<B>,
     peer: SocketAddr,
@@ -144,6 +144,10 @@ pub(crate) fn handle<B>(
     } else {
         let query = StreamQuery::parse(req.uri().query(), None)?;
         let format = Format::parse(query.format.as_deref())?;
+        app.hub
+            .prepare(&query.topics, query.last_event_id.as_deref())
+            .await
+            .map_err(subscribe_error)?;
         let subscription = app
             .hub
             .subscribe(query.topics, query.last_event_id.as_deref(), Transport::Ws, None)

@@ -33,8 +33,8 @@ use super::inbound::{Decoder, Inbound};
 use super::message::Message;
 use super::{Format, event_frame, gap_frame};
 use crate::chunk::{Chunk, ChunkBuilder};
-use crate::event::{EventData, EventName, TopicName};
-use crate::hub::{AddError, Hub, Polled, PublishError, Subscription};
+use crate::event::{EventData, EventId, EventName, TopicName};
+use crate::hub::{AddError, Hub, Polled, PublishError, SubscribeError, Subscription};
 use crate::metrics::{Metrics, Transport};
 use crate::registry::Closed;
 
@@ -93,6 +93,35 @@ pub struct HubRole {
     pub may_publish: bool,
     bucket: TokenBucket,
     strikes: u32,
+    /// A command waiting for Redis (cluster mode); later commands wait behind it, so replies
+    /// keep the commands' order.
+    in_flight: Option<InFlight>,
+}
+
+/// A command waiting for Redis.
+struct InFlight {
+    reference: Option<serde_json::Value>,
+    wait: Wait,
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a command waits for.
+enum Wait {
+    /// Redis taking a published event.
+    Publish { topic: String, published: Boxed<Result<EventId, PublishError>> },
+    /// The node reading a topic from Redis before subscribing to it.
+    Subscribe {
+        topic: String,
+        last_event_id: Option<String>,
+        prepared: Boxed<Result<(), SubscribeError>>,
+    },
+}
+
+/// A command's outcome.
+enum Outcome {
+    Done(Done),
+    Wait(Wait),
 }
 
 impl HubRole {
@@ -113,6 +142,7 @@ impl HubRole {
             may_publish,
             bucket: TokenBucket::new(commands_per_sec),
             strikes: 0,
+            in_flight: None,
         }
     }
 }
@@ -161,8 +191,11 @@ pub struct Session<IO> {
     role: Role,
     limits: Limits,
     metrics: Arc<Metrics>,
-    /// A frame cut by a read, waiting for the rest.
+    /// A frame cut by a read, waiting for the rest; or frames that arrived behind a command
+    /// waiting for Redis.
     partial: BytesMut,
+    /// `partial` may hold complete frames to handle before reading more.
+    partial_ready: bool,
     decoder: Decoder,
     /// The client sent a close frame or closed its side.
     peer_closed: bool,
@@ -213,6 +246,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
             limits,
             metrics,
             partial: BytesMut::new(),
+            partial_ready: false,
             decoder,
             peer_closed: false,
             out: None,
@@ -267,11 +301,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         if self.peer_closed || matches!(self.closing, Closing::Finished) {
             return false;
         }
-        // Backpressure: stop reading while replies pile up unwritten.
+        // Backpressure: stop reading while replies pile up unwritten, or while a command
+        // waits for Redis.
         if self.pending_bytes > MAX_PENDING
             || self.out.as_ref().is_some_and(|o| o.remaining() > MAX_PENDING)
+            || self.waiting()
         {
             return false;
+        }
+        if std::mem::take(&mut self.partial_ready) {
+            let mut partial = std::mem::take(&mut self.partial);
+            let consumed = self.handle_bytes(&mut partial);
+            partial.advance(consumed);
+            self.partial = if partial.is_empty() { BytesMut::new() } else { partial };
+            return true;
         }
         if self.partial.is_empty() {
             let mut stack = [0u8; READ_CHUNK];
@@ -329,6 +372,54 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         true
     }
 
+    /// Whether a command is waiting for Redis.
+    fn waiting(&self) -> bool {
+        matches!(&self.role, Role::Hub(role) if role.in_flight.is_some())
+    }
+
+    /// Polls the command waiting for Redis; returns whether it finished.
+    fn poll_in_flight(&mut self, cx: &mut Context<'_>) -> bool {
+        let Role::Hub(role) = &mut self.role else { return false };
+        let Some(in_flight) = &mut role.in_flight else { return false };
+        let finished = match &mut in_flight.wait {
+            Wait::Publish { topic, published } => match published.as_mut().poll(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(Ok(id)) => Ok(Done {
+                    reply: OkReply::Published { topic: std::mem::take(topic), id: id.to_string() },
+                    then: None,
+                }),
+                Poll::Ready(Err(e)) => Err(publish_refused(e)),
+            },
+            Wait::Subscribe { topic, last_event_id, prepared } => {
+                match prepared.as_mut().poll(cx) {
+                    Poll::Pending => return false,
+                    Poll::Ready(Ok(())) => {
+                        let (topic, last_event_id) = (std::mem::take(topic), last_event_id.take());
+                        role.subscribe(topic, last_event_id.as_deref())
+                    }
+                    Poll::Ready(Err(e)) => {
+                        Err(Refused::new(super::subscribe_error_code(&e), e.to_string()))
+                    }
+                }
+            }
+        };
+        let reference = role.in_flight.take().and_then(|in_flight| in_flight.reference);
+        if !self.closing_started() {
+            match finished {
+                Ok(Done { reply, then }) => {
+                    self.queue(reply.to_frame(reference.as_ref()));
+                    if let Some(frame) = then {
+                        self.queue(frame);
+                    }
+                }
+                Err(refused) => self.queue(Reply::error(reference.as_ref(), &refused).frame()),
+            }
+        }
+        // Frames that arrived behind the command are handled before anything new is read.
+        self.partial_ready = !self.partial.is_empty();
+        true
+    }
+
     fn peer_gone(&mut self) {
         self.peer_closed = true;
         self.closing = Closing::Finished;
@@ -337,7 +428,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
     /// Handles the complete frames at the start of `buf`; returns how many bytes they took.
     fn handle_bytes(&mut self, buf: &mut [u8]) -> usize {
         let mut pos = 0;
-        while !self.peer_closed {
+        while !self.peer_closed && !self.waiting() {
             let Some(item) = self.decoder.next(buf, &mut pos) else { break };
             self.handle_inbound(item);
         }
@@ -431,7 +522,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Session<IO> {
         role.strikes = 0;
         let (reply, then) = match command.and_then(|command| role.execute(command, max_event_bytes))
         {
-            Ok(Done { reply, then }) => (reply.to_frame(reference.as_ref()), then),
+            Ok(Outcome::Done(Done { reply, then })) => (reply.to_frame(reference.as_ref()), then),
+            Ok(Outcome::Wait(wait)) => {
+                role.in_flight = Some(InFlight { reference, wait });
+                return;
+            }
             Err(refused) => (Reply::error(reference.as_ref(), &refused).frame(), None),
         };
         self.queue(reply);
@@ -615,28 +710,27 @@ fn topic_name(topic: &str) -> Result<TopicName, Refused> {
     TopicName::new(topic).map_err(|e| Refused::new("bad_topic", format!("topic {topic:?} {e}")))
 }
 
+fn publish_refused(e: PublishError) -> Refused {
+    match e {
+        PublishError::TooLarge { .. } => Refused::new("too_large", e.to_string()),
+        PublishError::Unavailable(_) => Refused::new("unavailable", e.to_string()),
+    }
+}
+
 impl HubRole {
-    fn execute(&mut self, command: Command, max_event_bytes: usize) -> Result<Done, Refused> {
+    fn execute(&mut self, command: Command, max_event_bytes: usize) -> Result<Outcome, Refused> {
         match command {
-            Command::Ping => Ok(Done { reply: OkReply::Plain, then: None }),
+            Command::Ping => Ok(Outcome::Done(Done { reply: OkReply::Plain, then: None })),
             Command::Subscribe { topic, last_event_id } => {
                 let name = topic_name(&topic)?;
-                let added = self
-                    .subscription
-                    .add_topic(&self.hub, name, last_event_id.as_deref())
-                    .map_err(|e| match e {
-                        AddError::AlreadySubscribed => {
-                            Refused::new("already_subscribed", e.to_string())
-                        }
-                        AddError::Refused(e) => {
-                            Refused::new(super::subscribe_error_code(&e), e.to_string())
-                        }
-                    })?;
-                let then = added
-                    .gap_notice
-                    .map(|notice| gap_frame(&topic, added.position, &notice, self.format));
-                let position = added.position.to_string();
-                Ok(Done { reply: OkReply::Subscribed { topic, position }, then })
+                if self.hub.relay().is_none() {
+                    return self.subscribe(topic, last_event_id.as_deref()).map(Outcome::Done);
+                }
+                let hub = self.hub.clone();
+                let resume = last_event_id.clone();
+                let prepared =
+                    Box::pin(async move { hub.prepare(&[name], resume.as_deref()).await });
+                Ok(Outcome::Wait(Wait::Subscribe { topic, last_event_id, prepared }))
             }
             Command::Unsubscribe { topic } => {
                 if !self.subscription.remove_topic(&topic) {
@@ -645,7 +739,7 @@ impl HubRole {
                         format!("not subscribed to {topic:?}"),
                     ));
                 }
-                Ok(Done { reply: OkReply::Topic(topic), then: None })
+                Ok(Outcome::Done(Done { reply: OkReply::Topic(topic), then: None }))
             }
             Command::Publish { topic, event, data, binary } => {
                 if !self.may_publish {
@@ -680,15 +774,35 @@ impl HubRole {
                         ),
                     ));
                 }
-                let published = self.hub.publish_now(&name, event, data).map_err(|e| match e {
-                    PublishError::TooLarge { .. } => Refused::new("too_large", e.to_string()),
-                })?;
-                Ok(Done {
+                if self.hub.relay().is_some() {
+                    let hub = self.hub.clone();
+                    let published = Box::pin(async move { hub.publish(&name, event, data).await });
+                    return Ok(Outcome::Wait(Wait::Publish { topic, published }));
+                }
+                let published =
+                    self.hub.publish_now(&name, event, data).map_err(publish_refused)?;
+                Ok(Outcome::Done(Done {
                     reply: OkReply::Published { topic, id: published.id.to_string() },
                     then: None,
-                })
+                }))
             }
         }
+    }
+
+    /// Adds `topic` to the subscription, resuming after `last_event_id` if given.
+    fn subscribe(&mut self, topic: String, last_event_id: Option<&str>) -> Result<Done, Refused> {
+        let name = topic_name(&topic)?;
+        let added =
+            self.subscription.add_topic(&self.hub, name, last_event_id).map_err(|e| match e {
+                AddError::AlreadySubscribed => Refused::new("already_subscribed", e.to_string()),
+                AddError::Refused(e) => {
+                    Refused::new(super::subscribe_error_code(&e), e.to_string())
+                }
+            })?;
+        let then =
+            added.gap_notice.map(|notice| gap_frame(&topic, added.position, &notice, self.format));
+        let position = added.position.to_string();
+        Ok(Done { reply: OkReply::Subscribed { topic, position }, then })
     }
 }
 
@@ -699,6 +813,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Session<IO> {
         let this = self.get_mut();
         loop {
             this.check_signals();
+            let answered = this.poll_in_flight(cx);
             let read = this.poll_read(cx);
             let wrote = match this.poll_write(cx) {
                 Ok(wrote) => wrote,
@@ -713,7 +828,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Session<IO> {
                 return Poll::Ready(());
             }
             let fired = this.poll_timer(cx);
-            if !read && !wrote && !fired {
+            if !answered && !read && !wrote && !fired {
                 return Poll::Pending;
             }
         }

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod whatwg;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -27,6 +29,10 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with the default configuration plus `args` (command-line flags).
     pub async fn start(args: &[&str]) -> TestServer {
+        // CRIER_TEST_LOG=debug shows the servers' logs with the test's output.
+        if let Ok(filter) = std::env::var("CRIER_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
         let argv = ["crier", "--listen", "127.0.0.1:0"].iter().chain(args).copied();
         let config = Config::try_parse_from(argv).expect("test flags parse");
         let handle = ServerHandle::start(config).await.expect("server starts");

@@ -1,0 +1,407 @@
+//! The relay's link to Redis: one Pub/Sub connection per node that receives every envelope and
+//! appends it to the node's copy of its topic, and the catch-up reads that fill what Pub/Sub
+//! missed.
+//!
+//! The link's task is the only writer of a cluster node's topics, so each topic is appended in
+//! exactly Redis's order. An envelope that continues its topic is appended; one already held is
+//! skipped; anything else (a sequence jump, another epoch, a topic the node has not seen) makes
+//! the link read the topic's stream first. After a reconnect the link reads every topic's
+//! stream from the last sequence number it delivered before it reports itself connected.
+//!
+//! When the stream no longer holds what the node missed (trimmed, or Redis lost its data), the
+//! node's copy of the topic is replaced ([`Registry::install`](crate::registry::Registry::install)):
+//! its readers finish the old copy, get one `crier.gap` notice, and continue on the new one.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::Pool;
+use futures_util::StreamExt;
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::envelope::{self, Envelope};
+use super::scripts::{self, CHANNEL_PATTERN};
+use super::{Backoff, RelayError, RelayMetrics, Shared};
+use crate::event::{Epoch, EventId, TopicName};
+use crate::hub::{Hub, gap_notice_event};
+use crate::registry::{Gap, GapReason, Registry, Topic};
+use crate::sse::encode;
+
+/// How often the Pub/Sub connection is pinged, so a dead link is noticed while it is quiet.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a ping may go unanswered.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Topics caught up per pipeline.
+const SYNC_BATCH: usize = 128;
+
+/// A request to bring topics up to date with Redis.
+pub(super) struct SyncJob {
+    pub(super) topics: Vec<TopicName>,
+    pub(super) reply: oneshot::Sender<Result<(), RelayError>>,
+}
+
+/// The link's task state.
+pub(super) struct Link {
+    hub: Weak<Hub>,
+    client: redis::Client,
+    pool: Pool,
+    script: redis::Script,
+    jobs: mpsc::Receiver<SyncJob>,
+    shared: Arc<Shared>,
+    stream_len: usize,
+}
+
+/// Why the link stopped serving.
+enum Stop {
+    /// The connection to Redis was lost or failed: reconnect.
+    Lost(String),
+    /// The node is gone: end the task.
+    NodeGone,
+}
+
+impl Link {
+    pub(super) fn new(
+        hub: Weak<Hub>,
+        client: redis::Client,
+        pool: Pool,
+        jobs: mpsc::Receiver<SyncJob>,
+        shared: Arc<Shared>,
+        stream_len: usize,
+    ) -> Self {
+        Link { hub, client, pool, script: scripts::sync(), jobs, shared, stream_len }
+    }
+
+    /// Connects, catches up and relays until the node is dropped, reconnecting with backoff
+    /// whenever the link is lost.
+    pub(super) async fn run(mut self) {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.serve(&mut backoff).await {
+                Stop::NodeGone => return,
+                Stop::Lost(why) => {
+                    let was_connected = self.set_connected(false);
+                    if was_connected {
+                        tracing::warn!(error = %why, "Redis link lost; reconnecting");
+                    } else {
+                        tracing::debug!(error = %why, "Redis link not up yet");
+                    }
+                }
+            }
+            if !self.refuse_jobs_for(backoff.next_delay()).await {
+                return;
+            }
+        }
+    }
+
+    /// Records the link state; returns the previous one.
+    fn set_connected(&self, connected: bool) -> bool {
+        self.shared.metrics.connected.set(if connected { 1.0 } else { 0.0 });
+        self.shared.connected.swap(connected, Ordering::AcqRel)
+    }
+
+    /// Waits `delay`, answering sync requests with an error meanwhile; `false` if the node is
+    /// gone.
+    async fn refuse_jobs_for(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                job = self.jobs.recv() => match job {
+                    Some(job) => {
+                        let down = RelayError::Unavailable("the Redis link is down".into());
+                        let _ = job.reply.send(Err(down));
+                    }
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    /// One connection's life: subscribe, catch every topic up, then relay until it breaks.
+    async fn serve(&mut self, backoff: &mut Backoff) -> Stop {
+        let mut pubsub = match self.client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                self.shared.metrics.error("connect");
+                return Stop::Lost(e.to_string());
+            }
+        };
+        if let Err(e) = pubsub.psubscribe(CHANNEL_PATTERN).await {
+            self.shared.metrics.error("connect");
+            return Stop::Lost(e.to_string());
+        }
+        self.shared.links.fetch_add(1, Ordering::AcqRel);
+        let (mut sink, mut messages) = pubsub.split();
+        // Subscribed first, then caught up: whatever is published meanwhile is both in the
+        // streams and queued on the subscription, and the copy already held is skipped.
+        let Some(hub) = self.hub.upgrade() else { return Stop::NodeGone };
+        let topics: Vec<TopicName> =
+            hub.registry().live_topics().iter().map(|t| t.name().clone()).collect();
+        drop(hub);
+        if let Err(e) = self.sync(&topics, true).await {
+            self.shared.metrics.error("sync");
+            return Stop::Lost(e.to_string());
+        }
+        self.set_connected(true);
+        backoff.reset();
+        tracing::info!(topics = topics.len(), "Redis link up");
+
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        self.shared.metrics.error("link");
+                        return Stop::Lost("the Pub/Sub connection closed".into());
+                    };
+                    if let Err(stop) = self.on_message(&message).await {
+                        return stop;
+                    }
+                }
+                job = self.jobs.recv() => {
+                    let Some(job) = job else { return Stop::NodeGone };
+                    let result = self.sync(&job.topics, false).await;
+                    let lost = result.as_ref().err().map(|e| e.to_string());
+                    let _ = job.reply.send(result);
+                    if let Some(why) = lost {
+                        self.shared.metrics.error("sync");
+                        return Stop::Lost(why);
+                    }
+                }
+                _ = ping.tick() => {
+                    match tokio::time::timeout(PING_TIMEOUT, sink.ping::<Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            self.shared.metrics.error("link");
+                            return Stop::Lost(e.to_string());
+                        }
+                        Err(_) => {
+                            self.shared.metrics.error("link");
+                            return Stop::Lost("Redis did not answer a ping".into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Relays one Pub/Sub message.
+    async fn on_message(&mut self, message: &redis::Msg) -> Result<(), Stop> {
+        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+        let envelope = match envelope::decode(&payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.shared.metrics.error("envelope");
+                tracing::warn!(error = %e, channel = %message.get_channel_name(), "skipping a malformed envelope");
+                return Ok(());
+            }
+        };
+        self.shared.metrics.received.increment(1);
+        let Some(hub) = self.hub.upgrade() else { return Err(Stop::NodeGone) };
+        if let Some(topic) = hub.registry().topic(envelope.topic.as_str()) {
+            let head = topic.head();
+            if head.epoch == envelope.id.epoch {
+                if envelope.id.seq <= head.seq {
+                    return Ok(());
+                }
+                if envelope.id.seq == head.seq + 1 {
+                    append(&topic, envelope);
+                    return Ok(());
+                }
+            }
+        }
+        drop(hub);
+        // A jump, another epoch, or a topic new to this node: the stream has what is missing.
+        if let Err(e) = self.sync(std::slice::from_ref(&envelope.topic), false).await {
+            self.shared.metrics.error("sync");
+            return Err(Stop::Lost(e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Brings the node's copies of `topics` up to date with their streams. `reconnect` says
+    /// the events read fill what a lost link missed.
+    async fn sync(&mut self, topics: &[TopicName], reconnect: bool) -> Result<(), RelayError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let unavailable = |e: &dyn std::fmt::Display| RelayError::Unavailable(e.to_string());
+        let mut conn = self.pool.get().await.map_err(|e| unavailable(&e))?;
+        let max_entries = self.stream_len.to_string();
+        for batch in topics.chunks(SYNC_BATCH) {
+            let Some(hub) = self.hub.upgrade() else { return Ok(()) };
+            let mut pipe = redis::pipe();
+            for name in batch {
+                let local = hub.registry().topic(name.as_str()).map(|t| t.head());
+                scripts::call(&mut pipe, &self.script, name)
+                    .arg(local.map_or("-".to_owned(), |head| head.epoch.to_string()))
+                    .arg(local.map_or(0, |head| head.seq))
+                    .arg(&max_entries);
+            }
+            drop(hub);
+            let values: Vec<Value> = match pipe.query_async(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.script
+                        .prepare_invoke()
+                        .load_async(&mut conn)
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                    pipe.query_async(&mut conn).await.map_err(|e| unavailable(&e))?
+                }
+                result => result.map_err(|e| unavailable(&e))?,
+            };
+            let Some(hub) = self.hub.upgrade() else { return Ok(()) };
+            for (name, value) in batch.iter().zip(values) {
+                let state = TopicState::parse(value, &self.shared.metrics)?;
+                let applied = apply(&hub, name, state);
+                if applied.existed && (reconnect || applied.appended > 0) {
+                    self.shared.metrics.backfilled.increment(applied.appended as u64);
+                }
+                if applied.gap {
+                    self.shared.metrics.gaps.increment(1);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A topic as the sync script reports it.
+#[derive(Debug)]
+pub(crate) struct TopicState {
+    /// The topic's epoch.
+    pub(crate) epoch: Epoch,
+    /// The last sequence number issued.
+    pub(crate) seq: u64,
+    /// The stream's envelopes after the node's position (all of them for another epoch).
+    pub(crate) events: Vec<Envelope>,
+}
+
+impl TopicState {
+    fn parse(value: Value, metrics: &RelayMetrics) -> Result<Self, RelayError> {
+        let bad = || RelayError::Unavailable("unexpected answer from the sync script".into());
+        let Value::Array(items) = value else { return Err(bad()) };
+        let mut items = items.into_iter();
+        let epoch = match items.next() {
+            Some(Value::BulkString(b)) => std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 36).ok())
+                .and_then(Epoch::from_u64),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        let seq = match items.next() {
+            Some(Value::Int(seq)) => u64::try_from(seq).ok(),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        let mut events = Vec::with_capacity(items.len());
+        for item in items {
+            let Value::BulkString(bytes) = item else { return Err(bad()) };
+            match envelope::decode(&Bytes::from(bytes)) {
+                Ok(envelope) if envelope.id.epoch == epoch => events.push(envelope),
+                Ok(_) | Err(_) => metrics.error("envelope"),
+            }
+        }
+        Ok(TopicState { epoch, seq, events })
+    }
+}
+
+/// What [`apply`] did to a topic.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// The node had a copy of the topic.
+    pub(crate) existed: bool,
+    /// Events added to the node's copy (or to the new copy).
+    pub(crate) appended: usize,
+    /// Events were lost: the copy was replaced and its readers get a `crier.gap`.
+    pub(crate) gap: bool,
+}
+
+/// Brings the node's copy of `name` to `state`: appends what continues it, or replaces it when
+/// the stream cannot continue it (events trimmed away, or another epoch).
+///
+/// Must only run on the link's task, the only writer of cluster topics.
+pub(crate) fn apply(hub: &Hub, name: &TopicName, state: TopicState) -> Applied {
+    let registry = hub.registry();
+    let local = registry.topic(name.as_str());
+    let mut applied = Applied { existed: local.is_some(), ..Applied::default() };
+    let first = state.events.first().map(|e| e.id.seq);
+    let gap = match &local {
+        Some(topic) if topic.epoch() == state.epoch => {
+            let head = topic.head();
+            let fresh: Vec<Envelope> =
+                state.events.into_iter().filter(|e| e.id.seq > head.seq).collect();
+            let continues = match fresh.first() {
+                Some(e) => e.id.seq == head.seq + 1,
+                None => state.seq <= head.seq,
+            };
+            if continues {
+                for envelope in fresh {
+                    if !append(topic, envelope) {
+                        break;
+                    }
+                    applied.appended += 1;
+                }
+                return applied;
+            }
+            let base = fresh.first().map_or(state.seq, |e| e.id.seq - 1);
+            let gap =
+                Gap { reason: GapReason::Expired, requested: head, missed: Some(base - head.seq) };
+            return replace(hub, registry, name, state.epoch, base, fresh, Some(gap), applied);
+        }
+        Some(topic) => {
+            Some(Gap { reason: GapReason::Epoch, requested: topic.head(), missed: None })
+        }
+        None => None,
+    };
+    let base = first.map_or(state.seq, |seq| seq - 1);
+    replace(hub, registry, name, state.epoch, base, state.events, gap, applied)
+}
+
+/// Installs a new copy of `name` starting after `base` and holding `events`; readers of the
+/// old copy (if any) get the notice of `gap` before moving over.
+#[allow(clippy::too_many_arguments)]
+fn replace(
+    hub: &Hub,
+    registry: &Registry,
+    name: &TopicName,
+    epoch: Epoch,
+    base: u64,
+    events: Vec<Envelope>,
+    gap: Option<Gap>,
+    mut applied: Applied,
+) -> Applied {
+    let topic = Arc::new(Topic::new(name.clone(), epoch, base, registry.history_limit()));
+    for envelope in events {
+        if !append(&topic, envelope) {
+            break;
+        }
+        applied.appended += 1;
+    }
+    let start = EventId { epoch, seq: base };
+    applied.gap = gap.is_some();
+    let notice = gap.map(|gap| {
+        tracing::warn!(topic = %name.as_str(), reason = gap.reason.as_str(), missed = ?gap.missed, "events lost; subscribers get crier.gap");
+        gap_notice_event(name, &gap, start)
+    });
+    if !registry.install(topic, start, notice) {
+        hub.metrics().topics.increment(1);
+    }
+    applied
+}
+
+/// Appends an envelope to a copy of its topic; `false` if it does not continue it.
+fn append(topic: &Topic, envelope: Envelope) -> bool {
+    let body = encode::encode_body(envelope.name.as_ref(), &envelope.data);
+    topic.append(envelope.id, envelope.name, envelope.data, body).is_ok()
+}

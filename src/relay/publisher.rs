@@ -1,0 +1,206 @@
+//! Publishing through Redis: every publish is one call of the publish script, and calls queued
+//! while another batch is on the wire go out together as one pipeline.
+//!
+//! A few workers share the queue; each holds one pooled connection while it works, takes every
+//! job waiting (up to [`MAX_BATCH`]) and sends them as one pipeline of `EVALSHA` calls, so under
+//! load a round trip carries hundreds of publishes and at rest a publish waits for nobody. A
+//! `NOSCRIPT` answer (Redis restarted and lost its script cache) loads the script and retries
+//! only the calls it refused, which did not run. A connection error fails the batch: nothing of
+//! a failed call is half-done (the script is atomic), and the caller answers 503.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deadpool_redis::Pool;
+use redis::{ServerErrorKind, Value};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::envelope;
+use super::scripts::{self, TopicKeys};
+use super::{RelayError, Shared};
+use crate::event::{EventData, EventId, EventName, TopicName};
+
+/// Most publishes sent in one pipeline.
+const MAX_BATCH: usize = 256;
+
+/// How long a worker keeps an idle connection before handing it back to the pool.
+const MAX_IDLE: Duration = Duration::from_millis(500);
+
+/// One publish waiting for Redis.
+pub(super) struct PublishJob {
+    pub(super) topic: TopicName,
+    pub(super) name: Option<EventName>,
+    pub(super) data: EventData,
+    pub(super) queued: Instant,
+    pub(super) reply: oneshot::Sender<Result<EventId, RelayError>>,
+}
+
+/// Starts `workers` workers taking jobs from `jobs`; they end when every sender is dropped.
+pub(super) fn spawn(
+    pool: Pool,
+    jobs: mpsc::Receiver<PublishJob>,
+    workers: usize,
+    stream_len: usize,
+    shared: Arc<Shared>,
+) {
+    let jobs = Arc::new(Mutex::new(jobs));
+    let script = Arc::new(scripts::publish());
+    for _ in 0..workers.max(1) {
+        let worker = Worker {
+            pool: pool.clone(),
+            jobs: jobs.clone(),
+            script: script.clone(),
+            stream_len: Bytes::from(stream_len.to_string()),
+            shared: shared.clone(),
+        };
+        tokio::spawn(worker.run());
+    }
+}
+
+struct Worker {
+    pool: Pool,
+    jobs: Arc<Mutex<mpsc::Receiver<PublishJob>>>,
+    script: Arc<redis::Script>,
+    stream_len: Bytes,
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    async fn run(self) {
+        // The connection, when it was last used, and the link it was taken under.
+        type Held = (deadpool_redis::Connection, Instant, u64);
+        let mut connection: Option<Held> = None;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            // Whoever holds the queue takes everything waiting; the others wait their turn, so
+            // batches grow with the load.
+            let taken = self.jobs.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+            if taken == 0 {
+                return;
+            }
+            // A connection kept busy is trusted. One idle for a while, or older than the
+            // link's last reconnection (Redis may have restarted), goes back to the pool, which
+            // pings it before handing it out again: a Redis restart does not fail the next
+            // publish.
+            let links = self.shared.links.load(Ordering::Acquire);
+            let fresh = |(_, used, link): &Held| used.elapsed() < MAX_IDLE && *link == links;
+            let conn = match connection.take().filter(fresh) {
+                Some((conn, _, _)) => conn,
+                None => match self.pool.get().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        self.shared.metrics.error("connect");
+                        fail(&mut batch, &RelayError::unavailable(e));
+                        continue;
+                    }
+                },
+            };
+            let mut conn = conn;
+            match self.send(&mut conn, &batch).await {
+                Ok(results) => {
+                    connection = Some((conn, Instant::now(), links));
+                    for (job, result) in batch.drain(..).zip(results) {
+                        self.shared.metrics.publish_took(job.queued.elapsed());
+                        let _ = job.reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    // The connection is suspect: let the pool check or replace it.
+                    self.shared.metrics.error("publish");
+                    tracing::warn!(error = %e, jobs = batch.len(), "publishing to Redis failed");
+                    fail(&mut batch, &RelayError::unavailable(e));
+                }
+            }
+        }
+    }
+
+    /// Sends `batch` as one pipeline; one result per job, in order.
+    async fn send(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        batch: &[PublishJob],
+    ) -> redis::RedisResult<Vec<Result<EventId, RelayError>>> {
+        let mut results: Vec<Option<Result<EventId, RelayError>>> = vec![None; batch.len()];
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        // Once to run, once more after loading the script if Redis had lost it.
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &index in &pending {
+                self.push_call(&mut pipe, &batch[index]);
+            }
+            let values: Vec<Value> = pipe.query_async(conn).await?;
+            let mut refused = Vec::new();
+            for (&index, value) in pending.iter().zip(values) {
+                match value {
+                    Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                        refused.push(index);
+                    }
+                    value => results[index] = Some(published_id(value)),
+                }
+            }
+            if refused.is_empty() {
+                break;
+            }
+            if attempt == 0 {
+                self.script.prepare_invoke().load_async(conn).await?;
+            }
+            pending = refused;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(RelayError::Unavailable("script not loaded".into()))))
+            .collect())
+    }
+
+    fn push_call(&self, pipe: &mut redis::Pipeline, job: &PublishJob) {
+        scripts::call(pipe, &self.script, &job.topic)
+            .arg(&self.stream_len[..])
+            .arg(TopicKeys::new(&job.topic).channel)
+            .arg(envelope::header_tail(&job.topic, job.name.as_ref(), &job.data))
+            .arg(&job.data.bytes()[..]);
+    }
+}
+
+/// The id in the publish script's answer `{epoch, seq}`.
+fn published_id(value: Value) -> Result<EventId, RelayError> {
+    let bad = |what: &str| RelayError::Unavailable(format!("unexpected answer from Redis: {what}"));
+    match value {
+        Value::Array(items) if items.len() == 2 => {
+            let epoch = match &items[0] {
+                Value::BulkString(b) => std::str::from_utf8(b).ok(),
+                Value::SimpleString(s) => Some(s.as_str()),
+                _ => None,
+            };
+            let seq = match items[1] {
+                Value::Int(seq) => u64::try_from(seq).ok(),
+                _ => None,
+            };
+            match (epoch, seq) {
+                (Some(epoch), Some(seq)) => {
+                    format!("{epoch}-{seq}").parse::<EventId>().map_err(|_| bad("bad id"))
+                }
+                _ => Err(bad("bad id")),
+            }
+        }
+        Value::ServerError(e) => {
+            let e: redis::RedisError = e.into();
+            Err(RelayError::Unavailable(e.to_string()))
+        }
+        _ => Err(bad("not {epoch, seq}")),
+    }
+}
+
+fn fail(batch: &mut Vec<PublishJob>, error: &RelayError) {
+    for job in batch.drain(..) {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+impl RelayError {
+    fn unavailable(e: impl std::fmt::Display) -> Self {
+        RelayError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,154 @@
+//! What crier keeps in Redis and the Lua scripts that change it, one atomic step each.
+//!
+//! Per topic `T`, all under the hash tag `{T}` so each script touches one Redis Cluster slot:
+//!
+//! | key / channel | type | holds |
+//! |---|---|---|
+//! | `crier:{T}:meta` | hash | `epoch` (the topic's current epoch) and `seq` (last sequence number issued) |
+//! | `crier:{T}:log` | stream | the last `--history` envelopes (at least 64), entry id `<seq>-0`, field `e` |
+//! | `crier:{T}:ev` | Pub/Sub channel | every envelope as it is published |
+//!
+//! A topic whose `meta` is missing (never published, or Redis lost its data) starts a new epoch
+//! proposed by the caller, so ids from before are never issued again: readers who held them
+//! get `crier.gap` instead of a silent hole.
+
+use redis::{Pipeline, Script};
+
+use crate::event::{Epoch, TopicName};
+
+/// The pattern the relay's Pub/Sub connection subscribes to.
+pub const CHANNEL_PATTERN: &str = "crier:{*}:ev";
+
+/// The keys and channel of a topic.
+pub struct TopicKeys {
+    /// `crier:{T}:meta`.
+    pub meta: String,
+    /// `crier:{T}:log`.
+    pub log: String,
+    /// `crier:{T}:ev`.
+    pub channel: String,
+}
+
+impl TopicKeys {
+    /// The keys of `topic`.
+    pub fn new(topic: &TopicName) -> Self {
+        let topic = topic.as_str();
+        TopicKeys {
+            meta: format!("crier:{{{topic}}}:meta"),
+            log: format!("crier:{{{topic}}}:log"),
+            channel: format!("crier:{{{topic}}}:ev"),
+        }
+    }
+}
+
+/// The topic a Pub/Sub channel carries.
+pub fn channel_topic(channel: &[u8]) -> Option<&str> {
+    let inner = channel.strip_prefix(b"crier:{")?.strip_suffix(b"}:ev")?;
+    std::str::from_utf8(inner).ok()
+}
+
+/// Publishes one event.
+///
+/// `KEYS`: meta, log. `ARGV`: proposed epoch, stream length, channel, the envelope's header
+/// after the id, data. Takes the next sequence number, appends the envelope to the capped
+/// stream and publishes it, and returns `{epoch, seq}`. If the stream refuses the entry (its
+/// last id is ahead of `seq`: the hash and the stream disagree, as after a partial restore),
+/// the topic starts a new epoch rather than reuse ids.
+pub const PUBLISH: &str = r#"
+local function fresh()
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0)
+  return ARGV[1]
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch') or fresh()
+local function append()
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  local id = string.format('%d', seq)
+  local envelope = 'crier1 ' .. epoch .. '-' .. id .. ' ' .. ARGV[4] .. '\n' .. ARGV[5]
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[2], id .. '-0', 'e', envelope)
+  if type(added) == 'table' and added.err then
+    return nil
+  end
+  redis.call('PUBLISH', ARGV[3], envelope)
+  return seq
+end
+local seq = append()
+if not seq then
+  epoch = fresh()
+  seq = append()
+end
+return {epoch, seq}
+"#;
+
+/// Reads a topic's state for a node catching up.
+///
+/// `KEYS`: meta, log. `ARGV`: proposed epoch, the node's epoch for the topic (or `-`), the
+/// node's last sequence number, most entries. Returns `{epoch, seq, envelope…}`: the envelopes
+/// after the node's last sequence number if the epoch is the node's, else the whole stream.
+/// A topic never published gets an epoch now, so every node agrees on it from the first
+/// subscriber on. If Redis has fewer events of the node's epoch than the node already
+/// delivered (restored from an older snapshot), those sequence numbers would be issued twice:
+/// the topic starts a new epoch instead.
+pub const SYNC: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local seq = 0
+if epoch then
+  seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+  if epoch == ARGV[2] and seq < tonumber(ARGV[3]) then
+    epoch = nil
+  end
+end
+if not epoch then
+  epoch = ARGV[1]
+  seq = 0
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+end
+local start = '-'
+if epoch == ARGV[2] then
+  start = string.format('%d', tonumber(ARGV[3]) + 1) .. '-0'
+end
+local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', ARGV[4])
+local out = {epoch, seq}
+for i, entry in ipairs(entries) do
+  out[i + 2] = entry[2][2]
+end
+return out
+"#;
+
+/// Adds a call of `script` for `topic` to `pipe`, with the arguments every script takes first
+/// (the topic's keys, and a fresh epoch in case the topic starts one); the caller adds the rest.
+pub fn call<'p>(pipe: &'p mut Pipeline, script: &Script, topic: &TopicName) -> &'p mut Pipeline {
+    let keys = TopicKeys::new(topic);
+    pipe.cmd("EVALSHA")
+        .arg(script.get_hash())
+        .arg(2)
+        .arg(keys.meta)
+        .arg(keys.log)
+        .arg(Epoch::random().to_string())
+}
+
+/// The publish script.
+pub fn publish() -> Script {
+    Script::new(PUBLISH)
+}
+
+/// The sync script.
+pub fn sync() -> Script {
+    Script::new(SYNC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_topic_hash_tag_and_the_channel_maps_back() {
+        let keys = TopicKeys::new(&TopicName::new("a:b/c").unwrap());
+        assert_eq!(keys.meta, "crier:{a:b/c}:meta");
+        assert_eq!(keys.log, "crier:{a:b/c}:log");
+        assert_eq!(keys.channel, "crier:{a:b/c}:ev");
+        assert_eq!(channel_topic(keys.channel.as_bytes()), Some("a:b/c"));
+        assert_eq!(channel_topic(b"other:{a}:ev"), None);
+    }
+}

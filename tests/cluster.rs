@@ -1,0 +1,472 @@
+//! Cluster mode against real `redis-server` processes and several crier nodes: one order and
+//! one set of ids on every node, resume on any node, and what subscribers see when Redis is
+//! killed, comes back with its data, or comes back empty.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::ws::{self, Ws};
+use support::{SseClient, TestServer, metric, publish, publish_ok, request, wait_until, whatwg};
+
+/// A node of the cluster behind `redis`, once its link to Redis is up.
+async fn node(redis: &RedisServer, extra: &[&str]) -> TestServer {
+    let url = redis.url();
+    let mut args = vec!["--redis-url", url.as_str()];
+    args.extend_from_slice(extra);
+    let server = TestServer::start(&args).await;
+    wait_ready(&server).await;
+    server
+}
+
+async fn ready(server: &TestServer) -> bool {
+    request(server.addr, "GET", "/readyz", &[], b"").await.status == 200
+}
+
+async fn wait_ready(server: &TestServer) {
+    wait_until("the node to be ready", || ready(server)).await;
+}
+
+fn ids_and_data(events: &[whatwg::Event]) -> Vec<(String, String)> {
+    events.iter().map(|e| (e.last_event_id.clone(), e.data.clone())).collect()
+}
+
+/// The next `n` events of a JSON WebSocket as (id, data).
+async fn ws_events(ws: &mut Ws, n: usize) -> Vec<(String, String)> {
+    let mut events = Vec::with_capacity(n);
+    for _ in 0..n {
+        let frame = ws::next_json(ws).await;
+        let id = frame["id"].as_str().expect("an event frame").to_owned();
+        events.push((id, frame["data"].as_str().expect("text data").to_owned()));
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_on_one_node_reaches_every_node_with_the_same_id() {
+    let redis = RedisServer::start().await;
+    let (a, b, c) = (node(&redis, &[]).await, node(&redis, &[]).await, node(&redis, &[]).await);
+    let mut sse_a = SseClient::connect(a.addr, "/sse?topic=news", &[]).await;
+    let mut sse_b = SseClient::connect(b.addr, "/sse?topic=news", &[]).await;
+    let mut ws_c = ws::connect(c.addr, "/ws?topic=news").await;
+    let mut published = Vec::new();
+    for i in 0..50 {
+        let data = format!("event {i}");
+        published.push((a.publish("news", &data).await, data));
+    }
+    assert_eq!(ids_and_data(&sse_a.events(50).await), published);
+    assert_eq!(ids_and_data(&sse_b.events(50).await), published);
+    assert_eq!(ws_events(&mut ws_c, 50).await, published);
+    // Consecutive sequence numbers of one epoch, as on a single node.
+    let epoch = published[0].0.split('-').next().unwrap().to_owned();
+    for (i, (id, _)) in published.iter().enumerate() {
+        assert_eq!(id, &format!("{epoch}-{}", i + 1));
+    }
+
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, "crier_relay_connected"), Some(1.0));
+    assert!(metric(&metrics, "crier_relay_received_total") >= Some(50.0));
+    let metrics = a.metrics().await;
+    assert_eq!(metric(&metrics, "crier_relay_publish_duration_seconds_count"), Some(50.0));
+    assert_eq!(metric(&metrics, "crier_events_published_total"), Some(50.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_every_node_give_every_subscriber_one_sequence() {
+    let redis = RedisServer::start().await;
+    let nodes = [node(&redis, &[]).await, node(&redis, &[]).await, node(&redis, &[]).await];
+    let mut sse = Vec::new();
+    let mut wss = Vec::new();
+    for n in &nodes {
+        sse.push(SseClient::connect(n.addr, "/sse?topic=t", &[]).await);
+        wss.push(ws::connect(n.addr, "/ws?topic=t").await);
+    }
+    const EACH: usize = 100;
+    let publishers: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let addr = n.addr;
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for j in 0..EACH {
+                    let data = format!("node{i}-{j}");
+                    ids.push(publish_ok(addr, "t", None, data.as_bytes(), None).await);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for p in publishers {
+        acknowledged.extend(p.await.unwrap());
+    }
+    let reference = ids_and_data(&sse[0].events(3 * EACH).await);
+    for client in &mut sse[1..] {
+        assert_eq!(ids_and_data(&client.events(3 * EACH).await), reference);
+    }
+    for ws in &mut wss {
+        assert_eq!(ws_events(ws, 3 * EACH).await, reference);
+    }
+    // Every acknowledged id was delivered once, and each publisher's events keep its order.
+    let mut delivered: Vec<&String> = reference.iter().map(|(id, _)| id).collect();
+    delivered.sort();
+    acknowledged.sort();
+    assert_eq!(delivered, acknowledged.iter().collect::<Vec<_>>());
+    for i in 0..3 {
+        let own: Vec<&str> =
+            reference.iter().filter_map(|(_, d)| d.strip_prefix(&format!("node{i}-"))).collect();
+        let expected: Vec<String> = (0..EACH).map(|j| j.to_string()).collect();
+        assert_eq!(own, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_node_without_duplicate_or_gap() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis, &[]).await, node(&redis, &[]).await);
+    let mut on_a = SseClient::connect(a.addr, "/sse?topic=t", &[]).await;
+    for i in 0..20 {
+        a.publish("t", &format!("e{i}")).await;
+    }
+    let seen = on_a.events(10).await;
+    let last = seen.last().unwrap().last_event_id.clone();
+    drop(on_a);
+
+    // SSE on B with the header, WebSocket on B with the subscribe command.
+    let mut on_b = SseClient::connect(b.addr, "/sse?topic=t", &[("Last-Event-ID", &last)]).await;
+    let mut ws_b = ws::connect(b.addr, "/ws").await;
+    let reply = ws::command(
+        &mut ws_b,
+        json!({"op": "subscribe", "topic": "t", "last_event_id": last, "ref": 1}),
+    )
+    .await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+    let replay = on_b.events(10).await;
+    let expected: Vec<String> = (10..20).map(|i| format!("e{i}")).collect();
+    assert_eq!(replay.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), expected);
+    let ws_replay = ws_events(&mut ws_b, 10).await;
+    assert_eq!(ws_replay, ids_and_data(&replay));
+    let live = b.publish("t", "live").await;
+    let event = on_b.next_event().await;
+    assert_eq!((event.last_event_id, event.data), (live.clone(), "live".to_owned()));
+    assert_eq!(ws_events(&mut ws_b, 1).await, [(live, "live".to_owned())]);
+    assert!(!String::from_utf8_lossy(&on_b.body).contains("crier.gap"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_resuming_clients_from_redis() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, &[]).await;
+    let b = node(&redis, &[]).await;
+    let mut on_b = SseClient::connect(b.addr, "/sse?topic=t", &[]).await;
+    a.publish("t", "before").await;
+    let last = on_b.next_event().await.last_event_id;
+    b.handle.shutdown().await.unwrap();
+    // The others keep publishing while B is down.
+    let mut missed = Vec::new();
+    for i in 0..30 {
+        let data = format!("while down {i}");
+        missed.push((a.publish("t", &data).await, data));
+    }
+    // A new node has no copy of the topic: it reads it from Redis for the resuming client.
+    let b = node(&redis, &[]).await;
+    let mut resumed = SseClient::connect(b.addr, "/sse?topic=t", &[("Last-Event-ID", &last)]).await;
+    assert_eq!(ids_and_data(&resumed.events(30).await), missed);
+    let live = a.publish("t", "live").await;
+    assert_eq!(resumed.next_event().await.last_event_id, live);
+    assert!(!String::from_utf8_lossy(&resumed.body).contains("crier.gap"));
+
+    // A position the cluster already issued but this node has not delivered yet is read from
+    // Redis too, rather than called unknown.
+    let c = node(&redis, &[]).await;
+    let ahead = a.publish("t", "fresh").await;
+    let mut exact = SseClient::connect(c.addr, "/sse?topic=t", &[("Last-Event-ID", &ahead)]).await;
+    let next = a.publish("t", "next").await;
+    let event = exact.next_event().await;
+    assert_eq!((event.kind.as_str(), event.last_event_id), ("message", next));
+}
+
+/// What a publisher saw during an outage.
+struct Outcomes {
+    /// (id, data) of the publishes answered 200.
+    acknowledged: Vec<(String, String)>,
+    /// Data of the publishes answered 503.
+    refused: Vec<String>,
+}
+
+/// Publishes `count` numbered events on `server` one after another, checking that refusals are
+/// 503s with the JSON error and `Retry-After`.
+async fn publish_through_outage(server: std::net::SocketAddr, count: usize) -> Outcomes {
+    let mut outcomes = Outcomes { acknowledged: Vec::new(), refused: Vec::new() };
+    for i in 0..count {
+        let data = format!("n{i}");
+        let response = publish(server, "t", None, data.as_bytes(), None).await;
+        match response.status {
+            200 => {
+                let id = response.json()["id"].as_str().unwrap().to_owned();
+                outcomes.acknowledged.push((id, data));
+            }
+            503 => {
+                assert_eq!(response.json()["error"], "unavailable", "{}", response.text());
+                assert_eq!(response.header("retry-after").as_deref(), Some("1"));
+                outcomes.refused.push(data);
+            }
+            other => panic!("unexpected status {other}: {}", response.text()),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    outcomes
+}
+
+/// Checks a subscriber's events up to the `end` marker: consecutive ids (no gap, no
+/// duplicate), every acknowledged event among them, and nothing else but events whose publish
+/// was answered 503 while Redis died (taken by Redis, answer lost).
+fn check_delivery(delivered: &[(String, String)], outcomes: &Outcomes) {
+    let seqs: Vec<u64> =
+        delivered.iter().map(|(id, _)| id.rsplit('-').next().unwrap().parse().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "consecutive ids: {seqs:?}");
+    let mut acknowledged = outcomes.acknowledged.iter().peekable();
+    for event in delivered {
+        if acknowledged.peek() == Some(&event) {
+            acknowledged.next();
+        } else {
+            assert!(outcomes.refused.contains(&event.1), "{event:?} was never published");
+        }
+    }
+    assert_eq!(acknowledged.next(), None, "an acknowledged event was lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_stream_loses_nothing_acknowledged() {
+    let mut redis = RedisServer::start_persistent().await;
+    let (a, b) = (node(&redis, &[]).await, node(&redis, &[]).await);
+    let mut sse_b = SseClient::connect(b.addr, "/sse?topic=t", &[]).await;
+    let mut ws_a = ws::connect(a.addr, "/ws?topic=t").await;
+    let publisher = tokio::spawn(publish_through_outage(a.addr, 300));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill().await;
+    wait_until("both nodes to report the link down", || async {
+        !ready(&a).await && !ready(&b).await
+    })
+    .await;
+    let down = publish(a.addr, "t", None, b"while down", None).await;
+    assert_eq!(down.status, 503);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart().await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+
+    let outcomes = publisher.await.unwrap();
+    assert!(!outcomes.refused.is_empty(), "some publishes fell in the outage");
+    assert!(outcomes.acknowledged.len() > 100, "most got through: {}", outcomes.acknowledged.len());
+    let end = a.publish("t", "end").await;
+    let mut sse_events = Vec::new();
+    loop {
+        let event = sse_b.next_event().await;
+        assert_eq!(event.kind, "message", "no gap notice: {}", event.data);
+        if event.last_event_id == end {
+            break;
+        }
+        sse_events.push((event.last_event_id, event.data));
+    }
+    check_delivery(&sse_events, &outcomes);
+    let ws_delivered = ws_events(&mut ws_a, sse_events.len() + 1).await;
+    assert_eq!(ws_delivered[..sse_events.len()], sse_events[..]);
+    assert_eq!(ws_delivered[sse_events.len()].0, end);
+    let metrics = b.metrics().await;
+    assert!(metric(&metrics, "crier_relay_errors_total{kind=\"link\"}") >= Some(1.0));
+    assert_eq!(metric(&metrics, "crier_relay_gaps_total"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_gives_subscribers_a_gap_notice() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = (node(&redis, &[]).await, node(&redis, &[]).await);
+    let mut sse_b = SseClient::connect(b.addr, "/sse?topic=t", &[]).await;
+    let mut ws_a = ws::connect(a.addr, "/ws?topic=t").await;
+    for i in 0..5 {
+        a.publish("t", &format!("old {i}")).await;
+    }
+    let old = sse_b.events(5).await;
+    let old_last = old.last().unwrap().last_event_id.clone();
+    assert_eq!(ws_events(&mut ws_a, 5).await, ids_and_data(&old));
+
+    redis.restart().await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    // Both streams get one crier.gap notice naming what they had, then the new epoch.
+    let notice = sse_b.next_event().await;
+    assert_eq!(notice.kind, "crier.gap");
+    let gap: Value = serde_json::from_str(&notice.data).unwrap();
+    assert_eq!(gap["gaps"][0]["topic"], "t");
+    assert_eq!(gap["gaps"][0]["reason"], "epoch");
+    assert_eq!(gap["gaps"][0]["last_event_id"], old_last.as_str());
+    assert_eq!(gap["gaps"][0]["resumed_after"], notice.last_event_id.as_str());
+    let frame = ws::next_json(&mut ws_a).await;
+    assert_eq!(
+        (frame["event"].as_str(), frame["id"].as_str()),
+        (Some("crier.gap"), Some(notice.last_event_id.as_str()))
+    );
+
+    let new = a.publish("t", "new").await;
+    assert_ne!(new.split('-').next(), old_last.split('-').next(), "a new epoch");
+    assert_eq!(sse_b.next_event().await.last_event_id, new);
+    assert_eq!(ws_events(&mut ws_a, 1).await, [(new, "new".to_owned())]);
+    // A client resuming from before the loss, on either node, is told too.
+    let mut late =
+        SseClient::connect(a.addr, "/sse?topic=t", &[("Last-Event-ID", &old_last)]).await;
+    assert_eq!(late.next_event().await.kind, "crier.gap");
+    assert_eq!(late.next_event().await.data, "new");
+    assert!(metric(&b.metrics().await, "crier_relay_gaps_total") >= Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_jump_is_filled_from_the_stream_or_reported_as_a_gap() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, &["--history", "64"]).await;
+    let mut sse = SseClient::connect(a.addr, "/sse?topic=t", &[]).await;
+    let first = a.publish("t", "first").await;
+    assert_eq!(sse.next_event().await.last_event_id, first);
+    let epoch = first.split('-').next().unwrap().to_owned();
+    let mut conn = redis.connection().await;
+
+    // Events that reached Redis but not this node over Pub/Sub (written behind crier's back
+    // here) are read from the stream when the next one arrives.
+    for seq in 2..=4 {
+        let envelope = format!("crier1 {epoch}-{seq} t t\nbehind {seq}");
+        let _: () = redis::cmd("XADD")
+            .arg("crier:{t}:log")
+            .arg(format!("{seq}-0"))
+            .arg("e")
+            .arg(&envelope)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg("crier:{t}:meta")
+            .arg("seq")
+            .arg(seq)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let fifth = a.publish("t", "fifth").await;
+    let events = sse.events(4).await;
+    assert_eq!(
+        events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        ["behind 2", "behind 3", "behind 4", "fifth"]
+    );
+    assert_eq!(events[3].last_event_id, fifth);
+    assert!(metric(&a.metrics().await, "crier_relay_backfilled_total") >= Some(3.0));
+
+    // Events the stream no longer has: a notice saying how many were lost.
+    let _: () = redis::cmd("HSET")
+        .arg("crier:{t}:meta")
+        .arg("seq")
+        .arg(100)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL").arg("crier:{t}:log").query_async(&mut conn).await.unwrap();
+    let after = a.publish("t", "after the hole").await;
+    assert_eq!(after, format!("{epoch}-101"));
+    let notice = sse.next_event().await;
+    assert_eq!(notice.kind, "crier.gap");
+    let gap: Value = serde_json::from_str(&notice.data).unwrap();
+    assert_eq!(gap["gaps"][0]["reason"], "expired");
+    assert_eq!(gap["gaps"][0]["missed"], 95, "{gap}");
+    assert_eq!(notice.last_event_id, format!("{epoch}-100"));
+    let event = sse.next_event().await;
+    assert_eq!((event.last_event_id, event.data), (after, "after the hole".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_envelope_is_counted_and_skipped() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, &[]).await;
+    let mut sse = SseClient::connect(a.addr, "/sse?topic=t", &[]).await;
+    let mut conn = redis.connection().await;
+    for garbage in ["crier9 x", "crier1 not-an-id t t\nx", "no newline at all"] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("crier:{t}:ev")
+            .arg(garbage)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let id = a.publish("t", "fine").await;
+    assert_eq!(sse.next_event().await.last_event_id, id);
+    let metrics = a.metrics().await;
+    assert_eq!(metric(&metrics, "crier_relay_errors_total{kind=\"envelope\"}"), Some(3.0));
+    assert!(ready(&a).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_cluster_node_refuses_work_instead_of_losing_it() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    drop(redis);
+    let a = TestServer::start(&["--redis-url", &url]).await;
+    let ready = request(a.addr, "GET", "/readyz", &[], b"").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["error"], "unavailable");
+    let published = publish(a.addr, "t", None, b"x", None).await;
+    assert_eq!(published.status, 503);
+    assert_eq!(published.header("retry-after").as_deref(), Some("1"));
+    let sse = request(a.addr, "GET", "/sse?topic=t", &[], b"").await;
+    assert_eq!((sse.status, sse.json()["error"].as_str()), (503, Some("unavailable")));
+    let mut ws = ws::connect(a.addr, "/ws").await;
+    let reply =
+        ws::command(&mut ws, json!({"op": "publish", "topic": "t", "data": "x", "ref": 7})).await;
+    assert_eq!(
+        (reply["op"].as_str(), reply["error"].as_str(), reply["ref"].as_i64()),
+        (Some("error"), Some("unavailable"), Some(7))
+    );
+    let reply = ws::command(&mut ws, json!({"op": "subscribe", "topic": "t"})).await;
+    assert_eq!(reply["error"], "unavailable");
+    let reply = ws::command(&mut ws, json!({"op": "ping"})).await;
+    assert_eq!(reply["op"], "ok", "the connection is still served");
+    assert_eq!(metric(&a.metrics().await, "crier_relay_connected"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_commands_publish_and_subscribe_through_redis_in_order() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis, &[]).await, node(&redis, &[]).await);
+    let mut sse_b = SseClient::connect(b.addr, "/sse?topic=w", &[]).await;
+    let mut ws_a = ws::connect(a.addr, "/ws").await;
+    // Several commands in one burst: replies come back in order, each after Redis answered.
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let burst = [
+        json!({"op": "publish", "topic": "w", "data": "one", "ref": 1}),
+        json!({"op": "subscribe", "topic": "w2", "ref": 2}),
+        json!({"op": "publish", "topic": "w", "data": "two", "ref": 3}),
+        json!({"op": "ping", "ref": 4}),
+    ];
+    for command in &burst {
+        ws_a.feed(Message::text(command.to_string())).await.unwrap();
+    }
+    ws_a.flush().await.unwrap();
+    let replies: Vec<Value> = [
+        ws::next_json(&mut ws_a).await,
+        ws::next_json(&mut ws_a).await,
+        ws::next_json(&mut ws_a).await,
+        ws::next_json(&mut ws_a).await,
+    ]
+    .into();
+    assert_eq!(
+        replies.iter().map(|r| r["ref"].as_i64().unwrap()).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(replies.iter().all(|r| r["op"] == "ok"), "{replies:?}");
+    let events = sse_b.events(2).await;
+    assert_eq!(events[0].last_event_id, replies[0]["id"].as_str().unwrap());
+    assert_eq!(events[1].last_event_id, replies[2]["id"].as_str().unwrap());
+    let id = b.publish("w2", "to the new topic").await;
+    assert_eq!(ws_events(&mut ws_a, 1).await, [(id, "to the new topic".to_owned())]);
+}
