@@ -8,12 +8,19 @@
 //! cargo bench --bench fanout                       # the scenarios of the performance bar
 //! cargo bench --bench fanout -- --subscribers 10000 --rate 1000 --duration 10s
 //! cargo bench --bench fanout -- --subscribers 1000 --rate 0 --duration 10s
+//! cargo bench --bench fanout -- --cluster           # cluster mode through one redis-server
+//! cargo bench --bench fanout -- --subscribers 30 --redis-nodes 3 --rate 0
 //! ```
+//!
+//! With `--redis-nodes N` the benchmark starts a `redis-server` on a free port and N crier nodes
+//! joined through it; subscribers and publishers are spread over the nodes.
 //!
 //! "As fast as possible" (`--rate 0`) keeps at most `--window` events in flight (published but
 //! not yet delivered to every subscriber), so it measures the throughput the system sustains
 //! rather than how fast a queue can be overfilled; slow subscribers are still evicted by the
 //! server as usual, and are reported.
+
+mod support;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -24,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use support::{Redis, process_cpu_seconds};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -61,6 +69,14 @@ struct Args {
     /// How subscribers connect: `sse`, or `ws` (WebSocket, JSON frames).
     #[arg(long, default_value = "sse")]
     transport: String,
+    /// Cluster mode: start a redis-server and this many crier nodes joined through it (0: one
+    /// node, embedded mode).
+    #[arg(long, default_value_t = 0)]
+    redis_nodes: usize,
+    /// Run the cluster scenarios (single node against 1, 2 and 3 nodes through one Redis)
+    /// instead of the single-node performance bars.
+    #[arg(long)]
+    cluster: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -70,6 +86,18 @@ fn main() {
     let args = Args::parse();
     match args.subscribers {
         Some(subscribers) => run(&args, subscribers),
+        None if args.cluster => {
+            // Added latency at a steady rate, against the single node; then how many events
+            // per second one Redis takes with 1, 2 and 3 nodes publishing and delivering.
+            let paced = Args { rate: 2_000, publishers: 16, ..args.clone() };
+            for nodes in [0, 1, 2, 3] {
+                run(&Args { redis_nodes: nodes, ..paced.clone() }, 30);
+            }
+            for nodes in [1, 2, 3] {
+                let fast = Args { rate: 0, publishers: 64, redis_nodes: nodes, ..args.clone() };
+                run(&fast, 30);
+            }
+        }
         None => {
             // The performance bars, SSE then WebSocket: idle memory at 10k, throughput at 1k,
             // 10k paced at 1000 events/s (as configured by default, and with a write delay).
@@ -151,18 +179,6 @@ impl Drop for Server {
     }
 }
 
-/// User + system CPU time of process `pid`, in seconds.
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 =
-        fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
-    ticks / 100.0
-}
-
 fn http_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
@@ -205,7 +221,25 @@ struct ThreadReport {
 }
 
 fn run(args: &Args, subscribers: usize) {
-    let server = Server::start(&args.server_args);
+    let redis = (args.redis_nodes > 0).then(Redis::start);
+    let servers: Vec<Server> = match &redis {
+        None => vec![Server::start(&args.server_args)],
+        Some(redis) => (0..args.redis_nodes)
+            .map(|_| {
+                let mut flags = vec![format!("--redis-url={}", redis.url())];
+                flags.extend(args.server_args.iter().cloned());
+                let server = Server::start(&flags);
+                let started = Instant::now();
+                while !http_get(server.addr, "/readyz").contains("ready") {
+                    assert!(started.elapsed() < Duration::from_secs(10), "node not ready");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                server
+            })
+            .collect(),
+    };
+    let server = &servers[0];
+    let addrs: Arc<Vec<SocketAddr>> = Arc::new(servers.iter().map(|s| s.addr).collect());
     let topic = format!("bench-{}", std::process::id());
     let shared = Arc::new(Shared {
         origin: Instant::now(),
@@ -229,8 +263,8 @@ fn run(args: &Args, subscribers: usize) {
         .iter()
         .enumerate()
         .map(|(t, &count)| {
-            let (shared, topic, addr) = (shared.clone(), topic.clone(), server.addr);
-            std::thread::spawn(move || subscriber_thread(t, count, addr, &topic, &shared))
+            let (shared, topic, addrs) = (shared.clone(), topic.clone(), addrs.clone());
+            std::thread::spawn(move || subscriber_thread(t, count, &addrs, &topic, &shared))
         })
         .collect();
     let connect_started = Instant::now();
@@ -245,10 +279,15 @@ fn run(args: &Args, subscribers: usize) {
     // Idle memory: every stream open, nothing published yet.
     std::thread::sleep(Duration::from_millis(1000));
     let rss_idle = server.rss_kib();
-    let subscriptions = server.metric("crier_subscriptions").unwrap_or(0.0) as usize;
+    let subscriptions: usize =
+        servers.iter().map(|s| s.metric("crier_subscriptions").unwrap_or(0.0) as usize).sum();
     println!();
     println!(
-        "crier fanout: {subscribers} {} subscribers, {} B events, {}, {} publisher connections, server flags {:?}",
+        "crier fanout: {}{subscribers} {} subscribers, {} B events, {}, {} publisher connections, server flags {:?}",
+        match args.redis_nodes {
+            0 => String::new(),
+            n => format!("{n} node{} through one Redis, ", if n > 1 { "s" } else { "" }),
+        },
         args.transport.to_uppercase(),
         args.payload,
         if args.idle_only {
@@ -279,10 +318,14 @@ fn run(args: &Args, subscribers: usize) {
         return;
     }
 
-    let cpu_before = server.cpu_seconds();
+    let servers_cpu = || {
+        servers.iter().map(Server::cpu_seconds).sum::<f64>()
+            + redis.as_ref().map_or(0.0, Redis::cpu_seconds)
+    };
+    let cpu_before = servers_cpu();
     let own_cpu_before = process_cpu_seconds(std::process::id());
     let publish_started = Instant::now();
-    publish(args, server.addr, &topic, &shared, subscribers);
+    publish(args, &addrs, &topic, &shared, subscribers);
     let publish_took = publish_started.elapsed();
     let published = shared.published.load(Ordering::Acquire);
     // Let in-flight events arrive.
@@ -297,7 +340,7 @@ fn run(args: &Args, subscribers: usize) {
         std::thread::sleep(Duration::from_millis(5));
     }
     let delivered_took = publish_started.elapsed();
-    let cpu_used = server.cpu_seconds() - cpu_before;
+    let cpu_used = servers_cpu() - cpu_before;
     let own_cpu_used = process_cpu_seconds(std::process::id()) - own_cpu_before;
     let rss_busy = server.rss_kib();
     shared.stop.store(true, Ordering::Release);
@@ -343,15 +386,22 @@ fn run(args: &Args, subscribers: usize) {
         latency.max as f64 / 1e6
     );
     println!(
-        "  server        {:.2} CPU-seconds per second, RSS {:.1} MiB under load; load generator {:.2} CPU-seconds per second",
+        "  server        {:.2} CPU-seconds per second{}, RSS {:.1} MiB under load; load generator {:.2} CPU-seconds per second",
         cpu_used / secs,
+        if redis.is_some() { " (every node and Redis)" } else { "" },
         rss_busy as f64 / 1024.0,
         own_cpu_used / secs
     );
 }
 
 /// Publishes for `args.duration`: paced at `args.rate`, or as fast as the window allows.
-fn publish(args: &Args, addr: SocketAddr, topic: &str, shared: &Arc<Shared>, subscribers: usize) {
+fn publish(
+    args: &Args,
+    addrs: &[SocketAddr],
+    topic: &str,
+    shared: &Arc<Shared>,
+    subscribers: usize,
+) {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -359,8 +409,9 @@ fn publish(args: &Args, addr: SocketAddr, topic: &str, shared: &Arc<Shared>, sub
         let started = tokio::time::Instant::now();
         let end = started + args.duration;
         let tasks: Vec<_> = (0..args.publishers.max(1))
-            .map(|_| {
+            .map(|i| {
                 let (shared, next, topic) = (shared.clone(), next.clone(), topic.to_owned());
+                let addr = addrs[i % addrs.len()];
                 let (rate, window, payload) = (args.rate, args.window, args.payload);
                 tokio::spawn(async move {
                     let mut conn = Publisher::connect(addr, &topic, payload).await;
@@ -452,7 +503,7 @@ impl Publisher {
 fn subscriber_thread(
     thread: usize,
     count: usize,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     topic: &str,
     shared: &Arc<Shared>,
 ) -> ThreadReport {
@@ -468,6 +519,7 @@ fn subscriber_thread(
         let connecting = Rc::new(tokio::sync::Semaphore::new(128));
         let mut tasks = Vec::with_capacity(count);
         for index in 0..count {
+            let addr = addrs[index % addrs.len()];
             let (streams, latency, buffer, shared, topic, connecting) = (
                 streams.clone(),
                 latency.clone(),
