@@ -7,6 +7,7 @@
 //! ```text
 //! cargo bench --bench relay                          # 1, 2 and 3 nodes, 256 publishers, 5 s
 //! cargo bench --bench relay -- --nodes 2 --publishers 64 --duration 10s
+//! cargo bench --bench relay -- --redis-cluster       # through a Redis Cluster of 3 masters
 //! ```
 //!
 //! The end-to-end view (HTTP publishers, SSE subscribers, real binaries) is
@@ -24,7 +25,8 @@ use crier::event::{EventData, TopicName};
 use crier::hub::{Hub, HubConfig, Polled};
 use crier::metrics::{Metrics, Transport};
 use crier::relay::RelayConfig;
-use support::Redis;
+use support::redis::RedisCluster;
+use support::{Redis, process_cpu_seconds};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Events per second through one Redis, in-process nodes")]
@@ -44,6 +46,12 @@ struct Args {
     /// Event payload size in bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Go through a Redis Cluster of three masters instead of one redis-server.
+    #[arg(long)]
+    redis_cluster: bool,
+    /// Topics the publishers spread over (on a Redis Cluster, topics land on different masters).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -65,10 +73,54 @@ fn main() {
     }
 }
 
+/// The Redis the nodes go through.
+enum Backend {
+    Server(Redis),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    async fn start(cluster: bool) -> Backend {
+        if cluster {
+            Backend::Cluster(RedisCluster::start().await)
+        } else {
+            Backend::Server(Redis::start())
+        }
+    }
+
+    fn relay(&self, pool_size: usize) -> RelayConfig {
+        match self {
+            Backend::Server(redis) => {
+                RelayConfig { urls: vec![redis.url()], cluster: false, pool_size }
+            }
+            Backend::Cluster(cluster) => RelayConfig {
+                urls: cluster.masters.iter().map(|m| m.url()).collect(),
+                cluster: true,
+                pool_size,
+            },
+        }
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        match self {
+            Backend::Server(redis) => redis.cpu_seconds(),
+            Backend::Cluster(cluster) => {
+                cluster.masters.iter().filter_map(|m| m.pid()).map(process_cpu_seconds).sum()
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Server(_) => "one Redis",
+            Backend::Cluster(_) => "a Redis Cluster of 3 masters",
+        }
+    }
+}
+
 async fn run(args: &Args, nodes: usize) {
-    let redis = Redis::start();
-    let relay =
-        RelayConfig { url: format!("redis://127.0.0.1:{}", redis.port), pool_size: args.pool_size };
+    let redis = Backend::start(args.redis_cluster).await;
+    let relay = redis.relay(args.pool_size);
     let hubs: Vec<Arc<Hub>> = (0..nodes)
         .map(|_| {
             let hub = Arc::new(Hub::new(HubConfig::default(), Arc::new(Metrics::new())));
@@ -83,26 +135,28 @@ async fn run(args: &Args, nodes: usize) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let topic = TopicName::new("bench").unwrap();
+    let topics: Vec<TopicName> =
+        (0..args.topics.max(1)).map(|i| TopicName::new(&format!("bench-{i}")).unwrap()).collect();
 
-    // One subscriber per node: counts events and checks their order.
+    // One subscriber per node, to every topic: counts events and checks each topic's order.
     let mut subscribers = Vec::new();
     for hub in &hubs {
-        hub.prepare(std::slice::from_ref(&topic), None).await.expect("topic synced");
+        hub.prepare(&topics, None).await.expect("topics synced");
         let mut subscription =
-            hub.subscribe(vec![topic.clone()], None, Transport::Sse, None).expect("subscribe");
+            hub.subscribe(topics.clone(), None, Transport::Sse, None).expect("subscribe");
         let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let task = tokio::spawn({
             let counts = counts.clone();
+            let mut last = vec![0; topics.len()];
             async move {
-                let mut last = 0;
                 std::future::poll_fn(|cx| {
                     while let std::task::Poll::Ready(Polled::Events) =
-                        subscription.poll_events(cx, usize::MAX, |_, event| {
-                            if last != 0 && event.id.seq != last + 1 {
+                        subscription.poll_events(cx, usize::MAX, |topic, event| {
+                            let last = &mut last[usize::from(topic)];
+                            if *last != 0 && event.id.seq != *last + 1 {
                                 counts.1.fetch_add(1, Ordering::Relaxed);
                             }
-                            last = event.id.seq;
+                            *last = event.id.seq;
                             counts.0.fetch_add(1, Ordering::Relaxed);
                         })
                     {}
@@ -120,7 +174,7 @@ async fn run(args: &Args, nodes: usize) {
     let cpu_before = redis.cpu_seconds();
     let publishers: Vec<_> = (0..args.publishers)
         .map(|i| {
-            let (hub, topic) = (hubs[i % nodes].clone(), topic.clone());
+            let (hub, topic) = (hubs[i % nodes].clone(), topics[i % topics.len()].clone());
             let (published, latencies) = (published.clone(), latencies.clone());
             let (duration, payload) = (args.duration, args.payload);
             tokio::spawn(async move {
@@ -144,9 +198,10 @@ async fn run(args: &Args, nodes: usize) {
     let total = published.load(Ordering::Acquire);
     // Let the last events arrive everywhere.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while hubs.iter().any(|h| h.registry().topic("bench").is_none_or(|t| t.head().seq < total))
-        && Instant::now() < deadline
-    {
+    let delivered = |hub: &Hub| -> u64 {
+        topics.iter().filter_map(|t| hub.registry().topic(t.as_str())).map(|t| t.head().seq).sum()
+    };
+    while hubs.iter().any(|h| delivered(h) < total) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     while subscribers.iter().any(|(_, c)| c.0.load(Ordering::Acquire) < total)
@@ -166,8 +221,11 @@ async fn run(args: &Args, nodes: usize) {
     let q = |p: f64| latencies.get((latencies.len() as f64 * p) as usize).copied().unwrap_or(0);
     println!();
     println!(
-        "crier relay: {nodes} node{} through one Redis, {} publishers, {} publish workers per node, {} B events",
+        "crier relay: {nodes} node{} through {}, {} topic{}, {} publishers, {} publish workers per node, {} B events",
         if nodes > 1 { "s" } else { "" },
+        redis.name(),
+        topics.len(),
+        if topics.len() > 1 { "s" } else { "" },
         args.publishers,
         args.pool_size,
         args.payload

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory as _, Parser, ValueEnum};
 
 use crate::hub::HubConfig;
 use crate::relay::RelayConfig;
@@ -80,9 +80,14 @@ pub struct Config {
 
     /// Join a cluster through this Redis (`redis://[user:password@]host:port[/db]`): events
     /// are published through Redis, every node delivers them with the same ids in the same
-    /// order, and clients resume on any node. Unset: a single node with in-memory history.
-    #[arg(long, env = "CRIER_REDIS_URL", value_parser = parse_redis_url)]
-    pub redis_url: Option<String>,
+    /// order, and clients resume on any node. With --redis-cluster, one or more masters of a
+    /// Redis Cluster, comma-separated. Unset: a single node with in-memory history.
+    #[arg(long, env = "CRIER_REDIS_URL", value_delimiter = ',', value_parser = parse_redis_url)]
+    pub redis_url: Vec<String>,
+
+    /// The Redis of --redis-url is a Redis Cluster.
+    #[arg(long, env = "CRIER_REDIS_CLUSTER", requires = "redis_url")]
+    pub redis_cluster: bool,
 
     /// Cluster mode: connections to Redis that publish in parallel (one more serves catch-up
     /// reads, one more Pub/Sub). Publishes waiting while all are busy go out together as one
@@ -112,10 +117,26 @@ impl Config {
         config
     }
 
+    /// Checks what the flags' declarations cannot say: several Redis URLs only name the
+    /// masters of one Redis Cluster.
+    pub fn checked(self) -> Result<Self, clap::Error> {
+        if self.redis_url.len() > 1 && !self.redis_cluster {
+            return Err(Self::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--redis-url takes one URL unless --redis-cluster is given (several URLs are \
+                 masters of one Redis Cluster)",
+            ));
+        }
+        Ok(self)
+    }
+
     /// The relay's share of the configuration, in cluster mode.
     pub fn relay(&self) -> Option<RelayConfig> {
-        let url = self.redis_url.clone()?;
-        Some(RelayConfig { url, pool_size: usize::from(self.redis_pool_size) })
+        (!self.redis_url.is_empty()).then(|| RelayConfig {
+            urls: self.redis_url.clone(),
+            cluster: self.redis_cluster,
+            pool_size: usize::from(self.redis_pool_size),
+        })
     }
 
     /// The hub's share of the configuration.
@@ -166,7 +187,8 @@ mod tests {
         assert_eq!(c.max_event_bytes, 64 << 10);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.log_format, LogFormat::Text);
-        assert_eq!(c.redis_url, None);
+        assert!(c.redis_url.is_empty());
+        assert!(!c.redis_cluster);
         assert_eq!(c.redis_pool_size, 4);
     }
 

@@ -12,7 +12,7 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_OS_ERROR: u8 = 71;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let config = match Config::try_parse().and_then(Config::checked) {
         Ok(config) => config,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();

@@ -470,3 +470,117 @@ async fn websocket_commands_publish_and_subscribe_through_redis_in_order() {
     let id = b.publish("w2", "to the new topic").await;
     assert_eq!(ws_events(&mut ws_a, 1).await, [(id, "to the new topic".to_owned())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_of_three_masters_joins_the_nodes() {
+    let redis = support::redis::RedisCluster::start().await;
+    let urls = redis.urls();
+    let start = |urls: String| async move {
+        let server = TestServer::start(&["--redis-cluster", "--redis-url", &urls]).await;
+        wait_ready(&server).await;
+        server
+    };
+    // B knows a single master: the others are found from it.
+    let (a, b) = (start(urls.clone()).await, start(redis.masters[1].url()).await);
+    let topics: Vec<String> = (0..6).map(|i| format!("topic-{i}")).collect();
+    let mut ws_b = ws::connect(
+        b.addr,
+        &format!(
+            "/ws?{}",
+            topics.iter().map(|t| format!("topic={t}")).collect::<Vec<_>>().join("&")
+        ),
+    )
+    .await;
+    let mut sse_a = Vec::new();
+    for topic in &topics {
+        sse_a.push(SseClient::connect(a.addr, &format!("/sse?topic={topic}"), &[]).await);
+    }
+    let mut published: Vec<Vec<(String, String)>> = vec![Vec::new(); topics.len()];
+    for round in 0..10 {
+        for (i, topic) in topics.iter().enumerate() {
+            let data = format!("{topic} {round}");
+            published[i].push((a.publish(topic, &data).await, data));
+        }
+    }
+    for (i, client) in sse_a.iter_mut().enumerate() {
+        assert_eq!(ids_and_data(&client.events(10).await), published[i]);
+    }
+    let mut on_b: Vec<Vec<(String, String)>> = vec![Vec::new(); topics.len()];
+    for _ in 0..topics.len() * 10 {
+        let frame = ws::next_json(&mut ws_b).await;
+        let i = topics.iter().position(|t| frame["topic"] == t.as_str()).unwrap();
+        on_b[i].push((
+            frame["id"].as_str().unwrap().to_owned(),
+            frame["data"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(on_b, published);
+    // The topics' keys are spread over the shards, and each topic's keys sit in one slot.
+    let mut holding = 0;
+    for master in &redis.masters {
+        let mut conn = master.connection().await;
+        let keys: i64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+        assert_eq!(keys % 2, 0, "a topic's meta and log live together");
+        holding += usize::from(keys > 0);
+    }
+    assert!(holding >= 2, "6 topics over 3 masters use more than one");
+    // Resume on the other node.
+    let last = &published[3][4].0;
+    let mut resumed =
+        SseClient::connect(b.addr, "/sse?topic=topic-3", &[("Last-Event-ID", last)]).await;
+    assert_eq!(ids_and_data(&resumed.events(5).await), published[3][5..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_cluster_master_refuses_only_its_topics_and_the_rest_catch_up() {
+    let mut redis = support::redis::RedisCluster::start().await;
+    // The node's Pub/Sub link goes to the first master, the one that is lost.
+    let node = TestServer::start(&["--redis-cluster", "--redis-url", &redis.urls()]).await;
+    wait_ready(&node).await;
+    let mut first = redis.masters[0].connection().await;
+    let (mut lost, mut kept) = (None, None);
+    for i in 0..200 {
+        let topic = format!("topic-{i}");
+        node.publish(&topic, "before").await;
+        let here: Vec<String> =
+            redis::cmd("KEYS").arg("crier:*:meta").query_async(&mut first).await.unwrap();
+        let on_first = here.contains(&format!("crier:{{{topic}}}:meta"));
+        match (on_first, &lost, &kept) {
+            (true, None, _) => lost = Some(topic),
+            (false, _, None) => kept = Some(topic),
+            _ => {}
+        }
+        if lost.is_some() && kept.is_some() {
+            break;
+        }
+    }
+    let (lost, kept) = (lost.expect("a topic on the first master"), kept.expect("one elsewhere"));
+    let mut on_lost = SseClient::connect(node.addr, &format!("/sse?topic={lost}"), &[]).await;
+    let mut on_kept = SseClient::connect(node.addr, &format!("/sse?topic={kept}"), &[]).await;
+
+    redis.masters[0].kill().await;
+    // Publishes to the lost master's topics are refused in bounded time (the cluster client
+    // would otherwise retry for minutes); the other masters' topics still take events.
+    let asked = std::time::Instant::now();
+    let refused = publish(node.addr, &lost, None, b"during", None).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after").as_deref(), Some("1"));
+    assert!(asked.elapsed() < Duration::from_secs(5), "refused after {:?}", asked.elapsed());
+    let mut acknowledged = Vec::new();
+    for n in 0..5 {
+        let data = format!("during {n}");
+        acknowledged.push((node.publish(&kept, &data).await, data));
+    }
+    assert_eq!(request(node.addr, "GET", "/readyz", &[], b"").await.status, 503);
+
+    // The master comes back empty: the kept topic's subscriber gets every acknowledged event,
+    // the lost topic's subscriber a gap notice, then new events.
+    redis.masters[0].restart().await;
+    wait_ready(&node).await;
+    assert_eq!(ids_and_data(&on_kept.events(5).await), acknowledged);
+    let notice = on_lost.next_event().await;
+    assert_eq!(notice.kind, "crier.gap", "{notice:?}");
+    let after = node.publish(&lost, "after").await;
+    let event = on_lost.next_event().await;
+    assert_eq!((event.last_event_id, event.data), (after, "after".to_owned()));
+}

@@ -28,6 +28,7 @@ fn help_lists_every_flag_with_its_default_and_variable() {
         ("--shutdown-timeout", "CRIER_SHUTDOWN_TIMEOUT", "10s"),
         ("--log-format", "CRIER_LOG_FORMAT", "text"),
         ("--write-delay", "CRIER_WRITE_DELAY", "0ms"),
+        ("--redis-pool-size", "CRIER_REDIS_POOL_SIZE", "4"),
     ] {
         let section = help
             .split(&format!("      {flag} <"))
@@ -49,6 +50,9 @@ fn bad_values_exit_64_with_a_clear_message() {
         (&["--no-such-flag"], None, "--no-such-flag"),
         (&[], Some(("CRIER_HISTORY", "-5")), "--history"),
         (&[], Some(("CRIER_MAX_EVENT_BYTES", "0")), "--max-event-bytes"),
+        (&["--redis-url", "http://example.com"], None, "--redis-url"),
+        (&["--redis-url", "redis://127.0.0.1:1,redis://127.0.0.1:2"], None, "--redis-cluster"),
+        (&["--redis-cluster"], None, "--redis-url"),
     ] {
         let mut command = crier();
         command.args(args);

@@ -32,19 +32,18 @@ async fn stalled_subscriber_is_evicted(via_hyper: bool) {
     })
     .await;
 
-    let total = 4000;
-    let payload = "x".repeat(1000);
     let reader = tokio::spawn(async move {
-        let mut seen = Vec::with_capacity(total);
-        for _ in 0..total {
+        let mut seen = Vec::new();
+        loop {
             let event = healthy.next_event().await;
+            if event.data == "end" {
+                break;
+            }
             seen.push(event.data.split(':').next().unwrap().parse::<usize>().unwrap());
         }
         (seen, healthy)
     });
-    for i in 0..total {
-        publish_ok(server.addr, "t", None, format!("{i}:{payload}").as_bytes(), None).await;
-    }
+    let total = support::publish_until_evicted(&server, "t", "sse", 4000).await;
     let (seen, _healthy) = reader.await.unwrap();
     assert_eq!(
         seen,

@@ -389,12 +389,11 @@ async fn a_stalled_websocket_is_evicted_with_4008_while_a_healthy_one_gets_every
         metric(&server.metrics().await, "crier_subscriptions") == Some(2.0)
     })
     .await;
-    let total = 4000;
-    let payload = "x".repeat(1000);
     let reader = tokio::spawn(async move {
-        let mut seen = Vec::with_capacity(total);
-        for _ in 0..total {
+        let mut seen = Vec::new();
+        loop {
             match next(&mut healthy).await {
+                Message::Text(text) if text.as_str() == "end" => break,
                 Message::Text(text) => {
                     seen.push(text.split(':').next().unwrap().parse::<usize>().unwrap())
                 }
@@ -403,18 +402,9 @@ async fn a_stalled_websocket_is_evicted_with_4008_while_a_healthy_one_gets_every
         }
         (seen, healthy)
     });
-    for i in 0..total {
-        publish_ok(server.addr, "t", None, format!("{i}:{payload}").as_bytes(), None).await;
-    }
+    let total = support::publish_until_evicted(&server, "t", "ws", 4000).await;
     let (seen, _healthy) = reader.await.unwrap();
     assert_eq!(seen, (0..total).collect::<Vec<_>>());
-    wait_until("the stalled client to be evicted", || async {
-        metric(
-            &server.metrics().await,
-            r#"crier_evictions_total{transport="ws",reason="slow_consumer"}"#,
-        ) == Some(1.0)
-    })
-    .await;
     // Its connection goes away after the close grace.
     support::assert_closed_by_server(&mut stalled).await;
     let metrics = server.metrics().await;

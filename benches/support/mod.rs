@@ -2,8 +2,16 @@
 
 #![allow(dead_code)]
 
+/// The tests' Redis processes (servers and a three-master Redis Cluster), for benches that run
+/// inside a tokio runtime.
+#[path = "../../tests/support/redis.rs"]
+pub mod redis;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long the Redis helpers wait for a server to come up.
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A redis-server on a free port, without persistence, killed when dropped.
 pub struct Redis {

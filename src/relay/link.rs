@@ -17,11 +17,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::Pool;
 use futures_util::StreamExt;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use super::commands::{self, Commands};
 use super::envelope::{self, Envelope};
 use super::scripts::{self, CHANNEL_PATTERN};
 use super::{Backoff, RelayError, RelayMetrics, Shared};
@@ -48,8 +48,10 @@ pub(super) struct SyncJob {
 /// The link's task state.
 pub(super) struct Link {
     hub: Weak<Hub>,
-    client: redis::Client,
-    pool: Pool,
+    /// Where the Pub/Sub connection may go: the Redis, or any master of a Redis Cluster (which
+    /// forwards every publish to every shard); tried in turn.
+    clients: Vec<redis::Client>,
+    pool: Arc<Commands>,
     script: redis::Script,
     jobs: mpsc::Receiver<SyncJob>,
     shared: Arc<Shared>,
@@ -67,21 +69,22 @@ enum Stop {
 impl Link {
     pub(super) fn new(
         hub: Weak<Hub>,
-        client: redis::Client,
-        pool: Pool,
+        clients: Vec<redis::Client>,
+        pool: Arc<Commands>,
         jobs: mpsc::Receiver<SyncJob>,
         shared: Arc<Shared>,
         stream_len: usize,
     ) -> Self {
-        Link { hub, client, pool, script: scripts::sync(), jobs, shared, stream_len }
+        Link { hub, clients, pool, script: scripts::sync(), jobs, shared, stream_len }
     }
 
     /// Connects, catches up and relays until the node is dropped, reconnecting with backoff
     /// whenever the link is lost.
     pub(super) async fn run(mut self) {
         let mut backoff = Backoff::default();
-        loop {
-            match self.serve(&mut backoff).await {
+        for attempt in 0.. {
+            let client = self.clients[attempt % self.clients.len()].clone();
+            match self.serve(&client, &mut backoff).await {
                 Stop::NodeGone => return,
                 Stop::Lost(why) => {
                     let was_connected = self.set_connected(false);
@@ -124,8 +127,8 @@ impl Link {
     }
 
     /// One connection's life: subscribe, catch every topic up, then relay until it breaks.
-    async fn serve(&mut self, backoff: &mut Backoff) -> Stop {
-        let mut pubsub = match self.client.get_async_pubsub().await {
+    async fn serve(&mut self, client: &redis::Client, backoff: &mut Backoff) -> Stop {
+        let mut pubsub = match client.get_async_pubsub().await {
             Ok(pubsub) => pubsub,
             Err(e) => {
                 self.shared.metrics.error("connect");
@@ -237,28 +240,27 @@ impl Link {
         let max_entries = self.stream_len.to_string();
         for batch in topics.chunks(SYNC_BATCH) {
             let Some(hub) = self.hub.upgrade() else { return Ok(()) };
-            let mut pipe = redis::pipe();
-            for name in batch {
-                let local = hub.registry().topic(name.as_str()).map(|t| t.head());
-                scripts::call(&mut pipe, &self.script, name)
-                    .arg(local.map_or("-".to_owned(), |head| head.epoch.to_string()))
-                    .arg(local.map_or(0, |head| head.seq))
-                    .arg(&max_entries);
-            }
-            drop(hub);
-            let values: Vec<Value> = match pipe.query_async(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    self.script
-                        .prepare_invoke()
-                        .load_async(&mut conn)
-                        .await
-                        .map_err(|e| unavailable(&e))?;
-                    pipe.query_async(&mut conn).await.map_err(|e| unavailable(&e))?
-                }
-                result => result.map_err(|e| unavailable(&e))?,
+            let calls = || {
+                batch
+                    .iter()
+                    .map(|name| {
+                        let local = hub.registry().topic(name.as_str()).map(|t| t.head());
+                        let mut call = scripts::call(&self.script, name);
+                        call.arg(local.map_or("-".to_owned(), |head| head.epoch.to_string()))
+                            .arg(local.map_or(0, |head| head.seq))
+                            .arg(&max_entries);
+                        call
+                    })
+                    .collect()
             };
+            let mut answers = conn.send(calls()).await.map_err(|e| unavailable(&e))?;
+            if answers.iter().any(|a| a.as_ref().is_err_and(commands::is_no_script)) {
+                conn.load(&self.script).await.map_err(|e| unavailable(&e))?;
+                answers = conn.send(calls()).await.map_err(|e| unavailable(&e))?;
+            }
+            let values: Vec<Value> =
+                answers.into_iter().collect::<Result<_, _>>().map_err(|e| unavailable(&e))?;
+            drop(hub);
             let Some(hub) = self.hub.upgrade() else { return Ok(()) };
             for (name, value) in batch.iter().zip(values) {
                 let state = TopicState::parse(value, &self.shared.metrics)?;

@@ -13,6 +13,7 @@
 //!
 //! The stored format is in [`scripts`], the envelope in [`envelope`].
 
+mod commands;
 pub mod envelope;
 mod link;
 mod publisher;
@@ -32,8 +33,10 @@ use crate::registry::MIN_LOG_EVENTS;
 /// How a node reaches Redis.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
-    /// `redis://…` URL.
-    pub url: String,
+    /// `redis://…` URL of the Redis; with `cluster`, of one or more masters of a Redis Cluster.
+    pub urls: Vec<String>,
+    /// Speak the Redis Cluster protocol.
+    pub cluster: bool,
     /// Publish workers, each with a pooled connection (the pool has one more, for catch-up
     /// reads).
     pub pool_size: usize,
@@ -50,12 +53,15 @@ pub enum RelayError {
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayStartError {
-    /// The URL is not a Redis URL.
+    /// A URL is not a Redis URL.
     #[error("bad Redis URL: {0}")]
     Url(#[from] redis::RedisError),
+    /// No URL was given.
+    #[error("no Redis URL")]
+    NoUrl,
     /// The pool could not be built.
     #[error("cannot build the Redis pool: {0}")]
-    Pool(#[from] deadpool_redis::CreatePoolError),
+    Pool(String),
 }
 
 /// Queued publishes beyond which publishers wait for room.
@@ -83,17 +89,17 @@ impl Relay {
     /// once; the link connects (and reconnects) in the background, and [`Relay::is_connected`]
     /// says when it is up.
     pub fn start(hub: &Arc<Hub>, config: &RelayConfig) -> Result<Relay, RelayStartError> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let mut pool_config = deadpool_redis::Config::from_url(config.url.as_str());
+        let clients = config
+            .urls
+            .iter()
+            .map(|url| redis::Client::open(url.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if clients.is_empty() {
+            return Err(RelayStartError::NoUrl);
+        }
         // One connection per publish worker, which keeps it while busy, and one for the link's
         // catch-up reads.
-        let mut pool_limits = deadpool_redis::PoolConfig::new(config.pool_size.max(1) + 1);
-        pool_limits.timeouts.wait = Some(Duration::from_secs(2));
-        pool_limits.timeouts.create = Some(Duration::from_secs(1));
-        pool_limits.timeouts.recycle = Some(Duration::from_secs(1));
-        pool_config.pool = Some(pool_limits);
-        let pool = pool_config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-
+        let pool = Arc::new(commands::Commands::new(config, config.pool_size.max(1) + 1)?);
         let shared = Arc::new(Shared {
             connected: AtomicBool::new(false),
             links: AtomicU64::new(0),
@@ -105,7 +111,7 @@ impl Relay {
         let (syncs, sync_jobs) = mpsc::channel(1024);
         let link = link::Link::new(
             Arc::downgrade(hub),
-            client,
+            clients,
             pool,
             sync_jobs,
             shared.clone(),

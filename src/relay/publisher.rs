@@ -13,10 +13,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use deadpool_redis::Pool;
-use redis::{ServerErrorKind, Value};
+use redis::{Cmd, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::commands::{self, Commands, Connection};
 use super::envelope;
 use super::scripts::{self, TopicKeys};
 use super::{RelayError, Shared};
@@ -39,7 +39,7 @@ pub(super) struct PublishJob {
 
 /// Starts `workers` workers taking jobs from `jobs`; they end when every sender is dropped.
 pub(super) fn spawn(
-    pool: Pool,
+    pool: Arc<Commands>,
     jobs: mpsc::Receiver<PublishJob>,
     workers: usize,
     stream_len: usize,
@@ -60,7 +60,7 @@ pub(super) fn spawn(
 }
 
 struct Worker {
-    pool: Pool,
+    pool: Arc<Commands>,
     jobs: Arc<Mutex<mpsc::Receiver<PublishJob>>>,
     script: Arc<redis::Script>,
     stream_len: Bytes,
@@ -70,7 +70,7 @@ struct Worker {
 impl Worker {
     async fn run(self) {
         // The connection, when it was last used, and the link it was taken under.
-        type Held = (deadpool_redis::Connection, Instant, u64);
+        type Held = (Connection, Instant, u64);
         let mut connection: Option<Held> = None;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
@@ -99,10 +99,15 @@ impl Worker {
             };
             let mut conn = conn;
             match self.send(&mut conn, &batch).await {
-                Ok(results) => {
-                    connection = Some((conn, Instant::now(), links));
+                Ok((results, healthy)) => {
+                    if healthy {
+                        connection = Some((conn, Instant::now(), links));
+                    }
                     for (job, result) in batch.drain(..).zip(results) {
                         self.shared.metrics.publish_took(job.queued.elapsed());
+                        if result.is_err() {
+                            self.shared.metrics.error("publish");
+                        }
                         let _ = job.reply.send(result);
                     }
                 }
@@ -116,51 +121,55 @@ impl Worker {
         }
     }
 
-    /// Sends `batch` as one pipeline; one result per job, in order.
+    /// Sends `batch`; one result per job, in order, and whether the connection is still good.
     async fn send(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut Connection,
         batch: &[PublishJob],
-    ) -> redis::RedisResult<Vec<Result<EventId, RelayError>>> {
+    ) -> redis::RedisResult<(Vec<Result<EventId, RelayError>>, bool)> {
         let mut results: Vec<Option<Result<EventId, RelayError>>> = vec![None; batch.len()];
         let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut healthy = true;
         // Once to run, once more after loading the script if Redis had lost it.
         for attempt in 0..2 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for &index in &pending {
-                self.push_call(&mut pipe, &batch[index]);
-            }
-            let values: Vec<Value> = pipe.query_async(conn).await?;
+            let calls = pending.iter().map(|&index| self.call(&batch[index])).collect();
+            let answers = conn.send(calls).await?;
             let mut refused = Vec::new();
-            for (&index, value) in pending.iter().zip(values) {
-                match value {
-                    Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
+            for (&index, answer) in pending.iter().zip(answers) {
+                results[index] = Some(match answer {
+                    Err(e) if commands::is_no_script(&e) => {
                         refused.push(index);
+                        continue;
                     }
-                    value => results[index] = Some(published_id(value)),
-                }
+                    Err(e) => {
+                        healthy &= !commands::is_connection_error(&e);
+                        Err(RelayError::unavailable(e))
+                    }
+                    Ok(value) => published_id(value),
+                });
             }
             if refused.is_empty() {
                 break;
             }
             if attempt == 0 {
-                self.script.prepare_invoke().load_async(conn).await?;
+                conn.load(&self.script).await?;
             }
             pending = refused;
         }
-        Ok(results
+        let results = results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(RelayError::Unavailable("script not loaded".into()))))
-            .collect())
+            .collect();
+        Ok((results, healthy))
     }
 
-    fn push_call(&self, pipe: &mut redis::Pipeline, job: &PublishJob) {
-        scripts::call(pipe, &self.script, &job.topic)
-            .arg(&self.stream_len[..])
+    fn call(&self, job: &PublishJob) -> Cmd {
+        let mut call = scripts::call(&self.script, &job.topic);
+        call.arg(&self.stream_len[..])
             .arg(TopicKeys::new(&job.topic).channel)
             .arg(envelope::header_tail(&job.topic, job.name.as_ref(), &job.data))
             .arg(&job.data.bytes()[..]);
+        call
     }
 }
 
@@ -184,10 +193,6 @@ fn published_id(value: Value) -> Result<EventId, RelayError> {
                 }
                 _ => Err(bad("bad id")),
             }
-        }
-        Value::ServerError(e) => {
-            let e: redis::RedisError = e.into();
-            Err(RelayError::Unavailable(e.to_string()))
         }
         _ => Err(bad("not {epoch, seq}")),
     }

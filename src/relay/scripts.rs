@@ -12,7 +12,7 @@
 //! proposed by the caller, so ids from before are never issued again: readers who held them
 //! get `crier.gap` instead of a silent hole.
 
-use redis::{Pipeline, Script};
+use redis::{Cmd, Script};
 
 use crate::event::{Epoch, TopicName};
 
@@ -116,16 +116,13 @@ end
 return out
 "#;
 
-/// Adds a call of `script` for `topic` to `pipe`, with the arguments every script takes first
-/// (the topic's keys, and a fresh epoch in case the topic starts one); the caller adds the rest.
-pub fn call<'p>(pipe: &'p mut Pipeline, script: &Script, topic: &TopicName) -> &'p mut Pipeline {
+/// A call of `script` for `topic` with the arguments every script takes first (the topic's
+/// keys, and a fresh epoch in case the topic starts one); the caller adds the rest.
+pub fn call(script: &Script, topic: &TopicName) -> Cmd {
     let keys = TopicKeys::new(topic);
-    pipe.cmd("EVALSHA")
-        .arg(script.get_hash())
-        .arg(2)
-        .arg(keys.meta)
-        .arg(keys.log)
-        .arg(Epoch::random().to_string())
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(2).arg(keys.meta).arg(keys.log).arg(Epoch::random().to_string());
+    cmd
 }
 
 /// The publish script.

@@ -606,6 +606,37 @@ pub async fn stalled_connection(addr: SocketAddr, request: &str) -> TcpStream {
     stream
 }
 
+/// Publishes numbered 1000-byte events (`"<n>:xxx…"`) to `topic` until a stalled subscriber
+/// of `transport` has been evicted and at least `at_least` went out, then `"end"`; returns how
+/// many numbered events it published. How much a stalled connection absorbs before the server
+/// sees it lag depends on the kernel's socket buffer autotuning (up to `tcp_wmem`'s 4 MiB on
+/// the sending side), so a fixed count is not enough to be sure.
+pub async fn publish_until_evicted(
+    server: &TestServer,
+    topic: &str,
+    transport: &str,
+    at_least: usize,
+) -> usize {
+    const MOST: usize = 64_000;
+    let evicted =
+        format!(r#"crier_evictions_total{{transport="{transport}",reason="slow_consumer"}}"#);
+    let payload = "x".repeat(1000);
+    let mut published = 0;
+    loop {
+        for _ in 0..100 {
+            publish_ok(server.addr, topic, None, format!("{published}:{payload}").as_bytes(), None)
+                .await;
+            published += 1;
+        }
+        if published >= at_least && metric(&server.metrics().await, &evicted) == Some(1.0) {
+            break;
+        }
+        assert!(published < MOST, "the stalled subscriber was not evicted after {MOST} events");
+    }
+    publish_ok(server.addr, topic, None, b"end", None).await;
+    published
+}
+
 /// Reads and discards until the server closes `stream`; fails if it stays open past `WAIT`.
 pub async fn assert_closed_by_server(stream: &mut TcpStream) {
     let mut sink = vec![0; 64 << 10];

@@ -1,5 +1,6 @@
 //! Real `redis-server` processes for the cluster tests, on free ports, killed with the test:
-//! started, killed (SIGKILL) and restarted on the same port, with or without their data.
+//! started, killed (SIGKILL) and restarted on the same port, with or without their data; and a
+//! Redis Cluster of three masters made of them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -19,6 +20,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// Flags for redis-server beyond the defaults.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -34,6 +37,10 @@ impl RedisServer {
     }
 
     async fn launch(persistent: bool) -> RedisServer {
+        Self::launch_with(persistent, &[]).await
+    }
+
+    async fn launch_with(persistent: bool, extra: &[&str]) -> RedisServer {
         static COUNT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "crier-test-redis-{}-{}",
@@ -42,7 +49,8 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let port = free_port();
-        let mut server = RedisServer { child: None, port, dir, persistent };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut server = RedisServer { child: None, port, dir, persistent, extra };
         server.spawn().await;
         server
     }
@@ -56,6 +64,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        command.args(&self.extra);
         if self.persistent {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -68,6 +77,11 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not answer PING in time");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// The URL crier is given.
@@ -109,6 +123,54 @@ impl RedisServer {
             .get_multiplexed_async_connection()
             .await
             .expect("connect to redis")
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas), created with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub masters: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let mut masters = Vec::new();
+        for _ in 0..3 {
+            masters.push(RedisServer::launch_with(false, &["--cluster-enabled", "yes"]).await);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for m in &masters {
+            create.arg(format!("127.0.0.1:{}", m.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli is installed with redis-server");
+        assert!(
+            output.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let deadline = Instant::now() + WAIT;
+        for m in &masters {
+            loop {
+                let mut conn = m.connection().await;
+                let info: String =
+                    redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not converge: {info}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        RedisCluster { masters }
+    }
+
+    /// Every master's URL, comma-separated, as `--redis-url` takes them.
+    pub fn urls(&self) -> String {
+        self.masters.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
     }
 }
 
