@@ -171,3 +171,33 @@ async fn health_readiness_and_metrics() {
     let refused = request(server.addr, "GET", "/sse?topic=a", &[], b"").await;
     assert_eq!(refused.status, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxied_remote_client_may_not_publish_without_credentials() {
+    let server = TestServer::start(&[]).await;
+    // The last X-Forwarded-For hop is the one the nearest proxy saw; earlier hops are claims.
+    for (forwarded, status) in [
+        ("203.0.113.5", 403),
+        ("127.0.0.1, 203.0.113.5", 403),
+        ("2001:db8::5", 403),
+        ("unknown", 403),
+        ("203.0.113.5, 127.0.0.1", 200),
+        ("::1", 200),
+    ] {
+        let response = request(
+            server.addr,
+            "POST",
+            "/publish?topic=t",
+            &[("X-Forwarded-For", forwarded)],
+            b"x",
+        )
+        .await;
+        if status == 403 {
+            assert_error(&response, 403, "forbidden");
+        } else {
+            assert_eq!(response.status, 200, "{forwarded}: {}", response.text());
+        }
+    }
+    let published = metric(&server.metrics().await, "crier_events_published_total");
+    assert_eq!(published, Some(2.0), "refused publishes published nothing");
+}

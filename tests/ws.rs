@@ -497,3 +497,23 @@ async fn write_delay_gathers_a_busy_connections_events() {
         "second event after {waited:?}, before the delay"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxied_remote_client_may_subscribe_but_not_publish() {
+    let server = TestServer::start(&[]).await;
+    let remote = [("X-Forwarded-For", "203.0.113.5")];
+    let mut ws = support::ws::connect_with(server.addr, "/ws?topic=t", &remote).await;
+    let reply = command(&mut ws, json!({"op":"publish","topic":"t","data":"x","ref":1})).await;
+    assert_eq!((reply["op"].as_str(), reply["error"].as_str()), (Some("error"), Some("forbidden")));
+    // Still subscribed and served: what a local publisher sends arrives.
+    let id = server.publish("t", "from the publisher").await;
+    let event = next_json(&mut ws).await;
+    assert_eq!(
+        (event["id"].as_str(), event["data"].as_str()),
+        (Some(id.as_str()), Some("from the publisher"))
+    );
+    let proxied_local = [("X-Forwarded-For", "203.0.113.5, 127.0.0.1")];
+    let mut local = support::ws::connect_with(server.addr, "/ws", &proxied_local).await;
+    let reply = command(&mut local, json!({"op":"publish","topic":"t","data":"y","ref":2})).await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+}

@@ -11,6 +11,7 @@ pub mod body;
 pub mod conn;
 pub(crate) mod first_request;
 mod publish;
+pub(crate) use publish::is_local_publisher;
 mod rewind;
 mod service;
 pub(crate) mod stream_query;

@@ -1,9 +1,9 @@
 //! `POST /publish?topic=T[&event=NAME]`: the HTTP publish endpoint.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
@@ -12,6 +12,24 @@ use crate::event::{EventData, EventName, TopicName};
 use crate::hub::{Hub, PublishError};
 use crate::server::body::ResponseBody;
 
+/// Whether a request comes from a local publisher: a loopback peer and, when a proxy forwarded
+/// it, a loopback client of that proxy. The last `X-Forwarded-For` hop is the one the nearest
+/// proxy appended (nginx's `$proxy_add_x_forwarded_for`); the hops before it are whatever the
+/// client claimed, so only the last one counts. A proxy on the same host that sets no
+/// `X-Forwarded-For` makes every client look local: the nginx/ configuration sets it.
+pub(crate) fn is_local_publisher(peer: SocketAddr, headers: &HeaderMap) -> bool {
+    let forwarded_from_loopback = |value: &http::HeaderValue| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|hops| hops.rsplit(',').next())
+            .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
+            .is_some_and(|ip| ip.to_canonical().is_loopback())
+    };
+    peer.ip().to_canonical().is_loopback()
+        && headers.get_all("x-forwarded-for").iter().next_back().is_none_or(forwarded_from_loopback)
+}
+
 /// Publishes the request body to the topic named in the query.
 pub(crate) async fn handle(
     hub: &Hub,
@@ -19,7 +37,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ApiError> {
     // Without credentials configured, only local publishers are trusted (DESIGN decision 8).
-    if !peer.ip().to_canonical().is_loopback() {
+    if !is_local_publisher(peer, req.headers()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

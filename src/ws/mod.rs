@@ -157,7 +157,7 @@ pub(crate) async fn handle<B>(
             .into_iter()
             .map(|(topic, position, notice)| gap_frame(&topic, position, &notice, format))
             .collect();
-        let may_publish = peer.ip().to_canonical().is_loopback();
+        let may_publish = crate::server::is_local_publisher(peer, req.headers());
         let commands_per_sec = app.config.ws_commands_per_sec;
         Role::Hub(Box::new(HubRole::new(
             app.hub.clone(),

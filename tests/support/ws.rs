@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use super::WAIT;
 
@@ -15,9 +16,17 @@ pub type Ws = WebSocketStream<TcpStream>;
 
 /// Opens `ws://addr{path}` and checks the 101.
 pub async fn connect(addr: SocketAddr, path: &str) -> Ws {
+    connect_with(addr, path, &[]).await
+}
+
+/// Opens `ws://addr{path}` with extra request headers and checks the 101.
+pub async fn connect_with(addr: SocketAddr, path: &str, headers: &[(&'static str, &str)]) -> Ws {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let url = format!("ws://{addr}{path}");
-    let (ws, response) = tokio_tungstenite::client_async(url, stream).await.expect("handshake");
+    let mut request = format!("ws://{addr}{path}").into_client_request().expect("request");
+    for (name, value) in headers {
+        request.headers_mut().append(*name, value.parse().expect("header value"));
+    }
+    let (ws, response) = tokio_tungstenite::client_async(request, stream).await.expect("handshake");
     assert_eq!(response.status(), 101);
     ws
 }
