@@ -194,6 +194,9 @@ impl Metrics {
             received: counter("crier_relay_received_total", vec![]),
             backfilled: counter("crier_relay_backfilled_total", vec![]),
             gaps: counter("crier_relay_gaps_total", vec![]),
+            stale_topics: self
+                .recorder
+                .register_gauge(&Key::from_name("crier_relay_stale_topics"), &METADATA),
             publish_duration: self
                 .recorder
                 .register_histogram(&Key::from_name(RELAY_PUBLISH_DURATION), &METADATA),
@@ -220,7 +223,8 @@ impl Metrics {
 
 /// Handles of the relay's metrics (cluster mode).
 pub struct RelayMetrics {
-    /// `crier_relay_connected`: 1 while the Pub/Sub link to Redis is up and caught up.
+    /// `crier_relay_connected`: 1 while the Pub/Sub link to Redis is up and caught up (but for
+    /// stale topics).
     pub connected: Gauge,
     /// `crier_relay_received_total`: envelopes received over Pub/Sub.
     pub received: Counter,
@@ -228,6 +232,9 @@ pub struct RelayMetrics {
     pub backfilled: Counter,
     /// `crier_relay_gaps_total`: topics that lost events no stream could give back.
     pub gaps: Counter,
+    /// `crier_relay_stale_topics`: topics whose streams could not be read while the link is up
+    /// (on a Redis Cluster, a master is down); read again every second.
+    pub stale_topics: Gauge,
     /// `crier_relay_publish_duration_seconds`: from a publish's arrival to Redis's answer.
     pub publish_duration: Histogram,
     errors: [Counter; 5],
@@ -304,6 +311,12 @@ fn describe(recorder: &PrometheusRecorder) {
     for &(name, help) in relay_counters {
         recorder.describe_counter(name.into(), None, help.into());
     }
+    recorder.describe_gauge(
+        "crier_relay_stale_topics".into(),
+        None,
+        "Topics whose Redis streams cannot be read while the link is up; retried each second."
+            .into(),
+    );
     recorder.describe_gauge(
         "crier_relay_connected".into(),
         None,

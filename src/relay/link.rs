@@ -11,7 +11,12 @@
 //! When the stream no longer holds what the node missed (trimmed, or Redis lost its data), the
 //! node's copy of the topic is replaced ([`Registry::install`](crate::registry::Registry::install)):
 //! its readers finish the old copy, get one `crier.gap` notice, and continue on the new one.
+//!
+//! A topic whose stream cannot be read while Redis otherwise answers (on a Redis Cluster, a
+//! master that is down) is kept aside as stale and read again every second; the link stays up
+//! and every other topic stays live.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -39,6 +44,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Topics caught up per pipeline.
 const SYNC_BATCH: usize = 128;
 
+/// How often the streams of stale topics are read again.
+const STALE_RETRY: Duration = Duration::from_secs(1);
+
 /// A request to bring topics up to date with Redis.
 pub(super) struct SyncJob {
     pub(super) topics: Vec<TopicName>,
@@ -56,6 +64,8 @@ pub(super) struct Link {
     jobs: mpsc::Receiver<SyncJob>,
     shared: Arc<Shared>,
     stream_len: usize,
+    /// Topics of this node whose streams could not be read while Redis answered for others.
+    stale: BTreeSet<TopicName>,
 }
 
 /// Why the link stopped serving.
@@ -75,7 +85,9 @@ impl Link {
         shared: Arc<Shared>,
         stream_len: usize,
     ) -> Self {
-        Link { hub, clients, pool, script: scripts::sync(), jobs, shared, stream_len }
+        let script = scripts::sync();
+        let stale = BTreeSet::new();
+        Link { hub, clients, pool, script, jobs, shared, stream_len, stale }
     }
 
     /// Connects, catches up and relays until the node is dropped, reconnecting with backoff
@@ -147,16 +159,19 @@ impl Link {
         let topics: Vec<TopicName> =
             hub.registry().live_topics().iter().map(|t| t.name().clone()).collect();
         drop(hub);
+        self.stale.clear();
         if let Err(e) = self.sync(&topics, true).await {
             self.shared.metrics.error("sync");
             return Stop::Lost(e.to_string());
         }
         self.set_connected(true);
         backoff.reset();
-        tracing::info!(topics = topics.len(), "Redis link up");
+        tracing::info!(topics = topics.len(), stale = self.stale.len(), "Redis link up");
 
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = tokio::time::interval(STALE_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = messages.next() => {
@@ -170,12 +185,27 @@ impl Link {
                 }
                 job = self.jobs.recv() => {
                     let Some(job) = job else { return Stop::NodeGone };
-                    let result = self.sync(&job.topics, false).await;
-                    let lost = result.as_ref().err().map(|e| e.to_string());
-                    let _ = job.reply.send(result);
-                    if let Some(why) = lost {
+                    match self.sync(&job.topics, false).await {
+                        Ok(unread) if unread.is_empty() => {
+                            let _ = job.reply.send(Ok(()));
+                        }
+                        Ok(unread) => {
+                            let why = format!("Redis could not give topic {}", unread[0]);
+                            let _ = job.reply.send(Err(RelayError::Unavailable(why)));
+                        }
+                        Err(e) => {
+                            let why = e.to_string();
+                            let _ = job.reply.send(Err(e));
+                            self.shared.metrics.error("sync");
+                            return Stop::Lost(why);
+                        }
+                    }
+                }
+                _ = retry.tick(), if !self.stale.is_empty() => {
+                    let stale: Vec<TopicName> = self.stale.iter().cloned().collect();
+                    if let Err(e) = self.sync(&stale, true).await {
                         self.shared.metrics.error("sync");
-                        return Stop::Lost(why);
+                        return Stop::Lost(e.to_string());
                     }
                 }
                 _ = ping.tick() => {
@@ -230,16 +260,23 @@ impl Link {
     }
 
     /// Brings the node's copies of `topics` up to date with their streams. `reconnect` says
-    /// the events read fill what a lost link missed.
-    async fn sync(&mut self, topics: &[TopicName], reconnect: bool) -> Result<(), RelayError> {
+    /// the events read fill what a lost link missed. Returns the topics whose streams could not
+    /// be read while Redis answered for the others (kept as stale if the node has them); `Err`
+    /// when Redis could not be asked at all.
+    async fn sync(
+        &mut self,
+        topics: &[TopicName],
+        reconnect: bool,
+    ) -> Result<Vec<TopicName>, RelayError> {
+        let mut unread = Vec::new();
         if topics.is_empty() {
-            return Ok(());
+            return Ok(unread);
         }
         let unavailable = |e: &dyn std::fmt::Display| RelayError::Unavailable(e.to_string());
         let mut conn = self.pool.get().await.map_err(|e| unavailable(&e))?;
         let max_entries = self.stream_len.to_string();
         for batch in topics.chunks(SYNC_BATCH) {
-            let Some(hub) = self.hub.upgrade() else { return Ok(()) };
+            let Some(hub) = self.hub.upgrade() else { return Ok(unread) };
             let calls = || {
                 batch
                     .iter()
@@ -258,12 +295,25 @@ impl Link {
                 conn.load(&self.script).await.map_err(|e| unavailable(&e))?;
                 answers = conn.send(calls()).await.map_err(|e| unavailable(&e))?;
             }
-            let values: Vec<Value> =
-                answers.into_iter().collect::<Result<_, _>>().map_err(|e| unavailable(&e))?;
             drop(hub);
-            let Some(hub) = self.hub.upgrade() else { return Ok(()) };
-            for (name, value) in batch.iter().zip(values) {
-                let state = TopicState::parse(value, &self.shared.metrics)?;
+            let Some(hub) = self.hub.upgrade() else { return Ok(unread) };
+            for (name, answer) in batch.iter().zip(answers) {
+                let state = answer
+                    .map_err(|e| unavailable(&e))
+                    .and_then(|value| TopicState::parse(value, &self.shared.metrics));
+                let state = match state {
+                    Ok(state) => state,
+                    Err(e) => {
+                        self.shared.metrics.error("sync");
+                        tracing::debug!(topic = %name, error = %e, "cannot read a topic's stream");
+                        if hub.registry().topic(name.as_str()).is_some() {
+                            self.stale.insert(name.clone());
+                        }
+                        unread.push(name.clone());
+                        continue;
+                    }
+                };
+                self.stale.remove(name);
                 let applied = apply(&hub, name, state);
                 if applied.existed && (reconnect || applied.appended > 0) {
                     self.shared.metrics.backfilled.increment(applied.appended as u64);
@@ -273,7 +323,8 @@ impl Link {
                 }
             }
         }
-        Ok(())
+        self.shared.metrics.stale_topics.set(self.stale.len() as f64);
+        Ok(unread)
     }
 }
 
