@@ -324,6 +324,86 @@ async fn redis_restarted_empty_gives_subscribers_a_gap_notice() {
     assert!(metric(&b.metrics().await, "crier_relay_gaps_total") >= Some(1.0));
 }
 
+/// Makes Redis forget a topic's events after `keep`, as a replica promoted before it got them
+/// would, or a snapshot taken then; `then` (sequence number, data) are stored after them as if
+/// published there since, and only the first of those is sent on Pub/Sub (the node has not
+/// seen the others yet). All in one atomic step, while every node's link stays up.
+async fn forget_events(redis: &RedisServer, topic: &str, keep: u64, then: &[(u64, &str)]) {
+    let mut conn = redis.connection().await;
+    let epoch: String = redis::cmd("HGET")
+        .arg(format!("crier:{{{topic}}}:meta"))
+        .arg("epoch")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let script = redis::Script::new(
+        r#"
+        local kept = redis.call('XRANGE', KEYS[2], '-', ARGV[1] .. '-0')
+        redis.call('DEL', KEYS[2])
+        for _, entry in ipairs(kept) do
+          redis.call('XADD', KEYS[2], entry[1], 'e', entry[2][2])
+        end
+        local seq = ARGV[1]
+        for i = 2, #ARGV, 2 do
+          seq = ARGV[i]
+          redis.call('XADD', KEYS[2], seq .. '-0', 'e', ARGV[i + 1])
+        end
+        redis.call('HSET', KEYS[1], 'seq', seq)
+        if #ARGV > 1 then
+          redis.call('PUBLISH', KEYS[3], ARGV[3])
+        end
+        "#,
+    );
+    let mut call = script.prepare_invoke();
+    call.key(format!("crier:{{{topic}}}:meta"))
+        .key(format!("crier:{{{topic}}}:log"))
+        .key(format!("crier:{{{topic}}}:ev"))
+        .arg(keep);
+    for (seq, data) in then {
+        call.arg(seq).arg(format!("crier1 {epoch}-{seq} t {topic}\n{data}"));
+    }
+    let () = call.invoke_async(&mut conn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_forgetting_delivered_events_gives_a_gap_not_a_silent_swap() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis, &[]).await, node(&redis, &[]).await);
+    for topic in ["reused", "overtaken"] {
+        let mut on_a = SseClient::connect(a.addr, &format!("/sse?topic={topic}"), &[]).await;
+        let mut on_b = SseClient::connect(b.addr, &format!("/sse?topic={topic}"), &[]).await;
+        let mut ids = Vec::new();
+        for n in 1..=5 {
+            ids.push(a.publish(topic, &format!("old {n}")).await);
+        }
+        for client in [&mut on_a, &mut on_b] {
+            assert_eq!(client.events(5).await.len(), 5);
+        }
+        if topic == "reused" {
+            // Redis lost events 4 and 5; the next publish is given id 4 again.
+            forget_events(&redis, topic, 3, &[]).await;
+            assert_eq!(a.publish(topic, "new 4").await, ids[3], "Redis issued the id again");
+        } else {
+            // Redis lost 4 and 5 and has already issued 4, 5 and 6 again by the time a node
+            // catches up: it is not behind the node, but its event 5 is not the node's.
+            forget_events(&redis, topic, 3, &[(4, "new 4"), (5, "new 5"), (6, "new 6")]).await;
+        }
+        for client in [&mut on_a, &mut on_b] {
+            let notice = client.next_event().await;
+            assert_eq!(notice.kind, "crier.gap", "{topic}: {notice:?}");
+            let gap: Value = serde_json::from_str(&notice.data).unwrap();
+            assert_eq!(gap["gaps"][0]["reason"], "epoch", "{topic}: {gap}");
+            assert_eq!(gap["gaps"][0]["last_event_id"], ids[4].as_str(), "{topic}: {gap}");
+        }
+        let after = b.publish(topic, "after").await;
+        assert_ne!(after.split('-').next(), ids[0].split('-').next(), "a new epoch");
+        for client in [&mut on_a, &mut on_b] {
+            let event = client.next_event().await;
+            assert_eq!((event.last_event_id, event.data), (after.clone(), "after".to_owned()));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequence_jump_is_filled_from_the_stream_or_reported_as_a_gap() {
     let redis = RedisServer::start().await;

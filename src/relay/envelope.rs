@@ -62,7 +62,7 @@ pub fn header_tail(topic: &TopicName, name: Option<&EventName>, data: &EventData
     out
 }
 
-/// A whole envelope, as the publish script builds it (for tests and benchmarks).
+/// A whole envelope, byte for byte as the publish script builds it.
 pub fn encode(
     topic: &TopicName,
     id: EventId,

@@ -241,7 +241,10 @@ impl Link {
         if let Some(topic) = hub.registry().topic(envelope.topic.as_str()) {
             let head = topic.head();
             if head.epoch == envelope.id.epoch {
-                if envelope.id.seq <= head.seq {
+                // Normally a copy of an event already delivered (published before the last
+                // catch-up read); if the node delivered another event under this id, Redis
+                // forgot events and issued the id again, and the catch-up below tells.
+                if envelope.id.seq <= head.seq && delivered(&topic, &envelope) {
                     return Ok(());
                 }
                 if envelope.id.seq == head.seq + 1 {
@@ -251,7 +254,8 @@ impl Link {
             }
         }
         drop(hub);
-        // A jump, another epoch, or a topic new to this node: the stream has what is missing.
+        // A jump, another epoch, a topic new to this node, or an id issued again: the stream has
+        // what is missing, and the sync script checks Redis still has what the node delivered.
         if let Err(e) = self.sync(std::slice::from_ref(&envelope.topic), false).await {
             self.shared.metrics.error("sync");
             return Err(Stop::Lost(e.to_string()));
@@ -281,11 +285,13 @@ impl Link {
                 batch
                     .iter()
                     .map(|name| {
-                        let local = hub.registry().topic(name.as_str()).map(|t| t.head());
+                        let local = hub.registry().topic(name.as_str());
+                        let head = local.as_ref().map(|t| t.head());
                         let mut call = scripts::call(&self.script, name);
-                        call.arg(local.map_or("-".to_owned(), |head| head.epoch.to_string()))
-                            .arg(local.map_or(0, |head| head.seq))
-                            .arg(&max_entries);
+                        call.arg(head.map_or("-".to_owned(), |head| head.epoch.to_string()))
+                            .arg(head.map_or(0, |head| head.seq))
+                            .arg(&max_entries)
+                            .arg(local.as_deref().map_or(String::new(), last_envelope_digest));
                         call
                     })
                     .collect()
@@ -454,6 +460,29 @@ fn replace(
 }
 
 /// Appends an envelope to a copy of its topic; `false` if it does not continue it.
+/// Whether the node delivered `envelope`'s event under its id (false if the log no longer holds
+/// that id).
+fn delivered(topic: &Topic, envelope: &Envelope) -> bool {
+    let guard = crossbeam_epoch::pin();
+    topic
+        .event(envelope.id.seq, &guard)
+        .is_some_and(|event| event.name == envelope.name && event.data == envelope.data)
+}
+
+/// The SHA-1 (hex) of the envelope of the last event the node delivered on `topic`, as the
+/// publish script stored it; empty if the log no longer holds it.
+fn last_envelope_digest(topic: &Topic) -> String {
+    let guard = crossbeam_epoch::pin();
+    let head = topic.head();
+    match topic.event(head.seq, &guard) {
+        Some(event) => {
+            let envelope = envelope::encode(topic.name(), head, event.name.as_ref(), &event.data);
+            sha1_smol::Sha1::from(envelope).digest().to_string()
+        }
+        None => String::new(),
+    }
+}
+
 fn append(topic: &Topic, envelope: Envelope) -> bool {
     let body = encode::encode_body(envelope.name.as_ref(), &envelope.data);
     topic.append(envelope.id, envelope.name, envelope.data, body).is_ok()

@@ -83,19 +83,31 @@ return {epoch, seq}
 /// Reads a topic's state for a node catching up.
 ///
 /// `KEYS`: meta, log. `ARGV`: proposed epoch, the node's epoch for the topic (or `-`), the
-/// node's last sequence number, most entries. Returns `{epoch, seq, envelope…}`: the envelopes
-/// after the node's last sequence number if the epoch is the node's, else the whole stream.
-/// A topic never published gets an epoch now, so every node agrees on it from the first
-/// subscriber on. If Redis has fewer events of the node's epoch than the node already
-/// delivered (restored from an older snapshot), those sequence numbers would be issued twice:
-/// the topic starts a new epoch instead.
+/// node's last sequence number, most entries, the SHA-1 (hex) of the node's last envelope (or
+/// empty). Returns `{epoch, seq, envelope…}`: the envelopes after the node's last sequence
+/// number if the epoch is the node's, else the whole stream. A topic never published gets an
+/// epoch now, so every node agrees on it from the first subscriber on.
+///
+/// Redis may have forgotten events the node delivered: restored from an older snapshot, or a
+/// replica promoted before it got the last writes. Then it has issued, or will issue, those
+/// sequence numbers again for other events. Either it is behind the node, or its entry at the
+/// node's last sequence number is not the event the node delivered; in both cases the topic
+/// starts a new epoch, and every node's subscribers get `crier.gap` instead of a silent swap.
 pub const SYNC: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = 0
 if epoch then
   seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-  if epoch == ARGV[2] and seq < tonumber(ARGV[3]) then
-    epoch = nil
+  if epoch == ARGV[2] then
+    if seq < tonumber(ARGV[3]) then
+      epoch = nil
+    elseif ARGV[5] ~= '' then
+      local at = ARGV[3] .. '-0'
+      local entry = redis.call('XRANGE', KEYS[2], at, at)[1]
+      if entry and redis.sha1hex(entry[2][2]) ~= ARGV[5] then
+        epoch = nil
+      end
+    end
   end
 end
 if not epoch then
