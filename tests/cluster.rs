@@ -554,14 +554,8 @@ async fn websocket_commands_publish_and_subscribe_through_redis_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_of_three_masters_joins_the_nodes() {
     let redis = support::redis::RedisCluster::start().await;
-    let urls = redis.urls();
-    let start = |urls: String| async move {
-        let server = TestServer::start(&["--redis-cluster", "--redis-url", &urls]).await;
-        wait_ready(&server).await;
-        server
-    };
     // B knows a single master: the others are found from it.
-    let (a, b) = (start(urls.clone()).await, start(redis.masters[1].url()).await);
+    let (a, b) = (cluster_node(&redis.urls()).await, cluster_node(&redis.masters[1].url()).await);
     let topics: Vec<String> = (0..6).map(|i| format!("topic-{i}")).collect();
     let mut ws_b = ws::connect(
         b.addr,
@@ -611,34 +605,51 @@ async fn a_redis_cluster_of_three_masters_joins_the_nodes() {
     assert_eq!(ids_and_data(&resumed.events(5).await), published[3][5..]);
 }
 
+/// A ready node of a Redis Cluster whose masters (some of them) are `urls`.
+async fn cluster_node(urls: &str) -> TestServer {
+    let server = TestServer::start(&["--redis-cluster", "--redis-url", urls]).await;
+    wait_ready(&server).await;
+    server
+}
+
+/// Publishes a probe to `topic-0`, `topic-1`… until one topic lives on `master` and one on
+/// another master; returns them (whose slot a topic gets is Redis's choice).
+async fn topics_on_and_off(node: &TestServer, master: &RedisServer) -> (String, String) {
+    let mut conn = master.connection().await;
+    let (mut on, mut off) = (None, None);
+    for i in 0..200 {
+        let topic = format!("topic-{i}");
+        node.publish(&topic, "probe").await;
+        let here: Vec<String> =
+            redis::cmd("KEYS").arg("crier:*:meta").query_async(&mut conn).await.unwrap();
+        if here.contains(&format!("crier:{{{topic}}}:meta")) {
+            on.get_or_insert(topic);
+        } else {
+            off.get_or_insert(topic);
+        }
+        if let (Some(on), Some(off)) = (&on, &off) {
+            return (on.clone(), off.clone());
+        }
+    }
+    panic!("200 topics and not one on each side");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_cluster_master_refuses_only_its_topics_and_the_rest_stay_live() {
     let mut redis = support::redis::RedisCluster::start().await;
     // The node's Pub/Sub link goes to the first master, the one that is lost.
-    let node = TestServer::start(&["--redis-cluster", "--redis-url", &redis.urls()]).await;
-    wait_ready(&node).await;
-    let mut first = redis.masters[0].connection().await;
-    let (mut lost, mut kept) = (None, None);
-    for i in 0..200 {
-        let topic = format!("topic-{i}");
-        node.publish(&topic, "before").await;
-        let here: Vec<String> =
-            redis::cmd("KEYS").arg("crier:*:meta").query_async(&mut first).await.unwrap();
-        let on_first = here.contains(&format!("crier:{{{topic}}}:meta"));
-        match (on_first, &lost, &kept) {
-            (true, None, _) => lost = Some(topic),
-            (false, _, None) => kept = Some(topic),
-            _ => {}
-        }
-        if lost.is_some() && kept.is_some() {
-            break;
-        }
-    }
-    let (lost, kept) = (lost.expect("a topic on the first master"), kept.expect("one elsewhere"));
+    let node = cluster_node(&redis.urls()).await;
+    let (lost, kept) = topics_on_and_off(&node, &redis.masters[0]).await;
     let mut on_lost = SseClient::connect(node.addr, &format!("/sse?topic={lost}"), &[]).await;
     let mut on_kept = SseClient::connect(node.addr, &format!("/sse?topic={kept}"), &[]).await;
 
     redis.masters[0].kill().await;
+    // Once the cluster has declared it failed (the other masters keep their slots):
+    let (failed, observer) = (&redis.masters[0], &redis.masters[1]);
+    wait_until("the cluster to declare the master failed", || async {
+        support::redis::sees_failed(observer, failed).await
+    })
+    .await;
     // The link moves to another master and comes back up; the lost master's topics are stale.
     wait_until("the link to come back without the lost master", || async {
         let metrics = node.metrics().await;
@@ -671,4 +682,51 @@ async fn a_lost_cluster_master_refuses_only_its_topics_and_the_rest_stay_live() 
     let after = node.publish(&lost, "after").await;
     let event = on_lost.next_event().await;
     assert_eq!((event.last_event_id, event.data), (after, "after".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_taking_over_a_lost_master_continues_its_topics() {
+    let mut redis = support::redis::RedisCluster::start_with_replicas().await;
+    let node = cluster_node(&redis.urls()).await;
+    let (topic, _) = topics_on_and_off(&node, &redis.masters[0]).await;
+    let mut client = SseClient::connect(node.addr, &format!("/sse?topic={topic}"), &[]).await;
+    let mut published = Vec::new();
+    for n in 0..5 {
+        let data = format!("before {n}");
+        published.push((node.publish(&topic, &data).await, data));
+    }
+    assert_eq!(ids_and_data(&client.events(5).await), published);
+    // The replica has everything before its master goes (replication is asynchronous).
+    let replica = &redis.replicas[0];
+    wait_until("the replica to catch up", || async {
+        let mut conn = replica.connection().await;
+        let _: () = redis::cmd("READONLY").query_async(&mut conn).await.unwrap();
+        let len: u64 = redis::cmd("XLEN")
+            .arg(format!("crier:{{{topic}}}:log"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        len == 6
+    })
+    .await;
+
+    redis.masters[0].kill().await;
+    // Publishes are refused until the replica has taken over, then go on in the same epoch.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let response = publish(node.addr, &topic, None, b"after", None).await;
+        if response.status == 200 {
+            break response.json()["id"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(response.status, 503, "{}", response.text());
+        assert!(tokio::time::Instant::now() < deadline, "no failover in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (epoch, last) = published[4].0.rsplit_once('-').unwrap();
+    let seq: u64 = last.parse().unwrap();
+    assert_eq!(after, format!("{epoch}-{}", seq + 1), "the ids go on");
+    let event = client.next_event().await;
+    assert_eq!((event.last_event_id, event.data), (after, "after".to_owned()), "no gap");
+    wait_ready(&node).await;
+    assert_eq!(metric(&node.metrics().await, "crier_relay_gaps_total"), Some(0.0));
 }

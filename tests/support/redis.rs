@@ -126,24 +126,48 @@ impl RedisServer {
     }
 }
 
-/// A Redis Cluster of three masters (no replicas), created with `redis-cli --cluster create`.
+/// A Redis Cluster of three masters, with or without one replica each, created with
+/// `redis-cli --cluster create`.
 pub struct RedisCluster {
     pub masters: Vec<RedisServer>,
+    /// `replicas[i]` replicates `masters[i]` (empty without replicas).
+    pub replicas: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub async fn start() -> RedisCluster {
-        let mut masters = Vec::new();
-        for _ in 0..3 {
-            masters.push(RedisServer::launch_with(false, &["--cluster-enabled", "yes"]).await);
+        Self::launch(false).await
+    }
+
+    /// Three masters and a replica for each, which takes over within about two seconds of its
+    /// master's loss.
+    pub async fn start_with_replicas() -> RedisCluster {
+        Self::launch(true).await
+    }
+
+    async fn launch(with_replicas: bool) -> RedisCluster {
+        // A master is declared failed a second after it stops answering, and the other masters
+        // keep serving their slots meanwhile (by default the whole cluster stops).
+        let flags = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-require-full-coverage",
+            "no",
+        ];
+        let mut servers = Vec::new();
+        for _ in 0..if with_replicas { 6 } else { 3 } {
+            servers.push(RedisServer::launch_with(false, &flags).await);
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
-        for m in &masters {
-            create.arg(format!("127.0.0.1:{}", m.port));
+        for server in &servers {
+            create.arg(format!("127.0.0.1:{}", server.port));
         }
         let output = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", if with_replicas { "1" } else { "0" }, "--cluster-yes"])
             .output()
             .await
             .expect("redis-cli is installed with redis-server");
@@ -152,10 +176,27 @@ impl RedisCluster {
             "cluster create: {}",
             String::from_utf8_lossy(&output.stdout)
         );
+        // redis-cli makes the first three the masters and picks each replica's master itself.
+        let mut replicas = servers.split_off(3);
+        let mut master_ids = Vec::new();
+        for master in &servers {
+            master_ids.push(node_line(master).await.split(' ').next().unwrap_or("").to_owned());
+        }
+        let mut masters_of = Vec::new();
+        for replica in &replicas {
+            let line = node_line(replica).await;
+            let master = line.split(' ').nth(3).unwrap_or("").to_owned();
+            masters_of.push(master_ids.iter().position(|id| *id == master).expect("a master"));
+        }
+        let mut order: Vec<usize> = (0..replicas.len()).collect();
+        order.sort_by_key(|&i| masters_of[i]);
+        let mut sorted: Vec<Option<RedisServer>> = replicas.drain(..).map(Some).collect();
+        let replicas: Vec<RedisServer> = order.iter().filter_map(|&i| sorted[i].take()).collect();
+        let cluster = RedisCluster { masters: servers, replicas };
         let deadline = Instant::now() + WAIT;
-        for m in &masters {
+        for server in cluster.masters.iter().chain(&cluster.replicas) {
             loop {
-                let mut conn = m.connection().await;
+                let mut conn = server.connection().await;
                 let info: String =
                     redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.unwrap();
                 if info.contains("cluster_state:ok") {
@@ -165,13 +206,41 @@ impl RedisCluster {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        RedisCluster { masters }
+        cluster
     }
 
     /// Every master's URL, comma-separated, as `--redis-url` takes them.
     pub fn urls(&self) -> String {
         self.masters.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
     }
+}
+
+/// The server's own line of `CLUSTER NODES`: `<id> <addr> myself,<role> <master id or -> …`.
+async fn node_line(server: &RedisServer) -> String {
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut server.connection().await)
+        .await
+        .expect("CLUSTER NODES");
+    nodes.lines().find(|line| line.contains("myself")).expect("its own line").to_owned()
+}
+
+/// Whether `observer` holds `server` as failed (not merely suspected).
+pub async fn sees_failed(observer: &RedisServer, server: &RedisServer) -> bool {
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut observer.connection().await)
+        .await
+        .expect("CLUSTER NODES");
+    let address = format!("127.0.0.1:{}", server.port);
+    nodes.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let _id = fields.next();
+        let at = fields.next().unwrap_or("");
+        let flags = fields.next().unwrap_or("");
+        at.split('@').next() == Some(address.as_str())
+            && flags.split(',').any(|flag| flag == "fail")
+    })
 }
 
 impl Drop for RedisServer {
