@@ -27,10 +27,7 @@ async fn stalled_subscriber_is_evicted(via_hyper: bool) {
     let server = TestServer::start(&["--client-queue-bytes", "256KiB"]).await;
     let mut stalled = stalled_subscriber(server.addr, "t", via_hyper).await;
     let mut healthy = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
-    wait_until("both subscribed", || async {
-        metric(&server.metrics().await, "crier_subscriptions") == Some(2.0)
-    })
-    .await;
+    server.wait_subscriptions(2).await;
 
     let reader = tokio::spawn(async move {
         let mut seen = Vec::new();

@@ -385,10 +385,7 @@ async fn a_stalled_websocket_is_evicted_with_4008_while_a_healthy_one_gets_every
     );
     let mut stalled = support::stalled_connection(server.addr, &handshake).await;
     let mut healthy = connect(server.addr, "/ws?topic=t&format=raw").await;
-    wait_until("both subscribed", || async {
-        metric(&server.metrics().await, "crier_subscriptions") == Some(2.0)
-    })
-    .await;
+    server.wait_subscriptions(2).await;
     let reader = tokio::spawn(async move {
         let mut seen = Vec::new();
         loop {
@@ -476,10 +473,7 @@ async fn echo_returns_every_message_unchanged() {
 async fn write_delay_gathers_a_busy_connections_events() {
     let server = TestServer::start(&["--write-delay", "400ms"]).await;
     let mut raw = support::RawWs::connect(server.addr, "/ws?topic=t&format=raw").await;
-    wait_until("the subscription", || async {
-        metric(&server.metrics().await, "crier_subscriptions") == Some(1.0)
-    })
-    .await;
+    server.wait_subscriptions(1).await;
     // Idle for longer than the delay: the first event goes at once.
     let sent = tokio::time::Instant::now();
     server.publish("t", "first").await;

@@ -49,12 +49,8 @@ pub(super) enum Connection {
 }
 
 impl Commands {
-    /// A pool of `size` connections to the Redis (or Redis Cluster) of `config`.
+    /// `size` connections to the Redis (or Redis Cluster) of `config`, made when first needed.
     pub(super) fn new(config: &RelayConfig, size: usize) -> Result<Self, RelayStartError> {
-        let mut limits = deadpool_redis::PoolConfig::new(size);
-        limits.timeouts.wait = Some(Duration::from_secs(2));
-        limits.timeouts.create = Some(CONNECT_TIMEOUT);
-        limits.timeouts.recycle = Some(Duration::from_secs(1));
         if config.cluster {
             let client = ClusterClientBuilder::new(config.urls.clone())
                 .connection_timeout(CONNECT_TIMEOUT)
@@ -70,6 +66,10 @@ impl Commands {
                 next: AtomicUsize::new(0),
             })))
         } else {
+            let mut limits = deadpool_redis::PoolConfig::new(size);
+            limits.timeouts.wait = Some(Duration::from_secs(2));
+            limits.timeouts.create = Some(CONNECT_TIMEOUT);
+            limits.timeouts.recycle = Some(Duration::from_secs(1));
             let url = config.urls.first().map_or("", String::as_str);
             let mut pool = deadpool_redis::Config::from_url(url);
             pool.pool = Some(limits);

@@ -459,7 +459,6 @@ fn replace(
     applied
 }
 
-/// Appends an envelope to a copy of its topic; `false` if it does not continue it.
 /// Whether the node delivered `envelope`'s event under its id (false if the log no longer holds
 /// that id).
 fn delivered(topic: &Topic, envelope: &Envelope) -> bool {
@@ -483,6 +482,7 @@ fn last_envelope_digest(topic: &Topic) -> String {
     }
 }
 
+/// Appends an envelope to a copy of its topic; `false` if it does not continue it.
 fn append(topic: &Topic, envelope: Envelope) -> bool {
     let body = encode::encode_body(envelope.name.as_ref(), &envelope.data);
     topic.append(envelope.id, envelope.name, envelope.data, body).is_ok()

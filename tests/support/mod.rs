@@ -46,6 +46,14 @@ impl TestServer {
         publish_ok(self.addr, topic, None, data.as_bytes(), None).await
     }
 
+    /// Waits until the server counts `n` subscriptions.
+    pub async fn wait_subscriptions(&self, n: usize) {
+        wait_until(&format!("{n} subscriptions"), || async {
+            metric(&self.metrics().await, "crier_subscriptions") == Some(n as f64)
+        })
+        .await;
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         let response = request(self.addr, "GET", "/metrics", &[], b"").await;
