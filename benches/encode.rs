@@ -1,8 +1,10 @@
-//! SSE frame encoding: the once-per-event cost of turning a payload into its frame.
+//! Event encoding, the once-per-event cost of a publish: the SSE frame alone, and what a publish
+//! does (the SSE frame and the length of each WebSocket frame, so lag is counted per format).
 
 use bytes::Bytes;
-use crier::event::{Epoch, EventData, EventId, EventName};
-use crier::sse::encode;
+use crier::internals::{
+    Epoch, EventData, EventId, EventName, TopicName, encode_event, encode_frames,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn payloads() -> Vec<(&'static str, EventData)> {
@@ -12,7 +14,7 @@ fn payloads() -> Vec<(&'static str, EventData)> {
         while s.len() < len {
             s.push(if s.len() % line == line - 1 { '\n' } else { rng.alphanumeric() });
         }
-        EventData::Text(Bytes::from(s))
+        EventData::from(s)
     };
     vec![
         ("text_100B_one_line", text(100, usize::MAX)),
@@ -33,11 +35,25 @@ fn sse_frame(c: &mut Criterion) {
     for (label, data) in payloads() {
         group.throughput(Throughput::Bytes(data.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(label), &data, |b, data| {
-            b.iter(|| encode::encode_event(id, Some(&name), std::hint::black_box(data)))
+            b.iter(|| encode_event(id, Some(&name), std::hint::black_box(data)))
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, sse_frame);
+fn publish_frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("publish_frames");
+    let id = EventId { epoch: Epoch::from_u64(0xab_cdef_1234).expect("epoch"), seq: 123_456 };
+    let name = EventName::new("price.update").expect("name");
+    let topic = TopicName::new("prices/eu").expect("topic");
+    for (label, data) in payloads() {
+        group.throughput(Throughput::Bytes(data.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(label), &data, |b, data| {
+            b.iter(|| encode_frames(&topic, id, Some(&name), std::hint::black_box(data)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, sse_frame, publish_frames);
 criterion_main!(benches);

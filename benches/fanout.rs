@@ -10,6 +10,7 @@
 //! cargo bench --bench fanout -- --subscribers 1000 --rate 0 --duration 10s
 //! cargo bench --bench fanout -- --cluster           # cluster mode through one redis-server
 //! cargo bench --bench fanout -- --subscribers 30 --redis-nodes 3 --rate 0
+//! cargo bench --bench fanout -- --server-bin ../old/target/release/crier   # another build
 //! ```
 //!
 //! With `--redis-nodes N` the benchmark starts a `redis-server` on a free port and N crier nodes
@@ -77,6 +78,10 @@ struct Args {
     /// instead of the single-node performance bars.
     #[arg(long)]
     cluster: bool,
+    /// The server binary to run (default: this build's `crier`), to measure another build
+    /// with the same load generator in the same session.
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -122,8 +127,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(extra: &[String]) -> Server {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_crier"))
+    fn start(args: &Args, extra: &[String]) -> Server {
+        let bin = args
+            .server_bin
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_crier")));
+        let mut child = std::process::Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(extra)
             .env("CRIER_LOG", "warn,crier=info")
@@ -223,12 +232,12 @@ struct ThreadReport {
 fn run(args: &Args, subscribers: usize) {
     let redis = (args.redis_nodes > 0).then(Redis::start);
     let servers: Vec<Server> = match &redis {
-        None => vec![Server::start(&args.server_args)],
+        None => vec![Server::start(args, &args.server_args)],
         Some(redis) => (0..args.redis_nodes)
             .map(|_| {
                 let mut flags = vec![format!("--redis-url={}", redis.url())];
                 flags.extend(args.server_args.iter().cloned());
-                let server = Server::start(&flags);
+                let server = Server::start(args, &flags);
                 let started = Instant::now();
                 while !http_get(server.addr, "/readyz").contains("ready") {
                     assert!(started.elapsed() < Duration::from_secs(10), "node not ready");
@@ -386,9 +395,10 @@ fn run(args: &Args, subscribers: usize) {
         latency.max as f64 / 1e6
     );
     println!(
-        "  server        {:.2} CPU-seconds per second{}, RSS {:.1} MiB under load; load generator {:.2} CPU-seconds per second",
+        "  server        {:.2} CPU-seconds per second{}, {:.3} µs of CPU per delivery, RSS {:.1} MiB under load; load generator {:.2} CPU-seconds per second",
         cpu_used / secs,
         if redis.is_some() { " (every node and Redis)" } else { "" },
+        cpu_used * 1e6 / received.max(1) as f64,
         rss_busy as f64 / 1024.0,
         own_cpu_used / secs
     );

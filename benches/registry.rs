@@ -8,19 +8,32 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use crier::event::{EventData, TopicName};
-use crier::hub::{Hub, HubConfig, Subscription};
-use crier::metrics::{Metrics, Transport};
+use crier::internals::{
+    EventData, Hub, HubConfig, Metrics, ReaderRequest, Subscription, TopicName, Wire,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt as _;
 
 fn hub() -> Hub {
     let config = HubConfig { client_queue_bytes: 1 << 30, history: 1000, ..HubConfig::default() };
-    Hub::new(config, Arc::new(Metrics::new()))
+    Hub::local(config, Arc::new(Metrics::new()))
 }
 
 fn data() -> EventData {
-    EventData::Text(Bytes::from(vec![b'x'; 100]))
+    EventData::from("x".repeat(100))
+}
+
+/// Publishes on a single node, where a publish completes at once.
+fn publish(hub: &Hub, topic: &TopicName) {
+    let published = hub.publish(topic, None, data()).now_or_never();
+    published.expect("a local publish is immediate").expect("within limits");
+}
+
+/// Subscribes on a single node, where it completes at once.
+fn subscribe(hub: &Hub, topic: &TopicName) -> Subscription {
+    let request = ReaderRequest::new(vec![topic.clone()], None, Wire::Sse);
+    let subscription = hub.subscribe(request).now_or_never();
+    subscription.expect("a local subscribe is immediate").expect("subscribed")
 }
 
 /// Lets every subscriber's writer take what was published, copying frames into a buffer as
@@ -28,8 +41,8 @@ fn data() -> EventData {
 fn drain(subscriptions: &mut [Subscription], buf: &mut Vec<u8>) {
     let mut cx = Context::from_waker(Waker::noop());
     for s in subscriptions.iter_mut() {
-        let _ =
-            s.poll_events(&mut cx, usize::MAX, |_, event| buf.extend_from_slice(event.sse_frame()));
+        let _ = s
+            .poll_events(&mut cx, usize::MAX, |_, event| buf.extend_from_slice(event.frames.sse()));
         buf.clear();
     }
 }
@@ -50,7 +63,7 @@ fn time_publishes(
         let this_run = (iters - done).min(run);
         let started = Instant::now();
         for _ in 0..this_run {
-            hub.publish_now(topic, None, data()).unwrap();
+            publish(hub, topic);
         }
         total += started.elapsed();
         done += this_run;
@@ -66,9 +79,7 @@ fn publish_fan_out(c: &mut Criterion) {
     for subscribers in [1_000usize, 10_000] {
         let hub = hub();
         let topic = TopicName::new("bench").unwrap();
-        let mut subscriptions: Vec<_> = (0..subscribers)
-            .map(|_| hub.subscribe(vec![topic.clone()], None, Transport::Sse, None).unwrap())
-            .collect();
+        let mut subscriptions: Vec<_> = (0..subscribers).map(|_| subscribe(&hub, &topic)).collect();
         // Throughput in deliveries: one event reaching every subscriber's write buffer.
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_with_input(
@@ -82,7 +93,7 @@ fn publish_fan_out(c: &mut Criterion) {
                         // Writers wake for runs of 16 events, as under load.
                         let run = (iters - done).min(16);
                         for _ in 0..run {
-                            hub.publish_now(&topic, None, data()).unwrap();
+                            publish(&hub, &topic);
                         }
                         drain(&mut subscriptions, &mut buf);
                         done += run;
@@ -111,9 +122,7 @@ fn publish_under_churn(c: &mut Criterion) {
     for churn in [false, true] {
         let hub = Arc::new(hub());
         let topic = TopicName::new("bench").unwrap();
-        let mut subscriptions: Vec<_> = (0..subscribers)
-            .map(|_| hub.subscribe(vec![topic.clone()], None, Transport::Sse, None).unwrap())
-            .collect();
+        let mut subscriptions: Vec<_> = (0..subscribers).map(|_| subscribe(&hub, &topic)).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let churned = Arc::new(AtomicU64::new(0));
         // 10k subscribe + unsubscribe pairs per second on the published topic.
@@ -127,7 +136,7 @@ fn publish_under_churn(c: &mut Criterion) {
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
                         std::thread::sleep(wait);
                     }
-                    let s = hub.subscribe(vec![topic.clone()], None, Transport::Sse, None).unwrap();
+                    let s = subscribe(&hub, &topic);
                     drop(s);
                     churned.fetch_add(1, Ordering::Relaxed);
                 }

@@ -19,12 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
-use crier::event::{EventData, TopicName};
-use crier::hub::{Hub, HubConfig, Polled};
-use crier::metrics::{Metrics, Transport};
-use crier::relay::RelayConfig;
+use crier::internals::{
+    EventData, Hub, HubConfig, Metrics, Polled, ReaderRequest, RelayConfig, TopicName, Wire,
+};
 use support::redis::RedisCluster;
 use support::{Redis, process_cpu_seconds};
 
@@ -123,14 +121,13 @@ async fn run(args: &Args, nodes: usize) {
     let relay = redis.relay(args.pool_size);
     let hubs: Vec<Arc<Hub>> = (0..nodes)
         .map(|_| {
-            let hub = Arc::new(Hub::new(HubConfig::default(), Arc::new(Metrics::new())));
-            hub.start_relay(&relay).expect("relay starts");
-            hub
+            let metrics = Arc::new(Metrics::new());
+            Arc::new(Hub::cluster(HubConfig::default(), metrics, &relay).expect("relay starts"))
         })
         .collect();
     for hub in &hubs {
         let started = Instant::now();
-        while !hub.is_connected() {
+        while !hub.is_ready() {
             assert!(started.elapsed() < Duration::from_secs(10), "relay did not connect");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -141,9 +138,8 @@ async fn run(args: &Args, nodes: usize) {
     // One subscriber per node, to every topic: counts events and checks each topic's order.
     let mut subscribers = Vec::new();
     for hub in &hubs {
-        hub.prepare(&topics, None).await.expect("topics synced");
-        let mut subscription =
-            hub.subscribe(topics.clone(), None, Transport::Sse, None).expect("subscribe");
+        let request = ReaderRequest::new(topics.clone(), None, Wire::Sse);
+        let mut subscription = hub.subscribe(request).await.expect("subscribe");
         let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let task = tokio::spawn({
             let counts = counts.clone();
@@ -178,7 +174,7 @@ async fn run(args: &Args, nodes: usize) {
             let (published, latencies) = (published.clone(), latencies.clone());
             let (duration, payload) = (args.duration, args.payload);
             tokio::spawn(async move {
-                let data = EventData::Text(Bytes::from(vec![b'x'; payload]));
+                let data = EventData::from("x".repeat(payload));
                 let mut own = Vec::new();
                 while started.elapsed() < duration {
                     let sent = Instant::now();
@@ -199,7 +195,7 @@ async fn run(args: &Args, nodes: usize) {
     // Let the last events arrive everywhere.
     let deadline = Instant::now() + Duration::from_secs(10);
     let delivered = |hub: &Hub| -> u64 {
-        topics.iter().filter_map(|t| hub.registry().topic(t.as_str())).map(|t| t.head().seq).sum()
+        topics.iter().filter_map(|t| hub.head(t.as_str())).map(|id| id.seq).sum()
     };
     while hubs.iter().any(|h| delivered(h) < total) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;

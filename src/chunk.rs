@@ -1,11 +1,15 @@
-//! Write buffers shared by both edges: a [`Chunk`] is one wakeup's worth of a stream, small
-//! frames copied into one contiguous buffer and large frames shared, handed to a vectored write.
+//! Writing shared by both edges: a [`Chunk`] is one wakeup's worth of a stream, small frames
+//! copied into one contiguous buffer and large frames shared, and [`poll_write_buf`] hands a
+//! buffer like it to the socket in vectored writes.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
+use tokio::io::AsyncWrite;
 
 use crate::metrics::{Metrics, Transport};
 
@@ -14,6 +18,36 @@ use crate::metrics::{Metrics, Transport};
 /// instead of a hundred 130-byte slices more than pays for the copy of small frames.
 const COPY_AT_MOST: usize = 1024;
 
+/// Most bytes of events a writer takes from the topic logs per wakeup, so one write stays a
+/// bounded size and one busy stream cannot hold a worker thread for long.
+pub(crate) const MAX_CHUNK_BYTES: usize = 256 << 10;
+
+/// Most slices handed to one vectored write: Linux's `IOV_MAX`, the most `writev` takes. A chunk
+/// of events has at most `MAX_CHUNK_BYTES / COPY_AT_MOST` shared frames with a copy buffer
+/// between each two, about 512 slices, so one call can take all of it.
+const MAX_IOVECS: usize = 1024;
+
+/// Writes `buf` to `io` with vectored writes until it is empty. `Pending` when the socket is
+/// full (whatever was written is consumed from `buf`); an error when the connection is broken.
+pub(crate) fn poll_write_buf<W: AsyncWrite + Unpin, B: Buf>(
+    io: &mut W,
+    cx: &mut Context<'_>,
+    buf: &mut B,
+) -> Poll<io::Result<()>> {
+    while buf.has_remaining() {
+        let written = {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = buf.chunks_vectored(&mut slices);
+            ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?
+        };
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        buf.advance(written);
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// First allocation of a chunk's copy buffer.
 const INITIAL_BUFFER: usize = 16 << 10;
 
@@ -21,7 +55,7 @@ const INITIAL_BUFFER: usize = 16 << 10;
 /// buffer, large frames shared.
 ///
 /// When dropped (fully written, or the connection closed) it counts what was sent.
-pub struct Chunk {
+pub(crate) struct Chunk {
     parts: VecDeque<Bytes>,
     /// Bytes of the front part already written.
     offset: usize,
@@ -35,7 +69,7 @@ pub struct Chunk {
 
 impl Chunk {
     /// A chunk of fixed bytes outside any stream's accounting (a whole response body).
-    pub fn from_bytes(bytes: Bytes) -> Self {
+    pub(crate) fn from_bytes(bytes: Bytes) -> Self {
         let mut builder = ChunkBuilder::with_capacity(0);
         builder.push_shared(bytes);
         builder.finish(None)
@@ -164,5 +198,76 @@ impl ChunkBuilder {
             bytes_written: 0,
             metrics,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `max` bytes and `slices` slices per call.
+    struct Trickle {
+        written: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            let mut taken = 0;
+            for slice in bufs {
+                let n = slice.len().min(self.max - taken);
+                self.written.extend_from_slice(&slice[..n]);
+                taken += n;
+            }
+            Poll::Ready(Ok(taken))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn small_frames_are_copied_large_ones_shared_and_all_written_in_order() {
+        let mut builder = ChunkBuilder::with_capacity(0);
+        let mut expected = Vec::new();
+        for i in 0..600usize {
+            let frame = Bytes::from(vec![i as u8; if i % 3 == 0 { 2000 } else { 10 }]);
+            expected.extend_from_slice(&frame);
+            builder.push_frame(&frame, 0);
+        }
+        let mut chunk = builder.finish(None);
+        // 200 shared frames, each after a copy buffer of the small ones before it.
+        assert_eq!(chunk.parts.len(), 400);
+        let mut io = Trickle { written: Vec::new(), max: usize::MAX, calls: 0 };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(poll_write_buf(&mut io, &mut cx, &mut chunk).is_ready());
+        assert_eq!((io.written == expected, io.calls), (true, 1), "one writev for the chunk");
+        let mut small = Chunk::from_bytes(Bytes::from(expected.clone()));
+        let mut io = Trickle { written: Vec::new(), max: 7, calls: 0 };
+        assert!(poll_write_buf(&mut io, &mut cx, &mut small).is_ready());
+        assert!(io.written == expected, "partial writes resume where they stopped");
     }
 }

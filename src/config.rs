@@ -22,10 +22,11 @@ pub struct Config {
     #[arg(long, env = "CRIER_HEARTBEAT", default_value = "15s", value_parser = parse_positive_duration)]
     pub heartbeat: Duration,
 
-    /// How far, in bytes of stream, one subscriber may fall behind a topic (its queue). A
-    /// subscriber that falls further behind, or behind the events the topic's log holds
-    /// (--history), is disconnected and resumes from history. The events are shared, so a
-    /// slow subscriber costs no memory of its own beyond the chunk being written.
+    /// How far, in bytes of its own stream (SSE frames, or WebSocket frames in its format), one
+    /// subscriber may fall behind a topic (its queue). A subscriber that falls further behind,
+    /// or behind the events the topic's log holds (--history), is disconnected and resumes from
+    /// history. The events are shared, so a slow subscriber costs no memory of its own beyond
+    /// the chunk being written.
     #[arg(long, env = "CRIER_CLIENT_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub client_queue_bytes: usize,
 
@@ -77,6 +78,16 @@ pub struct Config {
     /// Close a connection whose request headers take longer than this to arrive.
     #[arg(long, env = "CRIER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub header_read_timeout: Duration,
+
+    /// Longest a publish may wait to be accepted (in cluster mode, for Redis) before it is
+    /// answered 503 with Retry-After. The body's upload is not counted.
+    #[arg(long, env = "CRIER_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub publish_timeout: Duration,
+
+    /// Most publishes in flight at once (their bodies held in memory); more are refused at
+    /// once with 503 and Retry-After rather than queued.
+    #[arg(long, env = "CRIER_MAX_CONCURRENT_PUBLISHES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_publishes: u32,
 
     /// Join a cluster through this Redis (`redis://[user:password@]host:port[/db]`): events
     /// are published through Redis, every node delivers them with the same ids in the same
@@ -190,6 +201,8 @@ mod tests {
         assert!(c.redis_url.is_empty());
         assert!(!c.redis_cluster);
         assert_eq!(c.redis_pool_size, 4);
+        assert_eq!(c.publish_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_concurrent_publishes, 1024);
     }
 
     #[test]
@@ -218,6 +231,8 @@ mod tests {
             &["--max-topics-per-connection", "0"],
             &["--redis-url", "http://127.0.0.1:6379"],
             &["--redis-pool-size", "0"],
+            &["--publish-timeout", "0s"],
+            &["--max-concurrent-publishes", "0"],
         ] {
             let args = std::iter::once("crier").chain(bad.iter().copied());
             assert!(Config::try_parse_from(args).is_err(), "{bad:?} should be refused");

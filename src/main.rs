@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use clap::error::ErrorKind;
-use crier::config::{Config, LogFormat};
+use crier::{Config, LogFormat};
 
 /// Exit status for a bad command line or environment (EX_USAGE).
 const EXIT_USAGE: u8 = 64;

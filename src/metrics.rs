@@ -1,4 +1,5 @@
-//! Every metric crier exports: name, unit, labels and help text, declared in one place.
+//! Every metric crier exports: name, unit, labels and help text, declared in one place, and the
+//! guard that counts an open stream for as long as it lives.
 //!
 //! Each server owns its own Prometheus recorder rather than installing a process-global one, so
 //! several servers in one process (the test suite) keep separate counts, and the hot paths
@@ -11,9 +12,11 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+use crate::event::Wire;
+
 /// Transports a subscriber can use; the `transport` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// Server-Sent Events.
     Sse,
     /// WebSocket.
@@ -22,10 +25,18 @@ pub enum Transport {
 
 impl Transport {
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Sse => "sse",
             Transport::Ws => "ws",
+        }
+    }
+
+    /// The transport that carries `wire`.
+    pub(crate) fn of(wire: Wire) -> Self {
+        match wire {
+            Wire::Sse => Transport::Sse,
+            Wire::WsJson | Wire::WsRaw => Transport::Ws,
         }
     }
 
@@ -34,7 +45,7 @@ impl Transport {
 
 /// Why a subscriber was disconnected by the server; the `reason` label of evictions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EvictReason {
+pub(crate) enum EvictReason {
     /// It fell further behind than `--client-queue-bytes` or the topic log allow: it read
     /// slower than events arrived.
     SlowConsumer,
@@ -42,7 +53,7 @@ pub enum EvictReason {
 
 impl EvictReason {
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EvictReason::SlowConsumer => "slow_consumer",
         }
@@ -51,17 +62,39 @@ impl EvictReason {
 
 /// Handles of one transport's metrics.
 #[derive(Clone)]
-pub struct TransportMetrics {
+pub(crate) struct TransportMetrics {
     /// `crier_connections{transport}`: open streams.
-    pub connections: Gauge,
+    connections: Gauge,
     /// `crier_connections_accepted_total{transport}`.
-    pub accepted: Counter,
+    accepted: Counter,
     /// `crier_deliveries_total{transport}`: events written to subscribers.
-    pub deliveries: Counter,
+    pub(crate) deliveries: Counter,
     /// `crier_sent_bytes_total{transport}`: stream bytes handed to the socket.
-    pub sent_bytes: Counter,
+    pub(crate) sent_bytes: Counter,
     /// `crier_evictions_total{transport,reason="slow_consumer"}`.
-    pub evicted_slow: Counter,
+    evicted_slow: Counter,
+}
+
+/// Counts one open stream of a transport (`crier_connections`, and
+/// `crier_connections_accepted_total` when made) for as long as it lives, like tower-http's
+/// in-flight guard: the stream's writer holds it, so however the stream ends, the gauge
+/// follows.
+pub(crate) struct ConnectionGuard {
+    connections: Gauge,
+}
+
+impl ConnectionGuard {
+    fn new(transport: &TransportMetrics) -> Self {
+        transport.accepted.increment(1);
+        transport.connections.increment(1);
+        ConnectionGuard { connections: transport.connections.clone() }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.connections.decrement(1);
+    }
 }
 
 /// All of a server's metrics.
@@ -71,19 +104,20 @@ pub struct Metrics {
     sse: TransportMetrics,
     ws: TransportMetrics,
     /// `crier_subscriptions`: (subscriber, topic) pairs.
-    pub subscriptions: Gauge,
+    pub(crate) subscriptions: Gauge,
     /// `crier_topics`: topics known to this node.
-    pub topics: Gauge,
+    pub(crate) topics: Gauge,
     /// `crier_events_published_total`.
-    pub events_published: Counter,
+    pub(crate) events_published: Counter,
     /// `crier_publish_duration_seconds`: from accepting a publish to the end of its fan-out.
-    pub publish_duration: Histogram,
+    pub(crate) publish_duration: Histogram,
 }
 
 const PUBLISH_DURATION: &str = "crier_publish_duration_seconds";
 const RELAY_PUBLISH_DURATION: &str = "crier_relay_publish_duration_seconds";
 const RELAY_ERRORS: &str = "crier_relay_errors_total";
 const HTTP_REQUESTS: &str = "crier_http_requests_total";
+const SHED_REQUESTS: &str = "crier_shed_requests_total";
 const WS_CLOSES: &str = "crier_ws_closes_total";
 
 /// Buckets of `crier_publish_duration_seconds`: 5 µs to 1 s.
@@ -106,8 +140,7 @@ impl Metrics {
                 )
             })
             .map(PrometheusBuilder::build_recorder)
-            // The bucket list is a non-empty constant, the only thing the builder checks.
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            .expect("the bucket lists are non-empty constants, all the builder checks");
         let handle = recorder.handle();
         describe(&recorder);
 
@@ -150,43 +183,55 @@ impl Metrics {
     }
 
     /// The metrics of one transport.
-    pub fn transport(&self, transport: Transport) -> &TransportMetrics {
+    pub(crate) fn transport(&self, transport: Transport) -> &TransportMetrics {
         match transport {
             Transport::Sse => &self.sse,
             Transport::Ws => &self.ws,
         }
     }
 
+    /// Counts a newly accepted stream of `transport` as open until the guard is dropped.
+    pub(crate) fn open_connection(&self, transport: Transport) -> ConnectionGuard {
+        ConnectionGuard::new(self.transport(transport))
+    }
+
     /// Counts one eviction.
-    pub fn evicted(&self, transport: Transport, reason: EvictReason) {
+    pub(crate) fn evicted(&self, transport: Transport, reason: EvictReason) {
         match reason {
             EvictReason::SlowConsumer => self.transport(transport).evicted_slow.increment(1),
         }
     }
 
     /// Counts one HTTP request by route and status (`crier_http_requests_total`).
-    pub fn http_request(&self, route: &'static str, status: u16) {
+    pub(crate) fn http_request(&self, route: &'static str, status: u16) {
         let labels = vec![Label::new("route", route), Label::new("status", status_label(status))];
         self.recorder
             .register_counter(&Key::from_parts(HTTP_REQUESTS, labels), &METADATA)
             .increment(1);
     }
 
+    /// The counter of requests to `route` refused by load shedding
+    /// (`crier_shed_requests_total{route}`).
+    pub(crate) fn shed_requests(&self, route: &'static str) -> Counter {
+        let labels = vec![Label::new("route", route)];
+        self.recorder.register_counter(&Key::from_parts(SHED_REQUESTS, labels), &METADATA)
+    }
+
     /// Counts one closed WebSocket by the code of the close frame crier sent (1006 when the
     /// connection dropped without one): `crier_ws_closes_total{code}`.
-    pub fn ws_closed(&self, code: u16) {
+    pub(crate) fn ws_closed(&self, code: u16) {
         let labels = vec![Label::new("code", code.to_string())];
         self.recorder.register_counter(&Key::from_parts(WS_CLOSES, labels), &METADATA).increment(1);
     }
 
     /// Registers the relay's metrics (cluster mode only, so a single node does not export
     /// them).
-    pub fn relay(&self) -> RelayMetrics {
+    pub(crate) fn relay(&self) -> RelayMetrics {
         let counter = |name: &'static str, labels: Vec<Label>| {
             self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
         };
-        let errors = RelayMetrics::ERROR_KINDS
-            .map(|kind| counter(RELAY_ERRORS, vec![Label::new("kind", kind)]));
+        let errors = RelayErrorKind::ALL
+            .map(|kind| counter(RELAY_ERRORS, vec![Label::new("kind", kind.as_str())]));
         RelayMetrics {
             connected: self
                 .recorder
@@ -204,57 +249,82 @@ impl Metrics {
         }
     }
 
-    /// Records a publish's duration.
-    pub fn publish_took(&self, elapsed: Duration) {
-        self.publish_duration.record(elapsed.as_secs_f64());
-    }
-
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.handle.render()
     }
 
     /// Folds recorded histogram samples into their buckets; run periodically so samples do not
     /// pile up between scrapes.
-    pub fn run_upkeep(&self) {
+    pub(crate) fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
 }
 
+/// What went wrong in the relay; the `kind` label of `crier_relay_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RelayErrorKind {
+    /// Redis could not be reached.
+    Connect = 0,
+    /// A publish (or a batch of them) failed.
+    Publish = 1,
+    /// A catch-up read failed.
+    Sync = 2,
+    /// A malformed envelope was skipped.
+    Envelope = 3,
+    /// The Pub/Sub link was lost.
+    Link = 4,
+}
+
+impl RelayErrorKind {
+    const ALL: [RelayErrorKind; 5] = [
+        RelayErrorKind::Connect,
+        RelayErrorKind::Publish,
+        RelayErrorKind::Sync,
+        RelayErrorKind::Envelope,
+        RelayErrorKind::Link,
+    ];
+
+    /// The label value.
+    fn as_str(self) -> &'static str {
+        match self {
+            RelayErrorKind::Connect => "connect",
+            RelayErrorKind::Publish => "publish",
+            RelayErrorKind::Sync => "sync",
+            RelayErrorKind::Envelope => "envelope",
+            RelayErrorKind::Link => "link",
+        }
+    }
+}
+
 /// Handles of the relay's metrics (cluster mode).
-pub struct RelayMetrics {
+pub(crate) struct RelayMetrics {
     /// `crier_relay_connected`: 1 while the Pub/Sub link to Redis is up and caught up (but for
     /// stale topics).
-    pub connected: Gauge,
+    pub(crate) connected: Gauge,
     /// `crier_relay_received_total`: envelopes received over Pub/Sub.
-    pub received: Counter,
+    pub(crate) received: Counter,
     /// `crier_relay_backfilled_total`: events read back from topic streams to fill a gap.
-    pub backfilled: Counter,
+    pub(crate) backfilled: Counter,
     /// `crier_relay_gaps_total`: topics that lost events no stream could give back.
-    pub gaps: Counter,
+    pub(crate) gaps: Counter,
     /// `crier_relay_stale_topics`: topics whose streams could not be read while the link is up
     /// (on a Redis Cluster, a master is down); read again every second.
-    pub stale_topics: Gauge,
+    pub(crate) stale_topics: Gauge,
     /// `crier_relay_publish_duration_seconds`: from a publish's arrival to Redis's answer.
-    pub publish_duration: Histogram,
+    publish_duration: Histogram,
+    /// `crier_relay_errors_total`, by [`RelayErrorKind`].
     errors: [Counter; 5],
 }
 
 impl RelayMetrics {
-    /// Values of the `kind` label of `crier_relay_errors_total`: Redis could not be reached,
-    /// a publish batch failed, a catch-up read failed, a malformed envelope was skipped, the
-    /// Pub/Sub link was lost.
-    pub const ERROR_KINDS: [&'static str; 5] = ["connect", "publish", "sync", "envelope", "link"];
-
-    /// Counts one error of `kind` (one of [`Self::ERROR_KINDS`]).
-    pub fn error(&self, kind: &str) {
-        if let Some(i) = Self::ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.errors[i].increment(1);
-        }
+    /// Counts one error of `kind`.
+    pub(crate) fn error(&self, kind: RelayErrorKind) {
+        self.errors[kind as usize].increment(1);
     }
 
     /// Records a publish's round trip.
-    pub fn publish_took(&self, elapsed: Duration) {
+    pub(crate) fn publish_took(&self, elapsed: Duration) {
         self.publish_duration.record(elapsed.as_secs_f64());
     }
 }
@@ -288,6 +358,7 @@ fn describe(recorder: &PrometheusRecorder) {
             "Subscribers disconnected by the server, by transport and reason.",
         ),
         (HTTP_REQUESTS, "HTTP requests answered, by route and status."),
+        (SHED_REQUESTS, "Requests refused at once because too many were in flight, by route."),
         (WS_CLOSES, "WebSocket connections closed, by the close code crier sent (1006: none)."),
     ];
     for &(name, help) in counters {
@@ -342,7 +413,8 @@ mod tests {
     fn exposition_lists_every_metric_with_help() {
         let metrics = Metrics::new();
         metrics.http_request("publish", 200);
-        metrics.publish_took(Duration::from_micros(30));
+        metrics.publish_duration.record(Duration::from_micros(30).as_secs_f64());
+        metrics.shed_requests("publish").increment(1);
         metrics.run_upkeep();
         let text = metrics.render();
         for line in [
@@ -356,11 +428,24 @@ mod tests {
             "crier_sent_bytes_total{transport=\"sse\"} 0",
             "crier_evictions_total{transport=\"sse\",reason=\"slow_consumer\"} 0",
             "crier_http_requests_total{route=\"publish\",status=\"200\"} 1",
+            "crier_shed_requests_total{route=\"publish\"} 1",
             "crier_publish_duration_seconds_bucket{le=\"0.00005\"} 1",
             "crier_publish_duration_seconds_count 1",
             "# HELP crier_topics Topics with state on this node.",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_connection_guard_counts_the_stream_while_it_lives() {
+        let metrics = Metrics::new();
+        let has = |line: &str| metrics.render().lines().any(|l| l == line);
+        let guard = metrics.open_connection(Transport::Ws);
+        assert!(has("crier_connections{transport=\"ws\"} 1"));
+        assert!(has("crier_connections_accepted_total{transport=\"ws\"} 1"));
+        drop(guard);
+        assert!(has("crier_connections{transport=\"ws\"} 0"));
+        assert!(has("crier_connections_accepted_total{transport=\"ws\"} 1"));
     }
 }

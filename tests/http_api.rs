@@ -164,7 +164,7 @@ async fn health_readiness_and_metrics() {
     .await;
 
     // Readiness follows draining.
-    server.handle.app().hub.shutdown();
+    server.handle.hub().shutdown();
     let ready = request(server.addr, "GET", "/readyz", &[], b"").await;
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json()["error"], "draining");

@@ -6,7 +6,7 @@ mod support;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use crier::event::{Epoch, EventData, EventId, EventName};
+use crier::internals::{Epoch, EventData, EventId, EventName, encode_event};
 use proptest::prelude::*;
 use support::whatwg;
 
@@ -67,10 +67,10 @@ proptest! {
         let id = EventId { epoch: Epoch::from_u64(epoch).unwrap(), seq };
         let event_name = name.as_deref().map(|n| EventName::new(n).unwrap());
         let data = match &payload {
-            Payload::Text(t) => EventData::Text(Bytes::from(t.clone())),
+            Payload::Text(t) => EventData::from(t.clone()),
             Payload::Binary(b) => EventData::Binary(Bytes::from(b.clone())),
         };
-        let frame = crier::sse::encode::encode_event(id, event_name.as_ref(), &data);
+        let frame = encode_event(id, event_name.as_ref(), &data);
         // Fed in two arbitrary pieces, as a socket might deliver it.
         let mut parser = whatwg::Parser::new();
         let split = frame.len() / 3;

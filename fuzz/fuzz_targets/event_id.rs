@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use crier::event::{Cursor, EventId};
+use crier::internals::{Cursor, EventId};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (&str, u8)| {

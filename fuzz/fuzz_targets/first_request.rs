@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    crier::fuzzing::check_first_request(bytes);
+    crier::internals::fuzzing::check_first_request(bytes);
 });

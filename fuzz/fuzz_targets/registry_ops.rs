@@ -18,10 +18,10 @@ enum Op {
 fuzz_target!(|input: (u8, Vec<Op>)| {
     let (history, ops) = input;
     let ops = ops.into_iter().map(|op| match op {
-        Op::Subscribe { resume_back } => crier::fuzzing::TopicOp::Subscribe { resume_back },
-        Op::Unsubscribe { which } => crier::fuzzing::TopicOp::Unsubscribe { which },
-        Op::Publish { size } => crier::fuzzing::TopicOp::Publish { size },
-        Op::Drain { which } => crier::fuzzing::TopicOp::Drain { which },
+        Op::Subscribe { resume_back } => crier::internals::fuzzing::TopicOp::Subscribe { resume_back },
+        Op::Unsubscribe { which } => crier::internals::fuzzing::TopicOp::Unsubscribe { which },
+        Op::Publish { size } => crier::internals::fuzzing::TopicOp::Publish { size },
+        Op::Drain { which } => crier::internals::fuzzing::TopicOp::Drain { which },
     });
-    crier::fuzzing::check_topic_ops(usize::from(history % 32), ops);
+    crier::internals::fuzzing::check_topic_ops(usize::from(history % 32), ops);
 });

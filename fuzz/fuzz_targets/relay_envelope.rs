@@ -6,8 +6,8 @@
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use crier::event::{Epoch, EventData, EventId, EventName, TopicName};
-use crier::relay::envelope;
+use crier::internals::{Epoch, EventData, EventId, EventName, TopicName};
+use crier::internals::envelope;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -39,8 +39,8 @@ fuzz_target!(|input: Input<'_>| {
         EventData::Binary(data)
     } else {
         match EventData::text(data) {
-            Some(text) => text,
-            None => return,
+            Ok(text) => text,
+            Err(_) => return,
         }
     };
     let id = EventId { epoch, seq: input.seq.max(1) };

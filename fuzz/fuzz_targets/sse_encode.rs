@@ -1,11 +1,12 @@
 //! Any event crier can publish, SSE-encoded and read back by an independent WHATWG parser, is
-//! the same event: name, id, and data (text with line breaks as LF; binary via base64).
+//! the same event: name, id, and data (text with line breaks as LF; binary via base64); and each
+//! of its WebSocket frames is as long as was known before it was encoded.
 
 #![no_main]
 
 use arbitrary::Arbitrary;
 use base64::Engine as _;
-use crier::event::{Epoch, EventData, EventId, EventName};
+use crier::internals::{Epoch, EventData, EventId, EventName};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../../tests/support/whatwg.rs"]
@@ -28,13 +29,20 @@ fuzz_target!(|input: Input| {
         EventData::Binary(input.data.clone().into())
     } else {
         match EventData::text(input.data.clone().into()) {
-            Some(text) => text,
-            None => return,
+            Ok(text) => text,
+            Err(_) => return,
         }
     };
     let epoch = Epoch::from_u64(input.epoch % ((1 << 40) - 1) + 1).expect("in range");
     let id = EventId { epoch, seq: input.seq };
-    let frame = crier::sse::encode::encode_event(id, name.as_ref(), &data);
+    let frame = crier::internals::encode_event(id, name.as_ref(), &data);
+    // The same event in every wire format: each frame as long as was known before encoding it.
+    crier::internals::fuzzing::check_event_frames(
+        "t",
+        name.as_ref().map(|n| n.as_str()),
+        data.clone(),
+        input.seq,
+    );
 
     let mut parser = whatwg::Parser::new();
     let split = input.split % (frame.len() + 1);

@@ -7,5 +7,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (Vec<u16>, u16, &[u8])| {
     let (cuts, max, bytes) = input;
-    crier::fuzzing::check_ws_decoder(bytes, &cuts, usize::from(max) + 1);
+    crier::internals::fuzzing::check_ws_decoder(bytes, &cuts, usize::from(max) + 1);
 });

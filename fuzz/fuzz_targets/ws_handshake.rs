@@ -7,5 +7,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (bool, bool, Vec<(String, Vec<u8>)>, Vec<String>)| {
     let (post, http10, headers, origins) = input;
-    crier::fuzzing::check_ws_handshake(post, http10, &headers, &origins);
+    crier::internals::fuzzing::check_ws_handshake(post, http10, &headers, &origins);
 });

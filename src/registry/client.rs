@@ -10,7 +10,7 @@ use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
 
-use crate::metrics::Transport;
+use crate::event::Wire;
 
 /// Why a client stopped receiving events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub enum Closed {
 
 /// Closes the connection that serves a client, so an evicted client is dropped even while its
 /// socket is too full for its writer to run.
-pub trait ConnectionCloser: Send + Sync {
+pub(crate) trait ConnectionCloser: Send + Sync {
     /// Closes the connection as soon as possible, without flushing.
     fn close_connection(&self);
 }
@@ -33,48 +33,42 @@ const SHUTDOWN: u8 = 1;
 const EVICTED: u8 = 2;
 
 /// One subscriber connection, as seen by publishers, the sweeper and shutdown.
-pub struct Client {
+pub(crate) struct Client {
     /// `OPEN`, `SHUTDOWN` or `EVICTED`; only ever moves away from `OPEN`.
     state: AtomicU8,
     /// The writer's task, woken when a topic it waits on gets an event, or on close.
     waker: AtomicWaker,
-    /// The transport of the connection, for metrics.
-    transport: Transport,
-    /// Most stream bytes the client may lag behind a topic before it is evicted.
+    /// The wire format the connection reads events in: its lag is counted in those bytes.
+    wire: Wire,
+    /// Most bytes of `wire` the client may lag behind a topic before it is evicted.
     lag_limit: usize,
     /// Called once when the client is evicted.
     closer: Option<Arc<dyn ConnectionCloser>>,
 }
 
 impl Client {
-    /// A client that may lag `lag_limit` bytes behind.
-    pub fn new(
+    /// A client reading `wire` that may lag `lag_limit` bytes of it behind a topic.
+    pub(crate) fn new(
         lag_limit: usize,
-        transport: Transport,
+        wire: Wire,
         closer: Option<Arc<dyn ConnectionCloser>>,
     ) -> Self {
-        Client {
-            state: AtomicU8::new(OPEN),
-            waker: AtomicWaker::new(),
-            transport,
-            lag_limit,
-            closer,
-        }
+        Client { state: AtomicU8::new(OPEN), waker: AtomicWaker::new(), wire, lag_limit, closer }
     }
 
-    /// The transport of the connection.
-    pub fn transport(&self) -> Transport {
-        self.transport
+    /// The wire format the connection reads events in.
+    pub(crate) fn wire(&self) -> Wire {
+        self.wire
     }
 
-    /// Most stream bytes the client may lag behind a topic.
-    pub fn lag_limit(&self) -> usize {
+    /// Most bytes of its own wire format the client may lag behind a topic.
+    pub(crate) fn lag_limit(&self) -> usize {
         self.lag_limit
     }
 
     /// Stops delivery; returns whether this call closed it. Eviction also closes the
     /// connection.
-    pub fn close(&self, why: Closed) -> bool {
+    pub(crate) fn close(&self, why: Closed) -> bool {
         let to = match why {
             Closed::Shutdown => SHUTDOWN,
             Closed::Evicted => EVICTED,
@@ -90,7 +84,7 @@ impl Client {
     }
 
     /// Whether the client was closed, and why.
-    pub fn closed(&self) -> Option<Closed> {
+    pub(crate) fn closed(&self) -> Option<Closed> {
         match self.state.load(Ordering::Acquire) {
             OPEN => None,
             SHUTDOWN => Some(Closed::Shutdown),
@@ -99,12 +93,12 @@ impl Client {
     }
 
     /// Registers the writer's task for [`Client::wake`].
-    pub fn register(&self, waker: &Waker) {
+    pub(crate) fn register(&self, waker: &Waker) {
         self.waker.register(waker);
     }
 
     /// Wakes the writer.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.waker.wake();
     }
 }
@@ -112,7 +106,7 @@ impl Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("transport", &self.transport)
+            .field("wire", &self.wire)
             .field("closed", &self.closed())
             .finish_non_exhaustive()
     }
@@ -141,7 +135,7 @@ mod tests {
     fn the_first_close_wins_and_eviction_closes_the_connection() {
         let connection = Arc::new(Flag::default());
         let woken = Arc::new(Flag::default());
-        let client = Client::new(100, Transport::Sse, Some(connection.clone()));
+        let client = Client::new(100, Wire::Sse, Some(connection.clone()));
         client.register(&Waker::from(woken.clone()));
         assert!(client.close(Closed::Evicted));
         assert!(woken.0.load(Ordering::SeqCst), "closing wakes the writer");
@@ -150,7 +144,7 @@ mod tests {
         assert_eq!(client.closed(), Some(Closed::Evicted));
 
         let connection = Arc::new(Flag::default());
-        let client = Client::new(100, Transport::Sse, Some(connection.clone()));
+        let client = Client::new(100, Wire::Sse, Some(connection.clone()));
         assert!(client.close(Closed::Shutdown));
         assert!(!connection.0.load(Ordering::SeqCst), "shutdown lets the stream drain");
     }

@@ -16,14 +16,15 @@ use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 use parking_lot::Mutex;
 
 use super::client::Client;
+use super::reclaim::defer_release;
 
 /// One subscription: which client, which of its topics this is, and how far it has read.
 #[derive(Debug)]
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     /// The client.
-    pub client: Arc<Client>,
+    pub(crate) client: Arc<Client>,
     /// Index of this topic in the client's topic list.
-    pub topic_index: u16,
+    pub(crate) topic_index: u16,
     /// In the topic's waiter list and not yet woken.
     pub(super) waiting: AtomicBool,
     /// Sequence number of the last event the writer took (for the sweeper; the writer keeps
@@ -36,7 +37,7 @@ pub struct Subscriber {
 impl Subscriber {
     /// A subscription of `client` starting after event `cursor`, whose stream length is
     /// `cursor_end`.
-    pub fn new(client: Arc<Client>, topic_index: u16, cursor: u64, cursor_end: u64) -> Self {
+    pub(crate) fn new(client: Arc<Client>, topic_index: u16, cursor: u64, cursor_end: u64) -> Self {
         Subscriber {
             client,
             topic_index,
@@ -47,20 +48,20 @@ impl Subscriber {
     }
 
     /// Records how far the writer has read.
-    pub fn set_position(&self, cursor: u64, cursor_end: u64) {
+    pub(crate) fn set_position(&self, cursor: u64, cursor_end: u64) {
         self.cursor.store(cursor, Ordering::Relaxed);
         self.cursor_end.store(cursor_end, Ordering::Relaxed);
     }
 
     /// How far the writer has read: (sequence number, stream length).
-    pub fn position(&self) -> (u64, u64) {
+    pub(crate) fn position(&self) -> (u64, u64) {
         (self.cursor.load(Ordering::Relaxed), self.cursor_end.load(Ordering::Relaxed))
     }
 }
 
 /// Where a subscription sits in its topic's set; needed to unsubscribe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SlotId(u32);
+pub(crate) struct SlotId(u32);
 
 struct Slots {
     /// Each non-null entry is an `Arc<Subscriber>` the array owns (from `Arc::into_raw`).
@@ -79,7 +80,7 @@ struct Writer {
 }
 
 /// The subscribers of one topic.
-pub struct SubscriberSet {
+pub(crate) struct SubscriberSet {
     /// The slot array; replaced (never mutated in size) when it grows.
     slots: Atomic<Slots>,
     /// One past the highest slot ever used: publishers scan `0..high_water`.
@@ -93,7 +94,7 @@ const FIRST_CAPACITY: usize = 4;
 
 impl SubscriberSet {
     /// An empty set; the slot array is allocated on the first subscribe.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         SubscriberSet {
             slots: Atomic::null(),
             high_water: AtomicUsize::new(0),
@@ -103,17 +104,17 @@ impl SubscriberSet {
     }
 
     /// Number of subscriptions.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
 
     /// Whether there are no subscriptions.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Adds a subscriber. The entry is visible to scans when this returns.
-    pub fn insert(&self, subscriber: Arc<Subscriber>) -> SlotId {
+    pub(crate) fn insert(&self, subscriber: Arc<Subscriber>) -> SlotId {
         let guard = epoch::pin();
         let mut writer = self.writer.lock();
         let index = match writer.free.pop() {
@@ -164,7 +165,7 @@ impl SubscriberSet {
     }
 
     /// Removes the subscriber in `slot`; returns whether it was still there.
-    pub fn remove(&self, slot: SlotId) -> bool {
+    pub(crate) fn remove(&self, slot: SlotId) -> bool {
         let guard = epoch::pin();
         let mut writer = self.writer.lock();
         let slots = self.slots.load(Ordering::Acquire, &guard);
@@ -182,12 +183,11 @@ impl SubscriberSet {
         writer.free.push(slot.0);
         drop(writer);
         self.len.fetch_sub(1, Ordering::Relaxed);
-        let entry = SendPtr(entry);
         // SAFETY: the entry came from `Arc::into_raw` in `insert` and is now unreachable from
         // the current array; scans that loaded it (from this or an older array) are pinned and
         // finish before the deferred drop runs. Only this call nulled the slot, so the array's
         // reference is released once.
-        unsafe { guard.defer_unchecked(move || drop(Arc::from_raw(entry.into_inner()))) };
+        unsafe { defer_release(&guard, entry) };
         guard.flush();
         true
     }
@@ -196,7 +196,7 @@ impl SubscriberSet {
     ///
     /// Never blocks: concurrent subscribes may or may not be seen, concurrent unsubscribes may
     /// still be seen once.
-    pub fn for_each(&self, guard: &Guard, mut f: impl FnMut(&Subscriber)) {
+    pub(crate) fn for_each(&self, guard: &Guard, mut f: impl FnMut(&Subscriber)) {
         let high_water = self.high_water.load(Ordering::Acquire);
         let slots = self.slots.load(Ordering::Acquire, guard);
         // SAFETY: loaded under `guard`, so the array outlives this scan.
@@ -240,27 +240,14 @@ impl Drop for SubscriberSet {
     }
 }
 
-/// A raw pointer moved into a deferred destructor, which runs on whichever thread collects it.
-struct SendPtr<T>(*mut T);
-
-impl<T> SendPtr<T> {
-    fn into_inner(self) -> *mut T {
-        self.0
-    }
-}
-
-// SAFETY: `Subscriber` is `Send + Sync`; the pointer is one `Arc` reference moved to the
-// deferred destructor.
-unsafe impl<T: Send + Sync> Send for SendPtr<T> {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Transport;
+    use crate::event::Wire;
     use std::collections::HashSet;
 
     fn subscriber(tag: u16) -> Arc<Subscriber> {
-        let client = Arc::new(Client::new(1 << 20, Transport::Sse, None));
+        let client = Arc::new(Client::new(1 << 20, Wire::Sse, None));
         Arc::new(Subscriber::new(client, tag, 0, 0))
     }
 

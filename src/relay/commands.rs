@@ -16,7 +16,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, RedisResult, ServerErrorKind, Value};
 use tokio::sync::Mutex;
 
-use super::{RelayConfig, RelayStartError};
+use super::{Cause, RelayConfig, RelayError, RelayStartError};
 
 /// How long a connection attempt to one Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -74,19 +74,20 @@ impl Commands {
             let mut pool = deadpool_redis::Config::from_url(url);
             pool.pool = Some(limits);
             Ok(Commands::Standalone(
-                pool.create_pool(Some(Runtime::Tokio1))
-                    .map_err(|e| RelayStartError::Pool(e.to_string()))?,
+                pool.create_pool(Some(Runtime::Tokio1)).map_err(RelayStartError::Pool)?,
             ))
         }
     }
 
     /// A connection: from the pool (checked with a ping if it was idle), or the next cluster
     /// connection.
-    pub(super) async fn get(&self) -> Result<Connection, String> {
+    pub(super) async fn get(&self) -> Result<Connection, RelayError> {
         match self {
-            Commands::Standalone(pool) => {
-                pool.get().await.map(Connection::Standalone).map_err(|e| e.to_string())
-            }
+            Commands::Standalone(pool) => pool
+                .get()
+                .await
+                .map(Connection::Standalone)
+                .map_err(|e| RelayError::Connect(Cause::new(e))),
             Commands::Cluster(cluster) => {
                 let ClusterConnections { client, connections, next } = &**cluster;
                 let turn = next.fetch_add(1, Ordering::Relaxed) % connections.len();
@@ -97,8 +98,11 @@ impl Commands {
                 let connection =
                     tokio::time::timeout(CLUSTER_CALL_TIMEOUT, client.get_async_connection())
                         .await
-                        .map_err(|_| "timed out connecting to the Redis Cluster".to_owned())?
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|_| {
+                            let why = "timed out connecting to the Redis Cluster";
+                            RelayError::Connect(Cause::message(why))
+                        })?
+                        .map_err(|e| RelayError::Connect(Cause::new(e)))?;
                 *shared = Some(connection.clone());
                 Ok(Connection::Cluster(connection))
             }

@@ -17,23 +17,24 @@
 //! and every other topic stays live.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use metrics::Gauge;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::commands::{self, Commands};
-use super::envelope::{self, Envelope};
 use super::scripts::{self, CHANNEL_PATTERN};
-use super::{Backoff, RelayError, RelayMetrics, Shared};
-use crate::event::{Epoch, EventId, TopicName};
-use crate::hub::{Hub, gap_notice_event};
-use crate::registry::{Gap, GapReason, Registry, Topic};
-use crate::sse::encode;
+use super::{Backoff, Cause, RelayError, RelayMetrics, Shared};
+use crate::codec::envelope::{self, Envelope};
+use crate::codec::{Draft, gap};
+use crate::event::{Epoch, EventId, Gap, GapReason, TopicName};
+use crate::metrics::RelayErrorKind;
+use crate::registry::{Registry, Topic};
 
 /// How often the Pub/Sub connection is pinged, so a dead link is noticed while it is quiet.
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -55,7 +56,10 @@ pub(super) struct SyncJob {
 
 /// The link's task state.
 pub(super) struct Link {
-    hub: Weak<Hub>,
+    /// The node's topics; the link is their only writer.
+    registry: Arc<Registry>,
+    /// `crier_topics`: topics with state on this node.
+    topics: Gauge,
     /// Where the Pub/Sub connection may go: the Redis, or any master of a Redis Cluster (which
     /// forwards every publish to every shard); tried in turn.
     clients: Vec<redis::Client>,
@@ -71,14 +75,15 @@ pub(super) struct Link {
 /// Why the link stopped serving.
 enum Stop {
     /// The connection to Redis was lost or failed: reconnect.
-    Lost(String),
-    /// The node is gone: end the task.
+    Lost(RelayError),
+    /// The node dropped its relay: end the task.
     NodeGone,
 }
 
 impl Link {
     pub(super) fn new(
-        hub: Weak<Hub>,
+        registry: Arc<Registry>,
+        topics: Gauge,
         clients: Vec<redis::Client>,
         pool: Arc<Commands>,
         jobs: mpsc::Receiver<SyncJob>,
@@ -87,10 +92,10 @@ impl Link {
     ) -> Self {
         let script = scripts::sync();
         let stale = BTreeSet::new();
-        Link { hub, clients, pool, script, jobs, shared, stream_len, stale }
+        Link { registry, topics, clients, pool, script, jobs, shared, stream_len, stale }
     }
 
-    /// Connects, catches up and relays until the node is dropped, reconnecting with backoff
+    /// Connects, catches up and relays until the relay is dropped, reconnecting with backoff
     /// whenever the link is lost.
     pub(super) async fn run(mut self) {
         let mut backoff = Backoff::default();
@@ -100,10 +105,11 @@ impl Link {
                 Stop::NodeGone => return,
                 Stop::Lost(why) => {
                     let was_connected = self.set_connected(false);
+                    let cause = std::error::Error::source(&why).map(ToString::to_string);
                     if was_connected {
-                        tracing::warn!(error = %why, "Redis link lost; reconnecting");
+                        tracing::warn!(error = %why, cause, "Redis link lost; reconnecting");
                     } else {
-                        tracing::debug!(error = %why, "Redis link not up yet");
+                        tracing::debug!(error = %why, cause, "Redis link not up yet");
                     }
                 }
             }
@@ -119,8 +125,8 @@ impl Link {
         self.shared.connected.swap(connected, Ordering::AcqRel)
     }
 
-    /// Waits `delay`, answering sync requests with an error meanwhile; `false` if the node is
-    /// gone.
+    /// Waits `delay`, answering sync requests with an error meanwhile; `false` if the relay
+    /// was dropped.
     async fn refuse_jobs_for(&mut self, delay: Duration) -> bool {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
@@ -129,8 +135,7 @@ impl Link {
                 () = &mut sleep => return true,
                 job = self.jobs.recv() => match job {
                     Some(job) => {
-                        let down = RelayError::Unavailable("the Redis link is down".into());
-                        let _ = job.reply.send(Err(down));
+                        let _ = job.reply.send(Err(RelayError::LinkDown));
                     }
                     None => return false,
                 },
@@ -140,29 +145,31 @@ impl Link {
 
     /// One connection's life: subscribe, catch every topic up, then relay until it breaks.
     async fn serve(&mut self, client: &redis::Client, backoff: &mut Backoff) -> Stop {
+        let lost = |e: redis::RedisError| Stop::Lost(RelayError::Connect(Cause::new(e)));
+        if self.jobs.is_closed() {
+            return Stop::NodeGone;
+        }
         let mut pubsub = match client.get_async_pubsub().await {
             Ok(pubsub) => pubsub,
             Err(e) => {
-                self.shared.metrics.error("connect");
-                return Stop::Lost(e.to_string());
+                self.shared.metrics.error(RelayErrorKind::Connect);
+                return lost(e);
             }
         };
         if let Err(e) = pubsub.psubscribe(CHANNEL_PATTERN).await {
-            self.shared.metrics.error("connect");
-            return Stop::Lost(e.to_string());
+            self.shared.metrics.error(RelayErrorKind::Connect);
+            return lost(e);
         }
         self.shared.links.fetch_add(1, Ordering::AcqRel);
         let (mut sink, mut messages) = pubsub.split();
         // Subscribed first, then caught up: whatever is published meanwhile is both in the
         // streams and queued on the subscription, and the copy already held is skipped.
-        let Some(hub) = self.hub.upgrade() else { return Stop::NodeGone };
         let topics: Vec<TopicName> =
-            hub.registry().live_topics().iter().map(|t| t.name().clone()).collect();
-        drop(hub);
+            self.registry.live_topics().iter().map(|t| t.name().clone()).collect();
         self.stale.clear();
         if let Err(e) = self.sync(&topics, true).await {
-            self.shared.metrics.error("sync");
-            return Stop::Lost(e.to_string());
+            self.shared.metrics.error(RelayErrorKind::Sync);
+            return Stop::Lost(e);
         }
         self.set_connected(true);
         backoff.reset();
@@ -176,8 +183,9 @@ impl Link {
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else {
-                        self.shared.metrics.error("link");
-                        return Stop::Lost("the Pub/Sub connection closed".into());
+                        self.shared.metrics.error(RelayErrorKind::Link);
+                        let closed = Cause::message("the Pub/Sub connection closed");
+                        return Stop::Lost(RelayError::Call(closed));
                     };
                     if let Err(stop) = self.on_message(&message).await {
                         return stop;
@@ -189,37 +197,32 @@ impl Link {
                         Ok(unread) if unread.is_empty() => {
                             let _ = job.reply.send(Ok(()));
                         }
-                        Ok(unread) => {
-                            let why = format!("Redis could not give topic {}", unread[0]);
-                            let _ = job.reply.send(Err(RelayError::Unavailable(why)));
+                        Ok(mut unread) => {
+                            let topic = unread.swap_remove(0);
+                            let _ = job.reply.send(Err(RelayError::TopicUnreadable(topic)));
                         }
                         Err(e) => {
-                            let why = e.to_string();
-                            let _ = job.reply.send(Err(e));
-                            self.shared.metrics.error("sync");
-                            return Stop::Lost(why);
+                            let _ = job.reply.send(Err(e.clone()));
+                            self.shared.metrics.error(RelayErrorKind::Sync);
+                            return Stop::Lost(e);
                         }
                     }
                 }
                 _ = retry.tick(), if !self.stale.is_empty() => {
                     let stale: Vec<TopicName> = self.stale.iter().cloned().collect();
                     if let Err(e) = self.sync(&stale, true).await {
-                        self.shared.metrics.error("sync");
-                        return Stop::Lost(e.to_string());
+                        self.shared.metrics.error(RelayErrorKind::Sync);
+                        return Stop::Lost(e);
                     }
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(PING_TIMEOUT, sink.ping::<Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            self.shared.metrics.error("link");
-                            return Stop::Lost(e.to_string());
-                        }
-                        Err(_) => {
-                            self.shared.metrics.error("link");
-                            return Stop::Lost("Redis did not answer a ping".into());
-                        }
-                    }
+                    let why = match tokio::time::timeout(PING_TIMEOUT, sink.ping::<Value>()).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => Cause::new(e),
+                        Err(_) => Cause::message("Redis did not answer a ping"),
+                    };
+                    self.shared.metrics.error(RelayErrorKind::Link);
+                    return Stop::Lost(RelayError::Call(why));
                 }
             }
         }
@@ -231,14 +234,13 @@ impl Link {
         let envelope = match envelope::decode(&payload) {
             Ok(envelope) => envelope,
             Err(e) => {
-                self.shared.metrics.error("envelope");
+                self.shared.metrics.error(RelayErrorKind::Envelope);
                 tracing::warn!(error = %e, channel = %message.get_channel_name(), "skipping a malformed envelope");
                 return Ok(());
             }
         };
         self.shared.metrics.received.increment(1);
-        let Some(hub) = self.hub.upgrade() else { return Err(Stop::NodeGone) };
-        if let Some(topic) = hub.registry().topic(envelope.topic.as_str()) {
+        if let Some(topic) = self.registry.topic(envelope.topic.as_str()) {
             let head = topic.head();
             if head.epoch == envelope.id.epoch {
                 // Normally a copy of an event already delivered (published before the last
@@ -253,12 +255,11 @@ impl Link {
                 }
             }
         }
-        drop(hub);
         // A jump, another epoch, a topic new to this node, or an id issued again: the stream has
         // what is missing, and the sync script checks Redis still has what the node delivered.
         if let Err(e) = self.sync(std::slice::from_ref(&envelope.topic), false).await {
-            self.shared.metrics.error("sync");
-            return Err(Stop::Lost(e.to_string()));
+            self.shared.metrics.error(RelayErrorKind::Sync);
+            return Err(Stop::Lost(e));
         }
         Ok(())
     }
@@ -276,16 +277,15 @@ impl Link {
         if topics.is_empty() {
             return Ok(unread);
         }
-        let unavailable = |e: &dyn std::fmt::Display| RelayError::Unavailable(e.to_string());
-        let mut conn = self.pool.get().await.map_err(|e| unavailable(&e))?;
+        let failed = |e: redis::RedisError| RelayError::Call(Cause::new(e));
+        let mut conn = self.pool.get().await?;
         let max_entries = self.stream_len.to_string();
         for batch in topics.chunks(SYNC_BATCH) {
-            let Some(hub) = self.hub.upgrade() else { return Ok(unread) };
             let calls = || {
                 batch
                     .iter()
                     .map(|name| {
-                        let local = hub.registry().topic(name.as_str());
+                        let local = self.registry.topic(name.as_str());
                         let head = local.as_ref().map(|t| t.head());
                         let mut call = scripts::call(&self.script, name);
                         call.arg(head.map_or("-".to_owned(), |head| head.epoch.to_string()))
@@ -296,23 +296,21 @@ impl Link {
                     })
                     .collect()
             };
-            let mut answers = conn.send(calls()).await.map_err(|e| unavailable(&e))?;
+            let mut answers = conn.send(calls()).await.map_err(failed)?;
             if answers.iter().any(|a| a.as_ref().is_err_and(commands::is_no_script)) {
-                conn.load(&self.script).await.map_err(|e| unavailable(&e))?;
-                answers = conn.send(calls()).await.map_err(|e| unavailable(&e))?;
+                conn.load(&self.script).await.map_err(failed)?;
+                answers = conn.send(calls()).await.map_err(failed)?;
             }
-            drop(hub);
-            let Some(hub) = self.hub.upgrade() else { return Ok(unread) };
             for (name, answer) in batch.iter().zip(answers) {
                 let state = answer
-                    .map_err(|e| unavailable(&e))
+                    .map_err(failed)
                     .and_then(|value| TopicState::parse(value, &self.shared.metrics));
                 let state = match state {
                     Ok(state) => state,
                     Err(e) => {
-                        self.shared.metrics.error("sync");
+                        self.shared.metrics.error(RelayErrorKind::Sync);
                         tracing::debug!(topic = %name, error = %e, "cannot read a topic's stream");
-                        if hub.registry().topic(name.as_str()).is_some() {
+                        if self.registry.topic(name.as_str()).is_some() {
                             self.stale.insert(name.clone());
                         }
                         unread.push(name.clone());
@@ -320,7 +318,7 @@ impl Link {
                     }
                 };
                 self.stale.remove(name);
-                let applied = apply(&hub, name, state);
+                let applied = apply(&self.registry, &self.topics, name, state);
                 if applied.existed && (reconnect || applied.appended > 0) {
                     self.shared.metrics.backfilled.increment(applied.appended as u64);
                 }
@@ -336,18 +334,18 @@ impl Link {
 
 /// A topic as the sync script reports it.
 #[derive(Debug)]
-pub(crate) struct TopicState {
+struct TopicState {
     /// The topic's epoch.
-    pub(crate) epoch: Epoch,
+    epoch: Epoch,
     /// The last sequence number issued.
-    pub(crate) seq: u64,
+    seq: u64,
     /// The stream's envelopes after the node's position (all of them for another epoch).
-    pub(crate) events: Vec<Envelope>,
+    events: Vec<Envelope>,
 }
 
 impl TopicState {
     fn parse(value: Value, metrics: &RelayMetrics) -> Result<Self, RelayError> {
-        let bad = || RelayError::Unavailable("unexpected answer from the sync script".into());
+        let bad = || RelayError::Answer("the sync script's answer is not {epoch, seq, envelope…}");
         let Value::Array(items) = value else { return Err(bad()) };
         let mut items = items.into_iter();
         let epoch = match items.next() {
@@ -368,7 +366,7 @@ impl TopicState {
             let Value::BulkString(bytes) = item else { return Err(bad()) };
             match envelope::decode(&Bytes::from(bytes)) {
                 Ok(envelope) if envelope.id.epoch == epoch => events.push(envelope),
-                Ok(_) | Err(_) => metrics.error("envelope"),
+                Ok(_) | Err(_) => metrics.error(RelayErrorKind::Envelope),
             }
         }
         Ok(TopicState { epoch, seq, events })
@@ -377,21 +375,21 @@ impl TopicState {
 
 /// What [`apply`] did to a topic.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Applied {
+struct Applied {
     /// The node had a copy of the topic.
-    pub(crate) existed: bool,
+    existed: bool,
     /// Events added to the node's copy (or to the new copy).
-    pub(crate) appended: usize,
+    appended: usize,
     /// Events were lost: the copy was replaced and its readers get a `crier.gap`.
-    pub(crate) gap: bool,
+    gap: bool,
 }
 
 /// Brings the node's copy of `name` to `state`: appends what continues it, or replaces it when
 /// the stream cannot continue it (events trimmed away, or another epoch).
 ///
-/// Must only run on the link's task, the only writer of cluster topics.
-pub(crate) fn apply(hub: &Hub, name: &TopicName, state: TopicState) -> Applied {
-    let registry = hub.registry();
+/// Must only run on the link's task, the only writer of cluster topics; `topics` counts the
+/// topics created.
+fn apply(registry: &Registry, topics: &Gauge, name: &TopicName, state: TopicState) -> Applied {
     let local = registry.topic(name.as_str());
     let mut applied = Applied { existed: local.is_some(), ..Applied::default() };
     let first = state.events.first().map(|e| e.id.seq);
@@ -416,7 +414,8 @@ pub(crate) fn apply(hub: &Hub, name: &TopicName, state: TopicState) -> Applied {
             let base = fresh.first().map_or(state.seq, |e| e.id.seq - 1);
             let gap =
                 Gap { reason: GapReason::Expired, requested: head, missed: Some(base - head.seq) };
-            return replace(hub, registry, name, state.epoch, base, fresh, Some(gap), applied);
+            let gap = Some(gap);
+            return replace(registry, topics, name, state.epoch, base, fresh, gap, applied);
         }
         Some(topic) => {
             Some(Gap { reason: GapReason::Epoch, requested: topic.head(), missed: None })
@@ -424,15 +423,15 @@ pub(crate) fn apply(hub: &Hub, name: &TopicName, state: TopicState) -> Applied {
         None => None,
     };
     let base = first.map_or(state.seq, |seq| seq - 1);
-    replace(hub, registry, name, state.epoch, base, state.events, gap, applied)
+    replace(registry, topics, name, state.epoch, base, state.events, gap, applied)
 }
 
 /// Installs a new copy of `name` starting after `base` and holding `events`; readers of the
 /// old copy (if any) get the notice of `gap` before moving over.
 #[allow(clippy::too_many_arguments)]
 fn replace(
-    hub: &Hub,
     registry: &Registry,
+    topics: &Gauge,
     name: &TopicName,
     epoch: Epoch,
     base: u64,
@@ -451,10 +450,11 @@ fn replace(
     applied.gap = gap.is_some();
     let notice = gap.map(|gap| {
         tracing::warn!(topic = %name.as_str(), reason = gap.reason.as_str(), missed = ?gap.missed, "events lost; subscribers get crier.gap");
-        gap_notice_event(name, &gap, start)
+        let part = gap::TopicGap { topic: name, gap: &gap, resumed_after: start };
+        Arc::new(gap::notice(&[part], start))
     });
     if !registry.install(topic, start, notice) {
-        hub.metrics().topics.increment(1);
+        topics.increment(1);
     }
     applied
 }
@@ -484,6 +484,7 @@ fn last_envelope_digest(topic: &Topic) -> String {
 
 /// Appends an envelope to a copy of its topic; `false` if it does not continue it.
 fn append(topic: &Topic, envelope: Envelope) -> bool {
-    let body = encode::encode_body(envelope.name.as_ref(), &envelope.data);
-    topic.append(envelope.id, envelope.name, envelope.data, body).is_ok()
+    let draft = Draft::new(&envelope.topic, envelope.name.as_ref(), &envelope.data);
+    let frames = draft.finish(envelope.id);
+    topic.append(envelope.id, envelope.name, envelope.data, frames).is_ok()
 }

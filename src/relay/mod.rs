@@ -11,14 +11,17 @@
 //!   node has not seen (or a position it has not reached yet), the link reads the topic's
 //!   stream. Events Redis no longer has become a `crier.gap` notice, never a silent hole.
 //!
-//! The stored format is in [`scripts`], the envelope in [`envelope`].
+//! The relay knows the registry, not the hub: the hub hands it the node's registry and asks it
+//! to publish, to prepare topics for readers, and whether it is connected; its link is the only
+//! writer of the node's topics. The stored format is in [`scripts`], the envelope between nodes
+//! in [`crate::codec::envelope`].
 
 mod commands;
-pub mod envelope;
 mod link;
 mod publisher;
-pub mod scripts;
+mod scripts;
 
+use std::error::Error as StdError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,9 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::event::{EventData, EventId, EventName, TopicName};
-use crate::hub::Hub;
-use crate::metrics::RelayMetrics;
-use crate::registry::MIN_LOG_EVENTS;
+use crate::metrics::{Metrics, RelayMetrics};
+use crate::registry::{MIN_LOG_EVENTS, Registry, Topic};
 
 /// How a node reaches Redis.
 #[derive(Clone, Debug)]
@@ -42,13 +44,65 @@ pub struct RelayConfig {
     pub pool_size: usize,
 }
 
-/// Why Redis could not serve a request.
+/// Why Redis could not serve a request. Nothing was half-done: a publish that failed was not
+/// published (but see the README on a connection lost after Redis ran the script). The
+/// message names only what failed; the cause, for logs, is the error's source.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum RelayError {
-    /// Redis is unreachable or failed the request; nothing was half-done.
-    #[error("Redis is unavailable: {0}")]
-    Unavailable(String),
+    /// No connection to Redis could be had.
+    #[error("Redis is unreachable")]
+    Connect(#[source] Cause),
+    /// Redis failed the call, or the connection broke during it.
+    #[error("Redis failed the call")]
+    Call(#[source] Cause),
+    /// Redis answered what the scripts never return.
+    #[error("unexpected answer from Redis: {0}")]
+    Answer(&'static str),
+    /// The node's link to Redis is down; it is reconnecting.
+    #[error("the Redis link is down; the node is reconnecting")]
+    LinkDown,
+    /// The topic's stream could not be read while Redis answered for others (on a Redis
+    /// Cluster, its master is down).
+    #[error("Redis could not give topic {0}")]
+    TopicUnreadable(TopicName),
+    /// The topic has not been read from Redis yet.
+    #[error("topic {0} is not synced from Redis yet")]
+    NotSynced(TopicName),
+    /// The relay's tasks have stopped (the node is going away).
+    #[error("the relay has stopped")]
+    Stopped,
 }
+
+/// The underlying error of a [`RelayError`], shared by every publish of a failed batch.
+#[derive(Clone, Debug)]
+pub struct Cause(Arc<dyn StdError + Send + Sync>);
+
+impl Cause {
+    fn new(error: impl StdError + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(error))
+    }
+
+    fn message(message: impl Into<String>) -> Self {
+        Cause(Arc::new(Message(message.into())))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl StdError for Cause {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
+
+/// A cause known only as text (a pool's or a timeout's).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,17 +114,19 @@ pub enum RelayStartError {
     #[error("no Redis URL")]
     NoUrl,
     /// The pool could not be built.
-    #[error("cannot build the Redis pool: {0}")]
-    Pool(String),
+    #[error("cannot build the Redis pool")]
+    Pool(#[source] deadpool_redis::CreatePoolError),
 }
 
 /// Queued publishes beyond which publishers wait for room.
 const PUBLISH_QUEUE: usize = 64 << 10;
 
-/// The relay of one node: the publish queue and the link's request queue.
-pub struct Relay {
+/// The relay of one node: the publish queue and the link's request queue. Dropping it stops
+/// the relay's tasks.
+pub(crate) struct Relay {
     publishes: mpsc::Sender<publisher::PublishJob>,
     syncs: mpsc::Sender<link::SyncJob>,
+    registry: Arc<Registry>,
     shared: Arc<Shared>,
 }
 
@@ -85,10 +141,14 @@ struct Shared {
 }
 
 impl Relay {
-    /// Connects `hub` to Redis: starts the publish workers and the Pub/Sub link. Returns at
-    /// once; the link connects (and reconnects) in the background, and [`Relay::is_connected`]
-    /// says when it is up.
-    pub fn start(hub: &Arc<Hub>, config: &RelayConfig) -> Result<Relay, RelayStartError> {
+    /// Connects the node whose topics are in `registry` to Redis: starts the publish workers
+    /// and the Pub/Sub link. Returns at once; the link connects (and reconnects) in the
+    /// background, and [`Relay::is_connected`] says when it is up.
+    pub(crate) fn start(
+        registry: Arc<Registry>,
+        metrics: &Metrics,
+        config: &RelayConfig,
+    ) -> Result<Relay, RelayStartError> {
         let clients = config
             .urls
             .iter()
@@ -103,14 +163,15 @@ impl Relay {
         let shared = Arc::new(Shared {
             connected: AtomicBool::new(false),
             links: AtomicU64::new(0),
-            metrics: hub.metrics().relay(),
+            metrics: metrics.relay(),
         });
-        let stream_len = hub.registry().history_limit().max(MIN_LOG_EVENTS);
+        let stream_len = registry.history_limit().max(MIN_LOG_EVENTS);
         let (publishes, publish_jobs) = mpsc::channel(PUBLISH_QUEUE);
         publisher::spawn(pool.clone(), publish_jobs, config.pool_size, stream_len, shared.clone());
         let (syncs, sync_jobs) = mpsc::channel(1024);
         let link = link::Link::new(
-            Arc::downgrade(hub),
+            registry.clone(),
+            metrics.topics.clone(),
             clients,
             pool,
             sync_jobs,
@@ -118,41 +179,58 @@ impl Relay {
             stream_len,
         );
         tokio::spawn(link.run());
-        Ok(Relay { publishes, syncs, shared })
+        Ok(Relay { publishes, syncs, registry, shared })
     }
 
     /// Publishes through Redis; returns the id Redis assigned once it has the event.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         topic: TopicName,
         name: Option<EventName>,
         data: EventData,
     ) -> Result<EventId, RelayError> {
-        let stopped = || RelayError::Unavailable("the relay has stopped".into());
         let (reply, answer) = oneshot::channel();
         let job = publisher::PublishJob { topic, name, data, queued: Instant::now(), reply };
-        self.publishes.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.publishes.send(job).await.map_err(|_| RelayError::Stopped)?;
+        answer.await.map_err(|_| RelayError::Stopped)?
     }
 
-    /// Brings the node's copies of `topics` up to date with Redis (creating them if the node
-    /// has none), so a subscriber can start on them or resume a position the node has not
-    /// reached yet.
-    pub async fn sync(&self, topics: Vec<TopicName>) -> Result<(), RelayError> {
-        let stopped = || RelayError::Unavailable("the relay has stopped".into());
+    /// Makes sure the node's copies of the `wanted` topics can serve a reader resuming after
+    /// the given positions: topics the node has never seen, and positions of its epoch it has
+    /// not reached yet (or of another epoch), are read from Redis first.
+    pub(crate) async fn prepare(
+        &self,
+        wanted: &[(TopicName, Option<EventId>)],
+    ) -> Result<(), RelayError> {
+        let needed: Vec<TopicName> = wanted
+            .iter()
+            .filter(|(name, resume)| match self.registry.topic(name.as_str()) {
+                None => true,
+                Some(topic) => resume.is_some_and(|id| {
+                    let head = topic.head();
+                    id.epoch != head.epoch || id.seq > head.seq
+                }),
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if needed.is_empty() {
+            return Ok(());
+        }
         let (reply, answer) = oneshot::channel();
-        self.syncs.send(link::SyncJob { topics, reply }).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let job = link::SyncJob { topics: needed, reply };
+        self.syncs.send(job).await.map_err(|_| RelayError::Stopped)?;
+        answer.await.map_err(|_| RelayError::Stopped)?
+    }
+
+    /// The node's copy of `name`: cluster topics are created by the link, from Redis
+    /// ([`Relay::prepare`]).
+    pub(crate) fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, RelayError> {
+        self.registry.topic(name.as_str()).ok_or_else(|| RelayError::NotSynced(name.clone()))
     }
 
     /// Whether the Pub/Sub link is up and caught up.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
-    }
-
-    /// The relay's metrics.
-    pub fn metrics(&self) -> &RelayMetrics {
-        &self.shared.metrics
     }
 }
 

@@ -17,10 +17,11 @@ use redis::{Cmd, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::commands::{self, Commands, Connection};
-use super::envelope;
 use super::scripts::{self, TopicKeys};
-use super::{RelayError, Shared};
+use super::{Cause, RelayError, Shared};
+use crate::codec::envelope;
 use crate::event::{EventData, EventId, EventName, TopicName};
+use crate::metrics::RelayErrorKind;
 
 /// Most publishes sent in one pipeline.
 const MAX_BATCH: usize = 256;
@@ -91,8 +92,8 @@ impl Worker {
                 None => match self.pool.get().await {
                     Ok(conn) => conn,
                     Err(e) => {
-                        self.shared.metrics.error("connect");
-                        fail(&mut batch, &RelayError::unavailable(e));
+                        self.shared.metrics.error(RelayErrorKind::Connect);
+                        fail(&mut batch, &e);
                         continue;
                     }
                 },
@@ -106,16 +107,16 @@ impl Worker {
                     for (job, result) in batch.drain(..).zip(results) {
                         self.shared.metrics.publish_took(job.queued.elapsed());
                         if result.is_err() {
-                            self.shared.metrics.error("publish");
+                            self.shared.metrics.error(RelayErrorKind::Publish);
                         }
                         let _ = job.reply.send(result);
                     }
                 }
                 Err(e) => {
                     // The connection is suspect: let the pool check or replace it.
-                    self.shared.metrics.error("publish");
+                    self.shared.metrics.error(RelayErrorKind::Publish);
                     tracing::warn!(error = %e, jobs = batch.len(), "publishing to Redis failed");
-                    fail(&mut batch, &RelayError::unavailable(e));
+                    fail(&mut batch, &RelayError::Call(Cause::new(e)));
                 }
             }
         }
@@ -143,7 +144,7 @@ impl Worker {
                     }
                     Err(e) => {
                         healthy &= !commands::is_connection_error(&e);
-                        Err(RelayError::unavailable(e))
+                        Err(RelayError::Call(Cause::new(e)))
                     }
                     Ok(value) => published_id(value),
                 });
@@ -158,7 +159,7 @@ impl Worker {
         }
         let results = results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(RelayError::Unavailable("script not loaded".into()))))
+            .map(|r| r.unwrap_or(Err(RelayError::Answer("NOSCRIPT after loading the script"))))
             .collect();
         Ok((results, healthy))
     }
@@ -175,7 +176,7 @@ impl Worker {
 
 /// The id in the publish script's answer `{epoch, seq}`.
 fn published_id(value: Value) -> Result<EventId, RelayError> {
-    let bad = |what: &str| RelayError::Unavailable(format!("unexpected answer from Redis: {what}"));
+    let bad = RelayError::Answer;
     match value {
         Value::Array(items) if items.len() == 2 => {
             let epoch = match &items[0] {
@@ -189,9 +190,9 @@ fn published_id(value: Value) -> Result<EventId, RelayError> {
             };
             match (epoch, seq) {
                 (Some(epoch), Some(seq)) => {
-                    format!("{epoch}-{seq}").parse::<EventId>().map_err(|_| bad("bad id"))
+                    format!("{epoch}-{seq}").parse::<EventId>().map_err(|_| bad("a bad id"))
                 }
-                _ => Err(bad("bad id")),
+                _ => Err(bad("a bad id")),
             }
         }
         _ => Err(bad("not {epoch, seq}")),
@@ -201,11 +202,5 @@ fn published_id(value: Value) -> Result<EventId, RelayError> {
 fn fail(batch: &mut Vec<PublishJob>, error: &RelayError) {
     for job in batch.drain(..) {
         let _ = job.reply.send(Err(error.clone()));
-    }
-}
-
-impl RelayError {
-    fn unavailable(e: impl std::fmt::Display) -> Self {
-        RelayError::Unavailable(e.to_string())
     }
 }

@@ -17,21 +17,21 @@ use redis::{Cmd, Script};
 use crate::event::{Epoch, TopicName};
 
 /// The pattern the relay's Pub/Sub connection subscribes to.
-pub const CHANNEL_PATTERN: &str = "crier:{*}:ev";
+pub(crate) const CHANNEL_PATTERN: &str = "crier:{*}:ev";
 
 /// The keys and channel of a topic.
-pub struct TopicKeys {
+pub(crate) struct TopicKeys {
     /// `crier:{T}:meta`.
-    pub meta: String,
+    pub(crate) meta: String,
     /// `crier:{T}:log`.
-    pub log: String,
+    pub(crate) log: String,
     /// `crier:{T}:ev`.
-    pub channel: String,
+    pub(crate) channel: String,
 }
 
 impl TopicKeys {
     /// The keys of `topic`.
-    pub fn new(topic: &TopicName) -> Self {
+    pub(crate) fn new(topic: &TopicName) -> Self {
         let topic = topic.as_str();
         TopicKeys {
             meta: format!("crier:{{{topic}}}:meta"),
@@ -41,12 +41,6 @@ impl TopicKeys {
     }
 }
 
-/// The topic a Pub/Sub channel carries.
-pub fn channel_topic(channel: &[u8]) -> Option<&str> {
-    let inner = channel.strip_prefix(b"crier:{")?.strip_suffix(b"}:ev")?;
-    std::str::from_utf8(inner).ok()
-}
-
 /// Publishes one event.
 ///
 /// `KEYS`: meta, log. `ARGV`: proposed epoch, stream length, channel, the envelope's header
@@ -54,7 +48,7 @@ pub fn channel_topic(channel: &[u8]) -> Option<&str> {
 /// stream and publishes it, and returns `{epoch, seq}`. If the stream refuses the entry (its
 /// last id is ahead of `seq`: the hash and the stream disagree, as after a partial restore),
 /// the topic starts a new epoch rather than reuse ids.
-pub const PUBLISH: &str = r#"
+pub(crate) const PUBLISH: &str = r#"
 local function fresh()
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0)
@@ -93,7 +87,7 @@ return {epoch, seq}
 /// sequence numbers again for other events. Either it is behind the node, or its entry at the
 /// node's last sequence number is not the event the node delivered; in both cases the topic
 /// starts a new epoch, and every node's subscribers get `crier.gap` instead of a silent swap.
-pub const SYNC: &str = r#"
+pub(crate) const SYNC: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = 0
 if epoch then
@@ -130,7 +124,7 @@ return out
 
 /// A call of `script` for `topic` with the arguments every script takes first (the topic's
 /// keys, and a fresh epoch in case the topic starts one); the caller adds the rest.
-pub fn call(script: &Script, topic: &TopicName) -> Cmd {
+pub(crate) fn call(script: &Script, topic: &TopicName) -> Cmd {
     let keys = TopicKeys::new(topic);
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash()).arg(2).arg(keys.meta).arg(keys.log).arg(Epoch::random().to_string());
@@ -138,12 +132,12 @@ pub fn call(script: &Script, topic: &TopicName) -> Cmd {
 }
 
 /// The publish script.
-pub fn publish() -> Script {
+pub(crate) fn publish() -> Script {
     Script::new(PUBLISH)
 }
 
 /// The sync script.
-pub fn sync() -> Script {
+pub(crate) fn sync() -> Script {
     Script::new(SYNC)
 }
 
@@ -152,12 +146,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_share_the_topic_hash_tag_and_the_channel_maps_back() {
+    fn keys_share_the_topic_hash_tag() {
         let keys = TopicKeys::new(&TopicName::new("a:b/c").unwrap());
         assert_eq!(keys.meta, "crier:{a:b/c}:meta");
         assert_eq!(keys.log, "crier:{a:b/c}:log");
         assert_eq!(keys.channel, "crier:{a:b/c}:ev");
-        assert_eq!(channel_topic(keys.channel.as_bytes()), Some("a:b/c"));
-        assert_eq!(channel_topic(b"other:{a}:ev"), None);
     }
 }

@@ -20,7 +20,7 @@ const DRAIN: u8 = 1;
 const KILL: u8 = 2;
 
 /// Tells a connection's task to drain or to close.
-pub struct ConnControl {
+pub(crate) struct ConnControl {
     state: AtomicU8,
     waker: AtomicWaker,
 }
@@ -39,18 +39,18 @@ impl ConnControl {
     }
 
     /// Finish the requests in flight (streams end once their queues close), then close.
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         self.signal(DRAIN);
     }
 
     /// Close now, dropping whatever is unsent.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         self.signal(KILL);
     }
 
     /// Ready once the connection was asked to drain or close, for work that has nothing in
     /// flight to finish (waiting for a first request).
-    pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.waker.register(cx.waker());
         match self.state.load(Ordering::Acquire) {
             RUNNING => Poll::Pending,
@@ -67,7 +67,7 @@ impl ConnectionCloser for ConnControl {
 
 pin_project! {
     /// Drives a connection until it ends, or is killed; tells it when to drain.
-    pub struct ControlledConnection<C> {
+    pub(crate) struct ControlledConnection<C> {
         #[pin]
         conn: C,
         control: Arc<ConnControl>,
@@ -78,14 +78,14 @@ pin_project! {
 
 impl<C> ControlledConnection<C> {
     /// Wraps `conn`, obeying `control`; `drain` starts a graceful close.
-    pub fn new(conn: C, control: Arc<ConnControl>, drain: fn(Pin<&mut C>)) -> Self {
+    pub(crate) fn new(conn: C, control: Arc<ConnControl>, drain: fn(Pin<&mut C>)) -> Self {
         ControlledConnection { conn, control, drain, draining: false }
     }
 }
 
 /// How a connection ended.
 #[derive(Debug)]
-pub enum ConnectionEnd<T> {
+pub(crate) enum ConnectionEnd<T> {
     /// It finished by itself (the peer closed, or it drained).
     Finished(T),
     /// The server closed it.
@@ -112,19 +112,21 @@ impl<C: Future> Future for ControlledConnection<C> {
 
 /// Every open connection, so shutdown can drain them and wait for them.
 #[derive(Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     conns: Mutex<Slab<Arc<ConnControl>>>,
     empty: Notify,
 }
 
 impl Tracker {
-    /// Registers a connection; returns its key.
-    pub fn add(&self, control: Arc<ConnControl>) -> usize {
-        self.conns.lock().insert(control)
+    /// Registers a new connection; returns its control and its key.
+    pub(crate) fn add(&self) -> (Arc<ConnControl>, usize) {
+        let control = Arc::new(ConnControl::default());
+        let key = self.conns.lock().insert(control.clone());
+        (control, key)
     }
 
     /// Forgets a finished connection.
-    pub fn remove(&self, key: usize) {
+    pub(crate) fn remove(&self, key: usize) {
         let mut conns = self.conns.lock();
         conns.try_remove(key);
         if conns.is_empty() {
@@ -133,31 +135,31 @@ impl Tracker {
     }
 
     /// Number of open connections.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.conns.lock().len()
     }
 
     /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Asks every connection to drain.
-    pub fn drain_all(&self) {
+    pub(crate) fn drain_all(&self) {
         for (_, control) in self.conns.lock().iter() {
             control.drain();
         }
     }
 
     /// Closes every connection now.
-    pub fn kill_all(&self) {
+    pub(crate) fn kill_all(&self) {
         for (_, control) in self.conns.lock().iter() {
             control.kill();
         }
     }
 
     /// Resolves once no connection is open.
-    pub async fn wait_empty(&self) {
+    pub(crate) async fn wait_empty(&self) {
         loop {
             let notified = self.empty.notified();
             tokio::pin!(notified);

@@ -1,20 +1,28 @@
-//! The server: accepts TCP connections, routes each to the SSE fast path (a dedicated HTTP/1.1
-//! stream) or to hyper (HTTP/1.1 and h2c, everything else), runs the eviction sweeper, and
-//! drains everything on shutdown.
+//! The server, the top of the crate: the only module that knows both edges. It accepts TCP
+//! connections, routes each to the SSE fast path (a dedicated HTTP/1.1 stream) or to hyper
+//! (HTTP/1.1 and h2c, everything else) serving the tower stack, spawns and tracks WebSocket
+//! sessions, runs the eviction sweeper, and drains everything on shutdown.
+//!
+//! The stack every hyper request goes through:
+//!
+//! ```text
+//! RequestMetrics ─▶ Router ─┬─ /publish  ─▶ Shed ─▶ PublishEndpoint ─▶ Timeout ─▶ HubPublisher
+//!                           ├─ /sse      ─▶ the SSE edge (a streaming body)
+//!                           ├─ /ws, /ws/echo ─▶ the WebSocket edge (101, then a tracked session)
+//!                           └─ /healthz, /readyz, /metrics, 404
+//! ```
 //!
 //! Shutdown, in order: stop accepting; `/readyz` answers 503; every subscriber is closed for
 //! shutdown, so each stream writes what was already published and ends; every connection is
 //! asked to finish what is in flight and close; whatever is still open after
 //! `--shutdown-timeout` is closed.
 
-pub mod body;
-pub mod conn;
+mod conn;
 pub(crate) mod first_request;
+mod layers;
 mod publish;
-pub(crate) use publish::is_local_publisher;
 mod rewind;
-mod service;
-pub(crate) mod stream_query;
+mod router;
 
 use std::future::Future;
 use std::io;
@@ -22,30 +30,52 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tower::ServiceBuilder;
 
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::sse::{SseEdge, StreamTiming};
+use crate::ws::{WsEdge, WsLimits};
 use conn::{ConnControl, ConnectionEnd, ControlledConnection, Tracker};
 use first_request::FirstRequest;
+use layers::{RequestMetricsLayer, ShedLayer, TimeoutLayer};
+use publish::{HubPublisher, PublishEndpoint};
 use rewind::Rewind;
-use service::ConnService;
+use router::{Route, Router};
 
-/// What every request handler shares.
+/// The connection a request came on, for the endpoints that need it.
+#[derive(Clone)]
+pub(crate) struct ConnInfo {
+    /// The peer's address.
+    peer: SocketAddr,
+    /// Drains or closes the connection (an evicted SSE stream is closed through it).
+    control: Arc<ConnControl>,
+}
+
+/// The tower stack every request through hyper is served by.
+type Stack = layers::RequestMetrics<Router<PublishStack>>;
+
+/// The publish endpoint with its limits.
+type PublishStack = layers::Shed<PublishEndpoint<layers::Timeout<HubPublisher>>>;
+
+/// A running node: what every connection shares.
 pub struct App {
-    /// The publish/subscribe core.
-    pub hub: Arc<Hub>,
-    /// The server's metrics.
-    pub metrics: Arc<Metrics>,
-    /// The configuration it was started with.
-    pub config: Config,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    config: Config,
+    sse: Arc<SseEdge>,
     /// Every open connection and WebSocket session, for shutdown.
-    pub(crate) tracker: Tracker,
+    tracker: Arc<Tracker>,
+    stack: Stack,
 }
 
 impl App {
@@ -53,11 +83,47 @@ impl App {
     /// the current runtime).
     pub fn new(config: Config) -> io::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(config.hub(), metrics.clone()));
-        if let Some(relay) = config.relay() {
-            hub.start_relay(&relay).map_err(io::Error::other)?;
-        }
-        Ok(Arc::new(App { hub, metrics, config, tracker: Tracker::default() }))
+        let hub = match config.relay() {
+            None => Hub::local(config.hub(), metrics.clone()),
+            Some(relay) => {
+                Hub::cluster(config.hub(), metrics.clone(), &relay).map_err(io::Error::other)?
+            }
+        };
+        let hub = Arc::new(hub);
+        let timing = StreamTiming {
+            retry: config.sse_retry,
+            heartbeat: config.heartbeat,
+            write_delay: config.write_delay,
+        };
+        let sse = Arc::new(SseEdge::new(hub.clone(), metrics.clone(), timing));
+        let limits = WsLimits {
+            max_message: config.max_message_bytes,
+            heartbeat: config.heartbeat,
+            commands_per_sec: config.ws_commands_per_sec,
+            write_delay: config.write_delay,
+        };
+        let allowed_origins = config.allowed_origins.clone();
+        let ws = Arc::new(WsEdge::new(hub.clone(), metrics.clone(), limits, allowed_origins));
+        let tracker = Arc::new(Tracker::default());
+        let publish = ServiceBuilder::new()
+            .layer(ShedLayer::new(
+                config.max_concurrent_publishes as usize,
+                metrics.shed_requests(Route::Publish.as_str()),
+            ))
+            .layer_fn(|inner| PublishEndpoint::new(inner, config.max_event_bytes))
+            .layer(TimeoutLayer::new(config.publish_timeout))
+            .service(HubPublisher::new(hub.clone()));
+        let router = Router {
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            sse: sse.clone(),
+            ws,
+            tracker: tracker.clone(),
+            publish,
+        };
+        let stack =
+            ServiceBuilder::new().layer(RequestMetricsLayer::new(metrics.clone())).service(router);
+        Ok(Arc::new(App { hub, metrics, config, sse, tracker, stack }))
     }
 }
 
@@ -133,8 +199,7 @@ fn spawn_connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
-    let control = Arc::new(ConnControl::default());
-    let key = app.tracker.add(control.clone());
+    let (control, key) = app.tracker.add();
     let (app, builder) = (app.clone(), builder.clone());
     tokio::spawn(async move {
         serve_connection(stream, peer, &app, &builder, control).await;
@@ -171,18 +236,12 @@ async fn serve_connection(
     let stream = match first_request {
         Ok(Ok(FirstRequest::EventStream { query, last_event_id })) => {
             let closer = control.clone();
-            match crate::sse::fast_path(
-                app,
-                closer,
-                query.as_deref(),
-                last_event_id.as_deref(),
-                stream,
-            )
-            .await
-            {
+            let fast_path =
+                app.sse.fast_path(closer, query.as_deref(), last_event_id.as_deref(), stream);
+            match fast_path.await {
                 Ok(sse) => {
                     drop(first);
-                    app.metrics.http_request("sse", 200);
+                    app.metrics.http_request(Route::Sse.as_str(), 200);
                     if let ConnectionEnd::Killed =
                         ControlledConnection::new(sse, control, |_| {}).await
                     {
@@ -205,9 +264,28 @@ async fn serve_connection(
             return;
         }
     };
-    let io = TokioIo::new(Rewind::new(first, stream));
-    let service = ConnService::new(app.clone(), control.clone(), peer);
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    // Boxed: hyper's connection state is large, and a task serving an SSE stream on the fast
+    // path (most of them) would otherwise hold room for it all its life.
+    Box::pin(serve_hyper(Rewind::new(first, stream), peer, app, builder, control)).await;
+}
+
+/// Serves a connection through hyper and the tower stack, starting with the bytes read so far.
+async fn serve_hyper(
+    io: Rewind<TcpStream>,
+    peer: SocketAddr,
+    app: &Arc<App>,
+    builder: &Builder<TokioExecutor>,
+    control: Arc<ConnControl>,
+) {
+    let info = ConnInfo { peer, control: control.clone() };
+    let service = ServiceBuilder::new()
+        .map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(info.clone());
+            req
+        })
+        .service(app.stack.clone());
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     let drain = |conn: std::pin::Pin<&mut _>| {
         hyper_util::server::graceful::GracefulConnection::graceful_shutdown(conn)
     };
@@ -246,9 +324,10 @@ impl ServerHandle {
         self.addr
     }
 
-    /// The running node.
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
+    /// The running node's hub.
+    #[doc(hidden)]
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.app.hub
     }
 
     /// Shuts down as on SIGTERM and waits until the server has drained.

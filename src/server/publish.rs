@@ -1,132 +1,169 @@
-//! `POST /publish?topic=T[&event=NAME]`: the HTTP publish endpoint.
+//! `POST /publish?topic=T[&event=NAME]`: the HTTP publish endpoint. [`PublishEndpoint`] reads
+//! and checks the request (method, publisher, query, body) and hands a [`Publish`] to the
+//! service behind it, in the end [`HubPublisher`]; between them, the layers that bound a
+//! publish once its body is read (the timeout).
 
-use std::net::{IpAddr, SocketAddr};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use tower::{Service, ServiceExt as _};
 
-use crate::error::{ApiError, json_response};
-use crate::event::{EventData, EventName, TopicName};
+use super::ConnInfo;
+use super::layers::{BoxError, error_response};
+use crate::event::{EventData, EventId, EventName, TopicName};
+use crate::http::{
+    ApiError, ErrorCode, PublishQuery, ResponseBody, is_local_publisher, json_response,
+};
 use crate::hub::{Hub, PublishError};
-use crate::server::body::ResponseBody;
 
-/// Whether a request comes from a local publisher: a loopback peer and, when a proxy forwarded
-/// it, a loopback client of that proxy. The last `X-Forwarded-For` hop is the one the nearest
-/// proxy appended (nginx's `$proxy_add_x_forwarded_for`); the hops before it are whatever the
-/// client claimed, so only the last one counts. A proxy on the same host that sets no
-/// `X-Forwarded-For` makes every client look local: the nginx/ configuration sets it.
-pub(crate) fn is_local_publisher(peer: SocketAddr, headers: &HeaderMap) -> bool {
-    let forwarded_from_loopback = |value: &http::HeaderValue| {
-        value
-            .to_str()
-            .ok()
-            .and_then(|hops| hops.rsplit(',').next())
-            .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
-            .is_some_and(|ip| ip.to_canonical().is_loopback())
-    };
-    peer.ip().to_canonical().is_loopback()
-        && headers.get_all("x-forwarded-for").iter().next_back().is_none_or(forwarded_from_loopback)
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A publish, checked and read.
+#[derive(Debug)]
+pub(crate) struct Publish {
+    topic: TopicName,
+    name: Option<EventName>,
+    data: EventData,
 }
 
-/// Publishes the request body to the topic named in the query.
-pub(crate) async fn handle(
-    hub: &Hub,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, ApiError> {
-    // Without credentials configured, only local publishers are trusted (DESIGN decision 8).
-    if !is_local_publisher(peer, req.headers()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "publishing is accepted only from loopback peers when no credentials are configured",
-        ));
+/// Publishes into the hub.
+#[derive(Clone)]
+pub(crate) struct HubPublisher {
+    hub: Arc<Hub>,
+}
+
+impl HubPublisher {
+    pub(crate) fn new(hub: Arc<Hub>) -> Self {
+        HubPublisher { hub }
     }
-    let (topic, name) = parse_query(req.uri().query())?;
+}
+
+impl Service<Publish> for HubPublisher {
+    type Response = EventId;
+    type Error = PublishError;
+    type Future = BoxFuture<Result<EventId, PublishError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, publish: Publish) -> Self::Future {
+        let hub = self.hub.clone();
+        Box::pin(async move { hub.publish(&publish.topic, publish.name, publish.data).await })
+    }
+}
+
+/// The HTTP side of a publish: reads and checks the request, hands the publish to `inner`, and
+/// answers with the event's id or the error.
+#[derive(Clone)]
+pub(crate) struct PublishEndpoint<S> {
+    inner: S,
+    max_event_bytes: usize,
+}
+
+impl<S> PublishEndpoint<S> {
+    /// Takes event data of at most `max_event_bytes`.
+    pub(crate) fn new(inner: S, max_event_bytes: usize) -> Self {
+        PublishEndpoint { inner, max_event_bytes }
+    }
+}
+
+impl<S> Service<Request<Incoming>> for PublishEndpoint<S>
+where
+    S: Service<Publish, Response = EventId> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner service is made ready per request: refusals are answers, not errors.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let inner = self.inner.clone();
+        let max = self.max_event_bytes;
+        Box::pin(async move {
+            let answer = match read(req, max).await {
+                Ok(publish) => {
+                    let topic = publish.topic.clone();
+                    match inner.oneshot(publish).await {
+                        Ok(id) => Ok(published(&topic, id)),
+                        Err(error) => Err(error_response(error.into())),
+                    }
+                }
+                Err(refused) => Err(refused),
+            };
+            Ok(answer.unwrap_or_else(ApiError::into_response))
+        })
+    }
+}
+
+/// Checks a publish request and reads its body.
+async fn read(req: Request<Incoming>, max: usize) -> Result<Publish, ApiError> {
+    if req.method() != Method::POST {
+        return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "POST"));
+    }
+    // Without credentials configured, only local publishers are trusted (DESIGN decision 8).
+    let peer = req.extensions().get::<ConnInfo>().map(|conn| conn.peer);
+    if !peer.is_some_and(|peer| is_local_publisher(peer, req.headers())) {
+        return Err(ApiError::publish_forbidden());
+    }
+    let PublishQuery { topic, name } = PublishQuery::parse(req.uri().query())?;
     let binary = is_binary(req.headers().get(header::CONTENT_TYPE));
-    let max = hub.config().max_event_bytes;
-    let too_large = |size: Option<u64>| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            match size {
-                Some(size) => format!("event data is {size} bytes, the limit is {max}"),
-                None => format!("event data exceeds the limit of {max} bytes"),
-            },
-        )
-    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(size) = declared.filter(|&size| size > max as u64) {
-        return Err(too_large(Some(size)));
+        let detail = format!("event data is {size} bytes, the limit is {max}");
+        return Err(ApiError::new(ErrorCode::TooLarge, detail));
     }
     let body: Bytes = match Limited::new(req.into_body(), max).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(too_large(None)),
+        Err(e) if e.is::<LengthLimitError>() => {
+            let detail = format!("event data exceeds the limit of {max} bytes");
+            return Err(ApiError::new(ErrorCode::TooLarge, detail));
+        }
         Err(e) => {
-            return Err(ApiError::bad_request(
-                "bad_body",
-                format!("could not read the request body: {e}"),
-            ));
+            let detail = format!("could not read the request body: {e}");
+            return Err(ApiError::new(ErrorCode::BadBody, detail));
         }
     };
     let data = if binary {
         EventData::Binary(body)
     } else {
-        EventData::text(body).ok_or_else(|| {
-            ApiError::bad_request(
-                "bad_data",
+        EventData::text(body).map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadData,
                 "event data is not valid UTF-8; send binary data with Content-Type: application/octet-stream",
             )
         })?
     };
-    let id = hub.publish(&topic, name, data).await.map_err(|e| match e {
-        PublishError::TooLarge { size, .. } => too_large(Some(size as u64)),
-        PublishError::Unavailable(e) => ApiError::unavailable(e.to_string()),
-    })?;
+    Ok(Publish { topic, name, data })
+}
+
+/// `200 {"topic":"T","id":"<id>"}`.
+fn published(topic: &TopicName, id: EventId) -> Response<ResponseBody> {
     #[derive(serde::Serialize)]
     struct Published<'a> {
         topic: &'a str,
         id: String,
     }
     let body = serde_json::to_string(&Published { topic: topic.as_str(), id: id.to_string() })
-        .unwrap_or_default();
-    Ok(json_response(StatusCode::OK, body))
-}
-
-fn parse_query(query: Option<&str>) -> Result<(TopicName, Option<EventName>), ApiError> {
-    let mut topic = None;
-    let mut name = None;
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match &*key {
-            "topic" if topic.is_some() => {
-                return Err(ApiError::bad_request(
-                    "bad_topic",
-                    "give exactly one topic to publish to",
-                ));
-            }
-            "topic" => {
-                topic = Some(TopicName::new(&value).map_err(|e| {
-                    ApiError::bad_request("bad_topic", format!("topic {value:?} {e}"))
-                })?);
-            }
-            "event" => {
-                name = Some(EventName::new(&value).map_err(|e| {
-                    ApiError::bad_request("bad_event_name", format!("event name {value:?} {e}"))
-                })?);
-            }
-            _ => {}
-        }
-    }
-    let topic = topic.ok_or_else(|| {
-        ApiError::bad_request("bad_topic", "the topic query parameter is required")
-    })?;
-    Ok((topic, name))
+        .expect("two strings serialize to JSON");
+    json_response(StatusCode::OK, body)
 }
 
 fn is_binary(content_type: Option<&http::HeaderValue>) -> bool {
@@ -139,19 +176,6 @@ fn is_binary(content_type: Option<&http::HeaderValue>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_needs_exactly_one_valid_topic() {
-        assert!(parse_query(Some("topic=a&event=x")).is_ok());
-        assert_eq!(parse_query(None).unwrap_err().code, "bad_topic");
-        assert_eq!(parse_query(Some("topic=a&topic=b")).unwrap_err().code, "bad_topic");
-        assert_eq!(parse_query(Some("topic=a%20b")).unwrap_err().code, "bad_topic");
-        assert_eq!(
-            parse_query(Some("topic=a&event=crier.gap")).unwrap_err().code,
-            "bad_event_name"
-        );
-        assert_eq!(parse_query(Some("topic=a&event=")).unwrap_err().code, "bad_event_name");
-    }
 
     #[test]
     fn octet_stream_marks_binary() {

@@ -1,89 +1,101 @@
 //! The SSE edge: `GET /sse?topic=…` turns a request into a subscription and streams it, either
 //! through hyper (as a response body) or, for a dedicated HTTP/1.1 connection, on the socket
 //! itself ([`stream`]).
+//!
+//! It takes what it needs and nothing more: the hub, the metrics, the stream timing, and from
+//! the server a way to close the connection (for eviction).
 
-pub mod encode;
-pub mod stream;
-pub mod writer;
+mod stream;
+mod writer;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 
-use crate::error::ApiError;
-use crate::hub::Subscription;
-use crate::metrics::Transport;
+use crate::event::Wire;
+use crate::http::{ApiError, ResponseBody, StreamQuery};
+use crate::hub::{Hub, ReaderRequest, SubscribeError, Subscription};
+use crate::metrics::Metrics;
 use crate::registry::ConnectionCloser;
-use crate::server::App;
-use crate::server::body::ResponseBody;
-use crate::server::stream_query::{StreamQuery, subscribe_error};
-use writer::{SseWriter, StreamTiming};
+pub(crate) use stream::SseStream;
+use writer::SseWriter;
+pub(crate) use writer::StreamTiming;
 
 /// `Last-Event-ID`.
 const LAST_EVENT_ID: &str = "last-event-id";
 
-/// Subscribes to the requested topics and answers with the event stream (through hyper).
-pub(crate) async fn handle<B>(
-    app: &App,
-    closer: Arc<dyn ConnectionCloser>,
-    req: &Request<B>,
-) -> Result<Response<ResponseBody>, ApiError> {
-    let header = req.headers().get(LAST_EVENT_ID).map(HeaderValue::as_bytes);
-    let subscription = subscribe(app, closer, req.uri().query(), header).await?;
-    let mut response = Response::new(ResponseBody::sse(writer(app, subscription)));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+/// What the SSE endpoint needs.
+pub(crate) struct SseEdge {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    timing: StreamTiming,
 }
 
-/// The stream for the first request of a dedicated HTTP/1.1 connection; if the request is
-/// refused, the socket comes back so hyper can answer it with the error.
-pub(crate) async fn fast_path(
-    app: &App,
-    closer: Arc<dyn ConnectionCloser>,
-    query: Option<&str>,
-    last_event_id: Option<&[u8]>,
-    io: tokio::net::TcpStream,
-) -> Result<stream::SseStream, tokio::net::TcpStream> {
-    match subscribe(app, closer, query, last_event_id).await {
-        Ok(subscription) => {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-                 x-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: {}\r\n\r\n",
-                httpdate::fmt_http_date(std::time::SystemTime::now())
-            );
-            Ok(stream::SseStream::new(io, Bytes::from(head), writer(app, subscription)))
-        }
-        Err(_) => Err(io),
+impl SseEdge {
+    pub(crate) fn new(hub: Arc<Hub>, metrics: Arc<Metrics>, timing: StreamTiming) -> Self {
+        SseEdge { hub, metrics, timing }
     }
-}
 
-fn writer(app: &App, subscription: Subscription) -> SseWriter {
-    let timing = StreamTiming {
-        retry: app.config.sse_retry,
-        heartbeat: app.config.heartbeat,
-        write_delay: app.config.write_delay,
-    };
-    SseWriter::new(subscription, timing, app.metrics.clone())
-}
+    /// Subscribes to the requested topics and answers with the event stream (through hyper).
+    pub(crate) async fn respond<B>(
+        &self,
+        closer: Arc<dyn ConnectionCloser>,
+        req: &Request<B>,
+    ) -> Result<Response<ResponseBody>, ApiError> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "GET, HEAD"));
+        }
+        let header = req.headers().get(LAST_EVENT_ID).map(HeaderValue::as_bytes);
+        let subscription = self.subscribe(closer, req.uri().query(), header).await?;
+        let mut response = Response::new(ResponseBody::stream(self.writer(subscription)));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        Ok(response)
+    }
 
-/// Reads the topics and resume position from a request and subscribes (in cluster mode, after
-/// reading from Redis what the node does not have yet).
-async fn subscribe(
-    app: &App,
-    closer: Arc<dyn ConnectionCloser>,
-    query: Option<&str>,
-    last_event_id_header: Option<&[u8]>,
-) -> Result<Subscription, ApiError> {
-    let request = StreamQuery::parse(query, last_event_id_header)?;
-    app.hub
-        .prepare(&request.topics, request.last_event_id.as_deref())
-        .await
-        .map_err(subscribe_error)?;
-    app.hub
-        .subscribe(request.topics, request.last_event_id.as_deref(), Transport::Sse, Some(closer))
-        .map_err(subscribe_error)
+    /// The stream for the first request of a dedicated HTTP/1.1 connection; if the request is
+    /// refused, the socket comes back so hyper can answer it with the error.
+    pub(crate) async fn fast_path(
+        &self,
+        closer: Arc<dyn ConnectionCloser>,
+        query: Option<&str>,
+        last_event_id: Option<&[u8]>,
+        io: tokio::net::TcpStream,
+    ) -> Result<SseStream, tokio::net::TcpStream> {
+        match self.subscribe(closer, query, last_event_id).await {
+            Ok(subscription) => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+                     x-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: {}\r\n\r\n",
+                    httpdate::fmt_http_date(std::time::SystemTime::now())
+                );
+                Ok(SseStream::new(io, Bytes::from(head), self.writer(subscription)))
+            }
+            Err(_) => Err(io),
+        }
+    }
+
+    fn writer(&self, subscription: Subscription) -> SseWriter {
+        SseWriter::new(subscription, self.timing, &self.metrics)
+    }
+
+    /// Reads the topics and resume position from a request and subscribes.
+    async fn subscribe(
+        &self,
+        closer: Arc<dyn ConnectionCloser>,
+        query: Option<&str>,
+        last_event_id_header: Option<&[u8]>,
+    ) -> Result<Subscription, ApiError> {
+        let query = StreamQuery::parse(query, last_event_id_header)?;
+        // A WebSocket may start with no topic and subscribe by command; a stream may not.
+        if query.topics.is_empty() {
+            return Err(SubscribeError::NoTopics.into());
+        }
+        let request = ReaderRequest::new(query.topics, query.last_event_id, Wire::Sse);
+        let request = request.closed_by(closer);
+        Ok(self.hub.subscribe(request).await?)
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! A stream only ever writes, so it needs none of hyper's per-connection state (two 8 KiB
 //! buffers among it): this future holds the socket, the subscription's writer and the chunk in
-//! flight, and writes each chunk of events with one `writev` of up to 1024 slices, framed as one
-//! HTTP/1.1 chunk. Reading is limited to noticing that the client went away.
+//! flight, and writes each chunk of events with one vectored write, framed as one HTTP/1.1
+//! chunk. Reading is limited to noticing that the client went away.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -16,16 +16,13 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::writer::SseWriter;
-use crate::chunk::Chunk;
-
-/// Most slices handed to one `writev` (Linux's `IOV_MAX`).
-const MAX_IOVECS: usize = 1024;
+use crate::chunk::{Chunk, poll_write_buf};
 
 /// Bytes a client may send after its request before it is disconnected: nothing is expected.
 const MAX_UNEXPECTED_INPUT: usize = 16 << 10;
 
 /// Serves one event stream on a socket the server took over from the HTTP layer.
-pub struct SseStream {
+pub(crate) struct SseStream {
     io: TcpStream,
     writer: SseWriter,
     /// What is being written.
@@ -38,7 +35,7 @@ pub struct SseStream {
 impl SseStream {
     /// A stream that first writes `head` (the response status line and headers), then the
     /// writer's chunks.
-    pub fn new(io: TcpStream, head: Bytes, writer: SseWriter) -> Self {
+    pub(crate) fn new(io: TcpStream, head: Bytes, writer: SseWriter) -> Self {
         let out = Outgoing { head, size_line: SizeLine::default(), body: None, tail: b"" };
         SseStream { io, writer, out: Some(out), finishing: false, unexpected_input: 0 }
     }
@@ -67,20 +64,9 @@ impl SseStream {
     }
 
     fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some(out) = &mut self.out {
-            if !out.has_remaining() {
-                self.out = None;
-                break;
-            }
-            let written = {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let n = out.chunks_vectored(&mut slices);
-                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?
-            };
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            out.advance(written);
+        if let Some(out) = &mut self.out {
+            ready!(poll_write_buf(&mut self.io, cx, out))?;
+            self.out = None;
         }
         Poll::Ready(Ok(()))
     }

@@ -15,42 +15,31 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::{Instant, Sleep};
 
-use crate::chunk::{Chunk, ChunkBuilder};
-use crate::event::{Cursor, Event, EventId};
-use crate::hub::Polled;
-use crate::hub::Subscription;
-use crate::metrics::{Metrics, Transport};
+use crate::chunk::{Chunk, ChunkBuilder, MAX_CHUNK_BYTES};
+use crate::codec::{gap, sse};
+use crate::event::{Event, EventId};
+use crate::http::{ChunkStream, StreamError};
+use crate::hub::{Polled, Subscription};
+use crate::metrics::{ConnectionGuard, Metrics, Transport};
 use crate::registry::Closed;
-use crate::sse::encode;
-
-/// The stream was cut by the server.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    /// The client fell too far behind and was disconnected.
-    #[error(
-        "subscriber evicted: it fell further behind than its byte budget or the topic log allow"
-    )]
-    Evicted,
-}
-
-/// Most stream bytes taken from the logs per wakeup, so one write stays a bounded size.
-const MAX_CHUNK_BYTES: usize = 256 << 10;
 
 /// The timing knobs of a stream.
 #[derive(Clone, Copy, Debug)]
-pub struct StreamTiming {
+pub(crate) struct StreamTiming {
     /// The reconnection delay sent in the `retry:` field.
-    pub retry: Duration,
+    pub(crate) retry: Duration,
     /// Quiet time after which a heartbeat comment is written.
-    pub heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
     /// Least time between two writes of a busy stream (0: write as soon as events arrive).
-    pub write_delay: Duration,
+    pub(crate) write_delay: Duration,
 }
 
 /// The writer of one SSE stream: yields what to send next.
-pub struct SseWriter {
+pub(crate) struct SseWriter {
     subscription: Subscription,
     metrics: Arc<Metrics>,
+    /// Counts the stream as an open SSE connection while the writer lives.
+    _open: ConnectionGuard,
     /// Written before anything else: preface and gap notice.
     opening: Option<Chunk>,
     /// Current position on each topic, for streams of several topics (which send a cursor as
@@ -67,31 +56,33 @@ pub struct SseWriter {
 
 impl SseWriter {
     /// The writer for `subscription`: opens with `retry:` and a comment, then a `crier.gap`
-    /// notice if the resume was not exact, then every event after the start positions. Counts
-    /// the stream as an open SSE connection until dropped.
-    pub fn new(subscription: Subscription, timing: StreamTiming, metrics: Arc<Metrics>) -> Self {
+    /// notice naming every topic whose resume was not exact, then every event after the start
+    /// positions. Counts the stream as an open SSE connection until dropped.
+    pub(crate) fn new(
+        subscription: Subscription,
+        timing: StreamTiming,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         let StreamTiming { retry, heartbeat: heartbeat_every, write_delay } = timing;
-        let transport = metrics.transport(Transport::Sse);
-        transport.accepted.increment(1);
-        transport.connections.increment(1);
-
-        let multi = subscription.topics().len() > 1;
-        let cursor = multi.then(|| subscription.start_positions());
+        let open = metrics.open_connection(Transport::Sse);
+        let start = subscription.start_positions();
+        let mut cursor = (start.len() > 1).then(|| start.clone());
         let mut opening = ChunkBuilder::with_capacity(256);
-        opening.push_copy(&encode::preface(retry.as_millis() as u64));
-        if !subscription.gaps().is_empty() {
-            let start = subscription.start_positions();
-            let id_line = match &cursor {
-                Some(_) => encode::cursor_line(&start).to_vec(),
-                None => encode::id_line(start[0]),
-            };
-            opening.push_copy(&encode::gap_event(&id_line, &subscription.gap_notice()));
+        opening.push_copy(&sse::preface(retry.as_millis() as u64));
+        let gaps = subscription.gaps();
+        if !gaps.is_empty() {
+            // One notice for all topics, whose id is where the stream starts: the start
+            // positions, which a stream of several topics sends as its cursor.
+            let notice = gap::notice(&gaps, start[0]);
+            push_frame(&mut opening, cursor.as_mut().map(|c| (c, None)), &notice);
         }
+        drop(gaps);
         let opening = opening.finish(Some((metrics.clone(), Transport::Sse)));
         let now = Instant::now();
         SseWriter {
             subscription,
-            metrics,
+            metrics: metrics.clone(),
+            _open: open,
             opening: Some(opening),
             cursor,
             heartbeat_every,
@@ -106,7 +97,10 @@ impl SseWriter {
     /// heartbeat after a quiet interval. `None` once the stream has ended cleanly (shutdown);
     /// an error if the client was evicted. Registers for a wakeup when there is nothing to
     /// write.
-    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Chunk, StreamError>>> {
+    pub(crate) fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Chunk, StreamError>>> {
         if self.ended {
             return Poll::Ready(None);
         }
@@ -129,7 +123,8 @@ impl SseWriter {
         let mut chunk = ChunkBuilder::with_capacity(0);
         let cursor = &mut self.cursor;
         let polled = self.subscription.poll_events(cx, MAX_CHUNK_BYTES, |topic_index, event| {
-            push_event(&mut chunk, cursor, topic_index, event)
+            chunk.events += 1;
+            push_frame(&mut chunk, cursor.as_mut().map(|c| (c, Some(topic_index))), event);
         });
         match polled {
             Poll::Ready(Polled::Events) => {
@@ -154,7 +149,7 @@ impl SseWriter {
             if now >= due {
                 self.last_write = now;
                 self.heartbeat.as_mut().reset(now + self.heartbeat_every);
-                let heartbeat = Chunk::from_bytes(Bytes::from_static(encode::HEARTBEAT));
+                let heartbeat = Chunk::from_bytes(Bytes::from_static(sse::HEARTBEAT));
                 return Poll::Ready(Some(Ok(heartbeat)));
             }
             // Written since the timer was set: push it back rather than resetting on every write.
@@ -163,36 +158,38 @@ impl SseWriter {
     }
 
     /// Whether the stream has ended.
-    pub fn is_ended(&self) -> bool {
+    pub(crate) fn is_ended(&self) -> bool {
         self.ended
     }
 }
 
-impl Drop for SseWriter {
-    fn drop(&mut self) {
-        self.metrics.transport(Transport::Sse).connections.decrement(1);
+impl ChunkStream for SseWriter {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Chunk, StreamError>>> {
+        SseWriter::poll_chunk(self, cx)
+    }
+
+    fn is_ended(&self) -> bool {
+        SseWriter::is_ended(self)
     }
 }
 
-/// Adds an event to a chunk: its frame as encoded, or for a stream of several topics the
-/// stream's updated cursor line followed by the frame without its own id line.
-fn push_event(
+/// Adds an event's frame to a chunk: as encoded; or, on a stream of several topics (`cursor`
+/// with the event's topic index, if it moves the cursor), the stream's cursor line followed by
+/// the frame without its own id line.
+fn push_frame(
     chunk: &mut ChunkBuilder,
-    cursor: &mut Option<Vec<EventId>>,
-    topic_index: u16,
+    cursor: Option<(&mut Vec<EventId>, Option<u16>)>,
     event: &Event,
 ) {
-    let sse = &event.sse;
-    chunk.events += 1;
+    let frame = event.frames.sse();
     match cursor {
-        None => chunk.push_frame(&sse.frame, 0),
-        Some(positions) => {
-            positions[usize::from(topic_index)] = event.id;
-            let buf = chunk.buf_mut();
-            buf.extend_from_slice(b"id: ");
-            Cursor::write_positions(positions, buf);
-            buf.push(b'\n');
-            chunk.push_frame(&sse.frame, sse.body_offset);
+        None => chunk.push_frame(frame, 0),
+        Some((positions, topic_index)) => {
+            if let Some(index) = topic_index {
+                positions[usize::from(index)] = event.id;
+            }
+            sse::put_cursor_line(positions, chunk.buf_mut());
+            chunk.push_frame(frame, frame.len() - event.frames.sse_body().len());
         }
     }
 }

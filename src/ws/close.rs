@@ -4,42 +4,40 @@ use std::fmt;
 
 /// A close code (RFC 6455 §7.4).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CloseCode(u16);
+pub(crate) struct CloseCode(u16);
 
 impl CloseCode {
     /// 1000: the client or the server finished normally.
-    pub const NORMAL: Self = CloseCode(1000);
+    pub(crate) const NORMAL: Self = CloseCode(1000);
     /// 1001: the server is shutting down.
-    pub const GOING_AWAY: Self = CloseCode(1001);
+    pub(crate) const GOING_AWAY: Self = CloseCode(1001);
     /// 1002: the peer broke the protocol (bad framing, unmasked frame, reserved bits…).
-    pub const PROTOCOL_ERROR: Self = CloseCode(1002);
+    pub(crate) const PROTOCOL_ERROR: Self = CloseCode(1002);
     /// 1007: a text message or close reason was not UTF-8.
-    pub const INVALID_PAYLOAD: Self = CloseCode(1007);
+    pub(crate) const INVALID_PAYLOAD: Self = CloseCode(1007);
     /// 1008: policy: the client kept sending commands over its rate limit.
-    pub const POLICY: Self = CloseCode(1008);
+    pub(crate) const POLICY: Self = CloseCode(1008);
     /// 1009: a message over `--max-message-bytes`.
-    pub const MESSAGE_TOO_BIG: Self = CloseCode(1009);
-    /// 1011: the server failed.
-    pub const INTERNAL_ERROR: Self = CloseCode(1011);
+    pub(crate) const MESSAGE_TOO_BIG: Self = CloseCode(1009);
     /// 4000: the peer answered nothing (not even a pong) for two heartbeat intervals.
-    pub const HEARTBEAT_TIMEOUT: Self = CloseCode(4000);
+    pub(crate) const HEARTBEAT_TIMEOUT: Self = CloseCode(4000);
     /// 4008: slow consumer: the client fell further behind than `--client-queue-bytes` or the
     /// topic's log allow, and was evicted. It may reconnect and resume.
-    pub const SLOW_CONSUMER: Self = CloseCode(4008);
+    pub(crate) const SLOW_CONSUMER: Self = CloseCode(4008);
 
     /// The code with this number, if it is in the range codes are drawn from (1000–4999).
-    pub fn from_u16(code: u16) -> Option<Self> {
+    pub(crate) fn from_u16(code: u16) -> Option<Self> {
         (1000..=4999).contains(&code).then_some(CloseCode(code))
     }
 
     /// The number.
-    pub fn as_u16(self) -> u16 {
+    pub(crate) fn as_u16(self) -> u16 {
         self.0
     }
 
     /// Whether a peer may put this code in a close frame: the defined codes except those
     /// reserved for reporting (1005, 1006, 1015) and the unassigned 1004, 1016–2999.
-    pub fn may_be_sent_by_peer(self) -> bool {
+    pub(crate) fn may_be_sent_by_peer(self) -> bool {
         matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
 }

@@ -14,11 +14,12 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::frame::{self, OP_TEXT};
+use crate::codec::ws::{OP_TEXT, encode};
+use crate::http::{ApiError, ErrorCode};
 
 /// A parsed command.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Follow a topic, optionally resuming after an id.
     Subscribe {
         /// The topic.
@@ -46,44 +47,31 @@ pub enum Command {
     Ping,
 }
 
-/// A command the server cannot act on.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refused {
-    /// Stable code, such as `bad_command`.
-    pub code: &'static str,
-    /// What was wrong.
-    pub detail: String,
-}
-
-impl Refused {
-    /// A refusal with `code` and `detail`.
-    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
-        Refused { code, detail: detail.into() }
-    }
+fn bad_command(detail: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadCommand, detail)
 }
 
 /// Parses a text message as a command; the `ref` is returned whether or not the rest is valid.
-pub fn parse(text: &[u8]) -> (Option<Value>, Result<Command, Refused>) {
+pub(crate) fn parse(text: &[u8]) -> (Option<Value>, Result<Command, ApiError>) {
     let value: Value = match serde_json::from_slice(text) {
         Ok(value) => value,
-        Err(e) => return (None, Err(Refused::new("bad_command", format!("not JSON: {e}")))),
+        Err(e) => return (None, Err(bad_command(format!("not JSON: {e}")))),
     };
     let Value::Object(mut fields) = value else {
-        return (None, Err(Refused::new("bad_command", "a command is a JSON object")));
+        return (None, Err(bad_command("a command is a JSON object")));
     };
     let reference = fields.remove("ref");
     (reference, command(&fields))
 }
 
-fn command(fields: &serde_json::Map<String, Value>) -> Result<Command, Refused> {
+fn command(fields: &serde_json::Map<String, Value>) -> Result<Command, ApiError> {
     let string = |name: &str| match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Refused::new("bad_command", format!("\"{name}\" must be a string"))),
+        Some(_) => Err(bad_command(format!("\"{name}\" must be a string"))),
     };
-    let required = |name: &str| {
-        string(name)?.ok_or_else(|| Refused::new("bad_command", format!("\"{name}\" is required")))
-    };
+    let required =
+        |name: &str| string(name)?.ok_or_else(|| bad_command(format!("\"{name}\" is required")));
     match fields.get("op") {
         Some(Value::String(op)) => match op.as_str() {
             "subscribe" => Ok(Command::Subscribe {
@@ -96,10 +84,9 @@ fn command(fields: &serde_json::Map<String, Value>) -> Result<Command, Refused> 
                     None => false,
                     Some("base64") => true,
                     Some(other) => {
-                        return Err(Refused::new(
-                            "bad_command",
-                            format!("unknown encoding {other:?}; only \"base64\" is supported"),
-                        ));
+                        return Err(bad_command(format!(
+                            "unknown encoding {other:?}; only \"base64\" is supported"
+                        )));
                     }
                 };
                 Ok(Command::Publish {
@@ -110,19 +97,19 @@ fn command(fields: &serde_json::Map<String, Value>) -> Result<Command, Refused> 
                 })
             }
             "ping" => Ok(Command::Ping),
-            other => Err(Refused::new(
-                "unknown_op",
+            other => Err(ApiError::new(
+                ErrorCode::UnknownOp,
                 format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or ping"),
             )),
         },
-        Some(_) => Err(Refused::new("bad_command", "\"op\" must be a string")),
-        None => Err(Refused::new("bad_command", "\"op\" is required")),
+        Some(_) => Err(bad_command("\"op\" must be a string")),
+        None => Err(bad_command("\"op\" is required")),
     }
 }
 
 /// A reply, serialized with `op` first and absent fields left out.
 #[derive(Serialize, Default)]
-pub struct Reply<'a> {
+pub(crate) struct Reply<'a> {
     op: &'static str,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     reference: Option<&'a Value>,
@@ -140,43 +127,43 @@ pub struct Reply<'a> {
 
 impl<'a> Reply<'a> {
     /// An `ok` reply.
-    pub fn ok(reference: Option<&'a Value>) -> Self {
+    pub(crate) fn ok(reference: Option<&'a Value>) -> Self {
         Reply { op: "ok", reference, ..Reply::default() }
     }
 
     /// An `error` reply.
-    pub fn error(reference: Option<&'a Value>, refused: &'a Refused) -> Self {
+    pub(crate) fn error(reference: Option<&'a Value>, refused: &'a ApiError) -> Self {
         Reply {
             op: "error",
             reference,
-            error: Some(refused.code),
+            error: Some(refused.code.as_str()),
             detail: Some(&refused.detail),
             ..Reply::default()
         }
     }
 
     /// Adds the topic.
-    pub fn topic(mut self, topic: &'a str) -> Self {
+    pub(crate) fn topic(mut self, topic: &'a str) -> Self {
         self.topic = Some(topic);
         self
     }
 
     /// Adds the id of a published event.
-    pub fn id(mut self, id: String) -> Self {
+    pub(crate) fn id(mut self, id: String) -> Self {
         self.id = Some(id);
         self
     }
 
     /// Adds the position a subscription starts after.
-    pub fn position(mut self, position: String) -> Self {
+    pub(crate) fn position(mut self, position: String) -> Self {
         self.position = Some(position);
         self
     }
 
     /// The reply as a text frame.
-    pub fn frame(&self) -> Bytes {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        frame::encode(OP_TEXT, &json)
+    pub(crate) fn frame(&self) -> Bytes {
+        let json = serde_json::to_vec(self).expect("strings and JSON values serialize to JSON");
+        encode(OP_TEXT, &json)
     }
 }
 
@@ -209,7 +196,7 @@ mod tests {
 
     #[test]
     fn malformed_commands_are_refused_but_keep_their_ref() {
-        let code = |text: &[u8]| parse(text).1.unwrap_err().code;
+        let code = |text: &[u8]| parse(text).1.unwrap_err().code.as_str();
         assert_eq!(code(b"not json"), "bad_command");
         assert_eq!(code(b"[1]"), "bad_command");
         assert_eq!(code(br#"{"topic":"a"}"#), "bad_command");
@@ -229,7 +216,7 @@ mod tests {
         let reference = Value::from("r");
         let ok = Reply::ok(Some(&reference)).topic("a").id("e-1".into()).frame();
         assert_eq!(&ok[2..], br#"{"op":"ok","ref":"r","topic":"a","id":"e-1"}"#);
-        let refused = Refused::new("bad_topic", "nope");
+        let refused = ApiError::new(ErrorCode::BadTopic, "nope");
         let error = Reply::error(None, &refused).frame();
         assert_eq!(&error[2..], br#"{"op":"error","error":"bad_topic","detail":"nope"}"#);
     }

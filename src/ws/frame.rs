@@ -1,73 +1,18 @@
-//! WebSocket framing (RFC 6455 §5): outbound frames, written by crier itself (unmasked, so one
-//! encoding serves every subscriber), and inbound frames, parsed with tungstenite's
-//! `FrameHeader` and unmasked here, with every check a server must make on what a client sends.
+//! Inbound WebSocket frames (RFC 6455 §5): headers parsed with tungstenite's `FrameHeader`,
+//! payloads unmasked here, with every check a server must make on what a client sends.
+//! Outbound frames are in [`crate::codec::ws`].
 
 use std::io::Cursor;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::close::CloseCode;
-
-/// Text frame opcode.
-pub const OP_TEXT: u8 = 0x1;
-/// Binary frame opcode.
-pub const OP_BINARY: u8 = 0x2;
-/// Close frame opcode.
-pub const OP_CLOSE: u8 = 0x8;
-/// Ping frame opcode.
-pub const OP_PING: u8 = 0x9;
-/// Pong frame opcode.
-pub const OP_PONG: u8 = 0xA;
-
-/// Largest payload of a control frame.
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
-
-/// The header of an unmasked, final frame: `(bytes, length)`.
-pub fn header(opcode: u8, payload_len: usize) -> ([u8; 10], usize) {
-    let mut head = [0u8; 10];
-    head[0] = 0x80 | opcode;
-    let len = match payload_len {
-        0..=125 => {
-            head[1] = payload_len as u8;
-            2
-        }
-        126..=0xFFFF => {
-            head[1] = 126;
-            head[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
-            4
-        }
-        _ => {
-            head[1] = 127;
-            head[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
-            10
-        }
-    };
-    (head, len)
-}
-
-/// A complete unmasked, final frame carrying `payload`.
-pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
-    let (head, head_len) = header(opcode, payload.len());
-    let mut frame = BytesMut::with_capacity(head_len + payload.len());
-    frame.put_slice(&head[..head_len]);
-    frame.put_slice(payload);
-    frame.freeze()
-}
-
-/// A close frame with `code` and a short reason.
-pub fn close(code: CloseCode, reason: &str) -> Bytes {
-    let reason = &reason.as_bytes()[..reason.len().min(MAX_CONTROL_PAYLOAD - 2)];
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&code.as_u16().to_be_bytes());
-    payload.extend_from_slice(reason);
-    encode(OP_CLOSE, &payload)
-}
+use crate::codec::ws::MAX_CONTROL_PAYLOAD;
 
 /// What kind of frame arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// First frame of a text message.
     Text,
     /// First frame of a binary message.
@@ -84,25 +29,25 @@ pub enum Kind {
 
 /// A frame's header, as far as the session needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Head {
+pub(crate) struct Head {
     /// Final fragment of its message.
-    pub fin: bool,
+    pub(crate) fin: bool,
     /// Frame kind.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Length of the header in bytes.
-    pub header_len: usize,
+    pub(crate) header_len: usize,
     /// Length of the payload in bytes.
-    pub payload_len: usize,
+    pub(crate) payload_len: usize,
     mask: [u8; 4],
 }
 
 /// Why a client's frame ends the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Violation {
+pub(crate) struct Violation {
     /// The close code to send.
-    pub code: CloseCode,
+    pub(crate) code: CloseCode,
     /// The reason, for the close frame and logs.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 impl Violation {
@@ -114,7 +59,7 @@ impl Violation {
 /// Parses the header of the client frame at the start of `buf`. `Ok(None)` means more bytes
 /// are needed. `max_payload` bounds data frames (a larger one is refused before its payload is
 /// read).
-pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, Violation> {
+pub(crate) fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, Violation> {
     let mut cursor = Cursor::new(buf);
     let (header, payload_len) = match FrameHeader::parse(&mut cursor) {
         Ok(Some(parsed)) => parsed,
@@ -159,18 +104,18 @@ pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, Violat
 
 impl Head {
     /// Total bytes of the frame.
-    pub fn frame_len(&self) -> usize {
+    pub(crate) fn frame_len(&self) -> usize {
         self.header_len + self.payload_len
     }
 
     /// Unmasks the payload in place (`payload` is this frame's payload bytes).
-    pub fn unmask(&self, payload: &mut [u8]) {
+    pub(crate) fn unmask(&self, payload: &mut [u8]) {
         unmask(payload, self.mask);
     }
 }
 
 /// XORs `data` with the four-byte `mask`, eight bytes at a time.
-pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
+pub(crate) fn unmask(data: &mut [u8], mask: [u8; 4]) {
     let wide = u64::from_ne_bytes([
         mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
     ]);
@@ -187,7 +132,7 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
 }
 
 /// Checks a close frame's payload: empty, or a valid code and a UTF-8 reason.
-pub fn parse_close(payload: &[u8]) -> Result<Option<CloseCode>, Violation> {
+pub(crate) fn parse_close(payload: &[u8]) -> Result<Option<CloseCode>, Violation> {
     match payload {
         [] => Ok(None),
         [_] => Err(Violation::protocol("close payload of one byte")),
@@ -206,40 +151,31 @@ pub fn parse_close(payload: &[u8]) -> Result<Option<CloseCode>, Violation> {
     }
 }
 
+/// A client frame for tests: `first` is the FIN bit and opcode, the payload is masked.
+#[cfg(test)]
+pub(super) fn masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![first];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    let mut body = payload.to_vec();
+    unmask(&mut body, mask);
+    frame.extend_from_slice(&body);
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut frame = vec![first];
-        match payload.len() {
-            n @ 0..=125 => frame.push(0x80 | n as u8),
-            n @ 126..=0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        let mut body = payload.to_vec();
-        unmask(&mut body, mask);
-        frame.extend_from_slice(&body);
-        frame
-    }
-
-    #[test]
-    fn headers_use_the_shortest_length_form() {
-        assert_eq!(&encode(OP_TEXT, b"hi")[..], b"\x81\x02hi");
-        assert_eq!(&encode(OP_BINARY, &[0; 126])[..4], b"\x82\x7e\x00\x7e");
-        assert_eq!(
-            &encode(OP_BINARY, &vec![0; 65536])[..10],
-            b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"
-        );
-        assert_eq!(&close(CloseCode::NORMAL, "bye")[..], b"\x88\x05\x03\xe8bye");
-    }
 
     #[test]
     fn masked_frames_parse_and_unmask() {

@@ -10,19 +10,18 @@
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version, header};
 
-use crate::error::ApiError;
-use crate::server::body::ResponseBody;
+use crate::http::{ApiError, ErrorCode, ResponseBody};
 
 /// The subprotocol crier speaks, when a client asks for one.
-pub const SUBPROTOCOL: &str = "crier.v1";
+pub(crate) const SUBPROTOCOL: &str = "crier.v1";
 
 /// A valid handshake, ready to be answered.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Accept {
-    /// The `Sec-WebSocket-Accept` value.
-    pub accept: String,
+pub(crate) struct Accept {
+    /// The `Sec-WebSocket-Accept` value: 28 characters of base64.
+    pub(crate) accept: HeaderValue,
     /// The subprotocol to confirm.
-    pub protocol: Option<&'static str>,
+    pub(crate) protocol: Option<&'static str>,
 }
 
 /// Whether the comma-separated token list in any `name` header contains `token`.
@@ -36,11 +35,11 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 }
 
 fn bad(detail: &str) -> ApiError {
-    ApiError::bad_request("bad_handshake", detail)
+    ApiError::new(ErrorCode::BadHandshake, detail)
 }
 
 /// Validates a handshake request.
-pub fn validate(
+pub(crate) fn validate(
     method: &Method,
     version: Version,
     headers: &HeaderMap,
@@ -63,13 +62,8 @@ pub fn validate(
         .iter()
         .any(|v| v.as_bytes().trim_ascii() == b"13");
     if !version_ok {
-        let mut error = ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported_version",
-            "only WebSocket version 13 is supported",
-        );
-        error.extra_header = Some((header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")));
-        return Err(error);
+        let detail = "only WebSocket version 13 is supported";
+        return Err(ApiError::new(ErrorCode::UnsupportedVersion, detail));
     }
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
     let key = match (keys.next(), keys.next()) {
@@ -86,11 +80,12 @@ pub fn validate(
         .filter(|o| !o.is_empty())
         .peekable();
     if let (Some(_), Some(origin)) = (allowed.peek(), headers.get(header::ORIGIN)) {
-        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        // An origin that is not ASCII matches no allowed origin; it is shown as best it can be.
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        let origin = origin.trim_end_matches('/');
         if !allowed.any(|allowed| allowed.eq_ignore_ascii_case(origin)) {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "origin_not_allowed",
+                ErrorCode::OriginNotAllowed,
                 format!("origin {origin:?} is not in --allowed-origins"),
             ));
         }
@@ -98,19 +93,18 @@ pub fn validate(
     let protocol =
         has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL).then_some(SUBPROTOCOL);
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes().trim_ascii());
+    let accept = HeaderValue::try_from(accept).expect("base64 is a valid header value");
     Ok(Accept { accept, protocol })
 }
 
 /// The `101 Switching Protocols` response.
-pub fn switching_protocols(accept: &Accept) -> Response<ResponseBody> {
+pub(crate) fn switching_protocols(accept: Accept) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = HeaderValue::from_str(&accept.accept) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
-    }
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.accept);
     if let Some(protocol) = accept.protocol {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
     }
@@ -143,8 +137,14 @@ mod tests {
     #[test]
     fn the_rfc_sample_key_is_accepted() {
         let accept = check(GOOD).unwrap();
-        assert_eq!(accept.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(accept.protocol, None);
+        assert_eq!(accept.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let response = switching_protocols(accept);
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            response.headers()[header::SEC_WEBSOCKET_ACCEPT],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
         let mut offered = GOOD.to_vec();
         offered.push(("sec-websocket-protocol", "other, crier.v1"));
         assert_eq!(check(&offered).unwrap().protocol, Some(SUBPROTOCOL));
@@ -160,25 +160,25 @@ mod tests {
             |name: &str| GOOD.iter().copied().filter(|(k, _)| *k != name).collect::<Vec<_>>();
         for name in ["upgrade", "connection", "sec-websocket-key"] {
             assert_eq!(
-                check(&without(name)).unwrap_err().status,
+                check(&without(name)).unwrap_err().code.status(),
                 StatusCode::BAD_REQUEST,
                 "{name}"
             );
         }
         let version = check(&without("sec-websocket-version")).unwrap_err();
-        assert_eq!(version.status, StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(version.code.status(), StatusCode::UPGRADE_REQUIRED);
         let mut old = without("sec-websocket-version");
         old.push(("sec-websocket-version", "8"));
-        assert_eq!(check(&old).unwrap_err().status, StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(check(&old).unwrap_err().code.status(), StatusCode::UPGRADE_REQUIRED);
         let mut short = without("sec-websocket-key");
         short.push(("sec-websocket-key", "c2hvcnQ="));
-        assert_eq!(check(&short).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(check(&short).unwrap_err().code.status(), StatusCode::BAD_REQUEST);
         let mut foreign = GOOD.to_vec();
         foreign.push(("origin", "https://evil.example"));
-        assert_eq!(check(&foreign).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(check(&foreign).unwrap_err().code.status(), StatusCode::FORBIDDEN);
         let post = validate(&Method::POST, Version::HTTP_11, &headers(GOOD), &[]);
-        assert_eq!(post.unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(post.unwrap_err().code.status(), StatusCode::BAD_REQUEST);
         let http10 = validate(&Method::GET, Version::HTTP_10, &headers(GOOD), &[]);
-        assert_eq!(http10.unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(http10.unwrap_err().code.status(), StatusCode::BAD_REQUEST);
     }
 }

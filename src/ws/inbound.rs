@@ -7,7 +7,7 @@ use super::message::{Assembler, Message};
 
 /// One thing a client said.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Inbound<'a> {
+pub(crate) enum Inbound<'a> {
     /// A ping, with its payload.
     Ping(&'a [u8]),
     /// A pong.
@@ -24,7 +24,7 @@ pub enum Inbound<'a> {
 
 /// The decoding state of one connection.
 #[derive(Debug)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     assembler: Assembler,
     max_message: usize,
     /// Total bytes of the frame cut by the end of the buffer, when its header is known.
@@ -34,24 +34,25 @@ pub struct Decoder {
 
 impl Decoder {
     /// A decoder taking messages of at most `max_message` bytes.
-    pub fn new(max_message: usize) -> Self {
+    pub(crate) fn new(max_message: usize) -> Self {
         Decoder { assembler: Assembler::default(), max_message, needs: 0, failed: false }
     }
 
     /// Size of the frame cut by the end of the last buffer, if its header was read: how much
     /// to buffer before decoding again.
-    pub fn needs(&self) -> usize {
+    pub(crate) fn needs(&self) -> usize {
         self.needs
     }
 
     /// Bytes of a fragmented message held so far (at most `max_message`).
-    pub fn buffered(&self) -> usize {
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn buffered(&self) -> usize {
         self.assembler.buffered()
     }
 
     /// Decodes the frame at `buf[*pos..]`, unmasking it in place and advancing `pos` past it.
     /// `None` when the frame is not complete yet, and after a violation.
-    pub fn next<'b>(&mut self, buf: &'b mut [u8], pos: &mut usize) -> Option<Inbound<'b>> {
+    pub(crate) fn next<'b>(&mut self, buf: &'b mut [u8], pos: &mut usize) -> Option<Inbound<'b>> {
         self.needs = 0;
         if self.failed || *pos >= buf.len() {
             return None;
@@ -96,12 +97,7 @@ mod tests {
     use super::*;
 
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-        assert!(payload.len() < 126);
-        let mask = [9, 8, 7, 6];
-        let mut frame = vec![first, 0x80 | payload.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        frame
+        frame::masked(first, payload, [9, 8, 7, 6])
     }
 
     fn decode_all(decoder: &mut Decoder, bytes: &[u8]) -> (Vec<String>, usize) {

@@ -9,7 +9,7 @@ use super::frame::{Kind, Violation};
 
 /// A complete message.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Message {
+pub(crate) enum Message {
     /// A text message (valid UTF-8).
     Text(Bytes),
     /// A binary message.
@@ -18,7 +18,7 @@ pub enum Message {
 
 /// The message being assembled across frames.
 #[derive(Debug, Default)]
-pub struct Assembler {
+pub(crate) struct Assembler {
     /// `Some` while a fragmented message is in progress.
     partial: Option<Partial>,
 }
@@ -52,19 +52,15 @@ fn check_utf8(buf: &[u8], checked: &mut usize, fin: bool) -> Result<(), Violatio
 }
 
 impl Assembler {
-    /// Whether a fragmented message is in progress.
-    pub fn in_progress(&self) -> bool {
-        self.partial.is_some()
-    }
-
     /// Bytes of the message in progress held so far.
-    pub fn buffered(&self) -> usize {
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn buffered(&self) -> usize {
         self.partial.as_ref().map_or(0, |p| p.buf.len())
     }
 
     /// Takes one data frame's (unmasked) payload; returns the message it completes, if any.
     /// `max` bounds the whole message.
-    pub fn push(
+    pub(crate) fn push(
         &mut self,
         kind: Kind,
         fin: bool,
@@ -131,13 +127,13 @@ mod tests {
     fn fragments_reassemble_in_order() {
         let mut a = Assembler::default();
         assert_eq!(a.push(Kind::Text, false, b"hel", 100), Ok(None));
-        assert!(a.in_progress());
+        assert_eq!(a.buffered(), 3);
         assert_eq!(a.push(Kind::Continuation, false, b"lo ", 100), Ok(None));
         assert_eq!(
             a.push(Kind::Continuation, true, b"there", 100),
             Ok(Some(Message::Text("hello there".into())))
         );
-        assert!(!a.in_progress());
+        assert_eq!(a.buffered(), 0);
         assert_eq!(
             a.push(Kind::Binary, true, &[0, 255], 100),
             Ok(Some(Message::Binary(vec![0, 255].into())))

@@ -2,200 +2,144 @@
 //! `GET /ws/echo` (echoes every message: the conformance target).
 //!
 //! The handshake is validated and answered by the HTTP service ([`handshake`]); after the
-//! `101`, a [`session::Session`] owns the connection. Events are framed once per format
-//! ([`event_frame`]) and every subscriber writes the same bytes: server frames are unmasked.
+//! `101`, a [`Connection`] owns the socket and runs the protocol: reading and decoding
+//! ([`inbound`], [`message`]), writing, the heartbeat ([`liveness`]) and the close handshake
+//! ([`closing`]). What the connection is for is its handler ([`handler`]): the echo, or a
+//! subscriber ([`subscriber`]) driven by [`command`]s. Events are framed once per format
+//! ([`crate::codec::ws`]) and every subscriber writes the same bytes: server frames are
+//! unmasked.
 //!
-//! Formats (`?format=`): `json` (default), one text frame per event,
-//! `{"topic":"T","id":"…","event":"NAME"|null,"data":"…"}` with `"encoding":"base64"` added for
-//! binary data; `raw`, the bare data, as a text frame (text) or a binary frame (binary).
+//! The edge takes what it needs and nothing more: the hub, the metrics and its limits. The
+//! server spawns and tracks the connections it hands back.
 
-pub mod close;
-pub mod command;
-pub mod frame;
-pub mod handshake;
-pub mod inbound;
-pub mod message;
-pub mod session;
+mod close;
+mod closing;
+mod command;
+mod connection;
+mod frame;
+mod handler;
+pub(crate) mod handshake;
+pub(crate) mod inbound;
+mod liveness;
+pub(crate) mod message;
+mod subscriber;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use base64::Engine as _;
-use bytes::Bytes;
 use http::Request;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
-use crate::error::ApiError;
-use crate::event::{Event, EventData, EventId};
-use crate::metrics::Transport;
-use crate::server::App;
-use crate::server::body::ResponseBody;
-use crate::server::conn::{ConnControl, ControlledConnection};
-use crate::server::stream_query::{StreamQuery, subscribe_error};
-use frame::{OP_BINARY, OP_TEXT};
-use session::{HubRole, Limits, Role, Session};
+use crate::event::Wire;
+use crate::http::{ApiError, ErrorCode, ResponseBody, StreamQuery, is_local_publisher};
+use crate::hub::{Hub, ReaderRequest};
+use crate::metrics::Metrics;
+use handler::{Echo, Handler};
+use subscriber::{Subscriber, SubscriberSetup};
 
-pub(crate) use crate::server::stream_query::subscribe_error_code;
+pub(crate) use connection::Connection;
 
-/// How events are framed on a `/ws` connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// One JSON text frame per event, with its topic, id and name.
-    Json = 0,
-    /// The bare data: a text frame for text, a binary frame for binary data.
-    Raw = 1,
+/// A WebSocket connection on an upgraded HTTP connection.
+pub(crate) type Session = Connection<TokioIo<Upgraded>>;
+
+/// The knobs of WebSocket connections.
+#[derive(Clone, Debug)]
+pub(crate) struct WsLimits {
+    /// Largest message a client may send to `/ws` (`/ws/echo` takes at least 16 MiB).
+    pub(crate) max_message: usize,
+    /// Ping interval; a client silent for twice this is closed.
+    pub(crate) heartbeat: Duration,
+    /// Commands admitted per second (and burst).
+    pub(crate) commands_per_sec: u32,
+    /// Least time between two writes of events to a busy connection (`--write-delay`).
+    pub(crate) write_delay: Duration,
 }
 
-impl Format {
-    fn parse(value: Option<&str>) -> Result<Self, ApiError> {
-        match value {
-            None | Some("json") => Ok(Format::Json),
-            Some("raw") => Ok(Format::Raw),
-            Some(other) => Err(ApiError::bad_request(
-                "bad_format",
-                format!("format {other:?} is not json or raw"),
-            )),
-        }
-    }
+/// What the WebSocket endpoints need.
+pub(crate) struct WsEdge {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    limits: WsLimits,
+    /// Origins allowed to open WebSockets; empty allows any.
+    allowed_origins: Vec<String>,
 }
 
-/// The frame that carries `event` in `format`: encoded by the first writer that needs it and
-/// shared by every other.
-pub fn event_frame(event: &Event, format: Format) -> &Bytes {
-    event.ws_frames[format as usize].get_or_init(|| match format {
-        Format::Json => {
-            let data = json_data(&event.data);
-            let payload = json_event(
-                event.topic.as_str(),
-                event.id,
-                event.name.as_ref().map(|n| n.as_str()),
-                &data,
-            );
-            frame::encode(OP_TEXT, &payload)
-        }
-        Format::Raw => match &event.data {
-            EventData::Text(text) => frame::encode(OP_TEXT, text),
-            EventData::Binary(bytes) => frame::encode(OP_BINARY, bytes),
-        },
-    })
+/// A handshake answered with `101`: the connection to run once hyper hands the socket over.
+pub(crate) struct Upgrade {
+    on_upgrade: OnUpgrade,
+    handler: Box<dyn Handler>,
+    limits: WsLimits,
+    metrics: Arc<Metrics>,
 }
 
-/// Data as a JSON frame carries it: text as is, binary in base64.
-enum JsonData<'a> {
-    Text(&'a str),
-    Base64(String),
-}
-
-fn json_data(data: &EventData) -> JsonData<'_> {
-    match data {
-        EventData::Text(text) => JsonData::Text(std::str::from_utf8(text).unwrap_or_default()),
-        EventData::Binary(bytes) => {
-            JsonData::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-        }
-    }
-}
-
-fn json_event(topic: &str, id: EventId, name: Option<&str>, data: &JsonData<'_>) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct JsonEvent<'a> {
-        topic: &'a str,
-        id: String,
-        event: Option<&'a str>,
-        data: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        encoding: Option<&'static str>,
-    }
-    let (data, encoding) = match data {
-        JsonData::Text(text) => (*text, None),
-        JsonData::Base64(encoded) => (encoded.as_str(), Some("base64")),
-    };
-    let event = JsonEvent { topic, id: id.to_string(), event: name, data, encoding };
-    serde_json::to_vec(&event).unwrap_or_default()
-}
-
-/// The frame of a `crier.gap` notice for `topic`, resumed after `position`: shaped like an
-/// event named `crier.gap` whose data is the notice (the same JSON as on SSE).
-pub fn gap_frame(topic: &str, position: EventId, notice: &str, format: Format) -> Bytes {
-    match format {
-        Format::Json => {
-            let payload = json_event(topic, position, Some("crier.gap"), &JsonData::Text(notice));
-            frame::encode(OP_TEXT, &payload)
-        }
-        Format::Raw => frame::encode(OP_TEXT, notice.as_bytes()),
-    }
-}
-
-/// Answers a WebSocket handshake on `/ws` (or `/ws/echo` when `echo`), and starts the session
-/// once the connection is upgraded.
-pub(crate) async fn handle<B>(
-    app: &Arc<App>,
-    req: &mut Request<B>,
-    peer: SocketAddr,
-    echo: bool,
-) -> Result<http::Response<ResponseBody>, ApiError> {
-    let accept = handshake::validate(
-        req.method(),
-        req.version(),
-        req.headers(),
-        &app.config.allowed_origins,
-    )?;
-    let role = if echo {
-        Role::Echo
-    } else {
-        let query = StreamQuery::parse(req.uri().query(), None)?;
-        let format = Format::parse(query.format.as_deref())?;
-        app.hub
-            .prepare(&query.topics, query.last_event_id.as_deref())
-            .await
-            .map_err(subscribe_error)?;
-        let subscription = app
-            .hub
-            .subscribe(query.topics, query.last_event_id.as_deref(), Transport::Ws, None)
-            .map_err(subscribe_error)?;
-        let opening = subscription
-            .gap_notices()
-            .into_iter()
-            .map(|(topic, position, notice)| gap_frame(&topic, position, &notice, format))
-            .collect();
-        let may_publish = crate::server::is_local_publisher(peer, req.headers());
-        let commands_per_sec = app.config.ws_commands_per_sec;
-        Role::Hub(Box::new(HubRole::new(
-            app.hub.clone(),
-            subscription,
-            format,
-            opening,
-            may_publish,
-            commands_per_sec,
-        )))
-    };
-    let on_upgrade = hyper::upgrade::on(req);
-    let app = app.clone();
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
+impl Upgrade {
+    /// Waits for the upgraded socket and sets the connection up on it; `None` if the upgrade
+    /// failed (the client went away).
+    pub(crate) async fn connect(self) -> Option<Session> {
+        let upgraded = match self.on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "WebSocket upgrade failed");
-                return;
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                return None;
             }
         };
-        let limits = Limits {
-            max_message: app.config.max_message_bytes,
-            heartbeat: app.config.heartbeat,
-            commands_per_sec: app.config.ws_commands_per_sec,
-            max_event_bytes: app.config.max_event_bytes,
-            write_delay: app.config.write_delay,
+        let WsLimits { heartbeat, write_delay, .. } = self.limits;
+        let io = TokioIo::new(upgraded);
+        Some(Connection::new(io, self.handler, heartbeat, write_delay, self.metrics))
+    }
+}
+
+impl WsEdge {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        limits: WsLimits,
+        allowed_origins: Vec<String>,
+    ) -> Self {
+        WsEdge { hub, metrics, limits, allowed_origins }
+    }
+
+    /// Answers a WebSocket handshake on `/ws` (or `/ws/echo` when `echo`): the `101`, and the
+    /// connection to run once the socket is handed over.
+    pub(crate) async fn accept<B>(
+        &self,
+        req: &mut Request<B>,
+        peer: SocketAddr,
+        echo: bool,
+    ) -> Result<(http::Response<ResponseBody>, Upgrade), ApiError> {
+        let accept =
+            handshake::validate(req.method(), req.version(), req.headers(), &self.allowed_origins)?;
+        let handler: Box<dyn Handler> = if echo {
+            Box::new(Echo::new(self.limits.max_message))
+        } else {
+            let query = StreamQuery::parse(req.uri().query(), None)?;
+            let wire = match query.format.as_deref() {
+                None | Some("json") => Wire::WsJson,
+                Some("raw") => Wire::WsRaw,
+                Some(other) => {
+                    let detail = format!("format {other:?} is not json or raw");
+                    return Err(ApiError::new(ErrorCode::BadFormat, detail));
+                }
+            };
+            let request = ReaderRequest::new(query.topics, query.last_event_id, wire);
+            let subscription = self.hub.subscribe(request).await?;
+            Box::new(Subscriber::new(SubscriberSetup {
+                hub: self.hub.clone(),
+                subscription,
+                wire,
+                may_publish: is_local_publisher(peer, req.headers()),
+                commands_per_sec: self.limits.commands_per_sec,
+                max_message: self.limits.max_message,
+            }))
         };
-        let mut session = Session::new(TokioIo::new(upgraded), role, limits, app.metrics.clone());
-        // The session outlives the HTTP connection's task: it is tracked on its own so
-        // shutdown reaches it.
-        let control = Arc::new(ConnControl::default());
-        let key = app.tracker.add(control.clone());
-        if app.hub.is_draining() {
-            session.start_shutdown();
-        }
-        let drain = |session: std::pin::Pin<&mut Session<_>>| session.get_mut().start_shutdown();
-        ControlledConnection::new(session, control, drain).await;
-        app.tracker.remove(key);
-    });
-    Ok(handshake::switching_protocols(&accept))
+        let upgrade = Upgrade {
+            on_upgrade: hyper::upgrade::on(req),
+            handler,
+            limits: self.limits.clone(),
+            metrics: self.metrics.clone(),
+        };
+        Ok((handshake::switching_protocols(accept), upgrade))
+    }
 }

@@ -10,7 +10,7 @@
 //! `<id>` is the event id (`<epoch>-<seq>`), `<kind>` is `t` for UTF-8 text or `b` for binary
 //! data. Topic and event names cannot hold spaces or newlines, so the header needs no escaping
 //! and the data needs no encoding. The Lua publish script writes the `crier1 <id> ` part (it
-//! assigns the id); the node publishing writes the rest ([`header_tail`]). A future version
+//! assigns the id); the node publishing writes the rest (`header_tail`). A future version
 //! changes the first word; a node skips (and counts) envelopes it cannot read.
 
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use bytes::Bytes;
 use crate::event::{EventData, EventId, EventName, TopicName};
 
 /// The first word of a version 1 envelope.
-pub const VERSION: &str = "crier1";
+pub(crate) const VERSION: &str = "crier1";
 
 /// A decoded envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +48,11 @@ pub enum EnvelopeError {
 }
 
 /// What the publishing node writes after the id: `<kind> <topic>[ <event name>]`.
-pub fn header_tail(topic: &TopicName, name: Option<&EventName>, data: &EventData) -> Vec<u8> {
+pub(crate) fn header_tail(
+    topic: &TopicName,
+    name: Option<&EventName>,
+    data: &EventData,
+) -> Vec<u8> {
     let kind = if data.is_binary() { "b" } else { "t" };
     let name_len = name.map_or(0, |n| n.as_str().len() + 1);
     let mut out = Vec::with_capacity(2 + topic.as_str().len() + name_len);
@@ -112,7 +116,7 @@ pub fn decode(bytes: &Bytes) -> Result<Envelope, EnvelopeError> {
     let data = if binary {
         EventData::Binary(payload)
     } else {
-        EventData::text(payload).ok_or(EnvelopeError::Utf8)?
+        EventData::text(payload).map_err(|_| EnvelopeError::Utf8)?
     };
     Ok(Envelope { topic, id, name, data })
 }
@@ -131,9 +135,9 @@ mod tests {
         let topic = TopicName::new("news/eu:1").unwrap();
         let name = EventName::new("tick").unwrap();
         let cases = [
-            (None, EventData::text(Bytes::from_static(b"a\nb\r\n c")).unwrap()),
+            (None, EventData::from("a\nb\r\n c".to_owned())),
             (Some(name), EventData::Binary(Bytes::from_static(&[0, 10, 13, 255]))),
-            (None, EventData::text(Bytes::new()).unwrap()),
+            (None, EventData::from(String::new())),
         ];
         for (name, data) in cases {
             let bytes = Bytes::from(encode(&topic, id(7), name.as_ref(), &data));
@@ -146,7 +150,7 @@ mod tests {
     fn the_wire_form_is_stable() {
         let topic = TopicName::new("t").unwrap();
         let name = EventName::new("n").unwrap();
-        let data = EventData::text(Bytes::from_static(b"x y\n")).unwrap();
+        let data = EventData::from("x y\n".to_owned());
         assert_eq!(encode(&topic, id(3), Some(&name), &data), b"crier1 2n9c-3 t t n\nx y\n");
     }
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 
+use super::reclaim::defer_release;
 use crate::event::Event;
 
 struct Ring {
@@ -31,7 +32,7 @@ impl Ring {
 }
 
 /// The retained events of one topic.
-pub struct History {
+pub(crate) struct History {
     ring: Atomic<Ring>,
     limit: usize,
     /// Sequence number of the first event pushed (0 before any): with the head, how many
@@ -43,7 +44,7 @@ const FIRST_CAPACITY: usize = 8;
 
 impl History {
     /// An empty history that keeps at most `limit` events (0 keeps none).
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         History { ring: Atomic::null(), limit, first: AtomicU64::new(0) }
     }
 
@@ -51,7 +52,7 @@ impl History {
     ///
     /// Callers must append in sequence order and never concurrently (the topic's publish order
     /// guarantees both).
-    pub fn push(&self, event: Arc<Event>, guard: &Guard) {
+    pub(crate) fn push(&self, event: Arc<Event>, guard: &Guard) {
         if self.limit == 0 {
             return;
         }
@@ -73,11 +74,9 @@ impl History {
         let ring = unsafe { ring.deref() };
         let old = ring.slot(seq).swap(Arc::into_raw(event).cast_mut(), Ordering::AcqRel);
         if !old.is_null() {
-            let old = SendPtr(old);
             // SAFETY: `old` came from `Arc::into_raw` and this ring owned that reference; it is
-            // unreachable for new readers, and readers that loaded it are pinned and take their
-            // own reference before the deferred drop runs.
-            unsafe { guard.defer_unchecked(move || drop(Arc::from_raw(old.into_inner()))) };
+            // unreachable for new readers, and readers that loaded it are pinned.
+            unsafe { defer_release(guard, old) };
         }
     }
 
@@ -109,7 +108,7 @@ impl History {
     }
 
     /// The event with sequence number `seq`, if still retained, borrowed while `guard` is held.
-    pub fn get<'g>(&self, seq: u64, guard: &'g Guard) -> Option<&'g Event> {
+    pub(crate) fn get<'g>(&self, seq: u64, guard: &'g Guard) -> Option<&'g Event> {
         let ring = self.ring.load(Ordering::Acquire, guard);
         // SAFETY: loaded under `guard`, so the ring outlives the borrow.
         let entry = unsafe { ring.as_ref() }?.slot(seq).load(Ordering::Acquire);
@@ -119,7 +118,7 @@ impl History {
     }
 
     /// Most events the ring holds once full: how far a reader may fall behind the head.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.limit
     }
 }
@@ -143,29 +142,16 @@ impl Drop for History {
     }
 }
 
-struct SendPtr<T>(*const T);
-
-impl<T> SendPtr<T> {
-    fn into_inner(self) -> *const T {
-        self.0
-    }
-}
-
-// SAFETY: `Event` is `Send + Sync`; the pointer is one owned `Arc` reference moved to the
-// deferred drop.
-unsafe impl<T: Send + Sync> Send for SendPtr<T> {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Epoch, EventData, EventId, TopicName};
-    use crate::sse::encode;
+    use crate::event::{Epoch, EventData, EventId, Frames, TopicName, Wire};
 
     fn event(seq: u64) -> Arc<Event> {
         let id = EventId { epoch: Epoch::from_u64(1).unwrap(), seq };
-        let data = EventData::Text(bytes::Bytes::from(seq.to_string()));
-        let sse = encode::finish(encode::encode_body(None, &data), id);
-        Arc::new(Event::new(TopicName::new("t").unwrap(), id, None, data, sse, 0))
+        let data = EventData::from(seq.to_string());
+        let frames = Frames::new(bytes::Bytes::new(), 0, 0, 0);
+        Arc::new(Event::new(TopicName::new("t").unwrap(), id, None, data, frames, [0; Wire::COUNT]))
     }
 
     fn retained(history: &History, head: u64) -> Vec<u64> {

@@ -1,5 +1,5 @@
-//! The SSE frame encoder: turns an event into the bytes of one `text/event-stream` frame, once,
-//! and writes the stream's fixed pieces (preface, heartbeat, gap notice, cursor line).
+//! SSE frames: turns an event into the bytes of one `text/event-stream` frame, once, and writes
+//! the stream's fixed pieces (preface, heartbeat, cursor line).
 //!
 //! Data is split into one `data:` line per line of the payload, breaking on CRLF, LF and CR
 //! alike, so a WHATWG parser gives the payload back with every line break as LF. Binary data is
@@ -8,15 +8,18 @@
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::event::{Cursor, EventData, EventId, EventName, MAX_EVENT_ID_LEN, SseFrame};
+use crate::event::{Cursor, EventData, EventId, EventName, MAX_EVENT_ID_LEN};
+
+/// An `id:` line's bytes around the id itself: `id: ` and the line feed.
+pub(crate) const ID_LINE_OVERHEAD: usize = b"id: \n".len();
 
 /// Room left in front of an encoded body for its `id:` line, which is only known once the
-/// publisher holds the topic's order (see [`finish`]).
-pub(crate) const ID_HEADROOM: usize = b"id: ".len() + MAX_EVENT_ID_LEN + 1;
+/// publisher holds the topic's order (see [`Body::finish`]).
+const ID_HEADROOM: usize = ID_LINE_OVERHEAD + MAX_EVENT_ID_LEN;
 
 /// An event body (everything after the `id:` line) with room in front for the id line.
 #[derive(Debug)]
-pub struct EncodedBody {
+pub(crate) struct Body {
     buf: BytesMut,
 }
 
@@ -24,14 +27,14 @@ pub struct EncodedBody {
 ///
 /// This is the expensive part of encoding and needs no id, so publishers run it before they
 /// take a topic's order.
-pub fn encode_body(name: Option<&EventName>, data: &EventData) -> EncodedBody {
+pub(crate) fn encode_body(name: Option<&EventName>, data: &EventData) -> Body {
     let payload = data.bytes();
     let data_len = match data {
         EventData::Text(_) => {
             let breaks = memchr::memchr2_iter(b'\r', b'\n', payload).count();
             payload.len() + (breaks + 1) * b"data: \n".len()
         }
-        EventData::Binary(_) => base64::encoded_len(payload.len(), true).unwrap_or(0) + 7,
+        EventData::Binary(_) => base64_len(payload.len()) + b"data: \n".len(),
     };
     let name_len = name.map_or(0, |n| b"event: \n".len() + n.as_str().len());
     let mut buf = BytesMut::with_capacity(ID_HEADROOM + name_len + data_len + 1);
@@ -42,21 +45,25 @@ pub fn encode_body(name: Option<&EventName>, data: &EventData) -> EncodedBody {
         buf.put_u8(b'\n');
     }
     match data {
-        EventData::Text(text) => put_data_lines(&mut buf, text),
+        EventData::Text(text) => put_data_lines(&mut buf, text.as_bytes()),
         EventData::Binary(bytes) => {
             buf.put_slice(b"data: ");
             let start = buf.len();
-            let encoded_len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
-            buf.resize(start + encoded_len, 0);
+            buf.resize(start + base64_len(bytes.len()), 0);
             let written = base64::engine::general_purpose::STANDARD
                 .encode_slice(bytes, &mut buf[start..])
-                .unwrap_or(0);
+                .expect("the buffer was sized for the base64 text");
             buf.truncate(start + written);
             buf.put_u8(b'\n');
         }
     }
     buf.put_u8(b'\n');
-    EncodedBody { buf }
+    Body { buf }
+}
+
+/// Length of the padded base64 text of `len` bytes.
+pub(crate) fn base64_len(len: usize) -> usize {
+    base64::encoded_len(len, true).expect("an event's data is far below usize::MAX / 4 * 3")
 }
 
 /// One `data:` line per line of `text`; CRLF, LF and CR each end a line.
@@ -80,61 +87,41 @@ fn put_data_lines(buf: &mut BytesMut, text: &[u8]) {
     }
 }
 
-/// Writes the `id:` line in front of an encoded body and freezes the frame.
-pub(crate) fn finish(body: EncodedBody, id: EventId) -> SseFrame {
-    let mut buf = body.buf;
-    let mut id_buf = [0u8; MAX_EVENT_ID_LEN];
-    let id = id.encode(&mut id_buf);
-    let id_line_len = b"id: ".len() + id.len() + 1;
-    let start = ID_HEADROOM - id_line_len;
-    buf[start..start + 4].copy_from_slice(b"id: ");
-    buf[start + 4..start + 4 + id.len()].copy_from_slice(id);
-    buf[ID_HEADROOM - 1] = b'\n';
-    SseFrame { frame: buf.freeze().slice(start..), body_offset: id_line_len }
+impl Body {
+    /// Writes the `id:` line in front of the body and freezes the frame; returns it with the
+    /// length of its `id:` line.
+    pub(crate) fn finish(self, id: EventId) -> (Bytes, usize) {
+        let mut buf = self.buf;
+        let mut id_buf = [0u8; MAX_EVENT_ID_LEN];
+        let id = id.encode(&mut id_buf);
+        let id_line_len = ID_LINE_OVERHEAD + id.len();
+        let start = ID_HEADROOM - id_line_len;
+        buf[start..start + 4].copy_from_slice(b"id: ");
+        buf[start + 4..start + 4 + id.len()].copy_from_slice(id);
+        buf[ID_HEADROOM - 1] = b'\n';
+        (buf.freeze().slice(start..), id_line_len)
+    }
 }
 
 /// Encodes a complete frame for an event; for benchmarks, tests and fuzzing.
 pub fn encode_event(id: EventId, name: Option<&EventName>, data: &EventData) -> Bytes {
-    finish(encode_body(name, data), id).frame
+    encode_body(name, data).finish(id).0
 }
 
 /// The first bytes of every stream: the reconnection delay and a comment, so the response
 /// headers flush and proxies see traffic at once.
-pub fn preface(retry_ms: u64) -> Bytes {
+pub(crate) fn preface(retry_ms: u64) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\n: crier\n\n"))
 }
 
 /// The comment written when a stream has been quiet for a heartbeat interval.
-pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+pub(crate) const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
-/// The `id:` line a stream of several topics sends in place of an event's own id.
-pub(crate) fn cursor_line(positions: &[EventId]) -> Bytes {
-    let mut out = Vec::with_capacity(4 + positions.len() * (MAX_EVENT_ID_LEN + 1) + 1);
+/// Appends the `id:` line a stream of several topics sends in place of an event's own id.
+pub(crate) fn put_cursor_line(positions: &[EventId], out: &mut Vec<u8>) {
     out.extend_from_slice(b"id: ");
-    Cursor::write_positions(positions, &mut out);
+    Cursor::write_positions(positions, out);
     out.push(b'\n');
-    Bytes::from(out)
-}
-
-/// The `crier.gap` event: sent first on a resumed stream when part of the requested history is
-/// gone. `id` is the position the replay starts after, so resuming from it is exact.
-pub(crate) fn gap_event(id_line: &[u8], json: &str) -> Bytes {
-    let mut out = Vec::with_capacity(id_line.len() + 24 + json.len());
-    out.extend_from_slice(id_line);
-    out.extend_from_slice(b"event: crier.gap\ndata: ");
-    out.extend_from_slice(json.as_bytes());
-    out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
-}
-
-/// The `id:` line of a single event id.
-pub(crate) fn id_line(id: EventId) -> Vec<u8> {
-    let mut buf = [0u8; MAX_EVENT_ID_LEN];
-    let mut out = Vec::with_capacity(4 + MAX_EVENT_ID_LEN + 1);
-    out.extend_from_slice(b"id: ");
-    out.extend_from_slice(id.encode(&mut buf));
-    out.push(b'\n');
-    out
 }
 
 #[cfg(test)]
@@ -147,7 +134,7 @@ mod tests {
     }
 
     fn text(s: &str) -> EventData {
-        EventData::Text(Bytes::copy_from_slice(s.as_bytes()))
+        EventData::from(s.to_owned())
     }
 
     #[test]
@@ -181,13 +168,17 @@ mod tests {
     #[test]
     fn binary_is_base64() {
         let data = EventData::Binary(Bytes::from_static(&[0, 255, 10, 13]));
+        assert_eq!(base64_len(4), 8);
         assert_eq!(encode_event(id(2), None, &data), &b"id: 100-2\ndata: AP8KDQ==\n\n"[..]);
     }
 
     #[test]
-    fn body_offset_skips_the_id_line() {
-        let frame = finish(encode_body(None, &text("x")), id(12345));
-        assert_eq!(&frame.frame[..frame.body_offset], b"id: 100-12345\n");
-        assert_eq!(&frame.frame[frame.body_offset..], &b"data: x\n\n"[..]);
+    fn the_id_line_length_is_reported_for_cursor_streams() {
+        let (frame, id_line) = encode_body(None, &text("x")).finish(id(12345));
+        assert_eq!(&frame[..id_line], b"id: 100-12345\n");
+        assert_eq!(&frame[id_line..], &b"data: x\n\n"[..]);
+        let mut line = Vec::new();
+        put_cursor_line(&[id(1), id(22)], &mut line);
+        assert_eq!(line, b"id: 100-1,100-22\n");
     }
 }

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use futures_util::FutureExt as _;
 
-use crate::event::{EventData, EventId, TopicName};
-use crate::hub::{Hub, HubConfig, Polled, Subscription};
-use crate::metrics::{Metrics, Transport};
-use crate::registry::{Closed, GapReason, MIN_LOG_EVENTS};
+use crate::codec::{Draft, ws};
+use crate::event::{Event, EventData, EventId, EventName, GapReason, TopicName, Wire};
+use crate::hub::{Hub, HubConfig, Polled, ReaderRequest, Subscription};
+use crate::metrics::Metrics;
+use crate::registry::{Closed, MIN_LOG_EVENTS};
 use crate::server::first_request::{FirstRequest, classify};
 
 /// Classifies the first bytes of a connection; only a complete HTTP/1.1 `GET /sse` head with
@@ -59,6 +60,34 @@ pub fn check_ws_decoder(bytes: &[u8], cuts: &[u16], max: usize) {
         buffered.drain(..pos);
         // What stays buffered is at most one frame: a header and a payload within the limit.
         assert!(buffered.len() <= max.max(125) + 14);
+    }
+}
+
+/// Encodes an event in every wire format: each frame has the length known before it was
+/// encoded (what each subscriber's lag is counted in), and the JSON frame parses back to the
+/// event.
+pub fn check_event_frames(topic: &str, name: Option<&str>, data: EventData, seq: u64) {
+    let (Ok(topic), Ok(name)) = (TopicName::new(topic), name.map(EventName::new).transpose())
+    else {
+        return;
+    };
+    let id = EventId { epoch: crate::event::Epoch::from_u64(1).expect("in range"), seq };
+    let frames = Draft::new(&topic, name.as_ref(), &data).finish(id);
+    let event = Event::new(topic, id, name, data, frames, [0; Wire::COUNT]);
+    assert_eq!(event.frames.sse().len(), event.frames.len(Wire::Sse));
+    for wire in [Wire::WsJson, Wire::WsRaw] {
+        assert_eq!(ws::event_frame(&event, wire).len(), event.frames.len(wire), "{wire:?}");
+    }
+    let json = ws::event_frame(&event, Wire::WsJson);
+    let payload = match json[1] {
+        126 => &json[4..],
+        127 => &json[10..],
+        _ => &json[2..],
+    };
+    let value: serde_json::Value = serde_json::from_slice(payload).expect("a JSON frame");
+    assert_eq!(value["id"], id.to_string());
+    if let EventData::Text(text) = &event.data {
+        assert_eq!(value["data"], text.as_str());
     }
 }
 
@@ -170,7 +199,7 @@ impl Reader {
 /// behind than the log holds, in which case it is evicted.
 pub fn check_topic_ops(history: usize, ops: impl IntoIterator<Item = TopicOp>) {
     let config = HubConfig { history, client_queue_bytes: usize::MAX, ..HubConfig::default() };
-    let hub = Hub::new(config, Arc::new(Metrics::new()));
+    let hub = Hub::local(config, Arc::new(Metrics::new()));
     let topic = TopicName::new("t").expect("valid");
     let log_capacity = history.max(MIN_LOG_EVENTS) as u64;
     let mut head = 0u64;
@@ -179,20 +208,24 @@ pub fn check_topic_ops(history: usize, ops: impl IntoIterator<Item = TopicOp>) {
     for op in ops {
         match op {
             TopicOp::Publish { size } => {
-                let data = EventData::Text(Bytes::from(vec![b'x'; usize::from(size)]));
-                let event = hub.publish_now(&topic, None, data).expect("within limits");
+                let data = EventData::from("x".repeat(usize::from(size)));
+                let published = hub.publish(&topic, None, data).now_or_never();
+                let id = published.expect("a local publish is immediate").expect("within limits");
                 head += 1;
-                assert_eq!(event.id.seq, head);
-                epoch = Some(event.id.epoch);
+                assert_eq!(id.seq, head);
+                epoch = Some(id.epoch);
             }
             TopicOp::Subscribe { resume_back } => {
                 let requested = resume_back.zip(epoch).map(|(back, epoch)| EventId {
                     epoch,
                     seq: head.saturating_sub(u64::from(back)),
                 });
-                let text = requested.map(|id| id.to_string());
+                let resume = requested.map(|id| id.to_string());
+                let request = ReaderRequest::new(vec![topic.clone()], resume, Wire::Sse);
                 let subscription = hub
-                    .subscribe(vec![topic.clone()], text.as_deref(), Transport::Sse, None)
+                    .subscribe(request)
+                    .now_or_never()
+                    .expect("a local subscribe is immediate")
                     .expect("valid subscription");
                 let oldest = (head + 1).saturating_sub(history as u64).max(1);
                 let (start, missed) = match requested {
@@ -201,7 +234,7 @@ pub fn check_topic_ops(history: usize, ops: impl IntoIterator<Item = TopicOp>) {
                     Some(r) => (r.seq, None),
                 };
                 assert_eq!(subscription.start_positions()[0].seq, start);
-                let gap = subscription.gaps().first().map(|(_, g)| (g.reason, g.missed));
+                let gap = subscription.gaps().first().map(|g| (g.gap.reason, g.gap.missed));
                 assert_eq!(gap, missed.map(|m| (GapReason::Expired, Some(m))));
                 readers.push(Reader { subscription, start, received: Vec::new(), evicted: false });
             }
@@ -247,6 +280,13 @@ mod tests {
             }
             check_topic_ops(history, ops);
         }
+    }
+
+    #[test]
+    fn frame_lengths_hold_for_handmade_events() {
+        check_event_frames("t", None, EventData::from("a\"b\\c\u{1}\n".to_owned()), 1);
+        check_event_frames("t/u", Some("n"), EventData::from("é".repeat(70_000)), u64::MAX);
+        check_event_frames("t", None, EventData::Binary(vec![0; 100].into()), 9);
     }
 
     #[test]

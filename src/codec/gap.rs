@@ -1,0 +1,86 @@
+//! The `crier.gap` notice: an event a reader gets in place of events it can no longer have,
+//! saying for each topic why, the id it asked for, the position it continues after, and how many
+//! events were lost when known. Built here, once, for every edge and every cause (a resume from
+//! a position the log no longer holds, a cluster topic whose history was lost).
+//!
+//! ```text
+//! {"gaps":[{"topic":"news","reason":"expired","last_event_id":"k2j8f0qz-3",
+//!           "resumed_after":"k2j8f0qz-9","missed":6}]}
+//! ```
+
+use crate::event::{Event, EventData, EventId, EventName, Gap, TopicName, Wire};
+
+use super::Draft;
+
+/// One topic's part of a notice.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TopicGap<'a> {
+    /// The topic.
+    pub(crate) topic: &'a TopicName,
+    /// What was lost.
+    pub(crate) gap: &'a Gap,
+    /// The position the reader continues after.
+    pub(crate) resumed_after: EventId,
+}
+
+/// The notice for `gaps`, as an event of the first gap's topic with id `id` (the position the
+/// reader continues after, or on a stream of several topics the one its cursor names), so that
+/// it reaches every wire format like any other event and resuming from it is exact.
+///
+/// # Panics
+///
+/// If `gaps` is empty: a notice says what was lost.
+pub(crate) fn notice(gaps: &[TopicGap<'_>], id: EventId) -> Event {
+    let topic = gaps.first().expect("a notice names at least one gap").topic.clone();
+    let name = EventName::gap();
+    let data = EventData::from(notice_json(gaps));
+    let frames = Draft::new(&topic, Some(&name), &data).finish(id);
+    Event::new(topic, id, Some(name), data, frames, [0; Wire::COUNT])
+}
+
+fn notice_json(gaps: &[TopicGap<'_>]) -> String {
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        topic: &'a str,
+        reason: &'static str,
+        last_event_id: String,
+        resumed_after: String,
+        missed: Option<u64>,
+    }
+    #[derive(serde::Serialize)]
+    struct Notice<'a> {
+        gaps: Vec<Json<'a>>,
+    }
+    let gaps = gaps
+        .iter()
+        .map(|g| Json {
+            topic: g.topic.as_str(),
+            reason: g.gap.reason.as_str(),
+            last_event_id: g.gap.requested.to_string(),
+            resumed_after: g.resumed_after.to_string(),
+            missed: g.gap.missed,
+        })
+        .collect();
+    serde_json::to_string(&Notice { gaps }).expect("strings and numbers serialize to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Epoch, GapReason};
+
+    #[test]
+    fn the_notice_is_an_event_in_every_format() {
+        let id = |seq| EventId { epoch: Epoch::from_u64(36 * 36).unwrap(), seq };
+        let topic = TopicName::new("news").unwrap();
+        let gap = Gap { reason: GapReason::Expired, requested: id(3), missed: Some(6) };
+        let notice = notice(&[TopicGap { topic: &topic, gap: &gap, resumed_after: id(9) }], id(9));
+        let json = r#"{"gaps":[{"topic":"news","reason":"expired","last_event_id":"100-3","resumed_after":"100-9","missed":6}]}"#;
+        assert_eq!(
+            notice.frames.sse(),
+            format!("id: 100-9\nevent: crier.gap\ndata: {json}\n\n").as_bytes()
+        );
+        let frame = super::super::ws::event_frame(&notice, Wire::WsRaw);
+        assert_eq!(&frame[2..], json.as_bytes());
+    }
+}

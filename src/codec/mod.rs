@@ -1,0 +1,36 @@
+//! Wire formats, a leaf that imports only [`event`](crate::event): SSE frames ([`sse`]), outbound
+//! WebSocket frames ([`ws`]), the `crier.gap` notice ([`gap`]) and the relay envelope between
+//! nodes ([`envelope`]).
+//!
+//! An event is encoded once per format and shared by every subscriber. Publishing encodes a
+//! [`Draft`] before it takes the topic's order and finishes it with the id under the order, in a
+//! few nanoseconds: the SSE frame is complete then, and the length of every WebSocket frame is
+//! known, so each subscriber's lag can be counted in the bytes of its own wire format.
+
+pub mod envelope;
+pub(crate) mod gap;
+pub(crate) mod sse;
+pub(crate) mod ws;
+
+use crate::event::{EventData, EventId, EventName, Frames, TopicName};
+
+/// An event's frames before its id is known.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    sse: sse::Body,
+    ws: ws::FrameLens,
+}
+
+impl Draft {
+    /// Encodes what does not depend on the id.
+    pub(crate) fn new(topic: &TopicName, name: Option<&EventName>, data: &EventData) -> Self {
+        Draft { sse: sse::encode_body(name, data), ws: ws::FrameLens::of(topic, name, data) }
+    }
+
+    /// The frames of the event with id `id`.
+    pub(crate) fn finish(self, id: EventId) -> Frames {
+        let (sse, sse_id_line) = self.sse.finish(id);
+        let (ws_json, ws_raw) = self.ws.with_id(sse_id_line - sse::ID_LINE_OVERHEAD);
+        Frames::new(sse, sse_id_line, ws_json, ws_raw)
+    }
+}

@@ -1,0 +1,92 @@
+//! The body of every response crier sends through hyper: a fixed buffer, or a live stream of
+//! chunks (an SSE stream on HTTP/2, or on an HTTP/1.1 connection that carried other requests
+//! first).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::chunk::Chunk;
+
+/// The stream was cut by the server.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    /// The client fell too far behind and was disconnected.
+    #[error(
+        "subscriber evicted: it fell further behind than its byte budget or the topic log allow"
+    )]
+    Evicted,
+}
+
+/// A source of body chunks that hyper polls as the response body.
+pub(crate) trait ChunkStream: Send {
+    /// The next chunk to write; `None` once the stream has ended cleanly, an error if the
+    /// server cut it. Registers for a wakeup when there is nothing to write.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Chunk, StreamError>>>;
+
+    /// Whether the stream has ended.
+    fn is_ended(&self) -> bool;
+}
+
+/// A response body.
+pub(crate) struct ResponseBody {
+    kind: Kind,
+}
+
+enum Kind {
+    /// A complete body known up front (sent with `Content-Length`).
+    Full { chunk: Option<Chunk> },
+    /// A stream polled chunk by chunk.
+    Stream(Box<dyn ChunkStream>),
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        let chunk = (!bytes.is_empty()).then(|| Chunk::from_bytes(bytes));
+        ResponseBody { kind: Kind::Full { chunk } }
+    }
+
+    /// An empty body.
+    pub(crate) fn empty() -> Self {
+        ResponseBody { kind: Kind::Full { chunk: None } }
+    }
+
+    /// A stream.
+    pub(crate) fn stream(stream: impl ChunkStream + 'static) -> Self {
+        ResponseBody { kind: Kind::Stream(Box::new(stream)) }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Chunk;
+    type Error = StreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Chunk>, StreamError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full { chunk } => Poll::Ready(chunk.take().map(|c| Ok(Frame::data(c)))),
+            Kind::Stream(stream) => stream.poll_chunk(cx).map(|c| c.map(|c| c.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { chunk } => chunk.is_none(),
+            Kind::Stream(stream) => stream.is_ended(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { chunk } => {
+                SizeHint::with_exact(chunk.as_ref().map_or(0, |c| c.remaining() as u64))
+            }
+            Kind::Stream(_) => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Errors answered to clients: one table of stable codes, each with its HTTP status, shared by
+//! HTTP error bodies `{"error": "<code>", "detail": "<sentence>"}` and WebSocket command
+//! replies `{"op":"error","error":"<code>","detail":…}`, and the conversions from the domain
+//! errors, so each refusal is worded in one place.
+
+use ::http::{HeaderValue, Method, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+use crate::event::NameError;
+use crate::hub::{PublishError, SubscribeError};
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $code:ident = ($status:ident, $name:literal),)*) => {
+        /// A stable, machine-readable error code.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(crate) enum ErrorCode {
+            $($(#[$doc])* $code,)*
+        }
+
+        impl ErrorCode {
+            /// The code as clients see it.
+            pub(crate) fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$code => $name,)*
+                }
+            }
+
+            /// The HTTP status that goes with it.
+            pub(crate) fn status(self) -> StatusCode {
+                match self {
+                    $(ErrorCode::$code => StatusCode::$status,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// No topic, several where one is expected, or an invalid name.
+    BadTopic = (BAD_REQUEST, "bad_topic"),
+    /// An invalid event name, or one with the reserved `crier.` prefix.
+    BadEventName = (BAD_REQUEST, "bad_event_name"),
+    /// Text data that is not UTF-8, or WebSocket data that is not base64.
+    BadData = (BAD_REQUEST, "bad_data"),
+    /// A request body that could not be read.
+    BadBody = (BAD_REQUEST, "bad_body"),
+    /// A `format` other than `json` or `raw`.
+    BadFormat = (BAD_REQUEST, "bad_format"),
+    /// An id crier did not issue, or a cursor for another set of topics.
+    BadLastEventId = (BAD_REQUEST, "bad_last_event_id"),
+    /// More topics than `--max-topics-per-connection`.
+    TooManyTopics = (BAD_REQUEST, "too_many_topics"),
+    /// Not a valid WebSocket handshake.
+    BadHandshake = (BAD_REQUEST, "bad_handshake"),
+    /// A WebSocket command that is not JSON, or misses or mistypes a field.
+    BadCommand = (BAD_REQUEST, "bad_command"),
+    /// A WebSocket command with an unknown `op`.
+    UnknownOp = (BAD_REQUEST, "unknown_op"),
+    /// A WebSocket `subscribe` to a topic already followed.
+    AlreadySubscribed = (CONFLICT, "already_subscribed"),
+    /// A WebSocket `unsubscribe` from a topic not followed.
+    NotSubscribed = (CONFLICT, "not_subscribed"),
+    /// The client may not do this.
+    Forbidden = (FORBIDDEN, "forbidden"),
+    /// A browser's `Origin` outside `--allowed-origins`.
+    OriginNotAllowed = (FORBIDDEN, "origin_not_allowed"),
+    /// No such endpoint.
+    NotFound = (NOT_FOUND, "not_found"),
+    /// The endpoint does not take this method (the answer carries `Allow`).
+    MethodNotAllowed = (METHOD_NOT_ALLOWED, "method_not_allowed"),
+    /// Event data over `--max-event-bytes`.
+    TooLarge = (PAYLOAD_TOO_LARGE, "too_large"),
+    /// A WebSocket version other than 13 (the answer carries `Sec-WebSocket-Version: 13`).
+    UnsupportedVersion = (UPGRADE_REQUIRED, "unsupported_version"),
+    /// Over a rate limit.
+    RateLimited = (TOO_MANY_REQUESTS, "rate_limited"),
+    /// Redis could not serve the request; retry after `Retry-After`.
+    Unavailable = (SERVICE_UNAVAILABLE, "unavailable"),
+    /// Too many requests of this kind in flight; retry after `Retry-After`.
+    Overloaded = (SERVICE_UNAVAILABLE, "overloaded"),
+    /// The server is draining and takes no new streams.
+    ShuttingDown = (SERVICE_UNAVAILABLE, "shutting_down"),
+    /// `/readyz` while the server is draining.
+    Draining = (SERVICE_UNAVAILABLE, "draining"),
+    /// The server failed.
+    Internal = (INTERNAL_SERVER_ERROR, "internal"),
+}
+
+/// A request or command refused, with what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiError {
+    /// The code, which decides the status.
+    pub(crate) code: ErrorCode,
+    /// What was wrong, for a human.
+    pub(crate) detail: String,
+    /// The methods the endpoint takes, for `Allow` on a 405.
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    /// An error with `code` and `detail`.
+    pub(crate) fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ApiError { code, detail: detail.into(), allow: None }
+    }
+
+    /// 405: `path` takes only `allow`.
+    pub(crate) fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> Self {
+        let detail = format!("{path} accepts {allow}, not {method}");
+        ApiError { allow: Some(allow), ..ApiError::new(ErrorCode::MethodNotAllowed, detail) }
+    }
+
+    /// 404 for `path`.
+    pub(crate) fn not_found(path: &str) -> Self {
+        ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {path}"))
+    }
+
+    /// A topic name that was refused.
+    pub(crate) fn bad_topic(value: &str, error: NameError) -> Self {
+        ApiError::new(ErrorCode::BadTopic, format!("topic {value:?} {error}"))
+    }
+
+    /// An event name that was refused.
+    pub(crate) fn bad_event_name(value: &str, error: NameError) -> Self {
+        ApiError::new(ErrorCode::BadEventName, format!("event name {value:?} {error}"))
+    }
+
+    /// A publish from a client that may not publish.
+    pub(crate) fn publish_forbidden() -> Self {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            "publishing is accepted only from loopback peers when no credentials are configured",
+        )
+    }
+
+    /// The JSON body.
+    pub(crate) fn body(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            detail: &'a str,
+        }
+        let body = Body { error: self.code.as_str(), detail: &self.detail };
+        serde_json::to_string(&body).expect("two strings serialize to JSON")
+    }
+
+    /// The response.
+    pub(crate) fn into_response(self) -> Response<ResponseBody> {
+        let mut response = json_response(self.code.status(), self.body());
+        let headers = response.headers_mut();
+        match self.code {
+            ErrorCode::Unavailable | ErrorCode::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ErrorCode::UnsupportedVersion => {
+                headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            _ => {}
+        }
+        if let Some(allow) = self.allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+impl From<SubscribeError> for ApiError {
+    fn from(error: SubscribeError) -> Self {
+        let code = match error {
+            SubscribeError::NoTopics => ErrorCode::BadTopic,
+            SubscribeError::TooManyTopics { .. } => ErrorCode::TooManyTopics,
+            SubscribeError::BadId(_) => ErrorCode::BadLastEventId,
+            SubscribeError::AlreadySubscribed => ErrorCode::AlreadySubscribed,
+            SubscribeError::ShuttingDown => ErrorCode::ShuttingDown,
+            SubscribeError::Unavailable(_) => ErrorCode::Unavailable,
+        };
+        ApiError::new(code, error.to_string())
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(error: PublishError) -> Self {
+        let code = match error {
+            PublishError::TooLarge { .. } => ErrorCode::TooLarge,
+            PublishError::Unavailable(_) => ErrorCode::Unavailable,
+        };
+        ApiError::new(code, error.to_string())
+    }
+}
+
+/// A response with a JSON body.
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_carry_their_status_and_headers() {
+        let unavailable = ApiError::new(ErrorCode::Unavailable, "Redis is away").into_response();
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.headers()[header::RETRY_AFTER], "1");
+        let version = ApiError::new(ErrorCode::UnsupportedVersion, "13 only").into_response();
+        assert_eq!(version.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(version.headers()[header::SEC_WEBSOCKET_VERSION], "13");
+        let method = ApiError::method_not_allowed(&Method::PUT, "/publish", "POST");
+        assert_eq!(method.detail, "/publish accepts POST, not PUT");
+        let method = method.into_response();
+        assert_eq!(
+            (method.status().as_u16(), method.headers()[header::ALLOW].as_bytes()),
+            (405, &b"POST"[..])
+        );
+        let draining = ApiError::new(ErrorCode::Draining, "bye").into_response();
+        assert!(draining.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn the_body_is_the_documented_json() {
+        let error = ApiError::bad_topic("a b", NameError::BadByte { byte: ' ', index: 1 });
+        let body: serde_json::Value = serde_json::from_str(&error.body()).unwrap();
+        assert_eq!(body["error"], "bad_topic");
+        assert_eq!(
+            body["detail"],
+            "topic \"a b\" contains ' ' at byte 1; allowed are A-Z a-z 0-9 _ - . : /"
+        );
+        let too_large = ApiError::from(PublishError::TooLarge { size: 9, max: 4 });
+        assert_eq!(too_large.code.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(too_large.detail, "event data is 9 bytes, the limit is 4");
+    }
+}

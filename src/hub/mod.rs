@@ -1,0 +1,295 @@
+//! The hub: the publish and subscribe API of one node, used by every edge (HTTP publish, SSE,
+//! WebSocket) and by in-process callers (benchmarks, fuzzing), on top of the registry and one
+//! seam, the [`Sequencer`], through which events get their ids and reach the topic logs: on a
+//! single node directly, in cluster mode through Redis and the relay. The hub asks the same
+//! things of both, so no caller needs to know which mode the node runs in.
+//!
+//! A [`Subscription`] is one client's reader: the topics it follows in canonical (sorted)
+//! order, its cursor on each topic's log, and the gaps its resume could not avoid. Its writer
+//! calls [`Subscription::poll_events`] to take what was published since. Dropping it
+//! unsubscribes from every topic.
+//!
+//! The hub also runs the sweeper that evicts subscribers whose writers stopped reading.
+
+mod sequencer;
+mod subscription;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::time::Duration;
+
+use crate::event::{Cursor, EventData, EventId, EventName, IdError, TopicName, Wire};
+use crate::metrics::{EvictReason, Metrics, Transport};
+use crate::registry::{Client, Closed, ConnectionCloser, Registry};
+use crate::relay::{RelayConfig, RelayError, RelayStartError};
+use sequencer::Sequencer;
+
+pub use subscription::{Polled, Subscription};
+
+/// Limits the hub enforces.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Events retained per topic for resume.
+    pub history: usize,
+    /// How far (in bytes of its own wire format) a client may fall behind a topic before it is
+    /// evicted.
+    pub client_queue_bytes: usize,
+    /// Largest event payload accepted.
+    pub max_event_bytes: usize,
+    /// Most topics one stream may follow.
+    pub max_topics_per_stream: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            history: 1000,
+            client_queue_bytes: 1 << 20,
+            max_event_bytes: 64 << 10,
+            max_topics_per_stream: 64,
+        }
+    }
+}
+
+/// Why a publish was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The payload is larger than `--max-event-bytes`.
+    #[error("event data is {size} bytes, the limit is {max}")]
+    TooLarge {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Cluster mode: Redis did not take the event (nothing was published).
+    #[error(transparent)]
+    Unavailable(#[from] RelayError),
+}
+
+/// Why a subscription, or a topic added to one, was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// No topic was given to a stream that needs one.
+    #[error("at least one topic query parameter is required")]
+    NoTopics,
+    /// More topics than `max_topics_per_stream`.
+    #[error("{count} topics requested, at most {max} per stream")]
+    TooManyTopics {
+        /// Topics requested.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The resume id could not be read.
+    #[error(transparent)]
+    BadId(#[from] IdError),
+    /// The topic is already followed.
+    #[error("already subscribed to this topic")]
+    AlreadySubscribed,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// Cluster mode: the topic's state could not be read from Redis.
+    #[error(transparent)]
+    Unavailable(#[from] RelayError),
+}
+
+/// What a new reader asks for.
+pub struct ReaderRequest {
+    /// The topics, in any order, duplicates allowed.
+    topics: Vec<TopicName>,
+    /// Where to resume: an event id for one topic, a cursor for several.
+    last_event_id: Option<String>,
+    /// The wire format the reader is sent; its lag is counted in those bytes.
+    wire: Wire,
+    /// Told to drop the reader's connection if it is evicted.
+    closer: Option<Arc<dyn ConnectionCloser>>,
+}
+
+impl ReaderRequest {
+    /// A reader of `topics` in `wire`, resuming after `last_event_id` if given (an event id
+    /// for one topic, a cursor for several).
+    pub fn new(topics: Vec<TopicName>, last_event_id: Option<String>, wire: Wire) -> Self {
+        ReaderRequest { topics, last_event_id, wire, closer: None }
+    }
+
+    /// Has `closer` drop the reader's connection if the reader is evicted.
+    pub(crate) fn closed_by(mut self, closer: Arc<dyn ConnectionCloser>) -> Self {
+        self.closer = Some(closer);
+        self
+    }
+}
+
+/// The publish/subscribe core of one node.
+pub struct Hub {
+    registry: Arc<Registry>,
+    sequencer: Sequencer,
+    config: HubConfig,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl Hub {
+    /// A single node: ids are drawn here, with a fresh epoch.
+    pub fn local(config: HubConfig, metrics: Arc<Metrics>) -> Self {
+        let registry = Arc::new(Registry::new(config.history));
+        let sequencer = Sequencer::local(registry.clone(), &metrics);
+        Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false) }
+    }
+
+    /// A node of the cluster behind `relay`'s Redis: publishes go through Redis and topics
+    /// follow it. Starts connecting at once, on the current runtime; [`Hub::is_ready`] says when
+    /// the link is up.
+    pub fn cluster(
+        config: HubConfig,
+        metrics: Arc<Metrics>,
+        relay: &RelayConfig,
+    ) -> Result<Self, RelayStartError> {
+        let registry = Arc::new(Registry::new(config.history));
+        let sequencer = Sequencer::relay(registry.clone(), &metrics, relay)?;
+        Ok(Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false) })
+    }
+
+    /// Whether the node can serve: always on a single node; in cluster mode, while its link
+    /// to Redis is up and caught up.
+    pub fn is_ready(&self) -> bool {
+        self.sequencer.is_ready()
+    }
+
+    /// The hub's limits.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The id of the last event of `topic` this node holds, if it holds the topic.
+    pub fn head(&self, topic: &str) -> Option<EventId> {
+        self.registry.topic(topic).map(|topic| topic.head())
+    }
+
+    /// Publishes an event and returns its id once it is accepted: on a single node once it is
+    /// in its topic's log, from which every subscriber's writer takes it; in cluster mode once
+    /// Redis has it (it reaches subscribers, here too, through the relay).
+    pub async fn publish(
+        &self,
+        topic: &TopicName,
+        name: Option<EventName>,
+        data: EventData,
+    ) -> Result<EventId, PublishError> {
+        if data.len() > self.config.max_event_bytes {
+            return Err(PublishError::TooLarge {
+                size: data.len(),
+                max: self.config.max_event_bytes,
+            });
+        }
+        let id = self.sequencer.publish(topic, name, data).await?;
+        self.metrics.events_published.increment(1);
+        Ok(id)
+    }
+
+    /// Subscribes a new reader to `request.topics`, resuming after `request.last_event_id` if
+    /// given. In cluster mode, topics the node has not seen and positions it has not reached
+    /// yet are read from Redis first.
+    pub async fn subscribe(&self, request: ReaderRequest) -> Result<Subscription, SubscribeError> {
+        let ReaderRequest { mut topics, last_event_id, wire, closer } = request;
+        topics.sort_unstable();
+        topics.dedup();
+        if topics.len() > self.config.max_topics_per_stream {
+            return Err(SubscribeError::TooManyTopics {
+                count: topics.len(),
+                max: self.config.max_topics_per_stream,
+            });
+        }
+        let resume = match last_event_id.as_deref() {
+            None => None,
+            Some(text) if topics.len() == 1 => Some(vec![text.parse::<EventId>()?]),
+            Some(text) => Some(Cursor::parse(text, topics.len())?.0),
+        };
+        if self.is_draining() {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let wanted: Vec<(TopicName, Option<EventId>)> = topics
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (name.clone(), resume.as_ref().map(|ids| ids[index])))
+            .collect();
+        self.sequencer.prepare(&wanted).await?;
+
+        let client = self.client(wire, closer);
+        let mut subscription = Subscription::new(client, wanted.len(), self.metrics.clone());
+        for (name, resume) in wanted {
+            subscription.start_on(&self.sequencer, &name, resume)?;
+        }
+        // Pairs with the fence in `shutdown`: either its scan closes this client, or we see it.
+        fence(Ordering::SeqCst);
+        if self.is_draining() {
+            subscription.close(Closed::Shutdown);
+        }
+        Ok(subscription)
+    }
+
+    fn client(&self, wire: Wire, closer: Option<Arc<dyn ConnectionCloser>>) -> Arc<Client> {
+        Arc::new(Client::new(self.config.client_queue_bytes, wire, closer))
+    }
+
+    /// Makes sure this node can add `topic`, resuming after `last_event_id`, to a live
+    /// subscription with `Subscription::add_topic`: in cluster mode, reads what the node
+    /// does not hold yet from Redis. The future owns what it needs, so a connection can keep
+    /// it while it goes on serving.
+    pub fn prepare_topic(
+        self: &Arc<Self>,
+        topic: TopicName,
+        last_event_id: Option<EventId>,
+    ) -> impl Future<Output = Result<(), SubscribeError>> + Send + 'static {
+        let hub = self.clone();
+        async move {
+            hub.sequencer.prepare(&[(topic, last_event_id)]).await?;
+            Ok(())
+        }
+    }
+
+    /// Starts draining: refuses new subscriptions and closes every client for shutdown, so each
+    /// stream ends once it has written what is already published.
+    pub fn shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        for topic in self.registry.topics() {
+            topic.close_subscribers(Closed::Shutdown);
+        }
+    }
+
+    /// Whether [`Hub::shutdown`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Evicts every subscriber whose writer has fallen further behind than its budget or the
+    /// log allows (typically one whose socket stopped draining); returns how many.
+    pub fn sweep(&self) -> usize {
+        self.registry.prune_retired();
+        let mut evicted = 0;
+        for topic in self.registry.topics() {
+            topic.sweep(|subscriber| {
+                if subscriber.client.close(Closed::Evicted) {
+                    let transport = Transport::of(subscriber.client.wire());
+                    self.metrics.evicted(transport, EvictReason::SlowConsumer);
+                    evicted += 1;
+                }
+            });
+        }
+        evicted
+    }
+
+    /// Runs [`Hub::sweep`] every `interval`, forever.
+    pub async fn run_sweeper(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.sweep();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

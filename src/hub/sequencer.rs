@@ -1,0 +1,146 @@
+//! The seam between the hub and cluster mode: how an event gets its id and reaches its topic's
+//! log, and where a reader's topics come from.
+//!
+//! Two implementations, the same four operations:
+//! - **local** (a single node): the topic's order assigns the next id in the node's epoch and
+//!   the event is appended at once; topics are created on first use.
+//! - **relay** (cluster mode): Redis assigns the id, and the relay's link appends what Redis
+//!   publishes, on every node alike; topics are created by the link from Redis.
+//!
+//! An enum rather than a trait object: both are known at compile time, and a local publish
+//! stays a plain call, with no boxed future per event: its answer is ready when
+//! [`Sequencer::publish`] returns, and only the relay's is a future (boxed, so it does not grow
+//! the local one).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use metrics::{Gauge, Histogram};
+
+use crate::codec::Draft;
+use crate::event::{EventData, EventId, EventName, TopicName};
+use crate::metrics::Metrics;
+use crate::registry::{Registry, Topic};
+use crate::relay::{Relay, RelayConfig, RelayError, RelayStartError};
+
+/// How events get their ids and reach the topic logs.
+pub(super) enum Sequencer {
+    /// A single node.
+    Local(Local),
+    /// A node of a cluster joined through Redis.
+    Relay(Relay),
+}
+
+/// The single-node sequencer.
+pub(super) struct Local {
+    registry: Arc<Registry>,
+    /// `crier_topics`.
+    topics: Gauge,
+    /// `crier_publish_duration_seconds`.
+    publish_duration: Histogram,
+}
+
+impl Sequencer {
+    pub(super) fn local(registry: Arc<Registry>, metrics: &Metrics) -> Self {
+        Sequencer::Local(Local {
+            registry,
+            topics: metrics.topics.clone(),
+            publish_duration: metrics.publish_duration.clone(),
+        })
+    }
+
+    pub(super) fn relay(
+        registry: Arc<Registry>,
+        metrics: &Metrics,
+        config: &RelayConfig,
+    ) -> Result<Self, RelayStartError> {
+        Relay::start(registry, metrics, config).map(Sequencer::Relay)
+    }
+
+    /// Gives the event its id and puts it on its way to every reader of its topic; the answer
+    /// is its id once the event is accepted. On a single node the event is published by this
+    /// call (callers call it from inside their own futures, which stay lazy).
+    pub(super) fn publish(
+        &self,
+        topic: &TopicName,
+        name: Option<EventName>,
+        data: EventData,
+    ) -> Publishing<'_> {
+        match self {
+            Sequencer::Local(local) => Publishing::Done(Some(local.publish(topic, name, data))),
+            Sequencer::Relay(relay) => {
+                Publishing::Relayed(Box::pin(relay.publish(topic.clone(), name, data)))
+            }
+        }
+    }
+
+    /// Makes sure the node's copies of these topics can serve a reader resuming after the
+    /// given positions (local: always).
+    pub(super) async fn prepare(
+        &self,
+        wanted: &[(TopicName, Option<EventId>)],
+    ) -> Result<(), RelayError> {
+        match self {
+            Sequencer::Local(_) => Ok(()),
+            Sequencer::Relay(relay) => Box::pin(relay.prepare(wanted)).await,
+        }
+    }
+
+    /// The node's copy of `name` for a new reader: created on first use on a single node; in
+    /// cluster mode, the copy [`Sequencer::prepare`] made sure of.
+    pub(super) fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, RelayError> {
+        match self {
+            Sequencer::Local(local) => Ok(local.topic(name)),
+            Sequencer::Relay(relay) => relay.topic(name),
+        }
+    }
+
+    /// Whether the node can serve.
+    pub(super) fn is_ready(&self) -> bool {
+        match self {
+            Sequencer::Local(_) => true,
+            Sequencer::Relay(relay) => relay.is_connected(),
+        }
+    }
+}
+
+/// The answer to [`Sequencer::publish`].
+pub(super) enum Publishing<'a> {
+    /// Published already (a single node).
+    Done(Option<EventId>),
+    /// Waiting for Redis.
+    Relayed(Pin<Box<dyn Future<Output = Result<EventId, RelayError>> + Send + 'a>>),
+}
+
+impl Future for Publishing<'_> {
+    type Output = Result<EventId, RelayError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Publishing::Done(id) => Poll::Ready(Ok(id.take().expect("polled after completion"))),
+            Publishing::Relayed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl Local {
+    fn topic(&self, name: &TopicName) -> Arc<Topic> {
+        let (topic, created) = self.registry.topic_or_create(name);
+        if created {
+            self.topics.increment(1);
+        }
+        topic
+    }
+
+    fn publish(&self, topic: &TopicName, name: Option<EventName>, data: EventData) -> EventId {
+        let started = Instant::now();
+        // Encoded before the topic's order is taken: only the id line waits for it.
+        let draft = Draft::new(topic, name.as_ref(), &data);
+        let event = self.topic(topic).publish(name, data, |id| draft.finish(id));
+        self.publish_duration.record(started.elapsed().as_secs_f64());
+        event.id
+    }
+}

@@ -1,0 +1,301 @@
+//! One reader's subscription: its cursor on each topic's log, and the read that hands its
+//! writer everything published since the last one, moving over to a topic's new copy when a
+//! cluster node replaces it.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crossbeam_epoch as epoch;
+
+use super::SubscribeError;
+use super::sequencer::Sequencer;
+use crate::codec::gap::TopicGap;
+use crate::event::{Event, EventId, Gap, TopicName};
+use crate::metrics::{EvictReason, Metrics, Transport};
+use crate::registry::{Client, Closed, SlotId, Subscriber, Topic};
+
+struct SubscribedTopic {
+    topic: Arc<Topic>,
+    slot: SlotId,
+    subscriber: Arc<Subscriber>,
+    /// Where the subscription started.
+    start: EventId,
+    /// Sequence number of the last event taken.
+    cursor: u64,
+    /// The topic's stream length at the cursor, in the client's wire format.
+    cursor_end: u64,
+}
+
+/// A topic added to a live subscription.
+#[derive(Debug)]
+pub(crate) struct Added {
+    /// The position the topic starts after.
+    pub(crate) position: EventId,
+    /// What the resume lost, if it was not exact.
+    pub(crate) gap: Option<Gap>,
+}
+
+/// What [`Subscription::poll_events`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Polled {
+    /// Events were handed to the sink.
+    Events,
+    /// Nothing more will come: the client was closed (after everything published before a
+    /// shutdown was taken).
+    Closed(Closed),
+}
+
+/// One client's subscription to one or more topics.
+pub struct Subscription {
+    client: Arc<Client>,
+    topics: Vec<SubscribedTopic>,
+    /// What the resume lost on some topics: (index in `topics`, gap).
+    gaps: Vec<(u16, Gap)>,
+    /// The topic to read first next time, so no topic starves the others.
+    next_topic: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Subscription {
+    /// An empty subscription with room for `topics` topics (so a stream's per-connection
+    /// state is no larger than it needs).
+    pub(super) fn new(client: Arc<Client>, topics: usize, metrics: Arc<Metrics>) -> Self {
+        let topics = Vec::with_capacity(topics);
+        Subscription { client, topics, gaps: Vec::new(), next_topic: 0, metrics }
+    }
+
+    /// Subscribes to one more of the topics the subscription starts with; records its gap, if
+    /// any, for the opening notice.
+    pub(super) fn start_on(
+        &mut self,
+        sequencer: &Sequencer,
+        name: &TopicName,
+        resume: Option<EventId>,
+    ) -> Result<(), SubscribeError> {
+        if let Some(gap) = self.follow(sequencer, name, resume)? {
+            self.gaps.push((self.topics.len() as u16 - 1, gap));
+        }
+        Ok(())
+    }
+
+    /// Subscribes to one more topic (at the end of the topic list); returns its gap, if any.
+    fn follow(
+        &mut self,
+        sequencer: &Sequencer,
+        name: &TopicName,
+        resume: Option<EventId>,
+    ) -> Result<Option<Gap>, SubscribeError> {
+        let topic = sequencer.topic(name)?;
+        let topic_index = self.topics.len() as u16;
+        let start = topic.subscribe(&self.client, topic_index, resume);
+        self.metrics.subscriptions.increment(1);
+        self.topics.push(SubscribedTopic {
+            topic,
+            slot: start.slot,
+            subscriber: start.subscriber,
+            start: start.position,
+            cursor: start.position.seq,
+            cursor_end: start.position_end,
+        });
+        Ok(start.gap)
+    }
+
+    /// Adds a topic to a live subscription (a WebSocket `subscribe` command), resuming after
+    /// `last_event_id` if given; in cluster mode after [`Hub::prepare_topic`](super::Hub::prepare_topic).
+    pub(crate) fn add_topic(
+        &mut self,
+        hub: &super::Hub,
+        name: TopicName,
+        last_event_id: Option<EventId>,
+    ) -> Result<Added, SubscribeError> {
+        if self.topics.iter().any(|t| t.topic.name() == &name) {
+            return Err(SubscribeError::AlreadySubscribed);
+        }
+        let max = hub.config.max_topics_per_stream;
+        if self.topics.len() >= max {
+            return Err(SubscribeError::TooManyTopics { count: max + 1, max });
+        }
+        let gap = self.follow(&hub.sequencer, &name, last_event_id)?;
+        let position = self.topics[self.topics.len() - 1].start;
+        Ok(Added { position, gap })
+    }
+
+    /// Stops following a topic; returns whether it was followed.
+    pub(crate) fn remove_topic(&mut self, name: &str) -> bool {
+        let Some(index) = self.topics.iter().position(|t| t.topic.name().as_str() == name) else {
+            return false;
+        };
+        let removed = self.topics.swap_remove(index);
+        removed.topic.unsubscribe(removed.slot);
+        self.metrics.subscriptions.decrement(1);
+        self.next_topic = 0;
+        true
+    }
+
+    /// How many topics are followed; the `topic_index` given to a sink is below it.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Where the stream started on each topic, in canonical order: just before the first event
+    /// it delivers.
+    pub fn start_positions(&self) -> Vec<EventId> {
+        self.topics.iter().map(|t| t.start).collect()
+    }
+
+    /// What the resume lost on each topic where it was not exact, with the position the
+    /// stream continues after: what a `crier.gap` notice says.
+    pub(crate) fn gaps(&self) -> Vec<TopicGap<'_>> {
+        self.gaps
+            .iter()
+            .map(|(index, gap)| {
+                let topic = &self.topics[usize::from(*index)];
+                TopicGap { topic: topic.topic.name(), gap, resumed_after: topic.start }
+            })
+            .collect()
+    }
+
+    /// Whether the client was closed, and why.
+    pub(crate) fn closed(&self) -> Option<Closed> {
+        self.client.closed()
+    }
+
+    /// Stops delivery (see [`Client::close`]).
+    pub(crate) fn close(&self, why: Closed) {
+        self.client.close(why);
+    }
+
+    /// Hands `sink` every event published after the cursors (about `budget` bytes of the
+    /// client's wire format at most), oldest first per topic, with the index of its topic; or
+    /// parks the task until there is more.
+    ///
+    /// A subscription whose next event the log no longer holds is evicted here rather than
+    /// skipping ahead. After a shutdown, it reports `Closed(Shutdown)` once it has handed over
+    /// everything published before.
+    pub fn poll_events(
+        &mut self,
+        cx: &mut Context<'_>,
+        budget: usize,
+        mut sink: impl FnMut(u16, &Event),
+    ) -> Poll<Polled> {
+        self.client.register(cx.waker());
+        let closed = self.client.closed();
+        if closed == Some(Closed::Evicted) {
+            return Poll::Ready(Polled::Closed(Closed::Evicted));
+        }
+        let wire = self.client.wire();
+        let mut moving = Vec::new();
+        loop {
+            let mut taken = 0;
+            let mut lapped = false;
+            {
+                let guard = epoch::pin();
+                let count = self.topics.len();
+                for i in 0..count {
+                    let index = (self.next_topic + i) % count;
+                    let t = &mut self.topics[index];
+                    // Read before the head: once a copy is replaced, its head is final.
+                    let replaced = t.topic.successor().is_some();
+                    let head = t.topic.head().seq;
+                    let (before, before_end) = (t.cursor, t.cursor_end);
+                    // The bytes taken from this topic are where its stream now ends, less where
+                    // it ended: one read per event.
+                    let taken_before = taken;
+                    while t.cursor < head && taken < budget {
+                        let Some(event) = t.topic.event(t.cursor + 1, &guard) else {
+                            lapped = true;
+                            break;
+                        };
+                        sink(t.subscriber.topic_index, event);
+                        t.cursor += 1;
+                        t.cursor_end = event.stream_end(wire);
+                        taken = taken_before + (t.cursor_end - before_end) as usize;
+                    }
+                    if t.cursor != before {
+                        t.subscriber.set_position(t.cursor, t.cursor_end);
+                        // Frames are never empty, but a step must count even if one were.
+                        taken = taken.max(taken_before + 1);
+                    }
+                    if replaced && t.cursor == head && !lapped {
+                        moving.push(index);
+                    }
+                }
+                self.next_topic = (self.next_topic + 1) % count.max(1);
+            }
+            for index in moving.drain(..) {
+                taken += self.move_over(index, &mut sink);
+            }
+            if lapped {
+                if self.client.close(Closed::Evicted) {
+                    self.metrics.evicted(Transport::of(wire), EvictReason::SlowConsumer);
+                }
+                return Poll::Ready(Polled::Closed(Closed::Evicted));
+            }
+            if taken > 0 {
+                return Poll::Ready(Polled::Events);
+            }
+            if closed == Some(Closed::Shutdown) {
+                return Poll::Ready(Polled::Closed(Closed::Shutdown));
+            }
+            // Park, then look once more: an event published before we registered must not
+            // wait for the next one.
+            for t in &self.topics {
+                t.topic.register_waiter(&t.subscriber);
+            }
+            if self
+                .topics
+                .iter()
+                .all(|t| t.topic.head().seq == t.cursor && t.topic.successor().is_none())
+            {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Moves the reader of topic `index`, which has read everything of a replaced copy, to the
+    /// copy that replaced it, handing `sink` the gap notice if events were lost in between;
+    /// returns the bytes handed over.
+    fn move_over(&mut self, index: usize, sink: &mut impl FnMut(u16, &Event)) -> usize {
+        let t = &mut self.topics[index];
+        let Some(next) = t.topic.successor() else { return 0 };
+        let topic_index = t.subscriber.topic_index;
+        let topic = next.topic.clone();
+        let start = topic.subscribe_after(&self.client, topic_index, next.start.seq, &epoch::pin());
+        let notice = next.notice.clone();
+        t.topic.unsubscribe(t.slot);
+        *t = SubscribedTopic {
+            topic,
+            slot: start.slot,
+            subscriber: start.subscriber,
+            start: t.start,
+            cursor: start.position.seq,
+            cursor_end: start.position_end,
+        };
+        match notice {
+            Some(notice) => {
+                sink(topic_index, &notice);
+                notice.frames.len(self.client.wire())
+            }
+            None => 0,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        for t in &self.topics {
+            t.topic.unsubscribe(t.slot);
+        }
+        self.metrics.subscriptions.decrement(self.topics.len() as f64);
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let topics: Vec<&TopicName> = self.topics.iter().map(|t| t.topic.name()).collect();
+        f.debug_struct("Subscription")
+            .field("topics", &topics)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}

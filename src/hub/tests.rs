@@ -1,0 +1,90 @@
+use std::task::{Context, Poll, Waker};
+
+use futures_util::FutureExt as _;
+
+use super::*;
+use crate::codec::{Draft, gap};
+use crate::event::{Epoch, Gap, GapReason};
+use crate::registry::Topic;
+
+fn append(topic: &Topic, id: EventId, s: &str) {
+    let data = EventData::from(s.to_owned());
+    let frames = Draft::new(topic.name(), None, &data).finish(id);
+    topic.append(id, None, data, frames).unwrap();
+}
+
+fn subscribe(hub: &Hub, topic: &TopicName, last_event_id: Option<String>) -> Subscription {
+    let request = ReaderRequest::new(vec![topic.clone()], last_event_id, Wire::Sse);
+    hub.subscribe(request).now_or_never().expect("a local subscribe is immediate").unwrap()
+}
+
+/// Everything the subscription hands over now: (id, event name).
+fn drain(subscription: &mut Subscription) -> Vec<(String, Option<String>)> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut got = Vec::new();
+    while let Poll::Ready(Polled::Events) = subscription.poll_events(&mut cx, 1 << 20, |_, e| {
+        got.push((e.id.to_string(), e.name.as_ref().map(|n| n.to_string())))
+    }) {}
+    got
+}
+
+#[test]
+fn readers_of_a_replaced_copy_finish_it_then_get_the_notice_then_the_new_copy() {
+    let hub = Hub::local(HubConfig::default(), Arc::new(Metrics::new()));
+    let name = TopicName::new("t").unwrap();
+    let (old_epoch, new_epoch) = (Epoch::from_u64(1000).unwrap(), Epoch::from_u64(2000).unwrap());
+    let id = |epoch, seq| EventId { epoch, seq };
+    let old = Arc::new(Topic::new(name.clone(), old_epoch, 10, 100));
+    assert!(!hub.registry.install(old.clone(), id(old_epoch, 10), None));
+    append(&old, id(old_epoch, 11), "a");
+    let mut subscription = subscribe(&hub, &name, None);
+    assert_eq!(subscription.start_positions(), [id(old_epoch, 11)]);
+    append(&old, id(old_epoch, 12), "b");
+    assert_eq!(drain(&mut subscription), [(id(old_epoch, 12).to_string(), None)]);
+    append(&old, id(old_epoch, 13), "c");
+
+    let new = Arc::new(Topic::new(name.clone(), new_epoch, 0, 100));
+    append(&new, id(new_epoch, 1), "x");
+    let lost = Gap { reason: GapReason::Epoch, requested: id(old_epoch, 13), missed: None };
+    let part = gap::TopicGap { topic: &name, gap: &lost, resumed_after: id(new_epoch, 0) };
+    let notice = Arc::new(gap::notice(&[part], id(new_epoch, 0)));
+    assert!(hub.registry.install(new.clone(), id(new_epoch, 0), Some(notice)));
+    append(&new, id(new_epoch, 2), "y");
+    assert_eq!(
+        drain(&mut subscription),
+        [
+            (id(old_epoch, 13).to_string(), None),
+            (id(new_epoch, 0).to_string(), Some("crier.gap".to_owned())),
+            (id(new_epoch, 1).to_string(), None),
+            (id(new_epoch, 2).to_string(), None),
+        ]
+    );
+    assert_eq!(old.subscribers().len(), 0, "moved off the old copy");
+    assert_eq!(new.subscribers().len(), 1);
+    hub.registry.prune_retired();
+    assert_eq!(hub.registry.topics().len(), 1);
+
+    // A resume from the old epoch on the new copy reports the gap.
+    let resumed = subscribe(&hub, &name, Some(id(old_epoch, 12).to_string()));
+    let gaps = resumed.gaps();
+    assert_eq!(gaps[0].gap.reason, GapReason::Epoch);
+}
+
+#[test]
+fn both_modes_answer_the_same_calls_without_panicking() {
+    let hub = Hub::local(
+        HubConfig { max_event_bytes: 4, ..HubConfig::default() },
+        Arc::new(Metrics::new()),
+    );
+    let topic = TopicName::new("t").unwrap();
+    let publish = |data: &str| {
+        hub.publish(&topic, None, EventData::from(data.to_owned()))
+            .now_or_never()
+            .expect("a local publish is immediate")
+    };
+    assert_eq!(publish("abcd").unwrap().seq, 1);
+    assert!(matches!(publish("abcde"), Err(PublishError::TooLarge { size: 5, max: 4 })));
+    assert!(hub.is_ready());
+    let prepared = Arc::new(hub).prepare_topic(topic, None).now_or_never();
+    assert!(matches!(prepared, Some(Ok(()))));
+}

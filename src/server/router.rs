@@ -1,0 +1,172 @@
+//! The routing table and the service that dispatches each request to its endpoint: the
+//! streaming ones (SSE, WebSocket) to their edges, the others to their services.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use tower::{Service, ServiceExt as _};
+
+use super::ConnInfo;
+use super::conn::Tracker;
+use super::layers::error_response;
+use crate::http::{ApiError, ErrorCode, ResponseBody, json_response};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::sse::SseEdge;
+use crate::ws::{Upgrade, WsEdge};
+
+/// An endpoint, by path; its name is the `route` label of `crier_http_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    Publish,
+    Sse,
+    Ws,
+    WsEcho,
+    Healthz,
+    Readyz,
+    Metrics,
+    NotFound,
+}
+
+impl Route {
+    /// The endpoint serving `path`.
+    pub(crate) fn of(path: &str) -> Route {
+        match path {
+            "/publish" => Route::Publish,
+            "/sse" => Route::Sse,
+            "/ws" => Route::Ws,
+            "/ws/echo" => Route::WsEcho,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            "/metrics" => Route::Metrics,
+            _ => Route::NotFound,
+        }
+    }
+
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Route::Publish => "publish",
+            Route::Sse => "sse",
+            Route::Ws => "ws",
+            Route::WsEcho => "ws_echo",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::NotFound => "not_found",
+        }
+    }
+}
+
+/// Dispatches requests; `P` serves publishes.
+#[derive(Clone)]
+pub(crate) struct Router<P> {
+    pub(super) hub: Arc<Hub>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) sse: Arc<SseEdge>,
+    pub(super) ws: Arc<WsEdge>,
+    pub(super) tracker: Arc<Tracker>,
+    pub(super) publish: P,
+}
+
+impl<P> Service<Request<Incoming>> for Router<P>
+where
+    P: Service<Request<Incoming>, Response = Response<ResponseBody>> + Clone + Send + 'static,
+    P::Error: Into<super::layers::BoxError>,
+    P::Future: Send,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.route(req).await.unwrap_or_else(ApiError::into_response)) })
+    }
+}
+
+impl<P> Router<P>
+where
+    P: Service<Request<Incoming>, Response = Response<ResponseBody>> + Clone + Send + 'static,
+    P::Error: Into<super::layers::BoxError>,
+    P::Future: Send,
+{
+    async fn route(self, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+        let Some(conn) = req.extensions().get::<ConnInfo>().cloned() else {
+            tracing::error!("a request reached the router without its connection");
+            return Err(ApiError::new(ErrorCode::Internal, "the server failed to answer"));
+        };
+        match Route::of(req.uri().path()) {
+            Route::Publish => self.publish.oneshot(req).await.map_err(|e| error_response(e.into())),
+            Route::Sse => self.sse.respond(conn.control, &req).await,
+            route @ (Route::Ws | Route::WsEcho) => {
+                let echo = route == Route::WsEcho;
+                let (response, upgrade) = self.ws.accept(&mut req, conn.peer, echo).await?;
+                self.spawn_session(upgrade);
+                Ok(response)
+            }
+            Route::Healthz => {
+                only_get(&req, || Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#.into())))
+            }
+            Route::Readyz => only_get(&req, || self.readyz()),
+            Route::Metrics => only_get(&req, || Ok(self.render_metrics())),
+            Route::NotFound => Err(ApiError::not_found(req.uri().path())),
+        }
+    }
+
+    /// Runs a WebSocket once hyper hands its socket over. The session outlives the HTTP
+    /// connection's task: it is tracked on its own so shutdown reaches it.
+    fn spawn_session(&self, upgrade: Upgrade) {
+        let (hub, tracker) = (self.hub.clone(), self.tracker.clone());
+        tokio::spawn(async move {
+            let Some(mut session) = upgrade.connect().await else { return };
+            let (control, key) = tracker.add();
+            if hub.is_draining() {
+                session.start_shutdown();
+            }
+            let drain = |session: Pin<&mut crate::ws::Session>| session.get_mut().start_shutdown();
+            super::conn::ControlledConnection::new(session, control, drain).await;
+            tracker.remove(key);
+        });
+    }
+
+    fn readyz(&self) -> Result<Response<ResponseBody>, ApiError> {
+        if self.hub.is_draining() {
+            return Err(ApiError::new(ErrorCode::Draining, "the server is shutting down"));
+        }
+        if !self.hub.is_ready() {
+            let detail = "the Redis link is down; the node is reconnecting";
+            return Err(ApiError::new(ErrorCode::Unavailable, detail));
+        }
+        Ok(json_response(StatusCode::OK, r#"{"status":"ready"}"#.into()))
+    }
+
+    fn render_metrics(&self) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::full(self.metrics.render().into()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+}
+
+fn only_get<B>(
+    req: &Request<B>,
+    handler: impl FnOnce() -> Result<Response<ResponseBody>, ApiError>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    match *req.method() {
+        // hyper sends no body for HEAD.
+        Method::GET | Method::HEAD => handler(),
+        _ => Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "GET, HEAD")),
+    }
+}

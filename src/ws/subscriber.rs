@@ -1,0 +1,257 @@
+//! `/ws`: a subscription driven by commands. Events of the topics followed go out framed once
+//! per format; each command is rate-limited, carried out, and answered in order (a command
+//! waiting for Redis holds back the ones after it).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::close::CloseCode;
+use super::command::{self, Command, Reply};
+use super::frame::Violation;
+use super::handler::{Handler, Outbox};
+use super::message::Message;
+use crate::chunk::ChunkBuilder;
+use crate::codec::{gap, ws};
+use crate::event::{EventData, EventId, EventName, TopicName, Wire};
+use crate::http::{ApiError, ErrorCode};
+use crate::hub::{Hub, Polled, PublishError, SubscribeError, Subscription};
+use crate::limits::TokenBucket;
+use crate::registry::Closed;
+
+/// Rejected commands in a row after which the client is disconnected (1008).
+const MAX_STRIKES: u32 = 50;
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the handler of a `/ws` connection needs to know.
+pub(super) struct SubscriberSetup {
+    /// The hub commands act on.
+    pub(super) hub: Arc<Hub>,
+    /// The topics followed from the start.
+    pub(super) subscription: Subscription,
+    /// How events are framed: [`Wire::WsJson`] or [`Wire::WsRaw`].
+    pub(super) wire: Wire,
+    /// Whether the client may publish (loopback, with no credentials configured).
+    pub(super) may_publish: bool,
+    /// Commands admitted per second (and burst).
+    pub(super) commands_per_sec: u32,
+    /// Largest message accepted.
+    pub(super) max_message: usize,
+}
+
+/// The handler of a `/ws` connection.
+pub(super) struct Subscriber {
+    setup: SubscriberSetup,
+    bucket: TokenBucket,
+    strikes: u32,
+    /// A command waiting (for Redis, in cluster mode); later ones wait behind it.
+    in_flight: Option<InFlight>,
+}
+
+/// A command waiting, with the `ref` to echo in its reply.
+struct InFlight {
+    reference: Option<Value>,
+    wait: Wait,
+}
+
+/// What a command waits for.
+enum Wait {
+    /// The hub taking a published event.
+    Publish { topic: String, published: Boxed<Result<EventId, PublishError>> },
+    /// The node making sure it can serve the topic, before subscribing to it.
+    Subscribe {
+        name: TopicName,
+        resume: Option<EventId>,
+        prepared: Boxed<Result<(), SubscribeError>>,
+    },
+}
+
+impl Subscriber {
+    pub(super) fn new(setup: SubscriberSetup) -> Self {
+        let bucket = TokenBucket::per_second(setup.commands_per_sec);
+        Subscriber { setup, bucket, strikes: 0, in_flight: None }
+    }
+
+    fn on_command(&mut self, text: &[u8], out: &mut Outbox) -> Result<(), Violation> {
+        let (reference, command) = command::parse(text);
+        if !self.bucket.take(Instant::now()) {
+            self.strikes += 1;
+            if self.strikes > MAX_STRIKES {
+                let reason = "command rate limit exceeded";
+                return Err(Violation { code: CloseCode::POLICY, reason });
+            }
+            let detail = format!("at most {} commands per second", self.setup.commands_per_sec);
+            let refused = ApiError::new(ErrorCode::RateLimited, detail);
+            out.push(Reply::error(reference.as_ref(), &refused).frame());
+            return Ok(());
+        }
+        self.strikes = 0;
+        match command.and_then(|command| self.execute(command, reference.as_ref(), out)) {
+            Ok(None) => {}
+            Ok(Some(wait)) => self.in_flight = Some(InFlight { reference, wait }),
+            Err(refused) => out.push(Reply::error(reference.as_ref(), &refused).frame()),
+        }
+        Ok(())
+    }
+
+    /// Carries out a command: answered into `out` at once, or waiting.
+    fn execute(
+        &mut self,
+        command: Command,
+        reference: Option<&Value>,
+        out: &mut Outbox,
+    ) -> Result<Option<Wait>, ApiError> {
+        match command {
+            Command::Ping => out.push(Reply::ok(reference).frame()),
+            Command::Unsubscribe { topic } => {
+                if !self.setup.subscription.remove_topic(&topic) {
+                    let detail = format!("not subscribed to {topic:?}");
+                    return Err(ApiError::new(ErrorCode::NotSubscribed, detail));
+                }
+                out.push(Reply::ok(reference).topic(&topic).frame());
+            }
+            Command::Subscribe { topic, last_event_id } => {
+                let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
+                let resume = last_event_id
+                    .map(|id| id.parse::<EventId>().map_err(SubscribeError::from))
+                    .transpose()?;
+                let prepared = Box::pin(self.setup.hub.prepare_topic(name.clone(), resume));
+                return Ok(Some(Wait::Subscribe { name, resume, prepared }));
+            }
+            Command::Publish { topic, event, data, binary } => {
+                if !self.setup.may_publish {
+                    return Err(ApiError::publish_forbidden());
+                }
+                let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
+                let event = event
+                    .map(|e| EventName::new(&e).map_err(|err| ApiError::bad_event_name(&e, err)))
+                    .transpose()?;
+                let data = if binary {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(data.as_bytes())
+                        .map_err(|e| {
+                        ApiError::new(ErrorCode::BadData, format!("data is not base64: {e}"))
+                    })?;
+                    EventData::Binary(bytes.into())
+                } else {
+                    EventData::from(data)
+                };
+                let hub = self.setup.hub.clone();
+                let published = Box::pin(async move { hub.publish(&name, event, data).await });
+                return Ok(Some(Wait::Publish { topic, published }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Adds the prepared topic to the subscription; the reply, then the gap notice if the
+    /// resume was not exact.
+    fn subscribe(
+        &mut self,
+        name: TopicName,
+        resume: Option<EventId>,
+        reference: Option<&Value>,
+        out: &mut Outbox,
+    ) -> Result<(), ApiError> {
+        let added = self.setup.subscription.add_topic(&self.setup.hub, name.clone(), resume)?;
+        let position = added.position.to_string();
+        out.push(Reply::ok(reference).topic(name.as_str()).position(position).frame());
+        if let Some(lost) = added.gap {
+            let part = gap::TopicGap { topic: &name, gap: &lost, resumed_after: added.position };
+            let notice = gap::notice(&[part], added.position);
+            out.push(ws::event_frame(&notice, self.setup.wire).clone());
+        }
+        Ok(())
+    }
+}
+
+impl Handler for Subscriber {
+    fn max_message(&self) -> usize {
+        self.setup.max_message
+    }
+
+    /// One `crier.gap` frame per topic whose resume (in the URL) was not exact.
+    fn open(&mut self, out: &mut Outbox) {
+        for part in self.setup.subscription.gaps() {
+            let notice = gap::notice(&[part], part.resumed_after);
+            out.push(ws::event_frame(&notice, self.setup.wire).clone());
+        }
+    }
+
+    fn on_message(&mut self, message: Message, out: &mut Outbox) -> Result<(), Violation> {
+        match message {
+            Message::Text(text) => self.on_command(&text, out),
+            Message::Binary(_) => {
+                let refused =
+                    ApiError::new(ErrorCode::BadCommand, "commands are JSON text messages");
+                out.push(Reply::error(None, &refused).frame());
+                Ok(())
+            }
+        }
+    }
+
+    fn is_busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    fn poll_busy(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> bool {
+        let Some(mut in_flight) = self.in_flight.take() else { return false };
+        let reference = in_flight.reference.as_ref();
+        let result = match &mut in_flight.wait {
+            Wait::Publish { topic, published } => match published.as_mut().poll(cx) {
+                Poll::Pending => None,
+                Poll::Ready(Ok(id)) => {
+                    out.push(Reply::ok(reference).topic(topic).id(id.to_string()).frame());
+                    Some(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Some(Err(e.into())),
+            },
+            Wait::Subscribe { name, resume, prepared } => match prepared.as_mut().poll(cx) {
+                Poll::Pending => None,
+                Poll::Ready(Ok(())) => Some(self.subscribe(name.clone(), *resume, reference, out)),
+                Poll::Ready(Err(e)) => Some(Err(e.into())),
+            },
+        };
+        match result {
+            None => {
+                self.in_flight = Some(in_flight);
+                false
+            }
+            Some(result) => {
+                if let Err(refused) = result {
+                    out.push(Reply::error(reference, &refused).frame());
+                }
+                true
+            }
+        }
+    }
+
+    fn poll_events(
+        &mut self,
+        cx: &mut Context<'_>,
+        budget: usize,
+        chunk: &mut ChunkBuilder,
+    ) -> Poll<Polled> {
+        let wire = self.setup.wire;
+        self.setup.subscription.poll_events(cx, budget, |_, event| {
+            chunk.events += 1;
+            chunk.push_frame(ws::event_frame(event, wire), 0);
+        })
+    }
+
+    /// The subscription hands over what is published, then reports the shutdown.
+    fn drain(&mut self) -> bool {
+        self.setup.subscription.close(Closed::Shutdown);
+        true
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.setup.subscription.closed() == Some(Closed::Evicted)
+    }
+}

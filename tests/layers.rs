@@ -1,0 +1,200 @@
+//! The source tree keeps its shape: the top-level modules of `src/` import each other only
+//! downwards, along the layers the README's "Layout" section draws, and no source file grows
+//! past 600 lines of non-test code. Reads `src/` as text: every `crate::<module>` path in code
+//! (comments and test modules aside) is an arrow from the file's top-level module.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Each top-level module and the modules it may import, from the bottom up (the README's
+/// "Layout"). `internals` is the door for benchmarks and fuzz targets: it may reach anything,
+/// and nothing imports it.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("event", &[]),
+    ("codec", &["event"]),
+    ("limits", &[]),
+    ("registry", &["event"]),
+    ("metrics", &["event"]),
+    ("chunk", &["metrics"]),
+    ("relay", &["event", "codec", "registry", "metrics"]),
+    ("hub", &["event", "codec", "registry", "metrics", "relay"]),
+    ("http", &["event", "hub", "chunk"]),
+    ("sse", &["event", "codec", "registry", "metrics", "chunk", "hub", "http"]),
+    ("ws", &["event", "codec", "registry", "metrics", "chunk", "limits", "hub", "http"]),
+    ("config", &["hub", "relay"]),
+    ("server", &["event", "registry", "metrics", "hub", "http", "sse", "ws", "config"]),
+    ("internals", &["event", "codec", "registry", "metrics", "relay", "hub", "server", "ws"]),
+];
+
+/// Longest a source file may be, in lines of non-test code.
+const MAX_CODE_LINES: usize = 600;
+
+struct SourceFile {
+    path: PathBuf,
+    /// The top-level module the file belongs to (`None` for the crate roots).
+    module: Option<String>,
+    /// Its lines up to its test module, comments included.
+    code: Vec<String>,
+}
+
+fn source_files() -> Vec<SourceFile> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src/") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let relative = path.strip_prefix(&root).expect("below src/");
+                let first = relative.components().next().expect("a file name");
+                let first = first.as_os_str().to_string_lossy();
+                let module = match relative.components().count() {
+                    1 if first == "lib.rs" || first == "main.rs" => None,
+                    1 => Some(first.trim_end_matches(".rs").to_owned()),
+                    _ => Some(first.into_owned()),
+                };
+                let is_test_file = path.file_name().is_some_and(|n| n == "tests.rs");
+                let text = std::fs::read_to_string(&path).expect("read a source file");
+                // Test modules close the file, by this crate's convention.
+                let code = text
+                    .lines()
+                    .take_while(|line| !is_test_file && *line != "#[cfg(test)]")
+                    .map(str::to_owned)
+                    .collect();
+                files.push(SourceFile { path, module, code });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
+}
+
+/// The top-level modules named by `crate::` paths in `line`.
+fn imports(line: &str) -> Vec<String> {
+    let code = line.trim_start();
+    if code.starts_with("//") {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        let before = rest[..at].chars().next_back();
+        rest = &rest[at + "crate::".len()..];
+        // `$crate::` and the like are not this crate's paths.
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            continue;
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            let inner = group.split('}').next().unwrap_or_default();
+            found.extend(
+                inner
+                    .split(',')
+                    .map(|p| p.trim().split("::").next().unwrap_or_default().to_owned()),
+            );
+        } else {
+            let name: String =
+                rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            found.push(name);
+        }
+    }
+    found.retain(|name| !name.is_empty());
+    found
+}
+
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in source_files() {
+        let Some(module) = file.module else { continue };
+        let arrows = graph.entry(module.clone()).or_default();
+        for line in &file.code {
+            for target in imports(line) {
+                if target != module {
+                    arrows.insert(target);
+                }
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn the_import_parser_reads_paths_not_comments() {
+    assert_eq!(imports("use crate::event::{Event, Wire};"), ["event"]);
+    assert_eq!(imports("    let x = crate::codec::ws::encode(1, b\"\");"), ["codec"]);
+    assert_eq!(imports("use crate::{http, hub::Hub};"), ["http", "hub"]);
+    assert!(imports("//! see [`crate::server`]").is_empty());
+    assert!(imports("$crate::thing").is_empty());
+}
+
+#[test]
+fn every_arrow_points_down_the_layers() {
+    let layers: BTreeMap<&str, &[&str]> = LAYERS.iter().copied().collect();
+    let graph = graph();
+    let mut wrong = Vec::new();
+    for (module, targets) in &graph {
+        let Some(allowed) = layers.get(module.as_str()) else {
+            wrong.push(format!("{module} is not in the layer table"));
+            continue;
+        };
+        for target in targets {
+            if !allowed.contains(&target.as_str()) {
+                wrong.push(format!("{module} imports {target}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "arrows outside the layers:\n{}", wrong.join("\n"));
+    for module in layers.keys() {
+        assert!(graph.contains_key(*module), "{module} is in the table but not in src/");
+    }
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    let graph = graph();
+    // Kahn's algorithm: a graph is acyclic when every module can be taken once the modules it
+    // imports are.
+    let mut left: BTreeMap<&str, BTreeSet<&str>> = graph
+        .iter()
+        .map(|(m, t)| {
+            (m.as_str(), t.iter().map(String::as_str).filter(|t| graph.contains_key(*t)).collect())
+        })
+        .collect();
+    while let Some(free) = left.iter().find(|(_, t)| t.is_empty()).map(|(m, _)| *m) {
+        left.remove(free);
+        for targets in left.values_mut() {
+            targets.remove(free);
+        }
+    }
+    assert!(left.is_empty(), "modules in an import cycle: {:?}", left.keys().collect::<Vec<_>>());
+}
+
+#[test]
+fn the_lower_layers_know_nothing_of_the_upper_ones() {
+    let graph = graph();
+    let imports_of = |module: &str| graph.get(module).cloned().unwrap_or_default();
+    for forbidden in ["sse", "ws", "server", "relay", "hub", "http", "codec"] {
+        assert!(!imports_of("registry").contains(forbidden), "registry imports {forbidden}");
+    }
+    for edge in ["sse", "ws"] {
+        assert!(!imports_of(edge).contains("server"), "{edge} imports server");
+    }
+    assert!(!imports_of("relay").contains("hub"), "relay imports hub");
+    assert!(imports_of("event").is_empty(), "event imports {:?}", imports_of("event"));
+    assert!(
+        imports_of("codec").iter().all(|m| m == "event"),
+        "codec imports {:?}",
+        imports_of("codec")
+    );
+}
+
+#[test]
+fn no_source_file_is_over_600_lines_of_code() {
+    let long: Vec<String> = source_files()
+        .into_iter()
+        .filter(|file| file.code.len() > MAX_CODE_LINES)
+        .map(|file| format!("{}: {} lines", file.path.display(), file.code.len()))
+        .collect();
+    assert!(long.is_empty(), "files over {MAX_CODE_LINES} lines of code:\n{}", long.join("\n"));
+}
