@@ -40,18 +40,36 @@ impl fmt::Display for Epoch {
     }
 }
 
-fn encode_base36(mut value: u64, buf: &mut [u8; MAX_BASE36_DIGITS]) -> &str {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = DIGITS[(value % 36) as usize];
-        value /= 36;
-        if value == 0 {
-            break;
-        }
+const BASE36_DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// Every pair of base-36 digits, `00` to `zz`: an id is written two digits per division.
+const BASE36_PAIRS: [[u8; 2]; 36 * 36] = {
+    let mut pairs = [[0; 2]; 36 * 36];
+    let mut i = 0;
+    while i < pairs.len() {
+        pairs[i] = [BASE36_DIGITS[i / 36], BASE36_DIGITS[i % 36]];
+        i += 1;
     }
-    std::str::from_utf8(&buf[start..]).expect("base-36 digits are ASCII")
+    pairs
+};
+
+/// Writes `value` in lowercase base 36 at the end of `buf`; returns the digits.
+fn base36(mut value: u64, buf: &mut [u8; MAX_BASE36_DIGITS]) -> &[u8] {
+    let mut start = buf.len();
+    while value >= 36 {
+        start -= 2;
+        buf[start..start + 2].copy_from_slice(&BASE36_PAIRS[(value % (36 * 36)) as usize]);
+        value /= 36 * 36;
+    }
+    if value > 0 || start == buf.len() {
+        start -= 1;
+        buf[start] = BASE36_DIGITS[value as usize];
+    }
+    &buf[start..]
+}
+
+fn encode_base36(value: u64, buf: &mut [u8; MAX_BASE36_DIGITS]) -> &str {
+    std::str::from_utf8(base36(value, buf)).expect("base-36 digits are ASCII")
 }
 
 /// An event id: the topic's epoch and the event's sequence number within it, written
@@ -73,7 +91,7 @@ impl EventId {
     /// Writes the id into `buf` and returns the written part.
     pub fn encode<'a>(&self, buf: &'a mut [u8; MAX_EVENT_ID_LEN]) -> &'a [u8] {
         let mut epoch = [0u8; MAX_BASE36_DIGITS];
-        let epoch = encode_base36(self.epoch.0, &mut epoch).as_bytes();
+        let epoch = base36(self.epoch.0, &mut epoch);
         let mut seq = itoa::Buffer::new();
         let seq = seq.format(self.seq).as_bytes();
         let len = epoch.len() + 1 + seq.len();
@@ -241,6 +259,26 @@ mod tests {
             "g-+7",
         ] {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn base36_matches_a_digit_by_digit_encoder() {
+        let naive = |mut value: u64| {
+            let mut digits = Vec::new();
+            loop {
+                digits.push(BASE36_DIGITS[(value % 36) as usize]);
+                value /= 36;
+                if value == 0 {
+                    return String::from_utf8(digits.into_iter().rev().collect()).unwrap();
+                }
+            }
+        };
+        let mut rng = fastrand::Rng::with_seed(36);
+        let edges = [0, 1, 35, 36, 1295, 1296, 46_655, 46_656, (1 << 40) - 1, u64::MAX];
+        for value in edges.into_iter().chain((0..10_000).map(|_| rng.u64(..) >> rng.u32(0..64))) {
+            let mut buf = [0u8; MAX_BASE36_DIGITS];
+            assert_eq!(encode_base36(value, &mut buf), naive(value), "{value}");
         }
     }
 
