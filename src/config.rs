@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, ValueEnum};
 
+use crate::auth::{AuthConfig, PublicKeySpec, SecretSpec, Selector};
+use crate::http::TrustedProxies;
 use crate::hub::HubConfig;
 use crate::relay::RelayConfig;
 
@@ -106,6 +108,38 @@ pub struct Config {
     #[arg(long, env = "CRIER_REDIS_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub redis_pool_size: u16,
 
+    /// HMAC secrets that sign tokens (HS256, HS384, HS512), comma-separated, each at least
+    /// 32 bytes. `KID:SECRET` names the key for tokens whose header has that `kid` (for
+    /// rotation); a secret containing `:` without a key id starts with `:`. With a key
+    /// configured, publishing needs a token; without one, only loopback clients may publish.
+    #[arg(long, env = "CRIER_JWT_KEY", value_delimiter = ',', hide_env_values = true)]
+    pub jwt_key: Vec<SecretSpec>,
+
+    /// PEM files of public keys that sign tokens: RSA (RS256…, PS256…), EC P-256 or P-384
+    /// (ES256, ES384) or Ed25519 (EdDSA), comma-separated, each optionally `KID:PATH`. Read
+    /// again on SIGHUP, without dropping a connection.
+    #[arg(long, env = "CRIER_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    pub jwt_public_key_file: Vec<PublicKeySpec>,
+
+    /// Accept only tokens whose `iss` is this.
+    #[arg(long, env = "CRIER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Accept only tokens whose `aud` names this.
+    #[arg(long, env = "CRIER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Topics whose subscribers need a token that covers them (`crier.subscribe`),
+    /// comma-separated selectors: a topic, a prefix ending in `/*` or `:*`, or `*` for every
+    /// topic. Needs a key.
+    #[arg(long, env = "CRIER_PRIVATE_TOPICS", value_delimiter = ',')]
+    pub private_topics: Vec<Selector>,
+
+    /// Peers whose `X-Forwarded-For` is believed, comma-separated addresses or CIDR blocks
+    /// (`none`: nobody). The client is the rightmost forwarded hop that is not one of these.
+    #[arg(long, env = "CRIER_TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1", value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "CRIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -138,7 +172,33 @@ impl Config {
                  masters of one Redis Cluster)",
             ));
         }
+        if !self.private_topics.is_empty()
+            && self.jwt_key.is_empty()
+            && self.jwt_public_key_file.is_empty()
+        {
+            return Err(Self::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--private-topics needs --jwt-key or --jwt-public-key-file: without a key no \
+                 token could open a private topic",
+            ));
+        }
         Ok(self)
+    }
+
+    /// The credentials' share of the configuration.
+    pub(crate) fn auth(&self) -> AuthConfig {
+        AuthConfig {
+            secrets: self.jwt_key.clone(),
+            public_key_files: self.jwt_public_key_file.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            private_topics: self.private_topics.clone(),
+        }
+    }
+
+    /// The proxies whose `X-Forwarded-For` is believed.
+    pub(crate) fn trusted_proxies(&self) -> TrustedProxies {
+        TrustedProxies::new(self.trusted_proxies.iter().filter_map(|net| proxy_net(net)).collect())
     }
 
     /// The relay's share of the configuration, in cluster mode.
@@ -164,6 +224,23 @@ impl Config {
 fn parse_redis_url(text: &str) -> Result<String, String> {
     redis::Client::open(text).map_err(|e| format!("not a Redis URL: {e}"))?;
     Ok(text.to_owned())
+}
+
+fn parse_proxy(text: &str) -> Result<String, String> {
+    match proxy_net(text) {
+        Some(_) => Ok(text.to_owned()),
+        None if text == "none" => Ok(text.to_owned()),
+        None => Err("expected an IP address, a CIDR block such as 10.0.0.0/8, or none".into()),
+    }
+}
+
+/// An address or CIDR block of `--trusted-proxies`; `None` for `none` (and anything invalid,
+/// which the parser refuses).
+fn proxy_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -203,6 +280,8 @@ mod tests {
         assert_eq!(c.redis_pool_size, 4);
         assert_eq!(c.publish_timeout, Duration::from_secs(5));
         assert_eq!(c.max_concurrent_publishes, 1024);
+        assert!(c.jwt_key.is_empty() && c.jwt_public_key_file.is_empty());
+        assert_eq!(c.trusted_proxies, ["127.0.0.0/8", "::1"]);
     }
 
     #[test]
@@ -233,9 +312,14 @@ mod tests {
             &["--redis-pool-size", "0"],
             &["--publish-timeout", "0s"],
             &["--max-concurrent-publishes", "0"],
+            &["--jwt-key", "short"],
+            &["--private-topics", "a*"],
+            &["--private-topics", "a"],
+            &["--trusted-proxies", "10.0.0.0/33"],
         ] {
             let args = std::iter::once("crier").chain(bad.iter().copied());
-            assert!(Config::try_parse_from(args).is_err(), "{bad:?} should be refused");
+            let parsed = Config::try_parse_from(args).and_then(Config::checked);
+            assert!(parsed.is_err(), "{bad:?} should be refused");
         }
     }
 }

@@ -15,10 +15,11 @@
 //! codec                SSE frames, WebSocket frames, the crier.gap notice, the relay envelope
 //! registry             sharded topics, each a log that writers follow, subscribers, eviction
 //! metrics, chunk,      metric handles and guards; write buffers and the vectored-write loop;
-//! limits               token buckets
+//! limits, auth         token buckets; keys, tokens, what a token allows (no HTTP)
 //! relay                cluster mode: Redis assigns ids, a link appends to the registry
 //! hub                  publish / subscribe over one sequencer seam (local, or the relay)
-//! http                 response body, error codes, query parsing, who a request is from
+//! http                 response body, error codes, query parsing, who a request is from and
+//!                      where its token comes from
 //! sse, ws              the edges: a request in, a stream or a connection out
 //! config, server       flags; accept, route, tower layers, sessions, shutdown (knows both edges)
 //! ```
@@ -33,6 +34,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod auth;
 mod chunk;
 mod codec;
 mod config;
@@ -47,6 +49,7 @@ mod server;
 mod sse;
 mod ws;
 
+pub use auth::{KeySpec, PublicKeySpec, SecretSpec, Selector, SelectorError};
 pub use config::{Config, LogFormat};
 pub use server::{App, ServerHandle, serve};
 

@@ -1,4 +1,5 @@
-//! The crier binary: parse the configuration, start logging, serve until SIGTERM or SIGINT.
+//! The crier binary: parse the configuration, start logging, serve until SIGTERM or SIGINT,
+//! reload the token keys on SIGHUP.
 
 use std::process::ExitCode;
 
@@ -47,7 +48,23 @@ async fn run(config: Config) -> std::io::Result<()> {
     })?;
     tracing::info!(listen = %listener.local_addr()?, "crier listening");
     let app = crier::App::new(config)?;
+    tokio::spawn(reload_on_hangup(app.clone()));
     crier::serve(listener, app, shutdown_signal()).await
+}
+
+/// SIGHUP reads the token key files again; connections stay open.
+async fn reload_on_hangup(app: std::sync::Arc<crier::App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; key files will not be reloaded");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match app.reload_credentials() {
+            Ok(()) => tracing::info!("SIGHUP: token keys reloaded"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: the token keys in use stay"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

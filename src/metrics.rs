@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+use crate::auth::TokenError;
 use crate::event::Wire;
 
 /// Transports a subscriber can use; the `transport` label.
@@ -111,6 +112,10 @@ pub struct Metrics {
     pub(crate) events_published: Counter,
     /// `crier_publish_duration_seconds`: from accepting a publish to the end of its fan-out.
     pub(crate) publish_duration: Histogram,
+    /// `crier_auth_failures_total{reason}`, in the order of [`TokenError::ALL`].
+    auth_failures: [Counter; TokenError::ALL.len()],
+    /// `crier_credential_reloads_total{outcome="ok"|"error"}`.
+    credential_reloads: [Counter; 2],
 }
 
 const PUBLISH_DURATION: &str = "crier_publish_duration_seconds";
@@ -119,6 +124,8 @@ const RELAY_ERRORS: &str = "crier_relay_errors_total";
 const HTTP_REQUESTS: &str = "crier_http_requests_total";
 const SHED_REQUESTS: &str = "crier_shed_requests_total";
 const WS_CLOSES: &str = "crier_ws_closes_total";
+const AUTH_FAILURES: &str = "crier_auth_failures_total";
+const CREDENTIAL_RELOADS: &str = "crier_credential_reloads_total";
 
 /// Buckets of `crier_publish_duration_seconds`: 5 µs to 1 s.
 const PUBLISH_BUCKETS: &[f64] = &[
@@ -175,6 +182,10 @@ impl Metrics {
             events_published: counter("crier_events_published_total", vec![]),
             publish_duration: recorder
                 .register_histogram(&Key::from_name(PUBLISH_DURATION), &METADATA),
+            auth_failures: TokenError::ALL
+                .map(|reason| counter(AUTH_FAILURES, vec![Label::new("reason", reason.as_str())])),
+            credential_reloads: ["ok", "error"]
+                .map(|outcome| counter(CREDENTIAL_RELOADS, vec![Label::new("outcome", outcome)])),
             recorder,
             handle,
         };
@@ -215,6 +226,16 @@ impl Metrics {
     pub(crate) fn shed_requests(&self, route: &'static str) -> Counter {
         let labels = vec![Label::new("route", route)];
         self.recorder.register_counter(&Key::from_parts(SHED_REQUESTS, labels), &METADATA)
+    }
+
+    /// Counts one refused token (`crier_auth_failures_total{reason}`).
+    pub(crate) fn auth_failed(&self, reason: TokenError) {
+        self.auth_failures[reason as usize].increment(1);
+    }
+
+    /// Counts one reload of the token key files.
+    pub(crate) fn credentials_reloaded(&self, ok: bool) {
+        self.credential_reloads[usize::from(!ok)].increment(1);
     }
 
     /// Counts one closed WebSocket by the code of the close frame crier sent (1006 when the
@@ -360,6 +381,8 @@ fn describe(recorder: &PrometheusRecorder) {
         (HTTP_REQUESTS, "HTTP requests answered, by route and status."),
         (SHED_REQUESTS, "Requests refused at once because too many were in flight, by route."),
         (WS_CLOSES, "WebSocket connections closed, by the close code crier sent (1006: none)."),
+        (AUTH_FAILURES, "Tokens refused, by reason."),
+        (CREDENTIAL_RELOADS, "Reloads of the token key files (SIGHUP), by outcome."),
     ];
     for &(name, help) in counters {
         let unit = name.contains("_bytes_").then_some(Unit::Bytes);
@@ -415,6 +438,7 @@ mod tests {
         metrics.http_request("publish", 200);
         metrics.publish_duration.record(Duration::from_micros(30).as_secs_f64());
         metrics.shed_requests("publish").increment(1);
+        metrics.auth_failed(TokenError::Expired);
         metrics.run_upkeep();
         let text = metrics.render();
         for line in [
@@ -429,6 +453,8 @@ mod tests {
             "crier_evictions_total{transport=\"sse\",reason=\"slow_consumer\"} 0",
             "crier_http_requests_total{route=\"publish\",status=\"200\"} 1",
             "crier_shed_requests_total{route=\"publish\"} 1",
+            "crier_auth_failures_total{reason=\"expired\"} 1",
+            "crier_auth_failures_total{reason=\"signature\"} 0",
             "crier_publish_duration_seconds_bucket{le=\"0.00005\"} 1",
             "crier_publish_duration_seconds_count 1",
             "# HELP crier_topics Topics with state on this node.",

@@ -175,14 +175,16 @@ async fn health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxied_remote_client_may_not_publish_without_credentials() {
     let server = TestServer::start(&[]).await;
-    // The last X-Forwarded-For hop is the one the nearest proxy saw; earlier hops are claims.
+    // Hops are read from the right: the client is the first that is not a trusted proxy
+    // (loopback, by default); the hops left of it are that client's claims.
     for (forwarded, status) in [
         ("203.0.113.5", 403),
         ("127.0.0.1, 203.0.113.5", 403),
         ("2001:db8::5", 403),
         ("unknown", 403),
-        ("203.0.113.5, 127.0.0.1", 200),
+        ("203.0.113.5, 127.0.0.1", 403),
         ("::1", 200),
+        ("127.0.0.1, ::1", 200),
     ] {
         let response = request(
             server.addr,

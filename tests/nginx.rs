@@ -9,10 +9,13 @@ use serde_json::json;
 use support::nginx::{self, Nginx};
 use support::redis::RedisServer;
 use support::ws;
-use support::{SseClient, TestServer, metric, publish, request, wait_until};
+use support::{SseClient, TestServer, metric, publish, request, request_from, wait_until};
 
 async fn node(redis: &RedisServer) -> TestServer {
-    let server = TestServer::start(&["--redis-url", &redis.url(), "--heartbeat", "300ms"]).await;
+    // nginx reaches the nodes from 127.0.0.1, the test's clients come from 127.0.0.2.
+    let args =
+        ["--redis-url", &redis.url(), "--heartbeat", "300ms", "--trusted-proxies", "127.0.0.1"];
+    let server = TestServer::start(&args).await;
     wait_until("the node to join", || async {
         request(server.addr, "GET", "/readyz", &[], b"").await.status == 200
     })
@@ -67,11 +70,13 @@ async fn two_nodes_behind_nginx_act_as_one() {
     sse.read_body_until(|body| body[before..].windows(12).any(|w| w == b": heartbeat\n")).await;
 
     // Whatever X-Forwarded-For a client sends, nginx appends the address it really saw
-    // (loopback here), and that last hop is the one crier judges by: these publishes are local.
-    // Were the header passed on unchanged, crier would refuse both.
+    // (127.0.0.2, not a trusted proxy), and crier takes that hop as the client: these publishes
+    // are local. Were the header passed on unchanged, crier would refuse both.
     for (claimed, data) in [("127.0.0.1, 203.0.113.7", "forged"), ("203.0.113.7", "forwarded")] {
         let headers = [("X-Forwarded-For", claimed)];
-        let response = request(proxy.addr, "POST", "/publish?topic=t", &headers, data.as_bytes());
+        let target = "/publish?topic=t";
+        let response =
+            request_from(Some("127.0.0.2"), proxy.addr, "POST", target, &headers, data.as_bytes());
         let response = response.await;
         assert_eq!(response.status, 200, "{claimed}: {}", response.text());
     }

@@ -117,6 +117,11 @@ pub(crate) fn preface(retry_ms: u64) -> Bytes {
 /// The comment written when a stream has been quiet for a heartbeat interval.
 pub(crate) const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
+/// The last event of a stream whose token expired, before the stream ends cleanly. It has no
+/// `id:`, so the client's last event id stays the last event it got. (An evicted stream is
+/// cut without an end.)
+pub(crate) const EXPIRED: &[u8] = b"event: crier.expired\ndata: {\"reason\":\"token_expired\"}\n\n";
+
 /// Appends the `id:` line a stream of several topics sends in place of an event's own id.
 pub(crate) fn put_cursor_line(positions: &[EventId], out: &mut Vec<u8>) {
     out.extend_from_slice(b"id: ");

@@ -6,6 +6,7 @@
 use ::http::{HeaderValue, Method, Response, StatusCode, header};
 
 use super::body::ResponseBody;
+use crate::auth::{Denied, TokenError};
 use crate::event::NameError;
 use crate::hub::{PublishError, SubscribeError};
 
@@ -60,7 +61,12 @@ error_codes! {
     AlreadySubscribed = (CONFLICT, "already_subscribed"),
     /// A WebSocket `unsubscribe` from a topic not followed.
     NotSubscribed = (CONFLICT, "not_subscribed"),
-    /// The client may not do this.
+    /// A token is needed and none was given (the answer carries `WWW-Authenticate: Bearer`).
+    Unauthorized = (UNAUTHORIZED, "unauthorized"),
+    /// A token was refused: malformed, expired, badly signed… (the answer carries
+    /// `WWW-Authenticate: Bearer error="invalid_token"`).
+    InvalidToken = (UNAUTHORIZED, "invalid_token"),
+    /// The client may not do this (its token does not cover the topic).
     Forbidden = (FORBIDDEN, "forbidden"),
     /// A browser's `Origin` outside `--allowed-origins`.
     OriginNotAllowed = (FORBIDDEN, "origin_not_allowed"),
@@ -124,14 +130,6 @@ impl ApiError {
         ApiError::new(ErrorCode::BadEventName, format!("event name {value:?} {error}"))
     }
 
-    /// A publish from a client that may not publish.
-    pub(crate) fn publish_forbidden() -> Self {
-        ApiError::new(
-            ErrorCode::Forbidden,
-            "publishing is accepted only from loopback peers when no credentials are configured",
-        )
-    }
-
     /// The JSON body.
     pub(crate) fn body(&self) -> String {
         #[derive(serde::Serialize)]
@@ -150,6 +148,13 @@ impl ApiError {
         match self.code {
             ErrorCode::Unavailable | ErrorCode::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ErrorCode::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ErrorCode::InvalidToken => {
+                let challenge = HeaderValue::from_static("Bearer error=\"invalid_token\"");
+                headers.insert(header::WWW_AUTHENTICATE, challenge);
             }
             ErrorCode::UnsupportedVersion => {
                 headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
@@ -187,6 +192,22 @@ impl From<PublishError> for ApiError {
     }
 }
 
+impl From<TokenError> for ApiError {
+    fn from(refused: TokenError) -> Self {
+        ApiError::new(ErrorCode::InvalidToken, refused.detail())
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        let code = match denied {
+            Denied::NoToken { .. } => ErrorCode::Unauthorized,
+            Denied::NotCovered { .. } | Denied::NotLocal => ErrorCode::Forbidden,
+        };
+        ApiError::new(code, denied.to_string())
+    }
+}
+
 /// A response with a JSON body.
 pub(crate) fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(body.into()));
@@ -216,6 +237,11 @@ mod tests {
             (method.status().as_u16(), method.headers()[header::ALLOW].as_bytes()),
             (405, &b"POST"[..])
         );
+        let refused = ApiError::from(TokenError::Expired).into_response();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.headers()[header::WWW_AUTHENTICATE], "Bearer error=\"invalid_token\"");
+        let missing = ApiError::new(ErrorCode::Unauthorized, "token please").into_response();
+        assert_eq!(missing.headers()[header::WWW_AUTHENTICATE], "Bearer");
         let draining = ApiError::new(ErrorCode::Draining, "bye").into_response();
         assert!(draining.headers().get(header::RETRY_AFTER).is_none());
     }

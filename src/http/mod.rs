@@ -1,13 +1,15 @@
 //! What every HTTP-facing part shares, below the edges and the server: the response body, the
 //! one table of error codes (with their statuses, for HTTP errors and WebSocket command errors
-//! alike), the query parsing, and who a request comes from.
+//! alike), the query parsing, and who a request comes from and what its token allows.
 
 mod body;
+mod credentials;
 mod error;
 mod peer;
 mod query;
 
 pub(crate) use body::{ChunkStream, ResponseBody, StreamError};
+pub(crate) use credentials::Gate;
 pub(crate) use error::{ApiError, ErrorCode, json_response};
-pub(crate) use peer::is_local_publisher;
+pub(crate) use peer::{Client, TrustedProxies};
 pub(crate) use query::{PublishQuery, StreamQuery};

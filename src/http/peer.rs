@@ -1,45 +1,132 @@
-//! Who a request comes from, as far as crier can tell without credentials.
+//! Who a request comes from: the client's address, read from `X-Forwarded-For` only when the
+//! peer is a trusted proxy (`--trusted-proxies`), and whether it is local.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use ::http::{HeaderMap, HeaderValue};
+use ::http::HeaderMap;
+use ipnet::IpNet;
 
-/// Whether a request comes from a local publisher: a loopback peer and, when a proxy forwarded
-/// it, a loopback client of that proxy. The last `X-Forwarded-For` hop is the one the nearest
-/// proxy appended (nginx's `$proxy_add_x_forwarded_for`); the hops before it are whatever the
-/// client claimed, so only the last one counts. A proxy on the same host that sets no
-/// `X-Forwarded-For` makes every client look local: the nginx/ configuration sets it.
-pub(crate) fn is_local_publisher(peer: SocketAddr, headers: &HeaderMap) -> bool {
-    let forwarded_from_loopback = |value: &HeaderValue| {
-        value
-            .to_str()
-            .ok()
-            .and_then(|hops| hops.rsplit(',').next())
-            .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
-            .is_some_and(|ip| ip.to_canonical().is_loopback())
-    };
-    peer.ip().to_canonical().is_loopback()
-        && headers.get_all("x-forwarded-for").iter().next_back().is_none_or(forwarded_from_loopback)
+/// The proxies whose `X-Forwarded-For` is believed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TrustedProxies(Vec<IpNet>);
+
+/// The client a request comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Client {
+    /// Its address: the peer's, or the one the trusted proxies forwarded for.
+    pub(crate) ip: IpAddr,
+    /// On this host and not behind a proxy of another host: what development mode (no key
+    /// configured) lets publish.
+    pub(crate) local: bool,
+}
+
+impl TrustedProxies {
+    pub(crate) fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client of a request from `peer`. Each proxy appends the address it got the request
+    /// from, so the hops are read from the right: the client is the rightmost hop that is not
+    /// a trusted proxy (the hops left of it are whatever that client claimed). A peer that is
+    /// not trusted is the client, whatever it sends.
+    pub(crate) fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Client {
+        let peer = peer.to_canonical();
+        let mut client = peer;
+        // Whether the hops name the client, rather than stopping at one that is no address.
+        let mut known = true;
+        if self.trusts(peer) {
+            let hops = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .rev()
+                .flat_map(|value| value.to_str().unwrap_or("").rsplit(',').map(str::trim));
+            for hop in hops {
+                match parse_hop(hop) {
+                    Some(ip) => {
+                        client = ip;
+                        if !self.trusts(ip) {
+                            break;
+                        }
+                    }
+                    // Garbage: the proxy that appended it is the last address known, and the
+                    // client is not known to be anyone in particular.
+                    None => {
+                        known = false;
+                        break;
+                    }
+                }
+            }
+        }
+        Client { ip: client, local: known && peer.is_loopback() && client.is_loopback() }
+    }
+}
+
+/// An address as proxies write it: `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]:443` or
+/// `192.0.2.1:443`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    hop.parse::<std::net::SocketAddr>().ok().map(|addr| addr.ip().to_canonical())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ::http::HeaderValue;
+
+    fn forwarded(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
 
     #[test]
-    fn only_the_last_forwarded_hop_counts() {
-        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
-        let forwarded = |hops: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("x-forwarded-for", HeaderValue::from_static(hops));
-            headers
-        };
-        assert!(is_local_publisher(local, &HeaderMap::new()));
-        assert!(!is_local_publisher(remote, &HeaderMap::new()));
-        assert!(is_local_publisher(local, &forwarded("192.0.2.1, 127.0.0.1")));
-        assert!(!is_local_publisher(local, &forwarded("127.0.0.1, 192.0.2.1")));
-        assert!(!is_local_publisher(local, &forwarded("not an address")));
-        assert!(is_local_publisher("[::ffff:127.0.0.1]:1".parse().unwrap(), &HeaderMap::new()));
+    fn the_client_is_the_rightmost_untrusted_hop() {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let client =
+            |peer: &str, hops: &[&'static str]| proxies.client(ip(peer), &forwarded(hops)).ip;
+        assert_eq!(client("10.0.0.1", &["203.0.113.9"]), ip("203.0.113.9"));
+        assert_eq!(client("10.0.0.1", &["198.51.100.1, 203.0.113.9"]), ip("203.0.113.9"));
+        assert_eq!(client("10.0.0.1", &["203.0.113.9, 10.0.0.2"]), ip("203.0.113.9"));
+        assert_eq!(
+            client("10.0.0.1", &["198.51.100.1", "203.0.113.9, 10.0.0.2"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(client("10.0.0.1", &["10.0.0.3, 10.0.0.2"]), ip("10.0.0.3"), "all trusted");
+        assert_eq!(client("10.0.0.1", &["[2001:db8::1]:443"]), ip("2001:db8::1"));
+        assert_eq!(client("10.0.0.1", &["198.51.100.1, garbage"]), ip("10.0.0.1"));
+        assert_eq!(client("10.0.0.1", &[]), ip("10.0.0.1"));
+        // An untrusted peer's claims are ignored.
+        assert_eq!(client("192.0.2.7", &["127.0.0.1"]), ip("192.0.2.7"));
+        assert_eq!(client("::ffff:192.0.2.7", &[]), ip("192.0.2.7"));
+    }
+
+    #[test]
+    fn only_a_loopback_client_not_forwarded_from_afar_is_local() {
+        let loopback =
+            TrustedProxies::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
+        let local =
+            |peer: &str, hops: &[&'static str]| loopback.client(ip(peer), &forwarded(hops)).local;
+        assert!(local("127.0.0.1", &[]));
+        assert!(local("::1", &[]));
+        assert!(local("127.0.0.1", &["127.0.0.1"]));
+        assert!(!local("127.0.0.1", &["192.0.2.1"]), "a client of a proxy on this host");
+        assert!(!local("127.0.0.1", &["127.0.0.1, 192.0.2.1"]));
+        assert!(!local("127.0.0.1", &["192.0.2.1, 127.0.0.1"]), "through a proxy on this host");
+        assert!(!local("127.0.0.1", &["unknown"]));
+        assert!(!local("192.0.2.7", &[]));
+        let nobody = TrustedProxies::default();
+        assert!(nobody.client(ip("127.0.0.1"), &forwarded(&["192.0.2.1"])).local, "not believed");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::io;
 
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -23,8 +24,9 @@ pub(crate) enum FirstRequest {
     EventStream {
         /// The query string, if any.
         query: Option<String>,
-        /// The `Last-Event-ID` header's value.
-        last_event_id: Option<Vec<u8>>,
+        /// The headers a stream reads: `Last-Event-ID`, where a token may come from
+        /// (`Authorization`, `Cookie`) and who the client is (`X-Forwarded-For`).
+        headers: HeaderMap,
     },
     /// Anything else: hyper serves it, starting with the bytes read so far.
     Other,
@@ -80,23 +82,36 @@ pub(crate) fn classify(buf: &[u8]) -> Option<FirstRequest> {
     {
         return Some(FirstRequest::Other);
     }
-    let last_event_id = request
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
-        .map(|h| h.value.to_vec());
-    Some(FirstRequest::EventStream { query: query.map(str::to_owned), last_event_id })
+    let mut headers = HeaderMap::new();
+    for header in request.headers.iter() {
+        let Some(&name) = STREAM_HEADERS.iter().find(|n| header.name.eq_ignore_ascii_case(n))
+        else {
+            continue;
+        };
+        match HeaderValue::from_bytes(header.value) {
+            Ok(value) => {
+                headers.append(HeaderName::from_static(name), value);
+            }
+            // Let hyper refuse what it refuses.
+            Err(_) => return Some(FirstRequest::Other),
+        }
+    }
+    Some(FirstRequest::EventStream { query: query.map(str::to_owned), headers })
 }
+
+/// The headers an SSE stream reads, lowercase.
+const STREAM_HEADERS: [&str; 4] = ["last-event-id", "authorization", "cookie", "x-forwarded-for"];
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sse(query: Option<&str>, id: Option<&[u8]>) -> Option<FirstRequest> {
-        Some(FirstRequest::EventStream {
-            query: query.map(str::to_owned),
-            last_event_id: id.map(<[u8]>::to_vec),
-        })
+    fn sse(query: Option<&str>, id: Option<&'static str>) -> Option<FirstRequest> {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = id {
+            headers.insert("last-event-id", HeaderValue::from_static(id));
+        }
+        Some(FirstRequest::EventStream { query: query.map(str::to_owned), headers })
     }
 
     #[test]
@@ -107,8 +122,18 @@ mod tests {
         );
         assert_eq!(
             classify(b"GET /sse?topic=a HTTP/1.1\r\nlast-event-ID: k-1\r\n\r\n"),
-            sse(Some("topic=a"), Some(b"k-1"))
+            sse(Some("topic=a"), Some("k-1"))
         );
+        let Some(FirstRequest::EventStream { headers, .. }) = classify(
+            b"GET /sse?topic=a HTTP/1.1\r\nAuthorization: Bearer t\r\nCookie: a=1\r\n\
+              Cookie: crier_token=c\r\nX-Forwarded-For: 192.0.2.1\r\nUser-Agent: x\r\n\r\n",
+        ) else {
+            panic!("a stream request");
+        };
+        assert_eq!(headers["authorization"], "Bearer t");
+        assert_eq!(headers.get_all("cookie").iter().count(), 2);
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
+        assert!(headers.get("user-agent").is_none(), "only what a stream reads is kept");
         assert_eq!(classify(b"GET /sse HTTP/1.1\r\n\r\n"), sse(None, None));
         for other in [
             &b"GET /sse?topic=a HTTP/1.0\r\n\r\n"[..],

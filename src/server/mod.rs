@@ -6,10 +6,10 @@
 //! The stack every hyper request goes through:
 //!
 //! ```text
-//! RequestMetrics ─▶ Router ─┬─ /publish  ─▶ Shed ─▶ PublishEndpoint ─▶ Timeout ─▶ HubPublisher
-//!                           ├─ /sse      ─▶ the SSE edge (a streaming body)
-//!                           ├─ /ws, /ws/echo ─▶ the WebSocket edge (101, then a tracked session)
-//!                           └─ /healthz, /readyz, /metrics, 404
+//! RequestMetrics ─▶ Authenticate ─▶ Router ─┬─ /publish ─▶ Shed ─▶ PublishEndpoint ─▶ Timeout ─▶ HubPublisher
+//!                                           ├─ /sse ─▶ the SSE edge (a streaming body)
+//!                                           ├─ /ws, /ws/echo ─▶ the WebSocket edge (101, then a tracked session)
+//!                                           └─ /healthz, /readyz, /metrics, 404
 //! ```
 //!
 //! Shutdown, in order: stop accepting; `/readyz` answers 503; every subscriber is closed for
@@ -40,14 +40,16 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
+use crate::auth::Authority;
 use crate::config::Config;
+use crate::http::Gate;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::sse::{SseEdge, StreamTiming};
 use crate::ws::{WsEdge, WsLimits};
 use conn::{ConnControl, ConnectionEnd, ControlledConnection, Tracker};
 use first_request::FirstRequest;
-use layers::{RequestMetricsLayer, ShedLayer, TimeoutLayer};
+use layers::{AuthenticateLayer, RequestMetricsLayer, ShedLayer, TimeoutLayer};
 use publish::{HubPublisher, PublishEndpoint};
 use rewind::Rewind;
 use router::{Route, Router};
@@ -62,7 +64,7 @@ pub(crate) struct ConnInfo {
 }
 
 /// The tower stack every request through hyper is served by.
-type Stack = layers::RequestMetrics<Router<PublishStack>>;
+type Stack = layers::RequestMetrics<layers::Authenticate<Router<PublishStack>>>;
 
 /// The publish endpoint with its limits.
 type PublishStack = layers::Shed<PublishEndpoint<layers::Timeout<HubPublisher>>>;
@@ -70,6 +72,8 @@ type PublishStack = layers::Shed<PublishEndpoint<layers::Timeout<HubPublisher>>>
 /// A running node: what every connection shares.
 pub struct App {
     hub: Arc<Hub>,
+    authority: Arc<Authority>,
+    gate: Arc<Gate>,
     metrics: Arc<Metrics>,
     config: Config,
     sse: Arc<SseEdge>,
@@ -83,6 +87,9 @@ impl App {
     /// the current runtime).
     pub fn new(config: Config) -> io::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
+        let authority = Arc::new(Authority::new(config.auth()).map_err(io::Error::other)?);
+        let gate =
+            Arc::new(Gate::new(authority.clone(), config.trusted_proxies(), metrics.clone()));
         let hub = match config.relay() {
             None => Hub::local(config.hub(), metrics.clone()),
             Some(relay) => {
@@ -103,7 +110,13 @@ impl App {
             write_delay: config.write_delay,
         };
         let allowed_origins = config.allowed_origins.clone();
-        let ws = Arc::new(WsEdge::new(hub.clone(), metrics.clone(), limits, allowed_origins));
+        let ws = Arc::new(WsEdge::new(
+            hub.clone(),
+            metrics.clone(),
+            gate.clone(),
+            limits,
+            allowed_origins,
+        ));
         let tracker = Arc::new(Tracker::default());
         let publish = ServiceBuilder::new()
             .layer(ShedLayer::new(
@@ -121,9 +134,19 @@ impl App {
             tracker: tracker.clone(),
             publish,
         };
-        let stack =
-            ServiceBuilder::new().layer(RequestMetricsLayer::new(metrics.clone())).service(router);
-        Ok(Arc::new(App { hub, metrics, config, sse, tracker, stack }))
+        let stack = ServiceBuilder::new()
+            .layer(RequestMetricsLayer::new(metrics.clone()))
+            .layer(AuthenticateLayer::new(gate.clone()))
+            .service(router);
+        Ok(Arc::new(App { hub, authority, gate, metrics, config, sse, tracker, stack }))
+    }
+
+    /// Reads the token key files again (SIGHUP). Open connections keep what their tokens
+    /// granted; on an error the keys in use stay.
+    pub fn reload_credentials(&self) -> io::Result<()> {
+        let reloaded = self.authority.reload();
+        self.metrics.credentials_reloaded(reloaded.is_ok());
+        reloaded.map_err(io::Error::other)
     }
 }
 
@@ -234,10 +257,23 @@ async fn serve_connection(
     };
     let Some(first_request) = first_request else { return };
     let stream = match first_request {
-        Ok(Ok(FirstRequest::EventStream { query, last_event_id })) => {
+        Ok(Ok(FirstRequest::EventStream { query, headers })) => {
+            let client = app.gate.client(peer.ip(), &headers);
+            // A refused token is left to hyper, which answers (and counts) the refusal.
+            let Some(access) = app.gate.try_admit(client, &headers, query.as_deref()) else {
+                return Box::pin(serve_hyper(
+                    Rewind::new(first, stream),
+                    peer,
+                    app,
+                    builder,
+                    control,
+                ))
+                .await;
+            };
             let closer = control.clone();
+            let last_event_id = headers.get("last-event-id").map(http::HeaderValue::as_bytes);
             let fast_path =
-                app.sse.fast_path(closer, query.as_deref(), last_event_id.as_deref(), stream);
+                app.sse.fast_path(closer, query.as_deref(), last_event_id, &access, stream);
             match fast_path.await {
                 Ok(sse) => {
                     drop(first);
@@ -322,6 +358,11 @@ impl ServerHandle {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Reads the token key files again, as SIGHUP does.
+    pub fn reload_credentials(&self) -> io::Result<()> {
+        self.app.reload_credentials()
     }
 
     /// The running node's hub.

@@ -15,12 +15,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tower::{Service, ServiceExt as _};
 
-use super::ConnInfo;
 use super::layers::{BoxError, error_response};
+use crate::auth::Access;
 use crate::event::{EventData, EventId, EventName, TopicName};
-use crate::http::{
-    ApiError, ErrorCode, PublishQuery, ResponseBody, is_local_publisher, json_response,
-};
+use crate::http::{ApiError, ErrorCode, PublishQuery, ResponseBody, json_response};
 use crate::hub::{Hub, PublishError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -114,12 +112,13 @@ async fn read(req: Request<Incoming>, max: usize) -> Result<Publish, ApiError> {
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "POST"));
     }
-    // Without credentials configured, only local publishers are trusted (DESIGN decision 8).
-    let peer = req.extensions().get::<ConnInfo>().map(|conn| conn.peer);
-    if !peer.is_some_and(|peer| is_local_publisher(peer, req.headers())) {
-        return Err(ApiError::publish_forbidden());
-    }
     let PublishQuery { topic, name } = PublishQuery::parse(req.uri().query())?;
+    // The gate in front put what the client may do here; nothing may publish without it.
+    let Some(access) = req.extensions().get::<Access>() else {
+        tracing::error!("a publish reached its endpoint without passing the gate");
+        return Err(ApiError::new(ErrorCode::Internal, "the server failed to answer"));
+    };
+    access.check_publish(topic.as_str())?;
     let binary = is_binary(req.headers().get(header::CONTENT_TYPE));
     let declared = req
         .headers()

@@ -14,7 +14,8 @@ use tower::{Service, ServiceExt as _};
 use super::ConnInfo;
 use super::conn::Tracker;
 use super::layers::error_response;
-use crate::http::{ApiError, ErrorCode, ResponseBody, json_response};
+use crate::auth::Access;
+use crate::http::{ApiError, Client, ErrorCode, ResponseBody, json_response};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::sse::SseEdge;
@@ -107,10 +108,15 @@ where
         };
         match Route::of(req.uri().path()) {
             Route::Publish => self.publish.oneshot(req).await.map_err(|e| error_response(e.into())),
-            Route::Sse => self.sse.respond(conn.control, &req).await,
-            route @ (Route::Ws | Route::WsEcho) => {
-                let echo = route == Route::WsEcho;
-                let (response, upgrade) = self.ws.accept(&mut req, conn.peer, echo).await?;
+            Route::Sse => self.sse.respond(conn.control, &req, gated(&req)?).await,
+            Route::Ws => {
+                let (access, client) = (gated::<Access>(&req)?.clone(), gated::<Client>(&req)?.ip);
+                let (response, upgrade) = self.ws.accept(&mut req, access, client).await?;
+                self.spawn_session(upgrade);
+                Ok(response)
+            }
+            Route::WsEcho => {
+                let (response, upgrade) = self.ws.accept_echo(&mut req)?;
                 self.spawn_session(upgrade);
                 Ok(response)
             }
@@ -158,6 +164,14 @@ where
         );
         response
     }
+}
+
+/// What the gate ([`super::layers::Authenticate`]) put in the request's extensions.
+fn gated<T: Send + Sync + 'static>(req: &Request<Incoming>) -> Result<&T, ApiError> {
+    req.extensions().get::<T>().ok_or_else(|| {
+        tracing::error!("a stream request reached the router without passing the gate");
+        ApiError::new(ErrorCode::Internal, "the server failed to answer")
+    })
 }
 
 fn only_get<B>(

@@ -10,7 +10,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::time::{Instant, Sleep};
@@ -51,17 +51,21 @@ pub(crate) struct SseWriter {
     last_write: Instant,
     /// Fires for the next heartbeat, or when a delayed write is due.
     heartbeat: Pin<Box<Sleep>>,
+    /// Fires when the token the stream was opened with expires.
+    expiry: Option<Pin<Box<Sleep>>>,
     ended: bool,
 }
 
 impl SseWriter {
     /// The writer for `subscription`: opens with `retry:` and a comment, then a `crier.gap`
     /// notice naming every topic whose resume was not exact, then every event after the start
-    /// positions. Counts the stream as an open SSE connection until dropped.
+    /// positions. Counts the stream as an open SSE connection until dropped. With
+    /// `expires_at`, the stream ends with a `crier.expired` event then.
     pub(crate) fn new(
         subscription: Subscription,
         timing: StreamTiming,
         metrics: &Arc<Metrics>,
+        expires_at: Option<SystemTime>,
     ) -> Self {
         let StreamTiming { retry, heartbeat: heartbeat_every, write_delay } = timing;
         let open = metrics.open_connection(Transport::Sse);
@@ -89,12 +93,17 @@ impl SseWriter {
             write_delay,
             last_write: now,
             heartbeat: Box::pin(tokio::time::sleep_until(now + heartbeat_every)),
+            expiry: expires_at.map(|at| {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                Box::pin(tokio::time::sleep_until(now + left))
+            }),
             ended: false,
         }
     }
 
     /// The next chunk to write: the opening, everything published since the last chunk, or a
-    /// heartbeat after a quiet interval. `None` once the stream has ended cleanly (shutdown);
+    /// heartbeat after a quiet interval, or the `crier.expired` event when the token runs out.
+    /// `None` once the stream has ended cleanly (shutdown, expiry);
     /// an error if the client was evicted. Registers for a wakeup when there is nothing to
     /// write.
     pub(crate) fn poll_chunk(
@@ -107,6 +116,12 @@ impl SseWriter {
         if let Some(opening) = self.opening.take() {
             self.last_write = Instant::now();
             return Poll::Ready(Some(Ok(opening)));
+        }
+        if let Some(expiry) = &mut self.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            self.ended = true;
+            return Poll::Ready(Some(Ok(Chunk::from_bytes(Bytes::from_static(sse::EXPIRED)))));
         }
         // A stream written to less than `write_delay` ago gathers events until then, so a busy
         // stream costs one write per interval rather than one per wakeup; an idle one writes

@@ -21,6 +21,9 @@ impl CloseCode {
     pub(crate) const MESSAGE_TOO_BIG: Self = CloseCode(1009);
     /// 4000: the peer answered nothing (not even a pong) for two heartbeat intervals.
     pub(crate) const HEARTBEAT_TIMEOUT: Self = CloseCode(4000);
+    /// 4001: the token the connection was opened or last authenticated with expired, and no
+    /// `auth` command brought a fresh one in time. Reconnect with a fresh token.
+    pub(crate) const TOKEN_EXPIRED: Self = CloseCode(4001);
     /// 4008: slow consumer: the client fell further behind than `--client-queue-bytes` or the
     /// topic's log allow, and was evicted. It may reconnect and resume.
     pub(crate) const SLOW_CONSUMER: Self = CloseCode(4008);

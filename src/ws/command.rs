@@ -5,6 +5,7 @@
 //! {"op":"unsubscribe","topic":"T","ref":…?}
 //! {"op":"publish","topic":"T","event":"NAME"?,"data":"…","encoding":"base64"?,"ref":…?}
 //! {"op":"ping","ref":…?}
+//! {"op":"auth","token":"…","ref":…?}
 //! ```
 //!
 //! Each is answered by `{"op":"ok","ref":…,…}` or `{"op":"error","ref":…,"error":"<code>",
@@ -45,6 +46,12 @@ pub(crate) enum Command {
     },
     /// Answered with `ok`: lets a client check the connection end to end.
     Ping,
+    /// Present a token: what it grants replaces what the connection had, and its `exp` is
+    /// when the connection closes unless another `auth` comes first.
+    Auth {
+        /// The token.
+        token: String,
+    },
 }
 
 fn bad_command(detail: impl Into<String>) -> ApiError {
@@ -97,9 +104,12 @@ fn command(fields: &serde_json::Map<String, Value>) -> Result<Command, ApiError>
                 })
             }
             "ping" => Ok(Command::Ping),
+            "auth" => Ok(Command::Auth { token: required("token")? }),
             other => Err(ApiError::new(
                 ErrorCode::UnknownOp,
-                format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or ping"),
+                format!(
+                    "unknown op {other:?}; expected subscribe, unsubscribe, publish, ping or auth"
+                ),
             )),
         },
         Some(_) => Err(bad_command("\"op\" must be a string")),
@@ -192,6 +202,10 @@ mod tests {
             })
         );
         assert_eq!(parse(br#"{"op":"ping","ref":{"k":[1]}}"#).1, Ok(Command::Ping));
+        assert_eq!(
+            parse(br#"{"op":"auth","token":"a.b.c"}"#).1,
+            Ok(Command::Auth { token: "a.b.c".into() })
+        );
     }
 
     #[test]
@@ -204,6 +218,7 @@ mod tests {
         assert_eq!(code(br#"{"op":"dance"}"#), "unknown_op");
         assert_eq!(code(br#"{"op":"subscribe"}"#), "bad_command");
         assert_eq!(code(br#"{"op":"subscribe","topic":3}"#), "bad_command");
+        assert_eq!(code(br#"{"op":"auth"}"#), "bad_command");
         assert_eq!(
             code(br#"{"op":"publish","topic":"a","data":"x","encoding":"hex"}"#),
             "bad_command"

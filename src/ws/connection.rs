@@ -318,7 +318,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 }
                 Due::Nothing => {}
             }
-            let next = self.liveness.next_wakeup();
+            let mut next = self.liveness.next_wakeup();
+            if let Some(expiry) = self.handler.expiry() {
+                if now >= expiry {
+                    self.closing.begin(CloseCode::TOKEN_EXPIRED, "token expired", false);
+                    return true;
+                }
+                next = next.min(expiry);
+            }
             match self.events_due {
                 Some(due) if now >= due => {
                     self.events_due = None;

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::frame::Violation;
 use super::message::Message;
@@ -85,6 +86,12 @@ pub(super) trait Handler: Send {
     /// `Closed(Shutdown)` from [`Handler::poll_events`]). If not, the connection closes at once.
     fn drain(&mut self) -> bool {
         false
+    }
+
+    /// When the client's credentials run out: the connection closes then (4001) unless the
+    /// handler moves it.
+    fn expiry(&self) -> Option<Instant> {
+        None
     }
 
     /// Whether the server dropped the client while writes are stuck: close at once.

@@ -24,7 +24,7 @@ mod liveness;
 pub(crate) mod message;
 mod subscriber;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +32,9 @@ use http::Request;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
+use crate::auth::Access;
 use crate::event::Wire;
-use crate::http::{ApiError, ErrorCode, ResponseBody, StreamQuery, is_local_publisher};
+use crate::http::{ApiError, ErrorCode, Gate, ResponseBody, StreamQuery};
 use crate::hub::{Hub, ReaderRequest};
 use crate::metrics::Metrics;
 use handler::{Echo, Handler};
@@ -61,6 +62,8 @@ pub(crate) struct WsLimits {
 pub(crate) struct WsEdge {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    /// Verifies the tokens of `auth` commands.
+    gate: Arc<Gate>,
     limits: WsLimits,
     /// Origins allowed to open WebSockets; empty allows any.
     allowed_origins: Vec<String>,
@@ -95,51 +98,70 @@ impl WsEdge {
     pub(crate) fn new(
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
+        gate: Arc<Gate>,
         limits: WsLimits,
         allowed_origins: Vec<String>,
     ) -> Self {
-        WsEdge { hub, metrics, limits, allowed_origins }
+        WsEdge { hub, metrics, gate, limits, allowed_origins }
     }
 
-    /// Answers a WebSocket handshake on `/ws` (or `/ws/echo` when `echo`): the `101`, and the
-    /// connection to run once the socket is handed over.
+    /// Answers a WebSocket handshake on `/ws` from `client`, who may do what `access` says:
+    /// the `101`, and the connection to run once the socket is handed over. Every topic of
+    /// the URL must be one the client may follow.
     pub(crate) async fn accept<B>(
         &self,
         req: &mut Request<B>,
-        peer: SocketAddr,
-        echo: bool,
+        access: Access,
+        client: IpAddr,
     ) -> Result<(http::Response<ResponseBody>, Upgrade), ApiError> {
-        let accept =
-            handshake::validate(req.method(), req.version(), req.headers(), &self.allowed_origins)?;
-        let handler: Box<dyn Handler> = if echo {
-            Box::new(Echo::new(self.limits.max_message))
-        } else {
-            let query = StreamQuery::parse(req.uri().query(), None)?;
-            let wire = match query.format.as_deref() {
-                None | Some("json") => Wire::WsJson,
-                Some("raw") => Wire::WsRaw,
-                Some(other) => {
-                    let detail = format!("format {other:?} is not json or raw");
-                    return Err(ApiError::new(ErrorCode::BadFormat, detail));
-                }
-            };
-            let request = ReaderRequest::new(query.topics, query.last_event_id, wire);
-            let subscription = self.hub.subscribe(request).await?;
-            Box::new(Subscriber::new(SubscriberSetup {
-                hub: self.hub.clone(),
-                subscription,
-                wire,
-                may_publish: is_local_publisher(peer, req.headers()),
-                commands_per_sec: self.limits.commands_per_sec,
-                max_message: self.limits.max_message,
-            }))
+        let accept = self.validate(req)?;
+        let query = StreamQuery::parse(req.uri().query(), None)?;
+        let wire = match query.format.as_deref() {
+            None | Some("json") => Wire::WsJson,
+            Some("raw") => Wire::WsRaw,
+            Some(other) => {
+                let detail = format!("format {other:?} is not json or raw");
+                return Err(ApiError::new(ErrorCode::BadFormat, detail));
+            }
         };
-        let upgrade = Upgrade {
+        for topic in &query.topics {
+            access.check_subscribe(topic.as_str())?;
+        }
+        let request = ReaderRequest::new(query.topics, query.last_event_id, wire);
+        let subscription = self.hub.subscribe(request).await?;
+        let handler = Box::new(Subscriber::new(SubscriberSetup {
+            hub: self.hub.clone(),
+            subscription,
+            wire,
+            gate: self.gate.clone(),
+            client,
+            access,
+            commands_per_sec: self.limits.commands_per_sec,
+            max_message: self.limits.max_message,
+        }));
+        Ok((handshake::switching_protocols(accept), self.upgrade(req, handler)))
+    }
+
+    /// Answers a WebSocket handshake on `/ws/echo`.
+    pub(crate) fn accept_echo<B>(
+        &self,
+        req: &mut Request<B>,
+    ) -> Result<(http::Response<ResponseBody>, Upgrade), ApiError> {
+        let accept = self.validate(req)?;
+        let handler = Box::new(Echo::new(self.limits.max_message));
+        Ok((handshake::switching_protocols(accept), self.upgrade(req, handler)))
+    }
+
+    fn validate<B>(&self, req: &Request<B>) -> Result<handshake::Accept, ApiError> {
+        handshake::validate(req.method(), req.version(), req.headers(), &self.allowed_origins)
+    }
+
+    fn upgrade<B>(&self, req: &mut Request<B>, handler: Box<dyn Handler>) -> Upgrade {
+        Upgrade {
             on_upgrade: hyper::upgrade::on(req),
             handler,
             limits: self.limits.clone(),
             metrics: self.metrics.clone(),
-        };
-        Ok((handshake::switching_protocols(accept), upgrade))
+        }
     }
 }

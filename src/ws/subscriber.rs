@@ -3,9 +3,11 @@
 //! waiting for Redis holds back the ones after it).
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -16,10 +18,11 @@ use super::command::{self, Command, Reply};
 use super::frame::Violation;
 use super::handler::{Handler, Outbox};
 use super::message::Message;
+use crate::auth::Access;
 use crate::chunk::ChunkBuilder;
 use crate::codec::{gap, ws};
 use crate::event::{EventData, EventId, EventName, TopicName, Wire};
-use crate::http::{ApiError, ErrorCode};
+use crate::http::{ApiError, ErrorCode, Gate};
 use crate::hub::{Hub, Polled, PublishError, SubscribeError, Subscription};
 use crate::limits::TokenBucket;
 use crate::registry::Closed;
@@ -37,8 +40,12 @@ pub(super) struct SubscriberSetup {
     pub(super) subscription: Subscription,
     /// How events are framed: [`Wire::WsJson`] or [`Wire::WsRaw`].
     pub(super) wire: Wire,
-    /// Whether the client may publish (loopback, with no credentials configured).
-    pub(super) may_publish: bool,
+    /// Verifies the tokens of `auth` commands.
+    pub(super) gate: Arc<Gate>,
+    /// Who the client is, for the log of a refused token.
+    pub(super) client: IpAddr,
+    /// What the client may do: publish, follow private topics; replaced by each `auth`.
+    pub(super) access: Access,
     /// Commands admitted per second (and burst).
     pub(super) commands_per_sec: u32,
     /// Largest message accepted.
@@ -48,6 +55,8 @@ pub(super) struct SubscriberSetup {
 /// The handler of a `/ws` connection.
 pub(super) struct Subscriber {
     setup: SubscriberSetup,
+    /// When the client's token runs out.
+    expiry: Option<Instant>,
     bucket: TokenBucket,
     strikes: u32,
     /// A command waiting (for Redis, in cluster mode); later ones wait behind it.
@@ -75,7 +84,8 @@ enum Wait {
 impl Subscriber {
     pub(super) fn new(setup: SubscriberSetup) -> Self {
         let bucket = TokenBucket::per_second(setup.commands_per_sec);
-        Subscriber { setup, bucket, strikes: 0, in_flight: None }
+        let expiry = setup.access.expires_at().map(instant_of);
+        Subscriber { setup, expiry, bucket, strikes: 0, in_flight: None }
     }
 
     fn on_command(&mut self, text: &[u8], out: &mut Outbox) -> Result<(), Violation> {
@@ -116,8 +126,19 @@ impl Subscriber {
                 }
                 out.push(Reply::ok(reference).topic(&topic).frame());
             }
+            Command::Auth { token } => {
+                if !self.setup.gate.has_keys() {
+                    let detail = "the server checks no tokens: no key is configured";
+                    return Err(ApiError::new(ErrorCode::BadCommand, detail));
+                }
+                let grant = self.setup.gate.verify(self.setup.client, &token)?;
+                self.setup.access = self.setup.access.renewed(grant);
+                self.expiry = self.setup.access.expires_at().map(instant_of);
+                out.push(Reply::ok(reference).frame());
+            }
             Command::Subscribe { topic, last_event_id } => {
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
+                self.setup.access.check_subscribe(name.as_str())?;
                 let resume = last_event_id
                     .map(|id| id.parse::<EventId>().map_err(SubscribeError::from))
                     .transpose()?;
@@ -125,10 +146,8 @@ impl Subscriber {
                 return Ok(Some(Wait::Subscribe { name, resume, prepared }));
             }
             Command::Publish { topic, event, data, binary } => {
-                if !self.setup.may_publish {
-                    return Err(ApiError::publish_forbidden());
-                }
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
+                self.setup.access.check_publish(name.as_str())?;
                 let event = event
                     .map(|e| EventName::new(&e).map_err(|err| ApiError::bad_event_name(&e, err)))
                     .transpose()?;
@@ -169,6 +188,11 @@ impl Subscriber {
         }
         Ok(())
     }
+}
+
+/// The moment on the runtime's clock that `at` on the wall clock is.
+fn instant_of(at: SystemTime) -> Instant {
+    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
 }
 
 impl Handler for Subscriber {
@@ -249,6 +273,10 @@ impl Handler for Subscriber {
     fn drain(&mut self) -> bool {
         self.setup.subscription.close(Closed::Shutdown);
         true
+    }
+
+    fn expiry(&self) -> Option<Instant> {
+        self.expiry
     }
 
     fn is_evicted(&self) -> bool {

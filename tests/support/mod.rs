@@ -5,6 +5,7 @@
 
 pub mod nginx;
 pub mod redis;
+pub mod tokens;
 pub mod whatwg;
 pub mod ws;
 
@@ -98,7 +99,26 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    request_from(None, addr, method, target, headers, body).await
+}
+
+/// [`request`] from the source address `source` (such as 127.0.0.2), if given.
+pub async fn request_from(
+    source: Option<&str>,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut stream = match source {
+        None => TcpStream::connect(addr).await.expect("connect"),
+        Some(source) => {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind(format!("{source}:0").parse().expect("source address")).expect("bind");
+            socket.connect(addr).await.expect("connect")
+        }
+    };
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -458,11 +478,12 @@ impl CrierProcess {
             .expect("VmRSS")
     }
 
-    /// Sends `signal` ("TERM" or "INT") to the process.
+    /// Sends `signal` ("TERM", "INT" or "HUP") to the process.
     pub fn signal(&self, signal: &str) {
         let signal = match signal {
             "TERM" => libc::SIGTERM,
             "INT" => libc::SIGINT,
+            "HUP" => libc::SIGHUP,
             other => panic!("unexpected signal {other}"),
         };
         let pid = i32::try_from(self.pid()).expect("pid fits");

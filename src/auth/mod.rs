@@ -1,0 +1,193 @@
+//! Credentials: the keys tokens are verified with, what a verified token grants, and what a
+//! client may do with it ([`Access`]): publish to a topic, subscribe to a private one.
+//!
+//! With no key configured the server is in its development mode: every topic is public and
+//! only local clients (loopback, not through a proxy) may publish. With a key, publishing
+//! needs a token whose `crier.publish` selectors cover the topic, and subscribing to a topic
+//! that `--private-topics` names needs one whose `crier.subscribe` selectors cover it.
+//!
+//! This module knows nothing of HTTP: where a token comes from, and how a refusal is
+//! answered, is the `http` module's business.
+
+mod keys;
+mod selector;
+mod token;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::RwLock;
+
+pub(crate) use keys::KeyError;
+use keys::KeySet;
+pub use keys::{KeySpec, PublicKeySpec, SecretSpec};
+pub(crate) use selector::Selectors;
+pub use selector::{Selector, SelectorError};
+pub(crate) use token::{Grant, TokenError};
+
+/// The credentials part of the configuration.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AuthConfig {
+    /// HMAC secrets (`--jwt-key`).
+    pub(crate) secrets: Vec<SecretSpec>,
+    /// PEM public key files (`--jwt-public-key-file`), read again on reload.
+    pub(crate) public_key_files: Vec<PublicKeySpec>,
+    /// Required `iss`.
+    pub(crate) issuer: Option<String>,
+    /// Required `aud`.
+    pub(crate) audience: Option<String>,
+    /// Topics whose subscribers need a token (`--private-topics`).
+    pub(crate) private_topics: Vec<Selector>,
+}
+
+/// Verifies tokens and says what they allow: one per node, shared by every connection.
+pub(crate) struct Authority {
+    config: AuthConfig,
+    keys: RwLock<Arc<KeySet>>,
+    validations: token::Validations,
+    policy: Arc<Policy>,
+}
+
+/// The node's rules, as every [`Access`] applies them.
+#[derive(Debug)]
+struct Policy {
+    /// A key is configured: publishing needs a token.
+    credentials: bool,
+    /// Topics that need a token to subscribe to.
+    private: Selectors,
+}
+
+impl Authority {
+    /// Loads the keys of `config`.
+    pub(crate) fn new(config: AuthConfig) -> Result<Self, KeyError> {
+        let keys = KeySet::load(&config.secrets, &config.public_key_files)?;
+        let validations =
+            token::Validations::new(config.issuer.as_deref(), config.audience.as_deref());
+        let policy = Arc::new(Policy {
+            credentials: !keys.is_empty(),
+            private: Selectors::from(config.private_topics.clone()),
+        });
+        Ok(Authority { config, keys: RwLock::new(Arc::new(keys)), validations, policy })
+    }
+
+    /// Reads the key files again; on an error the keys in use stay. Open connections keep
+    /// what their tokens granted.
+    pub(crate) fn reload(&self) -> Result<(), KeyError> {
+        let keys = KeySet::load(&self.config.secrets, &self.config.public_key_files)?;
+        *self.keys.write() = Arc::new(keys);
+        Ok(())
+    }
+
+    /// Whether a key is configured, so tokens mean something.
+    pub(crate) fn has_keys(&self) -> bool {
+        self.policy.credentials
+    }
+
+    /// Verifies a token.
+    pub(crate) fn verify(&self, token: &str) -> Result<Grant, TokenError> {
+        let keys = self.keys.read().clone();
+        token::verify(token, &keys, &self.validations)
+    }
+
+    /// What a client may do: with `grant` if it presented a valid token; `local` if it is on
+    /// this host and not behind a proxy (what development mode lets publish).
+    pub(crate) fn access(&self, grant: Option<Grant>, local: bool) -> Access {
+        Access { policy: self.policy.clone(), grant: grant.map(Arc::new), local }
+    }
+}
+
+/// What one client may do.
+#[derive(Clone, Debug)]
+pub(crate) struct Access {
+    policy: Arc<Policy>,
+    grant: Option<Arc<Grant>>,
+    local: bool,
+}
+
+/// Something a client asked for that it may not do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// A token is needed and none was given.
+    NoToken { action: Action, topic: String },
+    /// The token does not cover the topic.
+    NotCovered { action: Action, topic: String },
+    /// No key is configured and the client is not local.
+    NotLocal,
+}
+
+/// What a client asked to do to a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    Publish,
+    Subscribe,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Publish => "publish to",
+            Action::Subscribe => "subscribe to",
+        }
+    }
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Denied::NoToken { action, topic } => {
+                write!(f, "a token is needed to {} {topic:?}", action.as_str())
+            }
+            Denied::NotCovered { action, topic } => {
+                write!(f, "the token does not allow to {} {topic:?}", action.as_str())
+            }
+            Denied::NotLocal => f.write_str(
+                "publishing is accepted only from loopback peers when no credentials are configured",
+            ),
+        }
+    }
+}
+
+impl Access {
+    /// Whether the client may publish to `topic`.
+    pub(crate) fn check_publish(&self, topic: &str) -> Result<(), Denied> {
+        if !self.policy.credentials {
+            return if self.local { Ok(()) } else { Err(Denied::NotLocal) };
+        }
+        self.check(Action::Publish, topic, |grant| &grant.publish)
+    }
+
+    /// Whether the client may subscribe to `topic`: any public topic; a private one if its
+    /// token covers it.
+    pub(crate) fn check_subscribe(&self, topic: &str) -> Result<(), Denied> {
+        if !self.policy.private.covers(topic) {
+            return Ok(());
+        }
+        self.check(Action::Subscribe, topic, |grant| &grant.subscribe)
+    }
+
+    fn check(
+        &self,
+        action: Action,
+        topic: &str,
+        selectors: impl Fn(&Grant) -> &Selectors,
+    ) -> Result<(), Denied> {
+        match &self.grant {
+            None => Err(Denied::NoToken { action, topic: topic.to_owned() }),
+            Some(grant) if selectors(grant).covers(topic) => Ok(()),
+            Some(_) => Err(Denied::NotCovered { action, topic: topic.to_owned() }),
+        }
+    }
+
+    /// When the token runs out, if the client gave one.
+    pub(crate) fn expires_at(&self) -> Option<SystemTime> {
+        self.grant.as_ref().map(|grant| grant.expires_at)
+    }
+
+    /// The same client with a fresh token (a WebSocket `auth` command).
+    pub(crate) fn renewed(&self, grant: Grant) -> Self {
+        Access { grant: Some(Arc::new(grant)), ..self.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! Where a request's token comes from, and the gate every stream and publish request passes:
+//! who the client is ([`TrustedProxies`]) and what its token allows ([`Access`]), or the 401.
+//!
+//! A token is read from `Authorization: Bearer`, else the `token` query parameter (an
+//! `EventSource` cannot set headers), else the `crier_token` cookie. Tokens are never logged:
+//! refusals are logged with their reason and the client's address only.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ::http::{HeaderMap, header};
+
+use super::error::ApiError;
+use super::peer::{Client, TrustedProxies};
+use crate::auth::{Access, Authority, Grant};
+use crate::metrics::Metrics;
+
+/// The cookie a browser app may carry its token in.
+pub(crate) const TOKEN_COOKIE: &str = "crier_token";
+
+/// The query parameter a token may come in.
+const TOKEN_PARAM: &str = "token";
+
+/// The token a request presents, if any.
+pub(crate) fn request_token<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Option<Cow<'a, str>> {
+    if let Some(bearer) =
+        headers.get_all(header::AUTHORIZATION).iter().find_map(|value| bearer(value.as_bytes()))
+    {
+        return Some(Cow::Borrowed(bearer));
+    }
+    if let Some(token) = query.and_then(|query| {
+        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == TOKEN_PARAM).map(|(_, v)| v)
+    }) {
+        return Some(token);
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .find_map(|value| cookie(value.as_bytes(), TOKEN_COOKIE))
+        .map(Cow::Borrowed)
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`).
+fn cookie<'a>(value: &'a [u8], name: &str) -> Option<&'a str> {
+    std::str::from_utf8(value).ok()?.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        (key == name).then(|| value.trim_matches('"')).filter(|v| !v.is_empty())
+    })
+}
+
+/// What every stream and publish request passes before its endpoint sees it.
+pub(crate) struct Gate {
+    authority: Arc<Authority>,
+    proxies: TrustedProxies,
+    metrics: Arc<Metrics>,
+}
+
+impl Gate {
+    pub(crate) fn new(
+        authority: Arc<Authority>,
+        proxies: TrustedProxies,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Gate { authority, proxies, metrics }
+    }
+
+    /// The client a request from `peer` comes from.
+    pub(crate) fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Client {
+        self.proxies.client(peer, headers)
+    }
+
+    /// What the client of a request may do; 401 if it presents a token that is refused (a bad
+    /// token is never taken as no token).
+    pub(crate) fn admit(
+        &self,
+        client: Client,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Access, ApiError> {
+        self.admit_with(client, headers, query, |token| self.verify(client.ip, token))
+    }
+
+    /// [`Gate::admit`] without counting or logging a refusal: for a first look that hands a
+    /// refused request on to be answered (and counted) once.
+    pub(crate) fn try_admit(
+        &self,
+        client: Client,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Option<Access> {
+        self.admit_with(client, headers, query, |token| self.authority.verify(token)).ok()
+    }
+
+    fn admit_with<E>(
+        &self,
+        client: Client,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        verify: impl FnOnce(&str) -> Result<Grant, E>,
+    ) -> Result<Access, E> {
+        let grant = match request_token(headers, query) {
+            Some(token) if self.authority.has_keys() => Some(verify(&token)?),
+            // With no key there is nothing to verify a token with, and nothing it could allow.
+            _ => None,
+        };
+        Ok(self.authority.access(grant, client.local))
+    }
+
+    /// Verifies a token a client presented (also a WebSocket `auth` command's).
+    pub(crate) fn verify(&self, client: IpAddr, token: &str) -> Result<Grant, ApiError> {
+        self.authority.verify(token).map_err(|refused| {
+            self.metrics.auth_failed(refused);
+            tracing::debug!(reason = refused.as_str(), %client, "token refused");
+            ApiError::from(refused)
+        })
+    }
+
+    /// Whether tokens are checked at all.
+    pub(crate) fn has_keys(&self) -> bool {
+        self.authority.has_keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::http::HeaderValue;
+
+    #[test]
+    fn the_header_wins_over_the_query_over_the_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; crier_token=from-cookie"));
+        assert_eq!(request_token(&headers, None).as_deref(), Some("from-cookie"));
+        assert_eq!(
+            request_token(&headers, Some("topic=a&token=from%2Bquery")).as_deref(),
+            Some("from+query")
+        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer  from-header "));
+        assert_eq!(request_token(&headers, Some("token=q")).as_deref(), Some("from-header"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwYXNz"));
+        assert_eq!(request_token(&headers, None).as_deref(), Some("from-cookie"));
+        assert_eq!(request_token(&HeaderMap::new(), Some("topic=a")), None);
+        assert_eq!(cookie(b"crier_token=\"q\"", TOKEN_COOKIE), Some("q"));
+        assert_eq!(cookie(b"xcrier_token=1; crier_token=", TOKEN_COOKIE), None);
+    }
+}

@@ -1,0 +1,109 @@
+//! Who a stream or publish request comes from and what it may do: for `/publish`, `/sse` and
+//! `/ws`, the client (through `--trusted-proxies`) and its [`Access`] are added to the
+//! request's extensions, or a refused token is answered 401 before the endpoint sees it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::http::{ApiError, Gate, ResponseBody};
+use crate::server::ConnInfo;
+use crate::server::router::Route;
+
+/// Applies [`Authenticate`] to a service.
+#[derive(Clone)]
+pub(crate) struct AuthenticateLayer {
+    gate: Arc<Gate>,
+}
+
+impl AuthenticateLayer {
+    pub(crate) fn new(gate: Arc<Gate>) -> Self {
+        AuthenticateLayer { gate }
+    }
+}
+
+impl<S> Layer<S> for AuthenticateLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Authenticate<S> {
+        Authenticate { inner, gate: self.gate.clone() }
+    }
+}
+
+// === impl Authenticate ===
+
+/// A service whose stream and publish requests carry their client and [`Access`](crate::auth::Access).
+#[derive(Clone)]
+pub(crate) struct Authenticate<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl<S, B> Service<Request<B>> for Authenticate<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if !matches!(Route::of(request.uri().path()), Route::Publish | Route::Sse | Route::Ws) {
+            return ResponseFuture::Inner { response: self.inner.call(request) };
+        }
+        let Some(peer) = request.extensions().get::<ConnInfo>().map(|conn| conn.peer) else {
+            tracing::error!("a request reached the gate without its connection");
+            let refused =
+                ApiError::new(crate::http::ErrorCode::Internal, "the server failed to answer");
+            return ResponseFuture::Refused { response: Some(refused.into_response()) };
+        };
+        let client = self.gate.client(peer.ip(), request.headers());
+        match self.gate.admit(client, request.headers(), request.uri().query()) {
+            Ok(access) => {
+                request.extensions_mut().insert(client);
+                request.extensions_mut().insert(access);
+                ResponseFuture::Inner { response: self.inner.call(request) }
+            }
+            Err(refused) => ResponseFuture::Refused { response: Some(refused.into_response()) },
+        }
+    }
+}
+
+pin_project! {
+    /// The inner service's answer, or the refusal.
+    #[project = Projection]
+    pub(crate) enum ResponseFuture<F> {
+        Inner {
+            #[pin]
+            response: F,
+        },
+        Refused {
+            response: Option<Response<ResponseBody>>,
+        },
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Projection::Inner { response } => response.poll(cx),
+            Projection::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("a refusal is polled once it is ready")))
+            }
+        }
+    }
+}
