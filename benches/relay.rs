@@ -89,12 +89,14 @@ impl Backend {
     fn relay(&self, pool_size: usize) -> RelayConfig {
         match self {
             Backend::Server(redis) => {
-                RelayConfig { urls: vec![redis.url()], cluster: false, pool_size }
+                let key_ttl = Duration::from_secs(600);
+                RelayConfig { urls: vec![redis.url()], cluster: false, pool_size, key_ttl }
             }
             Backend::Cluster(cluster) => RelayConfig {
                 urls: cluster.masters.iter().map(|m| m.url()).collect(),
                 cluster: true,
                 pool_size,
+                key_ttl: Duration::from_secs(600),
             },
         }
     }

@@ -42,6 +42,18 @@ pub struct Config {
     #[arg(long, env = "CRIER_MAX_EVENT_BYTES", default_value = "64KiB", value_parser = parse_bytes)]
     pub max_event_bytes: usize,
 
+    /// A topic with no subscriber and no event for this long is dropped with its history (in
+    /// cluster mode, its Redis keys expire after as long, refreshed by each publish). A topic
+    /// published again later starts a new epoch: a client resuming from an older id gets
+    /// `crier.gap`.
+    #[arg(long, env = "CRIER_TOPIC_IDLE_TTL", default_value = "10m", value_parser = parse_positive_duration)]
+    pub topic_idle_ttl: Duration,
+
+    /// Most topics the node holds at once; a new topic beyond is refused (503 `topic_limit`)
+    /// until idle ones are dropped.
+    #[arg(long, env = "CRIER_MAX_TOPICS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_topics: u64,
+
     /// Most topics one stream may subscribe to.
     #[arg(long, env = "CRIER_MAX_TOPICS_PER_CONNECTION", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_topics_per_connection: u16,
@@ -207,6 +219,7 @@ impl Config {
             urls: self.redis_url.clone(),
             cluster: self.redis_cluster,
             pool_size: usize::from(self.redis_pool_size),
+            key_ttl: self.topic_idle_ttl,
         })
     }
 
@@ -217,6 +230,8 @@ impl Config {
             client_queue_bytes: self.client_queue_bytes,
             max_event_bytes: self.max_event_bytes,
             max_topics_per_stream: usize::from(self.max_topics_per_connection),
+            topic_idle_ttl: self.topic_idle_ttl,
+            max_topics: usize::try_from(self.max_topics).unwrap_or(usize::MAX),
         }
     }
 }

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub(crate) subscriptions: Gauge,
     /// `crier_topics`: topics known to this node.
     pub(crate) topics: Gauge,
+    /// `crier_topics_reaped_total`: topics dropped after their idle time.
+    pub(crate) topics_reaped: Counter,
     /// `crier_events_published_total`.
     pub(crate) events_published: Counter,
     /// `crier_publish_duration_seconds`: from accepting a publish to the end of its fan-out.
@@ -179,6 +181,7 @@ impl Metrics {
             ws,
             subscriptions: gauge("crier_subscriptions", vec![]),
             topics: gauge("crier_topics", vec![]),
+            topics_reaped: counter("crier_topics_reaped_total", vec![]),
             events_published: counter("crier_events_published_total", vec![]),
             publish_duration: recorder
                 .register_histogram(&Key::from_name(PUBLISH_DURATION), &METADATA),
@@ -372,6 +375,10 @@ fn describe(recorder: &PrometheusRecorder) {
     let counters: &[(&'static str, &'static str)] = &[
         ("crier_connections_accepted_total", "Subscriber streams accepted, by transport."),
         ("crier_events_published_total", "Events accepted for publishing."),
+        (
+            "crier_topics_reaped_total",
+            "Topics dropped with their history after --topic-idle-ttl without subscriber or event.",
+        ),
         ("crier_deliveries_total", "Events written to subscribers, by transport."),
         ("crier_sent_bytes_total", "Stream bytes written to subscribers, by transport."),
         (

@@ -730,3 +730,50 @@ async fn a_replica_taking_over_a_lost_master_continues_its_topics() {
     wait_ready(&node).await;
     assert_eq!(metric(&node.metrics().await, "crier_relay_gaps_total"), Some(0.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_topics_keys_expire_and_it_comes_back_with_a_new_epoch() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (
+        node(&redis, &["--topic-idle-ttl", "1s"]).await,
+        node(&redis, &["--topic-idle-ttl", "1s"]).await,
+    );
+    let mut conn = redis.connection().await;
+    let old = a.publish("quiet", "before").await;
+    let ttl: i64 =
+        redis::cmd("PTTL").arg("crier:{quiet}:meta").query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0 && ttl <= 1000, "the keys expire after the idle time: PTTL {ttl}");
+    let log_ttl: i64 =
+        redis::cmd("PTTL").arg("crier:{quiet}:log").query_async(&mut conn).await.unwrap();
+    assert!(log_ttl > 0 && log_ttl <= 1000, "PTTL {log_ttl}");
+    // Each publish sets the time again.
+    a.publish("quiet", "again").await;
+    wait_until("the keys to expire", || {
+        let mut conn = conn.clone();
+        async move {
+            let exists: i64 = redis::cmd("EXISTS")
+                .arg("crier:{quiet}:meta")
+                .arg("crier:{quiet}:log")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            exists == 0
+        }
+    })
+    .await;
+    for node in [&a, &b] {
+        wait_until("the nodes to drop their copies", || async {
+            metric(&node.metrics().await, "crier_topics_reaped_total") >= Some(1.0)
+        })
+        .await;
+    }
+    // Back with a new epoch, on every node; a stale id gets a gap.
+    let new = b.publish("quiet", "after").await;
+    assert_ne!(old.split_once('-').unwrap().0, new.split_once('-').unwrap().0);
+    let mut stream =
+        SseClient::connect(a.addr, "/sse?topic=quiet", &[("Last-Event-ID", &old)]).await;
+    let gap = stream.next_event().await;
+    assert_eq!(gap.kind, "crier.gap");
+    assert!(gap.data.contains(r#""reason":"epoch""#), "{}", gap.data);
+    assert_eq!(stream.next_event().await.data, "after");
+}

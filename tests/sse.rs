@@ -156,8 +156,10 @@ async fn several_topics_share_one_stream_with_a_cursor() {
     let a2 = server.publish("a", "a2").await;
     let events = c.events(3).await;
     assert_eq!(events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["a1", "b1", "a2"]);
-    // Cursor positions follow the canonical (sorted) topic order: a, then b.
-    let b0 = format!("{}-0", a0.split('-').next().unwrap());
+    // Cursor positions follow the canonical (sorted) topic order: a, then b. Each topic has
+    // its own epoch: b's position before its first event is 0 in b's epoch.
+    assert!(a0.ends_with("-1"));
+    let b0 = format!("{}-0", b1.split('-').next().unwrap());
     assert_eq!(events[0].last_event_id, format!("{a1},{b0}"));
     assert_eq!(events[1].last_event_id, format!("{a1},{b1}"));
     assert_eq!(events[2].last_event_id, format!("{a2},{b1}"));

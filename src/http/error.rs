@@ -84,6 +84,9 @@ error_codes! {
     Unavailable = (SERVICE_UNAVAILABLE, "unavailable"),
     /// Too many requests of this kind in flight; retry after `Retry-After`.
     Overloaded = (SERVICE_UNAVAILABLE, "overloaded"),
+    /// A new topic while the node holds `--max-topics`; retry after `Retry-After` (idle
+    /// topics are dropped after `--topic-idle-ttl`).
+    TopicLimit = (SERVICE_UNAVAILABLE, "topic_limit"),
     /// The server is draining and takes no new streams.
     ShuttingDown = (SERVICE_UNAVAILABLE, "shutting_down"),
     /// `/readyz` while the server is draining.
@@ -146,7 +149,7 @@ impl ApiError {
         let mut response = json_response(self.code.status(), self.body());
         let headers = response.headers_mut();
         match self.code {
-            ErrorCode::Unavailable | ErrorCode::Overloaded => {
+            ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::TopicLimit => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ErrorCode::Unauthorized => {
@@ -177,6 +180,7 @@ impl From<SubscribeError> for ApiError {
             SubscribeError::AlreadySubscribed => ErrorCode::AlreadySubscribed,
             SubscribeError::ShuttingDown => ErrorCode::ShuttingDown,
             SubscribeError::Unavailable(_) => ErrorCode::Unavailable,
+            SubscribeError::TopicLimit(_) => ErrorCode::TopicLimit,
         };
         ApiError::new(code, error.to_string())
     }
@@ -187,6 +191,7 @@ impl From<PublishError> for ApiError {
         let code = match error {
             PublishError::TooLarge { .. } => ErrorCode::TooLarge,
             PublishError::Unavailable(_) => ErrorCode::Unavailable,
+            PublishError::TopicLimit(_) => ErrorCode::TopicLimit,
         };
         ApiError::new(code, error.to_string())
     }

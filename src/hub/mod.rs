@@ -20,11 +20,25 @@ use std::time::Duration;
 
 use crate::event::{Cursor, EventData, EventId, EventName, IdError, TopicName, Wire};
 use crate::metrics::{EvictReason, Metrics, Transport};
-use crate::registry::{Client, Closed, ConnectionCloser, Registry};
+use crate::registry::{Client, Closed, ConnectionCloser, Registry, TopicLimit};
 use crate::relay::{RelayConfig, RelayError, RelayStartError};
 use sequencer::Sequencer;
 
 pub use subscription::{Polled, Subscription};
+
+/// Topics dropped after which the allocator is asked to return free memory.
+const TRIM_AFTER_REAPED: usize = 4096;
+
+/// Asks the allocator to return the free memory it keeps to the system. glibc's malloc keeps
+/// what a flood of topics freed in its arenas (fragmented, so not at the top of the heap, where
+/// it would return it by itself); `malloc_trim` releases those pages too.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heap, under its locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// Limits the hub enforces.
 #[derive(Clone, Debug)]
@@ -38,6 +52,16 @@ pub struct HubConfig {
     pub max_event_bytes: usize,
     /// Most topics one stream may follow.
     pub max_topics_per_stream: usize,
+    /// A topic with no subscriber and no event for this long is dropped with its history.
+    pub topic_idle_ttl: Duration,
+    /// Most topics the node holds at once.
+    pub max_topics: usize,
+}
+
+impl HubConfig {
+    fn registry(&self) -> Registry {
+        Registry::with_limits(self.history, self.topic_idle_ttl, self.max_topics)
+    }
 }
 
 impl Default for HubConfig {
@@ -47,6 +71,8 @@ impl Default for HubConfig {
             client_queue_bytes: 1 << 20,
             max_event_bytes: 64 << 10,
             max_topics_per_stream: 64,
+            topic_idle_ttl: Duration::from_secs(600),
+            max_topics: 1_000_000,
         }
     }
 }
@@ -65,6 +91,9 @@ pub enum PublishError {
     /// Cluster mode: Redis did not take the event (nothing was published).
     #[error(transparent)]
     Unavailable(#[from] RelayError),
+    /// The topic is new and the node holds as many topics as it may.
+    #[error(transparent)]
+    TopicLimit(#[from] TopicLimit),
 }
 
 /// Why a subscription, or a topic added to one, was refused.
@@ -93,6 +122,9 @@ pub enum SubscribeError {
     /// Cluster mode: the topic's state could not be read from Redis.
     #[error(transparent)]
     Unavailable(#[from] RelayError),
+    /// A topic is new and the node holds as many topics as it may.
+    #[error(transparent)]
+    TopicLimit(#[from] TopicLimit),
 }
 
 /// What a new reader asks for.
@@ -133,7 +165,7 @@ pub struct Hub {
 impl Hub {
     /// A single node: ids are drawn here, with a fresh epoch.
     pub fn local(config: HubConfig, metrics: Arc<Metrics>) -> Self {
-        let registry = Arc::new(Registry::new(config.history));
+        let registry = Arc::new(config.registry());
         let sequencer = Sequencer::local(registry.clone(), &metrics);
         Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false) }
     }
@@ -146,7 +178,7 @@ impl Hub {
         metrics: Arc<Metrics>,
         relay: &RelayConfig,
     ) -> Result<Self, RelayStartError> {
-        let registry = Arc::new(Registry::new(config.history));
+        let registry = Arc::new(config.registry());
         let sequencer = Sequencer::relay(registry.clone(), &metrics, relay)?;
         Ok(Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false) })
     }
@@ -264,29 +296,41 @@ impl Hub {
     }
 
     /// Evicts every subscriber whose writer has fallen further behind than its budget or the
-    /// log allows (typically one whose socket stopped draining); returns how many.
+    /// log allows (typically one whose socket stopped draining), and drops the topics idle for
+    /// longer than `topic_idle_ttl`; returns how many subscribers were evicted.
     pub fn sweep(&self) -> usize {
-        self.registry.prune_retired();
-        let mut evicted = 0;
-        for topic in self.registry.topics() {
-            topic.sweep(|subscriber| {
-                if subscriber.client.close(Closed::Evicted) {
-                    let transport = Transport::of(subscriber.client.wire());
-                    self.metrics.evicted(transport, EvictReason::SlowConsumer);
-                    evicted += 1;
-                }
-            });
-        }
-        evicted
+        self.sweep_topics().evicted
     }
 
-    /// Runs [`Hub::sweep`] every `interval`, forever.
+    fn sweep_topics(&self) -> crate::registry::Swept {
+        let swept = self.registry.sweep(|subscriber| {
+            let evicted = subscriber.client.close(Closed::Evicted);
+            if evicted {
+                let transport = Transport::of(subscriber.client.wire());
+                self.metrics.evicted(transport, EvictReason::SlowConsumer);
+            }
+            evicted
+        });
+        if swept.reaped > 0 {
+            self.metrics.topics.decrement(swept.reaped as f64);
+            self.metrics.topics_reaped.increment(swept.reaped as u64);
+        }
+        swept
+    }
+
+    /// Runs [`Hub::sweep`] every `interval`, forever; after many topics were dropped, hands
+    /// the memory they held back to the system.
     pub async fn run_sweeper(self: Arc<Self>, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reaped_since_trim = 0;
         loop {
             tick.tick().await;
-            self.sweep();
+            reaped_since_trim += self.sweep_topics().reaped;
+            if reaped_since_trim >= TRIM_AFTER_REAPED {
+                reaped_since_trim = 0;
+                release_free_memory();
+            }
         }
     }
 }

@@ -20,11 +20,12 @@ use std::time::Instant;
 
 use metrics::{Gauge, Histogram};
 
+use super::{PublishError, SubscribeError};
 use crate::codec::Draft;
 use crate::event::{EventData, EventId, EventName, TopicName};
 use crate::metrics::Metrics;
-use crate::registry::{Registry, Topic};
-use crate::relay::{Relay, RelayConfig, RelayError, RelayStartError};
+use crate::registry::{Registry, Topic, TopicLimit, Unpublished};
+use crate::relay::{Relay, RelayConfig, RelayStartError};
 
 /// How events get their ids and reach the topic logs.
 pub(super) enum Sequencer {
@@ -72,7 +73,10 @@ impl Sequencer {
         match self {
             Sequencer::Local(local) => Publishing::Done(Some(local.publish(topic, name, data))),
             Sequencer::Relay(relay) => {
-                Publishing::Relayed(Box::pin(relay.publish(topic.clone(), name, data)))
+                let topic = topic.clone();
+                Publishing::Relayed(Box::pin(async move {
+                    relay.publish(topic, name, data).await.map_err(PublishError::from)
+                }))
             }
         }
     }
@@ -82,19 +86,24 @@ impl Sequencer {
     pub(super) async fn prepare(
         &self,
         wanted: &[(TopicName, Option<EventId>)],
-    ) -> Result<(), RelayError> {
+    ) -> Result<(), SubscribeError> {
         match self {
             Sequencer::Local(_) => Ok(()),
-            Sequencer::Relay(relay) => Box::pin(relay.prepare(wanted)).await,
+            Sequencer::Relay(relay) => {
+                let registry = relay.registry();
+                let new = wanted.iter().filter(|(name, _)| registry.topic(name.as_str()).is_none());
+                registry.has_room(new.count())?;
+                Ok(Box::pin(relay.prepare(wanted)).await?)
+            }
         }
     }
 
     /// The node's copy of `name` for a new reader: created on first use on a single node; in
     /// cluster mode, the copy [`Sequencer::prepare`] made sure of.
-    pub(super) fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, RelayError> {
+    pub(super) fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, SubscribeError> {
         match self {
-            Sequencer::Local(local) => Ok(local.topic(name)),
-            Sequencer::Relay(relay) => relay.topic(name),
+            Sequencer::Local(local) => Ok(local.topic(name)?),
+            Sequencer::Relay(relay) => Ok(relay.topic(name)?),
         }
     }
 
@@ -109,38 +118,55 @@ impl Sequencer {
 
 /// The answer to [`Sequencer::publish`].
 pub(super) enum Publishing<'a> {
-    /// Published already (a single node).
-    Done(Option<EventId>),
+    /// Published already, or refused (a single node).
+    Done(Option<Result<EventId, PublishError>>),
     /// Waiting for Redis.
-    Relayed(Pin<Box<dyn Future<Output = Result<EventId, RelayError>> + Send + 'a>>),
+    Relayed(Pin<Box<dyn Future<Output = Result<EventId, PublishError>> + Send + 'a>>),
 }
 
 impl Future for Publishing<'_> {
-    type Output = Result<EventId, RelayError>;
+    type Output = Result<EventId, PublishError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Publishing::Done(id) => Poll::Ready(Ok(id.take().expect("polled after completion"))),
+            Publishing::Done(id) => Poll::Ready(id.take().expect("polled after completion")),
             Publishing::Relayed(future) => future.as_mut().poll(cx),
         }
     }
 }
 
 impl Local {
-    fn topic(&self, name: &TopicName) -> Arc<Topic> {
-        let (topic, created) = self.registry.topic_or_create(name);
+    fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, TopicLimit> {
+        let (topic, created) = self.registry.topic_or_create(name)?;
         if created {
             self.topics.increment(1);
         }
-        topic
+        Ok(topic)
     }
 
-    fn publish(&self, topic: &TopicName, name: Option<EventName>, data: EventData) -> EventId {
+    fn publish(
+        &self,
+        topic: &TopicName,
+        name: Option<EventName>,
+        data: EventData,
+    ) -> Result<EventId, PublishError> {
         let started = Instant::now();
         // Encoded before the topic's order is taken: only the id line waits for it.
-        let draft = Draft::new(topic, name.as_ref(), &data);
-        let event = self.topic(topic).publish(name, data, |id| draft.finish(id));
+        let mut draft = Some(Draft::new(topic, name.as_ref(), &data));
+        // The frames are finished only by the publish that takes the event.
+        let mut frames = |id| draft.take().expect("an event is published once").finish(id);
+        let event = match self.topic(topic)?.publish(name, data, &mut frames) {
+            Ok(event) => event,
+            // Dropped for idleness just now: the next lookup makes a new copy.
+            Err(mut back) => loop {
+                let Unpublished { name, data } = back;
+                match self.topic(topic)?.publish(name, data, &mut frames) {
+                    Ok(event) => break event,
+                    Err(again) => back = again,
+                }
+            },
+        };
         self.publish_duration.record(started.elapsed().as_secs_f64());
-        event.id
+        Ok(event.id)
     }
 }

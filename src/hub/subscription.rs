@@ -85,9 +85,15 @@ impl Subscription {
         name: &TopicName,
         resume: Option<EventId>,
     ) -> Result<Option<Gap>, SubscribeError> {
-        let topic = sequencer.topic(name)?;
         let topic_index = self.topics.len() as u16;
-        let start = topic.subscribe(&self.client, topic_index, resume);
+        // A copy dropped for idleness between the lookup and the subscribe is looked up again:
+        // the next lookup finds (or makes) the current one.
+        let (topic, start) = loop {
+            let topic = sequencer.topic(name)?;
+            if let Ok(start) = topic.subscribe(&self.client, topic_index, resume) {
+                break (topic, start);
+            }
+        };
         self.metrics.subscriptions.increment(1);
         self.topics.push(SubscribedTopic {
             topic,
@@ -126,7 +132,7 @@ impl Subscription {
             return false;
         };
         let removed = self.topics.swap_remove(index);
-        removed.topic.unsubscribe(removed.slot);
+        removed.topic.unsubscribe(removed.slot, &removed.subscriber);
         self.metrics.subscriptions.decrement(1);
         self.next_topic = 0;
         true
@@ -260,9 +266,19 @@ impl Subscription {
         let Some(next) = t.topic.successor() else { return 0 };
         let topic_index = t.subscriber.topic_index;
         let topic = next.topic.clone();
-        let start = topic.subscribe_after(&self.client, topic_index, next.start.seq, &epoch::pin());
+        let guard = epoch::pin();
+        let Ok(start) = topic.subscribe_after(&self.client, topic_index, next.start.seq, &guard)
+        else {
+            // The new copy was dropped before this reader came over (it stalled for longer
+            // than a topic may stay idle): it reconnects and resumes.
+            if self.client.close(Closed::Evicted) {
+                self.metrics.evicted(Transport::of(self.client.wire()), EvictReason::SlowConsumer);
+            }
+            return 0;
+        };
+        drop(guard);
         let notice = next.notice.clone();
-        t.topic.unsubscribe(t.slot);
+        t.topic.unsubscribe(t.slot, &t.subscriber);
         *t = SubscribedTopic {
             topic,
             slot: start.slot,
@@ -284,7 +300,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         for t in &self.topics {
-            t.topic.unsubscribe(t.slot);
+            t.topic.unsubscribe(t.slot, &t.subscriber);
         }
         self.metrics.subscriptions.decrement(self.topics.len() as f64);
     }

@@ -34,7 +34,7 @@ fn readers_of_a_replaced_copy_finish_it_then_get_the_notice_then_the_new_copy() 
     let name = TopicName::new("t").unwrap();
     let (old_epoch, new_epoch) = (Epoch::from_u64(1000).unwrap(), Epoch::from_u64(2000).unwrap());
     let id = |epoch, seq| EventId { epoch, seq };
-    let old = Arc::new(Topic::new(name.clone(), old_epoch, 10, 100));
+    let old = hub.registry.new_topic(name.clone(), old_epoch, 10);
     assert!(!hub.registry.install(old.clone(), id(old_epoch, 10), None));
     append(&old, id(old_epoch, 11), "a");
     let mut subscription = subscribe(&hub, &name, None);
@@ -43,7 +43,7 @@ fn readers_of_a_replaced_copy_finish_it_then_get_the_notice_then_the_new_copy() 
     assert_eq!(drain(&mut subscription), [(id(old_epoch, 12).to_string(), None)]);
     append(&old, id(old_epoch, 13), "c");
 
-    let new = Arc::new(Topic::new(name.clone(), new_epoch, 0, 100));
+    let new = hub.registry.new_topic(name.clone(), new_epoch, 0);
     append(&new, id(new_epoch, 1), "x");
     let lost = Gap { reason: GapReason::Epoch, requested: id(old_epoch, 13), missed: None };
     let part = gap::TopicGap { topic: &name, gap: &lost, resumed_after: id(new_epoch, 0) };

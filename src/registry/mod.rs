@@ -7,7 +7,12 @@
 //! - **Lookup.** Topics live in `shards` (a power of two, four per core) of read-mostly hash
 //!   maps. Publishing, subscribing and unsubscribing on an existing topic take only a shard's
 //!   read lock, shared with each other. The write lock is taken to create a topic, for one map
-//!   insert. Topics are never removed while the node runs.
+//!   insert, and to drop one.
+//! - **Bounded topic state.** A topic with no subscriber and no event for the idle time is
+//!   dropped with its log ([`lifecycle`]); a later topic of the same name draws a new epoch, so
+//!   no id is issued twice and a stale id gets a gap. A publish or subscribe racing the drop
+//!   finds the copy marked [`Reaped`] and looks the topic up again. The sweeper visits only
+//!   topics with subscribers. At most `max_topics` topics exist at once.
 //! - **Publish order.** Publishers of one topic serialize on the topic's `order` lock only to
 //!   assign the next id, finish the frames and append the event to the topic's log: a few
 //!   hundred nanoseconds, whatever the number of subscribers. Every subscriber reads a topic's
@@ -36,13 +41,14 @@
 //!   [`Gap`](crate::event::Gap) to report.
 //! - **Closing.** A client closes once: for eviction (nothing more is written) or for shutdown
 //!   (its writer sends what is already published, then ends the stream). Dropping a
-//!   subscription removes it from every topic's set; memory a scan may still be reading is
-//!   reclaimed by epochs.
+//!   subscription removes it from every topic's set and waiter list; memory a scan may still be
+//!   reading is reclaimed by epochs.
 //!
 //! The test `the_contract_in_one_walk` below goes through these steps on one topic.
 
 mod client;
 mod history;
+mod lifecycle;
 mod reclaim;
 mod subscribers;
 mod topic;
@@ -50,16 +56,47 @@ mod topic;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 
 use crate::event::{Epoch, Event, EventId, TopicName};
+use lifecycle::Lifecycle;
+use topic::Reap;
 
 pub use client::Closed;
 pub(crate) use client::{Client, ConnectionCloser};
 pub(crate) use subscribers::{SlotId, Subscriber};
-pub(crate) use topic::{Successor, Topic};
+pub(crate) use topic::{Successor, Topic, Unpublished};
+
+/// Most idle topics dropped per sweep, so one sweep after a flood stays short.
+const MAX_REAPED_PER_SWEEP: usize = 1 << 16;
+
+/// The node holds as many topics as it may: a new one is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the server holds its limit of {max} topics; try again later")]
+pub struct TopicLimit {
+    /// The limit.
+    pub max: usize,
+}
+
+/// Shrinks a map that holds less than a quarter of what it has room for.
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+/// What a sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Swept {
+    /// Subscribers evicted.
+    pub(crate) evicted: usize,
+    /// Idle topics dropped.
+    pub(crate) reaped: usize,
+}
 
 /// Events a topic's log holds at least, whatever `--history` says: how far behind a live
 /// subscriber may fall when history is small or off.
@@ -73,23 +110,69 @@ pub(crate) struct Registry {
     shards: Box<[Shard]>,
     hasher: RandomState,
     history_limit: usize,
-    epoch: Epoch,
+    /// The epoch the next topic created here draws: random at start, then one more per topic,
+    /// so two copies of a topic on one node never share an epoch.
+    next_epoch: AtomicU64,
     /// Copies replaced in cluster mode that still have subscribers moving off them: kept
     /// reachable for shutdown and the sweeper until they have none.
     retired: Mutex<Vec<Arc<Topic>>>,
+    lifecycle: Arc<Lifecycle>,
+    /// Topics in the map.
+    count: AtomicUsize,
+    max_topics: usize,
 }
 
 impl Registry {
-    /// A registry whose topics keep `history_limit` events each, with a fresh epoch.
+    /// A registry whose topics keep `history_limit` events each, are dropped after ten minutes
+    /// idle, and are not limited in number.
+    #[cfg(test)]
     pub(crate) fn new(history_limit: usize) -> Self {
+        Self::with_limits(history_limit, Duration::from_secs(600), usize::MAX)
+    }
+
+    /// A registry whose topics keep `history_limit` events each and are dropped after
+    /// `idle_ttl` without subscriber or event, holding at most `max_topics`.
+    pub(crate) fn with_limits(history_limit: usize, idle_ttl: Duration, max_topics: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let shards = (cores.next_power_of_two() * 4).max(4);
         Registry {
             shards: (0..shards).map(|_| CachePadded::new(RwLock::new(HashMap::new()))).collect(),
             hasher: RandomState::new(),
             history_limit,
-            epoch: Epoch::random(),
+            next_epoch: AtomicU64::new(Epoch::random().as_u64()),
             retired: Mutex::new(Vec::new()),
+            lifecycle: Arc::new(Lifecycle::new(idle_ttl)),
+            count: AtomicUsize::new(0),
+            max_topics,
+        }
+    }
+
+    fn next_epoch(&self) -> Epoch {
+        loop {
+            let value = self.next_epoch.fetch_add(1, Ordering::Relaxed) & ((1 << 40) - 1);
+            if let Some(epoch) = Epoch::from_u64(value) {
+                return epoch;
+            }
+        }
+    }
+
+    /// A copy of topic `name` in `epoch` whose next event is `base + 1`, for the relay to
+    /// fill and [`Registry::install`].
+    pub(crate) fn new_topic(&self, name: TopicName, epoch: Epoch, base: u64) -> Arc<Topic> {
+        let lifecycle = self.lifecycle.clone();
+        Arc::new(Topic::new(name, epoch, base, self.history_limit, lifecycle))
+    }
+
+    /// Topics held.
+    pub(crate) fn topic_count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether `more` topics may be added.
+    pub(crate) fn has_room(&self, more: usize) -> Result<(), TopicLimit> {
+        match self.topic_count().checked_add(more) {
+            Some(total) if total <= self.max_topics => Ok(()),
+            _ => Err(TopicLimit { max: self.max_topics }),
         }
     }
 
@@ -103,20 +186,27 @@ impl Registry {
         self.shard(name).read().get(name).cloned()
     }
 
-    /// The topic, created in the registry's epoch if missing; the flag says whether this call
+    /// The topic, created with a new epoch if missing; the flag says whether this call
     /// created it.
-    pub(crate) fn topic_or_create(&self, name: &TopicName) -> (Arc<Topic>, bool) {
+    pub(crate) fn topic_or_create(
+        &self,
+        name: &TopicName,
+    ) -> Result<(Arc<Topic>, bool), TopicLimit> {
         let shard = self.shard(name.as_str());
         if let Some(topic) = shard.read().get(name.as_str()) {
-            return (topic.clone(), false);
+            return Ok((topic.clone(), false));
         }
         let mut map = shard.write();
         if let Some(topic) = map.get(name.as_str()) {
-            return (topic.clone(), false);
+            return Ok((topic.clone(), false));
         }
-        let topic = Arc::new(Topic::new(name.clone(), self.epoch, 0, self.history_limit));
+        self.has_room(1)?;
+        let topic = self.new_topic(name.clone(), self.next_epoch(), 0);
         map.insert(name.clone(), topic.clone());
-        (topic, true)
+        self.count.fetch_add(1, Ordering::Relaxed);
+        drop(map);
+        topic.queue_idle();
+        Ok((topic, true))
     }
 
     /// Events each topic keeps for resume (`--history`).
@@ -137,7 +227,11 @@ impl Registry {
     ) -> bool {
         let name = topic.name().clone();
         let old = self.shard(name.as_str()).write().insert(name, topic.clone());
-        let Some(old) = old else { return false };
+        topic.queue_idle();
+        let Some(old) = old else {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
         old.retire(Successor { topic, start, notice });
         self.retired.lock().push(old);
         true
@@ -162,6 +256,63 @@ impl Registry {
         topics.extend(self.retired.lock().iter().cloned());
         topics
     }
+
+    /// Calls `evict` for every subscriber lagging past its bounds (see [`Topic::sweep`]),
+    /// visiting only topics with subscribers; then drops the topics idle for too long.
+    pub(crate) fn sweep(&self, mut evict: impl FnMut(&Subscriber) -> bool) -> Swept {
+        let now = self.lifecycle.tick();
+        let mut swept = Swept::default();
+        let mut count = |subscriber: &Subscriber| swept.evicted += usize::from(evict(subscriber));
+        self.prune_retired();
+        for topic in self.lifecycle.active() {
+            topic.sweep(&mut count);
+            topic.settle();
+        }
+        for topic in self.retired.lock().clone() {
+            topic.sweep(&mut count);
+        }
+        let mut due = self.lifecycle.take_due(now);
+        if due.len() > MAX_REAPED_PER_SWEEP {
+            // The rest waits for the next sweep.
+            for topic in due.split_off(MAX_REAPED_PER_SWEEP) {
+                self.lifecycle.queue_idle(topic, now);
+            }
+        }
+        for topic in due {
+            let name = topic.name().clone();
+            let mut map = self.shard(name.as_str()).write();
+            // A copy replaced since (cluster mode) is not this registry's to drop.
+            if !map.get(name.as_str()).is_some_and(|held| Arc::ptr_eq(held, &topic)) {
+                continue;
+            }
+            match topic.reap_if_idle(now) {
+                Reap::Reaped => {
+                    map.remove(name.as_str());
+                    self.count.fetch_sub(1, Ordering::Relaxed);
+                    swept.reaped += 1;
+                }
+                Reap::Active if topic.is_active() => {}
+                Reap::Active | Reap::NotYet { .. } => {
+                    drop(map);
+                    topic.queue_idle();
+                }
+            }
+        }
+        if swept.reaped > 0 {
+            // Tables keep their size when emptied: give back what a flood grew them to.
+            for shard in self.shards.iter() {
+                shrink_if_sparse(&mut shard.write());
+            }
+            self.lifecycle.shrink();
+        }
+        swept
+    }
+
+    /// How many topics are active (have subscribers) and idle, for tests.
+    #[cfg(test)]
+    pub(crate) fn lifecycle_counts(&self) -> (usize, usize) {
+        self.lifecycle.counts()
+    }
 }
 #[cfg(test)]
 mod tests {
@@ -176,7 +327,9 @@ mod tests {
     fn publish(topic: &Topic, s: &str) -> Arc<Event> {
         let data = EventData::from(s.to_owned());
         let sse = bytes::Bytes::from(vec![b'x'; s.len() + 20]);
-        topic.publish(None, data, |_| Frames::new(sse, 10, 2 * s.len() + 60, s.len() + 2))
+        topic
+            .publish(None, data, |_| Frames::new(sse, 10, 2 * s.len() + 60, s.len() + 2))
+            .expect("a live topic")
     }
 
     fn client() -> Arc<Client> {
@@ -186,13 +339,13 @@ mod tests {
     #[test]
     fn the_contract_in_one_walk() {
         let registry = Registry::new(100);
-        let topic = registry.topic_or_create(&TopicName::new("news").unwrap()).0;
-        let start = topic.subscribe(&client(), 0, None);
+        let topic = registry.topic_or_create(&TopicName::new("news").unwrap()).unwrap().0;
+        let start = topic.subscribe(&client(), 0, None).unwrap();
         let event = publish(&topic, "hi");
         assert_eq!(event.id.seq, start.position.seq + 1, "the next event follows the start");
         let guard = epoch::pin();
         assert_eq!(topic.event(event.id.seq, &guard).map(|e| e.id), Some(event.id));
-        assert!(topic.unsubscribe(start.slot));
+        assert!(topic.unsubscribe(start.slot, &start.subscriber));
         assert!(topic.subscribers().is_empty());
     }
 
@@ -206,36 +359,36 @@ mod tests {
     #[test]
     fn resume_starts_at_the_requested_position_or_reports_the_gap() {
         let registry = Registry::new(5);
-        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         let ids: Vec<_> = (0..8).map(|i| publish(&topic, &i.to_string()).id).collect();
 
-        let start = topic.subscribe(&client(), 0, Some(ids[5]));
+        let start = topic.subscribe(&client(), 0, Some(ids[5])).unwrap();
         assert_eq!((start.position, start.gap.as_ref()), (ids[5], None));
         assert_eq!(read_after(&topic, start.position.seq), Some(vec![7, 8]));
-        topic.unsubscribe(start.slot);
+        topic.unsubscribe(start.slot, &start.subscriber);
 
-        let start = topic.subscribe(&client(), 0, Some(ids[0]));
+        let start = topic.subscribe(&client(), 0, Some(ids[0])).unwrap();
         assert_eq!(start.position.seq, 3, "history keeps 5: the oldest is 4");
         assert_eq!(
             start.gap,
             Some(Gap { reason: GapReason::Expired, requested: ids[0], missed: Some(2) })
         );
         assert_eq!(read_after(&topic, 3), Some(vec![4, 5, 6, 7, 8]));
-        topic.unsubscribe(start.slot);
+        topic.unsubscribe(start.slot, &start.subscriber);
 
         let foreign =
             EventId { epoch: Epoch::from_u64(topic.epoch().as_u64() ^ 1).unwrap(), seq: 3 };
-        let start = topic.subscribe(&client(), 0, Some(foreign));
+        let start = topic.subscribe(&client(), 0, Some(foreign)).unwrap();
         assert_eq!(start.gap.as_ref().map(|g| g.reason), Some(GapReason::Epoch));
         assert_eq!(start.position.seq, 3);
-        topic.unsubscribe(start.slot);
+        topic.unsubscribe(start.slot, &start.subscriber);
 
         let future = EventId { epoch: topic.epoch(), seq: 100 };
-        let start = topic.subscribe(&client(), 0, Some(future));
+        let start = topic.subscribe(&client(), 0, Some(future)).unwrap();
         assert_eq!(start.gap.as_ref().map(|g| g.reason), Some(GapReason::Unknown));
         assert_eq!(start.position.seq, 8);
 
-        let fresh = topic.subscribe(&client(), 0, None);
+        let fresh = topic.subscribe(&client(), 0, None).unwrap();
         assert_eq!((fresh.position.seq, fresh.gap.as_ref()), (8, None));
         assert_eq!(fresh.position_end, last_sse_end(&topic));
     }
@@ -243,10 +396,10 @@ mod tests {
     #[test]
     fn zero_history_resumes_nothing_but_still_logs_for_live_readers() {
         let registry = Registry::new(0);
-        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         let first = publish(&topic, "a");
         publish(&topic, "b");
-        let start = topic.subscribe(&client(), 0, Some(first.id));
+        let start = topic.subscribe(&client(), 0, Some(first.id)).unwrap();
         assert_eq!(start.gap.as_ref().and_then(|g| g.missed), Some(1));
         assert_eq!(start.position.seq, 2);
         for i in 0..MIN_LOG_EVENTS {
@@ -258,7 +411,7 @@ mod tests {
     #[test]
     fn a_reader_lapped_by_the_log_notices() {
         let registry = Registry::new(MIN_LOG_EVENTS);
-        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         for i in 0..=MIN_LOG_EVENTS {
             publish(&topic, &i.to_string());
         }
@@ -269,11 +422,11 @@ mod tests {
     #[test]
     fn sweep_finds_subscribers_beyond_their_budget_or_the_log() {
         let registry = Registry::new(100);
-        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         let small = Arc::new(Client::new(300, Wire::Sse, None));
         let big = client();
-        let small_start = topic.subscribe(&small, 0, None);
-        let big_start = topic.subscribe(&big, 1, None);
+        let small_start = topic.subscribe(&small, 0, None).unwrap();
+        let big_start = topic.subscribe(&big, 1, None).unwrap();
         let swept = |topic: &Topic| {
             let mut found = Vec::new();
             topic.sweep(|s| found.push(s.topic_index));
@@ -303,11 +456,11 @@ mod tests {
     #[test]
     fn lag_is_counted_in_each_clients_own_wire_bytes() {
         let registry = Registry::new(100);
-        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         // Two events of 100 bytes: 240 bytes of SSE, 520 of JSON, 204 of raw frames.
         let budget = 400;
         let clients = Wire::ALL.map(|wire| Arc::new(Client::new(budget, wire, None)));
-        let starts = clients.each_ref().map(|c| topic.subscribe(c, 0, None));
+        let starts = clients.each_ref().map(|c| topic.subscribe(c, 0, None).unwrap());
         for _ in 0..2 {
             publish(&topic, &"q".repeat(100));
         }
@@ -333,11 +486,11 @@ mod tests {
             }
         }
         let registry = Registry::new(10);
-        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).0;
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         let client = client();
         let count = Arc::new(Count(AtomicUsize::new(0)));
         client.register(&Waker::from(count.clone()));
-        let start = topic.subscribe(&client, 0, None);
+        let start = topic.subscribe(&client, 0, None).unwrap();
         topic.register_waiter(&start.subscriber);
         topic.register_waiter(&start.subscriber);
         publish(&topic, "a");
@@ -350,10 +503,152 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
 
+    /// Sweeps until `check` holds, for at most five seconds.
+    fn sweep_until(registry: &Registry, what: &str, mut check: impl FnMut(Swept) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !check(registry.sweep(|_| false)) {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn short_lived(ttl_ms: u64, max_topics: usize) -> Registry {
+        Registry::with_limits(10, std::time::Duration::from_millis(ttl_ms), max_topics)
+    }
+
+    #[test]
+    fn an_idle_topic_is_dropped_and_comes_back_with_a_new_epoch() {
+        let registry = short_lived(30, usize::MAX);
+        let name = TopicName::new("t").unwrap();
+        let (old, created) = registry.topic_or_create(&name).unwrap();
+        assert!(created);
+        let first = publish(&old, "a");
+        assert_eq!(registry.sweep(|_| false).reaped, 0, "not idle for long enough yet");
+        sweep_until(&registry, "the idle topic to be dropped", |swept| swept.reaped == 1);
+        assert!(registry.topic("t").is_none());
+        assert_eq!(registry.topic_count(), 0);
+        assert_eq!(registry.lifecycle_counts(), (0, 0), "nothing of it is left");
+        // A publisher still holding the old copy gets its event back.
+        let refused = old.publish(None, EventData::from("late".to_owned()), |_| unreachable!());
+        assert!(refused.is_err());
+        let (new, created) = registry.topic_or_create(&name).unwrap();
+        assert!(created);
+        assert_ne!(new.epoch(), old.epoch(), "ids are never issued twice");
+        let start = new.subscribe(&client(), 0, Some(first.id)).unwrap();
+        assert_eq!(start.gap.map(|g| g.reason), Some(GapReason::Epoch));
+    }
+
+    #[test]
+    fn a_topic_is_kept_while_it_has_subscribers_or_events() {
+        let registry = short_lived(30, usize::MAX);
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
+        let start = topic.subscribe(&client(), 0, None).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(120);
+        while std::time::Instant::now() < until {
+            assert_eq!(registry.sweep(|_| false).reaped, 0);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(registry.lifecycle_counts().0, 1, "an active topic");
+        topic.unsubscribe(start.slot, &start.subscriber);
+        // Events keep it too: each publish stamps it.
+        for i in 0..10 {
+            publish(&topic, &i.to_string());
+            assert_eq!(registry.sweep(|_| false).reaped, 0);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        sweep_until(&registry, "the topic to be dropped", |swept| swept.reaped == 1);
+    }
+
+    #[test]
+    fn unsubscribing_takes_a_parked_writer_out_of_the_waiters() {
+        let registry = Registry::new(10);
+        let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
+        for _ in 0..1000 {
+            let start = topic.subscribe(&client(), 0, None).unwrap();
+            topic.register_waiter(&start.subscriber);
+            assert_eq!(topic.parked(), 1);
+            topic.unsubscribe(start.slot, &start.subscriber);
+            assert_eq!(topic.parked(), 0, "the waiter list lets go of who left");
+        }
+    }
+
+    #[test]
+    fn the_topic_limit_refuses_new_topics_until_idle_ones_go() {
+        let registry = short_lived(20, 2);
+        for name in ["a", "b"] {
+            registry.topic_or_create(&TopicName::new(name).unwrap()).unwrap();
+        }
+        let c = TopicName::new("c").unwrap();
+        assert_eq!(registry.topic_or_create(&c).unwrap_err(), TopicLimit { max: 2 });
+        assert!(registry.topic_or_create(&TopicName::new("a").unwrap()).is_ok(), "existing");
+        sweep_until(&registry, "idle topics to go", |_| registry.topic_count() == 0);
+        assert!(registry.topic_or_create(&c).is_ok());
+    }
+
+    #[test]
+    fn the_sweep_visits_topics_with_subscribers_only() {
+        let registry = short_lived(60_000, usize::MAX);
+        for i in 0..1000 {
+            registry.topic_or_create(&TopicName::new(&format!("idle{i}")).unwrap()).unwrap();
+        }
+        let busy = registry.topic_or_create(&TopicName::new("busy").unwrap()).unwrap().0;
+        let start = busy.subscribe(&client(), 0, None).unwrap();
+        registry.sweep(|_| false);
+        assert_eq!(registry.lifecycle_counts(), (1, 1001));
+        busy.unsubscribe(start.slot, &start.subscriber);
+        registry.sweep(|_| false);
+        assert_eq!(registry.lifecycle_counts().0, 0, "settled into the idle queue");
+    }
+
+    #[test]
+    fn subscribers_and_publishers_racing_the_reaper_never_use_a_dropped_copy() {
+        let registry = Arc::new(short_lived(1, usize::MAX));
+        let name = TopicName::new("race").unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sweeper = {
+            let (registry, stop) = (registry.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reaped = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    reaped += registry.sweep(|_| false).reaped;
+                }
+                reaped
+            })
+        };
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (registry, name) = (registry.clone(), name.clone());
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        let start = loop {
+                            let topic = registry.topic_or_create(&name).unwrap().0;
+                            if let Ok(start) = topic.subscribe(&client(), 0, None) {
+                                break (topic, start);
+                            }
+                        };
+                        let (topic, start) = start;
+                        // While subscribed, the copy is the registry's.
+                        let held = registry.topic("race").expect("a subscribed topic stays");
+                        assert!(Arc::ptr_eq(&held, &topic));
+                        if i % 2 == 0 {
+                            publish(&topic, "x");
+                        }
+                        topic.unsubscribe(start.slot, &start.subscriber);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(sweeper.join().unwrap() > 0, "the topic was dropped between uses");
+    }
+
     #[test]
     fn racing_publishers_and_subscribers_see_every_event_once_in_order() {
         let registry = Arc::new(Registry::new(100_000));
-        let topic = registry.topic_or_create(&TopicName::new("race").unwrap()).0;
+        let topic = registry.topic_or_create(&TopicName::new("race").unwrap()).unwrap().0;
         let publishers: Vec<_> = (0..2)
             .map(|_| {
                 let topic = topic.clone();
@@ -366,14 +661,14 @@ mod tests {
             .collect();
         for _ in 0..200 {
             let resume_at = topic.head();
-            let start = topic.subscribe(&client(), 0, Some(resume_at));
+            let start = topic.subscribe(&client(), 0, Some(resume_at)).unwrap();
             assert_eq!(start.position, resume_at);
             std::thread::yield_now();
             let got = read_after(&topic, start.position.seq).expect("history covers the run");
             let expected: Vec<u64> =
                 (resume_at.seq + 1..=resume_at.seq + got.len() as u64).collect();
             assert_eq!(got, expected);
-            topic.unsubscribe(start.slot);
+            topic.unsubscribe(start.slot, &start.subscriber);
         }
         for p in publishers {
             p.join().unwrap();

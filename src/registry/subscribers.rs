@@ -27,6 +27,8 @@ pub(crate) struct Subscriber {
     pub(crate) topic_index: u16,
     /// In the topic's waiter list and not yet woken.
     pub(super) waiting: AtomicBool,
+    /// Where in the waiter list, while `waiting`.
+    pub(super) waiter_key: AtomicUsize,
     /// Sequence number of the last event the writer took (for the sweeper; the writer keeps
     /// its own copy).
     cursor: AtomicU64,
@@ -42,6 +44,7 @@ impl Subscriber {
             client,
             topic_index,
             waiting: AtomicBool::new(false),
+            waiter_key: AtomicUsize::new(usize::MAX),
             cursor: AtomicU64::new(cursor),
             cursor_end: AtomicU64::new(cursor_end),
         }
@@ -110,7 +113,7 @@ impl SubscriberSet {
 
     /// Whether there are no subscriptions.
     pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len.load(Ordering::SeqCst) == 0
     }
 
     /// Adds a subscriber. The entry is visible to scans when this returns.
@@ -135,7 +138,9 @@ impl SubscriberSet {
         if index >= self.high_water.load(Ordering::Relaxed) {
             self.high_water.store(index + 1, Ordering::Release);
         }
-        self.len.fetch_add(1, Ordering::Relaxed);
+        // Sequentially consistent, with `is_empty`: the reaper and a subscriber each write,
+        // then read the other's write (see `Topic::reap_if_idle`).
+        self.len.fetch_add(1, Ordering::SeqCst);
         SlotId(index as u32)
     }
 
@@ -182,7 +187,7 @@ impl SubscriberSet {
         }
         writer.free.push(slot.0);
         drop(writer);
-        self.len.fetch_sub(1, Ordering::Relaxed);
+        self.len.fetch_sub(1, Ordering::SeqCst);
         // SAFETY: the entry came from `Arc::into_raw` in `insert` and is now unreachable from
         // the current array; scans that loaded it (from this or an older array) are pinned and
         // finish before the deferred drop runs. Only this call nulled the slot, so the array's

@@ -1,16 +1,19 @@
 //! One topic: its sequence, its log of recent events, its subscribers and the writers parked
-//! waiting for its next event; publishing and appending, subscribing at a resume position, and
-//! the sweep that finds subscribers lagging past their bounds.
+//! waiting for its next event; publishing and appending, subscribing at a resume position, the
+//! sweep that finds subscribers lagging past their bounds, and the check that lets an idle
+//! topic be dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Guard};
 use parking_lot::Mutex;
+use slab::Slab;
 
 use super::MIN_LOG_EVENTS;
 use super::client::{Client, Closed};
 use super::history::History;
+use super::lifecycle::Lifecycle;
 use super::subscribers::{SlotId, Subscriber, SubscriberSet};
 use crate::event::{
     Epoch, Event, EventData, EventId, EventName, Frames, Gap, GapReason, TopicName, Wire,
@@ -32,11 +35,47 @@ pub(crate) struct Topic {
     /// How many of the most recent events a resume may replay (`--history`).
     resume_window: u64,
     subscribers: SubscriberSet,
-    /// Writers parked until the next event.
-    waiters: Mutex<Vec<Arc<Subscriber>>>,
+    /// Writers parked until the next event, each at the key it keeps (so an unsubscribe takes
+    /// its own out at once, and a quiet topic holds no one who left).
+    waiters: Mutex<Slab<Arc<Subscriber>>>,
     /// Set once, in cluster mode, when this copy of the topic is replaced (its history of
     /// record lost or out of reach): nothing is appended after, and readers move on.
-    successor: OnceLock<Successor>,
+    successor: OnceLock<Box<Successor>>,
+    /// The registry's clock and lists of active and idle topics.
+    lifecycle: Arc<Lifecycle>,
+    /// When the topic last had an event or lost a subscriber, on the lifecycle's clock.
+    last_active: AtomicU64,
+    /// In the lifecycle's active set (it has, or just had, subscribers).
+    active: AtomicBool,
+    /// In the lifecycle's idle queue.
+    idle_queued: AtomicBool,
+    /// Dropped from the registry: nothing may be published to or subscribe to this copy.
+    reaped: AtomicBool,
+}
+
+/// A publish to a copy dropped for idleness while the caller held it, handed back to be
+/// published to the topic looked up again (a new copy, with a new epoch).
+#[derive(Debug)]
+pub(crate) struct Unpublished {
+    pub(crate) name: Option<EventName>,
+    pub(crate) data: EventData,
+}
+
+/// The topic was dropped for idleness while the caller held it: look it up again (a new copy
+/// starts with a new epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the topic was dropped for idleness")]
+pub(crate) struct Reaped;
+
+/// What [`Topic::reap_if_idle`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reap {
+    /// Dropped: the caller removes it from the registry.
+    Reaped,
+    /// It has subscribers again (and is back in the active set).
+    Active,
+    /// Idle, but not for long enough: look again then.
+    NotYet { deadline_ms: u64 },
 }
 
 /// The topic that replaced another, and how its readers move over.
@@ -77,8 +116,14 @@ pub(crate) struct TopicStart {
 }
 
 impl Topic {
-    /// An empty topic of `epoch` whose next event is `base + 1`.
-    pub(crate) fn new(name: TopicName, epoch: Epoch, base: u64, history_limit: usize) -> Self {
+    /// An empty topic of `epoch` whose next event is `base + 1`, living by `lifecycle`.
+    pub(super) fn new(
+        name: TopicName,
+        epoch: Epoch,
+        base: u64,
+        history_limit: usize,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         Topic {
             name,
             epoch,
@@ -88,8 +133,13 @@ impl Topic {
             log: History::new(history_limit.max(MIN_LOG_EVENTS)),
             resume_window: history_limit as u64,
             subscribers: SubscriberSet::new(),
-            waiters: Mutex::new(Vec::new()),
+            waiters: Mutex::new(Slab::new()),
             successor: OnceLock::new(),
+            last_active: AtomicU64::new(lifecycle.now()),
+            lifecycle,
+            active: AtomicBool::new(false),
+            idle_queued: AtomicBool::new(false),
+            reaped: AtomicBool::new(false),
         }
     }
 
@@ -100,7 +150,7 @@ impl Topic {
 
     /// The copy that replaced this one, if any (cluster mode).
     pub(crate) fn successor(&self) -> Option<&Successor> {
-        self.successor.get()
+        self.successor.get().map(|successor| &**successor)
     }
 
     /// The topic's name.
@@ -126,14 +176,18 @@ impl Topic {
         name: Option<EventName>,
         data: EventData,
         frames: impl FnOnce(EventId) -> Frames,
-    ) -> Arc<Event> {
+    ) -> Result<Arc<Event>, Unpublished> {
         let event = {
             let mut stream_len = self.order.lock();
+            // Checked under the order, which the reaper holds while it decides.
+            if self.reaped.load(Ordering::SeqCst) {
+                return Err(Unpublished { name, data });
+            }
             let id = EventId { epoch: self.epoch, seq: self.head.load(Ordering::Relaxed) + 1 };
             self.push_locked(&mut stream_len, id, name, data, frames(id))
         };
         self.wake_waiters();
-        event
+        Ok(event)
     }
 
     /// Appends an event whose id was assigned elsewhere (by Redis, in cluster mode): it must be
@@ -148,7 +202,8 @@ impl Topic {
         let event = {
             let mut stream_len = self.order.lock();
             let head = self.head.load(Ordering::Relaxed);
-            if id.epoch != self.epoch || id.seq != head + 1 {
+            // A dropped copy continues nothing: the caller reads the topic again.
+            if id.epoch != self.epoch || id.seq != head + 1 || self.reaped.load(Ordering::SeqCst) {
                 return Err(Discontinuity { id, head: EventId { epoch: self.epoch, seq: head } });
             }
             self.push_locked(&mut stream_len, id, name, data, frames)
@@ -173,14 +228,21 @@ impl Topic {
         for (end, len) in self.head_end.iter().zip(stream_len.iter()) {
             end.store(*len, Ordering::Relaxed);
         }
+        self.last_active.store(self.lifecycle.now(), Ordering::Relaxed);
         // Pairs with the head read in a writer's re-check after `register_waiter`.
         self.head.store(id.seq, Ordering::SeqCst);
         event
     }
 
     fn wake_waiters(&self) {
-        let waiters = std::mem::take(&mut *self.waiters.lock());
-        for subscriber in waiters {
+        let waiters = {
+            let mut waiters = self.waiters.lock();
+            if waiters.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *waiters)
+        };
+        for (_, subscriber) in waiters {
             subscriber.waiting.store(false, Ordering::Release);
             subscriber.client.wake();
         }
@@ -191,7 +253,7 @@ impl Topic {
     pub(super) fn retire(&self, successor: Successor) {
         // Set before the waiter list is taken: a writer that parks after that sees it. A copy
         // is retired once, by the registry that replaced it.
-        let _ = self.successor.set(successor);
+        let _ = self.successor.set(Box::new(successor));
         self.wake_waiters();
     }
 
@@ -204,18 +266,20 @@ impl Topic {
     /// afterwards and not sleep if it moved.
     pub(crate) fn register_waiter(&self, subscriber: &Arc<Subscriber>) {
         if !subscriber.waiting.swap(true, Ordering::AcqRel) {
-            self.waiters.lock().push(subscriber.clone());
+            let mut waiters = self.waiters.lock();
+            let key = waiters.insert(subscriber.clone());
+            subscriber.waiter_key.store(key, Ordering::Relaxed);
         }
     }
 
     /// Registers `client` as a subscriber, starting after `resume` if given (or at the oldest
     /// retained event with a gap if that position is gone), else after the head.
     pub(crate) fn subscribe(
-        &self,
+        self: &Arc<Self>,
         client: &Arc<Client>,
         topic_index: u16,
         resume: Option<EventId>,
-    ) -> TopicStart {
+    ) -> Result<TopicStart, Reaped> {
         let guard = epoch::pin();
         let head = self.head.load(Ordering::SeqCst);
         let oldest = self.oldest_resumable(head, &guard);
@@ -233,31 +297,39 @@ impl Topic {
             }
             Some(requested) => (requested.seq, None),
         };
-        let mut start = self.subscribe_after(client, topic_index, cursor, &guard);
+        let mut start = self.subscribe_after(client, topic_index, cursor, &guard)?;
         start.gap = gap;
-        start
+        Ok(start)
     }
 
     /// Registers `client` as a subscriber whose next event is `after + 1`, whatever the log
     /// holds: for readers moving over from a replaced copy, which were told what they lost.
     pub(crate) fn subscribe_after(
-        &self,
+        self: &Arc<Self>,
         client: &Arc<Client>,
         topic_index: u16,
         after: u64,
         guard: &Guard,
-    ) -> TopicStart {
+    ) -> Result<TopicStart, Reaped> {
         let position_end = self.stream_end_at(after, client.wire(), guard);
         let subscriber =
             Arc::new(Subscriber::new(client.clone(), topic_index, after, position_end));
         let slot = self.subscribers.insert(subscriber.clone());
-        TopicStart {
+        // Inserted, then checked; the reaper marks, then counts (see `reap_if_idle`).
+        if self.reaped.load(Ordering::SeqCst) {
+            self.subscribers.remove(slot);
+            return Err(Reaped);
+        }
+        if !self.active.swap(true, Ordering::SeqCst) {
+            self.lifecycle.activate(self);
+        }
+        Ok(TopicStart {
             slot,
             subscriber,
             position: EventId { epoch: self.epoch, seq: after },
             position_end,
             gap: None,
-        }
+        })
     }
 
     /// The oldest event a resume may start from: within the resume window and still logged.
@@ -284,9 +356,85 @@ impl Topic {
         }
     }
 
-    /// Removes a subscription made by [`Topic::subscribe`].
-    pub(crate) fn unsubscribe(&self, slot: SlotId) -> bool {
-        self.subscribers.remove(slot)
+    /// Removes a subscription made by [`Topic::subscribe`], and its writer from the waiters:
+    /// nothing of it stays, whether or not the topic ever publishes again.
+    pub(crate) fn unsubscribe(&self, slot: SlotId, subscriber: &Arc<Subscriber>) -> bool {
+        let removed = self.subscribers.remove(slot);
+        if subscriber.waiting.load(Ordering::Acquire) {
+            let mut waiters = self.waiters.lock();
+            let key = subscriber.waiter_key.load(Ordering::Relaxed);
+            // The key may be stale (the list was taken by a publish since): check who is there.
+            if waiters.get(key).is_some_and(|parked| Arc::ptr_eq(parked, subscriber)) {
+                waiters.remove(key);
+                subscriber.waiting.store(false, Ordering::Release);
+            }
+        }
+        self.last_active.store(self.lifecycle.now(), Ordering::Relaxed);
+        removed
+    }
+
+    /// Moves the topic from the active set to the idle queue if it has no subscriber left;
+    /// for the sweeper, which visits active topics.
+    pub(super) fn settle(self: &Arc<Self>) {
+        if !self.subscribers.is_empty() {
+            return;
+        }
+        self.active.store(false, Ordering::SeqCst);
+        // A subscriber that arrived meanwhile either saw the flag cleared (and re-adds the
+        // topic to the active set) or is counted here.
+        if !self.subscribers.is_empty() {
+            self.active.store(true, Ordering::SeqCst);
+            return;
+        }
+        self.lifecycle.deactivate(self);
+        if self.active.load(Ordering::SeqCst) {
+            // Re-activated between the check and the removal: put it back.
+            self.lifecycle.activate(self);
+            return;
+        }
+        self.queue_idle();
+    }
+
+    /// Writers parked now, for tests.
+    #[cfg(test)]
+    pub(super) fn parked(&self) -> usize {
+        self.waiters.lock().len()
+    }
+
+    /// Whether the topic is in the active set (it has, or just had, subscribers).
+    pub(super) fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Puts the topic in the idle queue (once), to be looked at when its idle time is up.
+    pub(super) fn queue_idle(self: &Arc<Self>) {
+        if !self.idle_queued.swap(true, Ordering::SeqCst) {
+            let deadline = self.last_active.load(Ordering::Relaxed) + self.lifecycle.idle_ttl_ms();
+            self.lifecycle.queue_idle(self.clone(), deadline);
+        }
+    }
+
+    /// For the sweeper, once the topic's idle deadline has come: marks it dropped if it has had
+    /// no subscriber and no event for the idle time, else says why not. The caller holds the
+    /// registry's shard lock for the topic's name and removes it on [`Reap::Reaped`].
+    pub(super) fn reap_if_idle(self: &Arc<Self>, now_ms: u64) -> Reap {
+        self.idle_queued.store(false, Ordering::SeqCst);
+        if self.active.load(Ordering::SeqCst) {
+            return Reap::Active;
+        }
+        // Publishers stamp the topic under the order: holding it, the stamp is final.
+        let _order = self.order.lock();
+        let deadline_ms = self.last_active.load(Ordering::Relaxed) + self.lifecycle.idle_ttl_ms();
+        if now_ms < deadline_ms || self.successor.get().is_some() {
+            return Reap::NotYet { deadline_ms };
+        }
+        self.reaped.store(true, Ordering::SeqCst);
+        // A subscriber inserts, then checks the mark; we mark, then count.
+        if !self.subscribers.is_empty() || self.active.load(Ordering::SeqCst) {
+            self.reaped.store(false, Ordering::SeqCst);
+            return Reap::Active;
+        }
+        Reap::Reaped
     }
 
     /// Calls `evict` for every subscriber that lags beyond its client's byte budget (in its

@@ -287,7 +287,8 @@ impl Link {
                     .map(|name| {
                         let local = self.registry.topic(name.as_str());
                         let head = local.as_ref().map(|t| t.head());
-                        let mut call = scripts::call(&self.script, name);
+                        let ttl = self.shared.key_ttl_ms;
+                        let mut call = scripts::call(&self.script, name, ttl);
                         call.arg(head.map_or("-".to_owned(), |head| head.epoch.to_string()))
                             .arg(head.map_or(0, |head| head.seq))
                             .arg(&max_entries)
@@ -439,7 +440,7 @@ fn replace(
     gap: Option<Gap>,
     mut applied: Applied,
 ) -> Applied {
-    let topic = Arc::new(Topic::new(name.clone(), epoch, base, registry.history_limit()));
+    let topic = registry.new_topic(name.clone(), epoch, base);
     for envelope in events {
         if !append(&topic, envelope) {
             break;

@@ -42,6 +42,8 @@ pub struct RelayConfig {
     /// Publish workers, each with a pooled connection (the pool has one more, for catch-up
     /// reads).
     pub pool_size: usize,
+    /// A topic's keys expire after this long without a publish (or a node reading them).
+    pub key_ttl: std::time::Duration,
 }
 
 /// Why Redis could not serve a request. Nothing was half-done: a publish that failed was not
@@ -138,6 +140,8 @@ struct Shared {
     /// may lead to a Redis that has restarted since.
     links: AtomicU64,
     metrics: RelayMetrics,
+    /// How long a topic's keys live after their last publish or read, in milliseconds.
+    key_ttl_ms: u64,
 }
 
 impl Relay {
@@ -164,6 +168,7 @@ impl Relay {
             connected: AtomicBool::new(false),
             links: AtomicU64::new(0),
             metrics: metrics.relay(),
+            key_ttl_ms: u64::try_from(config.key_ttl.as_millis()).unwrap_or(u64::MAX).max(1),
         });
         let stream_len = registry.history_limit().max(MIN_LOG_EVENTS);
         let (publishes, publish_jobs) = mpsc::channel(PUBLISH_QUEUE);
@@ -226,6 +231,11 @@ impl Relay {
     /// ([`Relay::prepare`]).
     pub(crate) fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, RelayError> {
         self.registry.topic(name.as_str()).ok_or_else(|| RelayError::NotSynced(name.clone()))
+    }
+
+    /// The node's registry, which the link fills.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Whether the Pub/Sub link is up and caught up.

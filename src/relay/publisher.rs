@@ -165,7 +165,7 @@ impl Worker {
     }
 
     fn call(&self, job: &PublishJob) -> Cmd {
-        let mut call = scripts::call(&self.script, &job.topic);
+        let mut call = scripts::call(&self.script, &job.topic, self.shared.key_ttl_ms);
         call.arg(&self.stream_len[..])
             .arg(TopicKeys::new(&job.topic).channel)
             .arg(envelope::header_tail(&job.topic, job.name.as_ref(), &job.data))

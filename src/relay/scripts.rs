@@ -8,9 +8,13 @@
 //! | `crier:{T}:log` | stream | the last `--history` envelopes (at least 64), entry id `<seq>-0`, field `e` |
 //! | `crier:{T}:ev` | Pub/Sub channel | every envelope as it is published |
 //!
-//! A topic whose `meta` is missing (never published, or Redis lost its data) starts a new epoch
-//! proposed by the caller, so ids from before are never issued again: readers who held them
-//! get `crier.gap` instead of a silent hole.
+//! A topic whose `meta` is missing (never published, expired, or Redis lost its data) starts a
+//! new epoch proposed by the caller, so ids from before are never issued again: readers who held
+//! them get `crier.gap` instead of a silent hole.
+//!
+//! Both keys expire after `--topic-idle-ttl` (every script takes it as `ARGV[2]`, in
+//! milliseconds): each publish, and each node reading the topic, sets the time again, so the
+//! keys of a topic nobody publishes to or reads are gone after it.
 
 use redis::{Cmd, Script};
 
@@ -43,8 +47,8 @@ impl TopicKeys {
 
 /// Publishes one event.
 ///
-/// `KEYS`: meta, log. `ARGV`: proposed epoch, stream length, channel, the envelope's header
-/// after the id, data. Takes the next sequence number, appends the envelope to the capped
+/// `KEYS`: meta, log. `ARGV`: proposed epoch, key time-to-live (ms), stream length, channel,
+/// the envelope's header after the id, data. Takes the next sequence number, appends the envelope to the capped
 /// stream and publishes it, and returns `{epoch, seq}`. If the stream refuses the entry (its
 /// last id is ahead of `seq`: the hash and the stream disagree, as after a partial restore),
 /// the topic starts a new epoch rather than reuse ids.
@@ -58,12 +62,12 @@ local epoch = redis.call('HGET', KEYS[1], 'epoch') or fresh()
 local function append()
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   local id = string.format('%d', seq)
-  local envelope = 'crier1 ' .. epoch .. '-' .. id .. ' ' .. ARGV[4] .. '\n' .. ARGV[5]
-  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[2], id .. '-0', 'e', envelope)
+  local envelope = 'crier1 ' .. epoch .. '-' .. id .. ' ' .. ARGV[5] .. '\n' .. ARGV[6]
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'e', envelope)
   if type(added) == 'table' and added.err then
     return nil
   end
-  redis.call('PUBLISH', ARGV[3], envelope)
+  redis.call('PUBLISH', ARGV[4], envelope)
   return seq
 end
 local seq = append()
@@ -71,14 +75,16 @@ if not seq then
   epoch = fresh()
   seq = append()
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {epoch, seq}
 "#;
 
 /// Reads a topic's state for a node catching up.
 ///
-/// `KEYS`: meta, log. `ARGV`: proposed epoch, the node's epoch for the topic (or `-`), the
-/// node's last sequence number, most entries, the SHA-1 (hex) of the node's last envelope (or
-/// empty). Returns `{epoch, seq, envelope…}`: the envelopes after the node's last sequence
+/// `KEYS`: meta, log. `ARGV`: proposed epoch, key time-to-live (ms), the node's epoch for the
+/// topic (or `-`), the node's last sequence number, most entries, the SHA-1 (hex) of the node's
+/// last envelope (or empty). Returns `{epoch, seq, envelope…}`: the envelopes after the node's last sequence
 /// number if the epoch is the node's, else the whole stream. A topic never published gets an
 /// epoch now, so every node agrees on it from the first subscriber on.
 ///
@@ -92,13 +98,13 @@ local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = 0
 if epoch then
   seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-  if epoch == ARGV[2] then
-    if seq < tonumber(ARGV[3]) then
+  if epoch == ARGV[3] then
+    if seq < tonumber(ARGV[4]) then
       epoch = nil
-    elseif ARGV[5] ~= '' then
-      local at = ARGV[3] .. '-0'
+    elseif ARGV[6] ~= '' then
+      local at = ARGV[4] .. '-0'
       local entry = redis.call('XRANGE', KEYS[2], at, at)[1]
-      if entry and redis.sha1hex(entry[2][2]) ~= ARGV[5] then
+      if entry and redis.sha1hex(entry[2][2]) ~= ARGV[6] then
         epoch = nil
       end
     end
@@ -110,11 +116,13 @@ if not epoch then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 local start = '-'
-if epoch == ARGV[2] then
-  start = string.format('%d', tonumber(ARGV[3]) + 1) .. '-0'
+if epoch == ARGV[3] then
+  start = string.format('%d', tonumber(ARGV[4]) + 1) .. '-0'
 end
-local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', ARGV[4])
+local entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', ARGV[5])
 local out = {epoch, seq}
 for i, entry in ipairs(entries) do
   out[i + 2] = entry[2][2]
@@ -123,11 +131,13 @@ return out
 "#;
 
 /// A call of `script` for `topic` with the arguments every script takes first (the topic's
-/// keys, and a fresh epoch in case the topic starts one); the caller adds the rest.
-pub(crate) fn call(script: &Script, topic: &TopicName) -> Cmd {
+/// keys, a fresh epoch in case the topic starts one, and how long the keys live); the caller
+/// adds the rest.
+pub(crate) fn call(script: &Script, topic: &TopicName, key_ttl_ms: u64) -> Cmd {
     let keys = TopicKeys::new(topic);
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(2).arg(keys.meta).arg(keys.log).arg(Epoch::random().to_string());
+    cmd.arg(script.get_hash()).arg(2).arg(keys.meta).arg(keys.log);
+    cmd.arg(Epoch::random().to_string()).arg(key_ttl_ms);
     cmd
 }
 
