@@ -34,7 +34,11 @@ impl Ring {
 /// The retained events of one topic.
 pub(crate) struct History {
     ring: Atomic<Ring>,
-    limit: usize,
+    /// Most events held (32 bits: a topic's state stays small).
+    limit: u32,
+    /// How many of the most recent events a resume may replay (`--history`; the ring may hold
+    /// more, for live readers).
+    resume_window: u32,
     /// Sequence number of the first event pushed (0 before any): with the head, how many
     /// events the ring would hold, so it grows only when it must.
     first: AtomicU64,
@@ -43,9 +47,17 @@ pub(crate) struct History {
 const FIRST_CAPACITY: usize = 8;
 
 impl History {
-    /// An empty history that keeps at most `limit` events (0 keeps none).
-    pub(crate) fn new(limit: usize) -> Self {
-        History { ring: Atomic::null(), limit, first: AtomicU64::new(0) }
+    /// An empty history that keeps at most `limit` events (0 keeps none), of which a resume
+    /// may replay the last `resume_window`.
+    pub(crate) fn new(limit: usize, resume_window: usize) -> Self {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let resume_window = u32::try_from(resume_window).unwrap_or(u32::MAX);
+        History { ring: Atomic::null(), limit, resume_window, first: AtomicU64::new(0) }
+    }
+
+    /// How many of the most recent events a resume may replay.
+    pub(crate) fn resume_window(&self) -> u64 {
+        u64::from(self.resume_window)
     }
 
     /// Appends `event`, evicting the oldest once `limit` events are held.
@@ -67,8 +79,9 @@ impl History {
         let mut ring = self.ring.load(Ordering::Acquire, guard);
         // SAFETY: loaded under `guard`; only this (single) writer replaces it.
         let capacity = unsafe { ring.as_ref() }.map_or(0, |r| r.slots.len());
-        if capacity < self.limit && (seq - first) as usize >= capacity {
-            ring = self.grow(ring, (capacity * 2).max(FIRST_CAPACITY).min(self.limit), guard);
+        let limit = self.limit as usize;
+        if capacity < limit && (seq - first) as usize >= capacity {
+            ring = self.grow(ring, (capacity * 2).max(FIRST_CAPACITY).min(limit), guard);
         }
         // SAFETY: non-null after `grow`, and alive for `guard`.
         let ring = unsafe { ring.deref() };
@@ -119,7 +132,7 @@ impl History {
 
     /// Most events the ring holds once full: how far a reader may fall behind the head.
     pub(crate) fn capacity(&self) -> usize {
-        self.limit
+        self.limit as usize
     }
 }
 
@@ -161,7 +174,7 @@ mod tests {
 
     #[test]
     fn keeps_the_last_limit_events_across_growth() {
-        let history = History::new(20);
+        let history = History::new(20, 20);
         for seq in 1..=50 {
             history.push(event(seq), &epoch::pin());
             let first = seq.saturating_sub(19).max(1);
@@ -172,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_log_may_start_at_any_sequence_number() {
-        let history = History::new(20);
+        let history = History::new(20, 20);
         for seq in 1_000_001..=1_000_050 {
             history.push(event(seq), &epoch::pin());
         }
@@ -183,7 +196,7 @@ mod tests {
         // It grew as it filled, not on the first large sequence number.
         let ring = history.ring.load(Ordering::Acquire, &guard);
         assert_eq!(unsafe { ring.deref() }.slots.len(), 20);
-        let small = History::new(1000);
+        let small = History::new(1000, 1000);
         small.push(event(5_000_000), &guard);
         let ring = small.ring.load(Ordering::Acquire, &guard);
         assert_eq!(unsafe { ring.deref() }.slots.len(), FIRST_CAPACITY);
@@ -191,14 +204,14 @@ mod tests {
 
     #[test]
     fn zero_limit_keeps_nothing() {
-        let history = History::new(0);
+        let history = History::new(0, 0);
         history.push(event(1), &epoch::pin());
         assert!(history.get(1, &epoch::pin()).is_none());
     }
 
     #[test]
     fn events_are_freed_when_evicted_and_dropped() {
-        let history = History::new(4);
+        let history = History::new(4, 4);
         let first = event(1);
         let weak = Arc::downgrade(&first);
         history.push(first, &epoch::pin());
@@ -221,7 +234,7 @@ mod tests {
 
     #[test]
     fn concurrent_readers_never_see_a_wrong_event() {
-        let history = Arc::new(History::new(64));
+        let history = Arc::new(History::new(64, 64));
         let head = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let reader = {
             let (history, head) = (history.clone(), head.clone());

@@ -53,7 +53,9 @@ mod reclaim;
 mod subscribers;
 mod topic;
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::Hash;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -83,7 +85,7 @@ pub struct TopicLimit {
 }
 
 /// Shrinks a map that holds less than a quarter of what it has room for.
-fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+fn shrink_if_sparse<T: Eq + Hash>(map: &mut HashSet<T>) {
     if map.capacity() > 64 && map.len() < map.capacity() / 4 {
         map.shrink_to(map.len() * 2);
     }
@@ -103,7 +105,32 @@ pub(crate) struct Swept {
 pub(crate) const MIN_LOG_EVENTS: usize = 64;
 
 /// One shard of the topic map.
-type Shard = CachePadded<RwLock<HashMap<TopicName, Arc<Topic>>>>;
+type Shard = CachePadded<RwLock<HashSet<Held>>>;
+
+/// A topic in its shard's table, found by its name: the table holds one pointer per topic
+/// (the name lives in the topic).
+#[derive(Clone)]
+struct Held(Arc<Topic>);
+
+impl Borrow<str> for Held {
+    fn borrow(&self) -> &str {
+        self.0.name().as_str()
+    }
+}
+
+impl Hash for Held {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.name().as_str().hash(state);
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name() == other.0.name()
+    }
+}
+
+impl Eq for Held {}
 
 /// All topics of a node.
 pub(crate) struct Registry {
@@ -136,7 +163,7 @@ impl Registry {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let shards = (cores.next_power_of_two() * 4).max(4);
         Registry {
-            shards: (0..shards).map(|_| CachePadded::new(RwLock::new(HashMap::new()))).collect(),
+            shards: (0..shards).map(|_| CachePadded::new(RwLock::new(HashSet::new()))).collect(),
             hasher: RandomState::new(),
             history_limit,
             next_epoch: AtomicU64::new(Epoch::random().as_u64()),
@@ -176,14 +203,14 @@ impl Registry {
         }
     }
 
-    fn shard(&self, name: &str) -> &RwLock<HashMap<TopicName, Arc<Topic>>> {
+    fn shard(&self, name: &str) -> &RwLock<HashSet<Held>> {
         let hash = self.hasher.hash_one(name) as usize;
         &self.shards[hash & (self.shards.len() - 1)]
     }
 
     /// The topic, if it exists.
     pub(crate) fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.shard(name).read().get(name).cloned()
+        self.shard(name).read().get(name).map(|held| held.0.clone())
     }
 
     /// The topic, created with a new epoch if missing; the flag says whether this call
@@ -193,16 +220,16 @@ impl Registry {
         name: &TopicName,
     ) -> Result<(Arc<Topic>, bool), TopicLimit> {
         let shard = self.shard(name.as_str());
-        if let Some(topic) = shard.read().get(name.as_str()) {
-            return Ok((topic.clone(), false));
+        if let Some(held) = shard.read().get(name.as_str()) {
+            return Ok((held.0.clone(), false));
         }
         let mut map = shard.write();
-        if let Some(topic) = map.get(name.as_str()) {
-            return Ok((topic.clone(), false));
+        if let Some(held) = map.get(name.as_str()) {
+            return Ok((held.0.clone(), false));
         }
         self.has_room(1)?;
         let topic = self.new_topic(name.clone(), self.next_epoch(), 0);
-        map.insert(name.clone(), topic.clone());
+        map.insert(Held(topic.clone()));
         self.count.fetch_add(1, Ordering::Relaxed);
         drop(map);
         topic.queue_idle();
@@ -226,7 +253,7 @@ impl Registry {
         notice: Option<Arc<Event>>,
     ) -> bool {
         let name = topic.name().clone();
-        let old = self.shard(name.as_str()).write().insert(name, topic.clone());
+        let old = self.shard(name.as_str()).write().replace(Held(topic.clone())).map(|held| held.0);
         topic.queue_idle();
         let Some(old) = old else {
             self.count.fetch_add(1, Ordering::Relaxed);
@@ -246,7 +273,7 @@ impl Registry {
     pub(crate) fn live_topics(&self) -> Vec<Arc<Topic>> {
         self.shards
             .iter()
-            .flat_map(|shard| shard.read().values().cloned().collect::<Vec<_>>())
+            .flat_map(|shard| shard.read().iter().map(|held| held.0.clone()).collect::<Vec<_>>())
             .collect()
     }
 
@@ -282,7 +309,7 @@ impl Registry {
             let name = topic.name().clone();
             let mut map = self.shard(name.as_str()).write();
             // A copy replaced since (cluster mode) is not this registry's to drop.
-            if !map.get(name.as_str()).is_some_and(|held| Arc::ptr_eq(held, &topic)) {
+            if !map.get(name.as_str()).is_some_and(|held| Arc::ptr_eq(&held.0, &topic)) {
                 continue;
             }
             match topic.reap_if_idle(now) {
@@ -303,8 +330,8 @@ impl Registry {
             for shard in self.shards.iter() {
                 shrink_if_sparse(&mut shard.write());
             }
-            self.lifecycle.shrink();
         }
+        self.lifecycle.shrink();
         swept
     }
 

@@ -10,7 +10,7 @@
 
 use std::ptr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 use parking_lot::Mutex;
@@ -77,20 +77,20 @@ impl Slots {
     }
 }
 
-/// Free-slot bookkeeping, touched only by subscribe and unsubscribe.
-struct Writer {
-    free: Vec<u32>,
-}
-
-/// The subscribers of one topic.
+/// The subscribers of one topic. Small while empty (most topics, most of the time): the slot
+/// array and the free list are allocated by the first subscribe and freed by
+/// [`SubscriberSet::release_if_empty`].
 pub(crate) struct SubscriberSet {
     /// The slot array; replaced (never mutated in size) when it grows.
     slots: Atomic<Slots>,
     /// One past the highest slot ever used: publishers scan `0..high_water`.
-    high_water: AtomicUsize,
+    high_water: AtomicU32,
     /// Live subscriptions.
-    len: AtomicUsize,
-    writer: Mutex<Writer>,
+    len: AtomicU32,
+    /// Free slots below `high_water`, touched only by subscribe and unsubscribe, which
+    /// serialize on it.
+    #[expect(clippy::box_collection, reason = "8 bytes in every topic rather than 24")]
+    writer: Mutex<Option<Box<Vec<u32>>>>,
 }
 
 const FIRST_CAPACITY: usize = 4;
@@ -100,15 +100,15 @@ impl SubscriberSet {
     pub(crate) fn new() -> Self {
         SubscriberSet {
             slots: Atomic::null(),
-            high_water: AtomicUsize::new(0),
-            len: AtomicUsize::new(0),
-            writer: Mutex::new(Writer { free: Vec::new() }),
+            high_water: AtomicU32::new(0),
+            len: AtomicU32::new(0),
+            writer: Mutex::new(None),
         }
     }
 
     /// Number of subscriptions.
     pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.len.load(Ordering::Relaxed) as usize
     }
 
     /// Whether there are no subscriptions.
@@ -120,9 +120,9 @@ impl SubscriberSet {
     pub(crate) fn insert(&self, subscriber: Arc<Subscriber>) -> SlotId {
         let guard = epoch::pin();
         let mut writer = self.writer.lock();
-        let index = match writer.free.pop() {
+        let index = match writer.as_mut().and_then(|free| free.pop()) {
             Some(index) => index as usize,
-            None => self.high_water.load(Ordering::Relaxed),
+            None => self.high_water.load(Ordering::Relaxed) as usize,
         };
         let mut slots = self.slots.load(Ordering::Acquire, &guard);
         // SAFETY: `slots` is only replaced under the writer lock, which we hold, and the array
@@ -135,8 +135,8 @@ impl SubscriberSet {
         // SAFETY: as above; after `grow` the array is non-null and longer than `index`.
         let array = unsafe { slots.deref() };
         array.entries[index].store(entry, Ordering::Release);
-        if index >= self.high_water.load(Ordering::Relaxed) {
-            self.high_water.store(index + 1, Ordering::Release);
+        if index >= self.high_water.load(Ordering::Relaxed) as usize {
+            self.high_water.store(index as u32 + 1, Ordering::Release);
         }
         // Sequentially consistent, with `is_empty`: the reaper and a subscriber each write,
         // then read the other's write (see `Topic::reap_if_idle`).
@@ -185,7 +185,7 @@ impl SubscriberSet {
         if entry.is_null() {
             return false;
         }
-        writer.free.push(slot.0);
+        writer.get_or_insert_default().push(slot.0);
         drop(writer);
         self.len.fetch_sub(1, Ordering::SeqCst);
         // SAFETY: the entry came from `Arc::into_raw` in `insert` and is now unreachable from
@@ -197,12 +197,31 @@ impl SubscriberSet {
         true
     }
 
+    /// Frees the slot array and the free list if there is no subscriber: a topic that had
+    /// subscribers holds nothing for them once idle.
+    pub(crate) fn release_if_empty(&self) {
+        let guard = epoch::pin();
+        let mut writer = self.writer.lock();
+        // Under the writer lock, no subscriber means every slot is null.
+        if self.len.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        *writer = None;
+        self.high_water.store(0, Ordering::Release);
+        let slots = self.slots.swap(Shared::null(), Ordering::AcqRel, &guard);
+        if !slots.is_null() {
+            // SAFETY: unreachable for new scans now; scans pinned earlier finish before it is
+            // freed, and it holds no entry to release.
+            unsafe { guard.defer_destroy(slots) };
+        }
+    }
+
     /// Calls `f` with every subscriber present when the scan reaches its slot.
     ///
     /// Never blocks: concurrent subscribes may or may not be seen, concurrent unsubscribes may
     /// still be seen once.
     pub(crate) fn for_each(&self, guard: &Guard, mut f: impl FnMut(&Subscriber)) {
-        let high_water = self.high_water.load(Ordering::Acquire);
+        let high_water = self.high_water.load(Ordering::Acquire) as usize;
         let slots = self.slots.load(Ordering::Acquire, guard);
         // SAFETY: loaded under `guard`, so the array outlives this scan.
         let Some(array) = (unsafe { slots.as_ref() }) else {

@@ -23,21 +23,20 @@ use crate::event::{
 pub(crate) struct Topic {
     name: TopicName,
     epoch: Epoch,
-    /// Serializes publishers; holds the stream length in each wire format (bytes of frames
-    /// published so far).
-    order: Mutex<[u64; Wire::COUNT]>,
+    /// Serializes publishers (and the reaper's decision).
+    order: Mutex<()>,
     /// Sequence number of the last published event (0 before the first).
     head: AtomicU64,
-    /// Stream lengths including the head event.
+    /// Stream lengths including the head event, in each wire format (bytes of frames published
+    /// so far); written under the order.
     head_end: [AtomicU64; Wire::COUNT],
     /// Recent events by sequence number: what writers read and resume replays.
     log: History,
-    /// How many of the most recent events a resume may replay (`--history`).
-    resume_window: u64,
     subscribers: SubscriberSet,
     /// Writers parked until the next event, each at the key it keeps (so an unsubscribe takes
-    /// its own out at once, and a quiet topic holds no one who left).
-    waiters: Mutex<Slab<Arc<Subscriber>>>,
+    /// its own out at once, and a quiet topic holds no one who left). Allocated when a writer
+    /// first parks, freed when the topic goes idle: most topics never have one.
+    waiters: Mutex<Option<Box<Slab<Arc<Subscriber>>>>>,
     /// Set once, in cluster mode, when this copy of the topic is replaced (its history of
     /// record lost or out of reach): nothing is appended after, and readers move on.
     successor: OnceLock<Box<Successor>>,
@@ -127,13 +126,12 @@ impl Topic {
         Topic {
             name,
             epoch,
-            order: Mutex::new([0; Wire::COUNT]),
+            order: Mutex::new(()),
             head: AtomicU64::new(base),
             head_end: Default::default(),
-            log: History::new(history_limit.max(MIN_LOG_EVENTS)),
-            resume_window: history_limit as u64,
+            log: History::new(history_limit.max(MIN_LOG_EVENTS), history_limit),
             subscribers: SubscriberSet::new(),
-            waiters: Mutex::new(Slab::new()),
+            waiters: Mutex::new(None),
             successor: OnceLock::new(),
             last_active: AtomicU64::new(lifecycle.now()),
             lifecycle,
@@ -178,13 +176,13 @@ impl Topic {
         frames: impl FnOnce(EventId) -> Frames,
     ) -> Result<Arc<Event>, Unpublished> {
         let event = {
-            let mut stream_len = self.order.lock();
+            let _order = self.order.lock();
             // Checked under the order, which the reaper holds while it decides.
             if self.reaped.load(Ordering::SeqCst) {
                 return Err(Unpublished { name, data });
             }
             let id = EventId { epoch: self.epoch, seq: self.head.load(Ordering::Relaxed) + 1 };
-            self.push_locked(&mut stream_len, id, name, data, frames(id))
+            self.push_locked(id, name, data, frames(id))
         };
         self.wake_waiters();
         Ok(event)
@@ -200,33 +198,33 @@ impl Topic {
         frames: Frames,
     ) -> Result<Arc<Event>, Discontinuity> {
         let event = {
-            let mut stream_len = self.order.lock();
+            let _order = self.order.lock();
             let head = self.head.load(Ordering::Relaxed);
             // A dropped copy continues nothing: the caller reads the topic again.
             if id.epoch != self.epoch || id.seq != head + 1 || self.reaped.load(Ordering::SeqCst) {
                 return Err(Discontinuity { id, head: EventId { epoch: self.epoch, seq: head } });
             }
-            self.push_locked(&mut stream_len, id, name, data, frames)
+            self.push_locked(id, name, data, frames)
         };
         self.wake_waiters();
         Ok(event)
     }
 
+    /// Appends the next event; the caller holds the order.
     fn push_locked(
         &self,
-        stream_len: &mut [u64; Wire::COUNT],
         id: EventId,
         name: Option<EventName>,
         data: EventData,
         frames: Frames,
     ) -> Arc<Event> {
-        for wire in Wire::ALL {
-            stream_len[wire.index()] += frames.len(wire) as u64;
-        }
-        let event = Arc::new(Event::new(self.name.clone(), id, name, data, frames, *stream_len));
+        let stream_len = Wire::ALL.map(|wire| {
+            self.head_end[wire.index()].load(Ordering::Relaxed) + frames.len(wire) as u64
+        });
+        let event = Arc::new(Event::new(self.name.clone(), id, name, data, frames, stream_len));
         self.log.push(event.clone(), &epoch::pin());
-        for (end, len) in self.head_end.iter().zip(stream_len.iter()) {
-            end.store(*len, Ordering::Relaxed);
+        for (end, len) in self.head_end.iter().zip(stream_len) {
+            end.store(len, Ordering::Relaxed);
         }
         self.last_active.store(self.lifecycle.now(), Ordering::Relaxed);
         // Pairs with the head read in a writer's re-check after `register_waiter`.
@@ -237,10 +235,10 @@ impl Topic {
     fn wake_waiters(&self) {
         let waiters = {
             let mut waiters = self.waiters.lock();
-            if waiters.is_empty() {
-                return;
+            match waiters.as_deref_mut() {
+                Some(parked) if !parked.is_empty() => std::mem::take(parked),
+                _ => return,
             }
-            std::mem::take(&mut *waiters)
         };
         for (_, subscriber) in waiters {
             subscriber.waiting.store(false, Ordering::Release);
@@ -267,7 +265,7 @@ impl Topic {
     pub(crate) fn register_waiter(&self, subscriber: &Arc<Subscriber>) {
         if !subscriber.waiting.swap(true, Ordering::AcqRel) {
             let mut waiters = self.waiters.lock();
-            let key = waiters.insert(subscriber.clone());
+            let key = waiters.get_or_insert_default().insert(subscriber.clone());
             subscriber.waiter_key.store(key, Ordering::Relaxed);
         }
     }
@@ -334,7 +332,7 @@ impl Topic {
 
     /// The oldest event a resume may start from: within the resume window and still logged.
     fn oldest_resumable(&self, head: u64, guard: &Guard) -> u64 {
-        let mut oldest = (head + 1).saturating_sub(self.resume_window).max(1);
+        let mut oldest = (head + 1).saturating_sub(self.log.resume_window()).max(1);
         // A publisher racing ahead may have overwritten the first few; never report them.
         while oldest <= head && self.log.get(oldest, guard).is_none() {
             oldest += 1;
@@ -364,8 +362,10 @@ impl Topic {
             let mut waiters = self.waiters.lock();
             let key = subscriber.waiter_key.load(Ordering::Relaxed);
             // The key may be stale (the list was taken by a publish since): check who is there.
-            if waiters.get(key).is_some_and(|parked| Arc::ptr_eq(parked, subscriber)) {
-                waiters.remove(key);
+            if let Some(parked) = waiters.as_deref_mut()
+                && parked.get(key).is_some_and(|parked| Arc::ptr_eq(parked, subscriber))
+            {
+                parked.remove(key);
                 subscriber.waiting.store(false, Ordering::Release);
             }
         }
@@ -392,13 +392,20 @@ impl Topic {
             self.lifecycle.activate(self);
             return;
         }
+        self.subscribers.release_if_empty();
+        {
+            let mut waiters = self.waiters.lock();
+            if waiters.as_ref().is_some_and(|parked| parked.is_empty()) {
+                *waiters = None;
+            }
+        }
         self.queue_idle();
     }
 
     /// Writers parked now, for tests.
     #[cfg(test)]
     pub(super) fn parked(&self) -> usize {
-        self.waiters.lock().len()
+        self.waiters.lock().as_ref().map_or(0, |parked| parked.len())
     }
 
     /// Whether the topic is in the active set (it has, or just had, subscribers).
