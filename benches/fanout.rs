@@ -136,6 +136,11 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(extra)
             .env("CRIER_LOG", "warn,crier=info")
+            // The load generator is a few addresses opening thousands of streams at once.
+            .env("CRIER_MAX_CONNECTIONS", "1000000")
+            .env("CRIER_MAX_CONNECTIONS_PER_IP", "1000000")
+            .env("CRIER_NEW_STREAMS_PER_SEC", "1000000")
+            .env("CRIER_PUBLISHES_PER_SEC", "1000000")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -89,7 +89,8 @@ pub struct Config {
     #[arg(long, env = "CRIER_SSE_RETRY", default_value = "2s", value_parser = humantime::parse_duration)]
     pub sse_retry: Duration,
 
-    /// Close a connection whose request headers take longer than this to arrive.
+    /// Close a connection whose request headers take longer than this to arrive: on HTTP/1,
+    /// each request's; on HTTP/2 (h2c), the preface, SETTINGS and first request's.
     #[arg(long, env = "CRIER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub header_read_timeout: Duration,
 
@@ -151,6 +152,35 @@ pub struct Config {
     /// (`none`: nobody). The client is the rightmost forwarded hop that is not one of these.
     #[arg(long, env = "CRIER_TRUSTED_PROXIES", value_delimiter = ',', default_value = "127.0.0.0/8,::1", value_parser = parse_proxy)]
     pub trusted_proxies: Vec<String>,
+
+    /// Most connections open at once; more are answered 503 `at_capacity` and closed. Keep
+    /// it under the process's file descriptor limit.
+    #[arg(long, env = "CRIER_MAX_CONNECTIONS", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Most connections open at once from one client address (an IPv6 client's /64). Counted
+    /// for peers that are not --trusted-proxies (behind a proxy, limit connections there).
+    #[arg(long, env = "CRIER_MAX_CONNECTIONS_PER_IP", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
+
+    /// New SSE streams and WebSockets one client address may open per second (and in a
+    /// burst); more are answered 429 with Retry-After.
+    #[arg(long, env = "CRIER_NEW_STREAMS_PER_SEC", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub new_streams_per_sec: u32,
+
+    /// Publishes (HTTP and WebSocket) one principal may make per second (and in a burst): a
+    /// token's `sub`, else the client address. More are answered 429 with Retry-After.
+    #[arg(long, env = "CRIER_PUBLISHES_PER_SEC", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub publishes_per_sec: u32,
+
+    /// Largest request head (request line and headers); larger is answered 431.
+    #[arg(long, env = "CRIER_MAX_REQUEST_HEAD_BYTES", default_value = "16KiB", value_parser = parse_bytes)]
+    pub max_request_head_bytes: usize,
+
+    /// Longest a publish's body may take to arrive; slower is answered 408 and the connection
+    /// closed.
+    #[arg(long, env = "CRIER_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub body_read_timeout: Duration,
 
     /// Log format.
     #[arg(long, env = "CRIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

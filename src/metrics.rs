@@ -61,6 +61,56 @@ impl EvictReason {
     }
 }
 
+/// Why a request or connection was refused by a limit; the `reason` label of
+/// `crier_rejections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// `--max-connections`.
+    Connections,
+    /// `--max-connections-per-ip`.
+    ConnectionsPerIp,
+    /// `--new-streams-per-sec`.
+    StreamRate,
+    /// `--publishes-per-sec`.
+    PublishRate,
+    /// `--max-request-head-bytes`.
+    HeadTooLarge,
+    /// `--header-read-timeout`: no complete request head (HTTP/1) or first request (HTTP/2) in
+    /// time.
+    HeadTimeout,
+    /// `--body-read-timeout`.
+    BodyTimeout,
+    /// `--max-topics`.
+    TopicLimit,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 8] = [
+        Rejection::Connections,
+        Rejection::ConnectionsPerIp,
+        Rejection::StreamRate,
+        Rejection::PublishRate,
+        Rejection::HeadTooLarge,
+        Rejection::HeadTimeout,
+        Rejection::BodyTimeout,
+        Rejection::TopicLimit,
+    ];
+
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Connections => "connections",
+            Rejection::ConnectionsPerIp => "connections_per_ip",
+            Rejection::StreamRate => "stream_rate",
+            Rejection::PublishRate => "publish_rate",
+            Rejection::HeadTooLarge => "head_too_large",
+            Rejection::HeadTimeout => "head_timeout",
+            Rejection::BodyTimeout => "body_timeout",
+            Rejection::TopicLimit => "topic_limit",
+        }
+    }
+}
+
 /// Handles of one transport's metrics.
 #[derive(Clone)]
 pub(crate) struct TransportMetrics {
@@ -118,6 +168,10 @@ pub struct Metrics {
     auth_failures: [Counter; TokenError::ALL.len()],
     /// `crier_credential_reloads_total{outcome="ok"|"error"}`.
     credential_reloads: [Counter; 2],
+    /// `crier_rejections_total{reason}`, in the order of [`Rejection::ALL`].
+    rejections: [Counter; Rejection::ALL.len()],
+    /// `crier_accept_errors_total`: failed accepts (out of file descriptors, mostly).
+    pub(crate) accept_errors: Counter,
 }
 
 const PUBLISH_DURATION: &str = "crier_publish_duration_seconds";
@@ -128,6 +182,7 @@ const SHED_REQUESTS: &str = "crier_shed_requests_total";
 const WS_CLOSES: &str = "crier_ws_closes_total";
 const AUTH_FAILURES: &str = "crier_auth_failures_total";
 const CREDENTIAL_RELOADS: &str = "crier_credential_reloads_total";
+const REJECTIONS: &str = "crier_rejections_total";
 
 /// Buckets of `crier_publish_duration_seconds`: 5 µs to 1 s.
 const PUBLISH_BUCKETS: &[f64] = &[
@@ -189,6 +244,9 @@ impl Metrics {
                 .map(|reason| counter(AUTH_FAILURES, vec![Label::new("reason", reason.as_str())])),
             credential_reloads: ["ok", "error"]
                 .map(|outcome| counter(CREDENTIAL_RELOADS, vec![Label::new("outcome", outcome)])),
+            rejections: Rejection::ALL
+                .map(|reason| counter(REJECTIONS, vec![Label::new("reason", reason.as_str())])),
+            accept_errors: counter("crier_accept_errors_total", vec![]),
             recorder,
             handle,
         };
@@ -234,6 +292,11 @@ impl Metrics {
     /// Counts one refused token (`crier_auth_failures_total{reason}`).
     pub(crate) fn auth_failed(&self, reason: TokenError) {
         self.auth_failures[reason as usize].increment(1);
+    }
+
+    /// Counts one request or connection refused by a limit.
+    pub(crate) fn rejected(&self, reason: Rejection) {
+        self.rejections[reason as usize].increment(1);
     }
 
     /// Counts one reload of the token key files.
@@ -390,6 +453,11 @@ fn describe(recorder: &PrometheusRecorder) {
         (WS_CLOSES, "WebSocket connections closed, by the close code crier sent (1006: none)."),
         (AUTH_FAILURES, "Tokens refused, by reason."),
         (CREDENTIAL_RELOADS, "Reloads of the token key files (SIGHUP), by outcome."),
+        (REJECTIONS, "Requests and connections refused by a limit, by reason."),
+        (
+            "crier_accept_errors_total",
+            "Connections that could not be accepted (out of file descriptors, mostly).",
+        ),
     ];
     for &(name, help) in counters {
         let unit = name.contains("_bytes_").then_some(Unit::Bytes);
@@ -446,6 +514,10 @@ mod tests {
         metrics.publish_duration.record(Duration::from_micros(30).as_secs_f64());
         metrics.shed_requests("publish").increment(1);
         metrics.auth_failed(TokenError::Expired);
+        metrics.rejected(Rejection::PublishRate);
+        for (index, reason) in Rejection::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index, "{reason:?} sits at its own index");
+        }
         metrics.run_upkeep();
         let text = metrics.render();
         for line in [
@@ -462,6 +534,8 @@ mod tests {
             "crier_shed_requests_total{route=\"publish\"} 1",
             "crier_auth_failures_total{reason=\"expired\"} 1",
             "crier_auth_failures_total{reason=\"signature\"} 0",
+            "crier_rejections_total{reason=\"publish_rate\"} 1",
+            "crier_rejections_total{reason=\"connections\"} 0",
             "crier_publish_duration_seconds_bucket{le=\"0.00005\"} 1",
             "crier_publish_duration_seconds_count 1",
             "# HELP crier_topics Topics with state on this node.",

@@ -19,11 +19,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("chunk", &["metrics"]),
     ("relay", &["event", "codec", "registry", "metrics"]),
     ("hub", &["event", "codec", "registry", "metrics", "relay"]),
-    ("http", &["event", "auth", "metrics", "hub", "chunk"]),
+    ("http", &["event", "limits", "auth", "metrics", "hub", "chunk"]),
     ("sse", &["event", "codec", "registry", "metrics", "chunk", "auth", "hub", "http"]),
     ("ws", &["event", "codec", "registry", "metrics", "chunk", "limits", "auth", "hub", "http"]),
     ("config", &["auth", "hub", "relay", "http"]),
-    ("server", &["event", "registry", "metrics", "auth", "hub", "http", "sse", "ws", "config"]),
+    (
+        "server",
+        &["event", "registry", "metrics", "limits", "auth", "hub", "http", "sse", "ws", "config"],
+    ),
     ("internals", &["event", "codec", "registry", "metrics", "relay", "hub", "server", "ws"]),
 ];
 

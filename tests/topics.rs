@@ -81,7 +81,15 @@ async fn new_topics_beyond_the_limit_are_refused_until_idle_ones_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_random_topics_is_dropped_and_memory_returns() {
-    let node = CrierProcess::spawn(&["--topic-idle-ttl", "2s", "--max-topics", "10000000"]).await;
+    let node = CrierProcess::spawn(&[
+        "--topic-idle-ttl",
+        "2s",
+        "--max-topics",
+        "10000000",
+        "--new-streams-per-sec",
+        "1000000",
+    ])
+    .await;
     // Warm up: the runtime's threads, buffers and the metrics registry.
     for round in 0..20 {
         let topics: Vec<String> = (0..64).map(|i| format!("warm{round}x{i}")).collect();
@@ -107,17 +115,19 @@ async fn a_flood_of_random_topics_is_dropped_and_memory_returns() {
     .await;
     let reaped = metric(&metrics(node.addr).await, "crier_topics_reaped_total").unwrap();
     assert_eq!(reaped, (20 * 64 + rounds * 64) as f64);
+    // The memory goes back to the system once the drops are over.
+    let bound = start as f64 * 1.10 + 1024.0;
+    wait_until("RSS to return within 10% of where it started", || async {
+        node.rss_kib() as f64 <= bound
+    })
+    .await;
     let end = node.rss_kib();
     eprintln!("RSS: {start} KiB at start, {peak} KiB with {peak_topics} topics, {end} KiB after");
-    assert!(
-        end as f64 <= start as f64 * 1.10 + 1024.0,
-        "RSS went from {start} KiB to {end} KiB after the topics were dropped (peak {peak})"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_churn_on_a_quiet_topic_leaves_memory_flat() {
-    let node = CrierProcess::spawn(&[]).await;
+    let node = CrierProcess::spawn(&["--new-streams-per-sec", "1000000"]).await;
     let quiet = ["quiet".to_owned()];
     for _ in 0..500 {
         open_and_close(node.addr, &quiet).await;
@@ -139,7 +149,8 @@ async fn subscriber_churn_on_a_quiet_topic_leaves_memory_flat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_topics_cost_no_cpu() {
-    let node = CrierProcess::spawn(&["--topic-idle-ttl", "1h"]).await;
+    let node =
+        CrierProcess::spawn(&["--topic-idle-ttl", "1h", "--new-streams-per-sec", "1000000"]).await;
     for round in 0..1000 {
         let topics: Vec<String> = (0..64).map(|i| format!("idle{round}x{i}")).collect();
         open_and_close(node.addr, &topics).await;

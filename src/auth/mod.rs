@@ -183,6 +183,11 @@ impl Access {
         self.grant.as_ref().map(|grant| grant.expires_at)
     }
 
+    /// The token's subject, if any.
+    pub(crate) fn subject(&self) -> Option<&str> {
+        self.grant.as_ref().and_then(|grant| grant.subject.as_deref())
+    }
+
     /// The same client with a fresh token (a WebSocket `auth` command).
     pub(crate) fn renewed(&self, grant: Grant) -> Self {
         Access { grant: Some(Arc::new(grant)), ..self.clone() }

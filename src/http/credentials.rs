@@ -11,10 +11,13 @@ use std::sync::Arc;
 
 use ::http::{HeaderMap, header};
 
-use super::error::ApiError;
+use tokio::time::Instant;
+
+use super::error::{ApiError, ErrorCode};
 use super::peer::{Client, TrustedProxies};
 use crate::auth::{Access, Authority, Grant};
-use crate::metrics::Metrics;
+use crate::limits::{ClientKey, RateTable};
+use crate::metrics::{Metrics, Rejection};
 
 /// The cookie a browser app may carry its token in.
 pub(crate) const TOKEN_COOKIE: &str = "crier_token";
@@ -59,11 +62,30 @@ fn cookie<'a>(value: &'a [u8], name: &str) -> Option<&'a str> {
     })
 }
 
+/// Who a publish rate is counted for: the token's subject, else the client's address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Principal {
+    Subject(Box<str>),
+    Client(ClientKey),
+}
+
+/// The rates the gate holds clients to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rates {
+    /// New streams per client address per second.
+    pub(crate) new_streams_per_sec: u32,
+    /// Publishes per principal per second.
+    pub(crate) publishes_per_sec: u32,
+}
+
 /// What every stream and publish request passes before its endpoint sees it.
 pub(crate) struct Gate {
     authority: Arc<Authority>,
     proxies: TrustedProxies,
     metrics: Arc<Metrics>,
+    rates: Rates,
+    new_streams: RateTable<ClientKey>,
+    publishes: RateTable<Principal>,
 }
 
 impl Gate {
@@ -71,8 +93,60 @@ impl Gate {
         authority: Arc<Authority>,
         proxies: TrustedProxies,
         metrics: Arc<Metrics>,
+        rates: Rates,
     ) -> Self {
-        Gate { authority, proxies, metrics }
+        Gate {
+            authority,
+            proxies,
+            metrics,
+            rates,
+            new_streams: RateTable::per_second(rates.new_streams_per_sec),
+            publishes: RateTable::per_second(rates.publishes_per_sec),
+        }
+    }
+
+    /// Whether `peer` is a trusted proxy (its connections are not counted per address).
+    pub(crate) fn is_proxy(&self, peer: IpAddr) -> bool {
+        self.proxies.trusts(peer.to_canonical())
+    }
+
+    /// Admits one more stream (SSE or WebSocket) from `client`: 429 past
+    /// `--new-streams-per-sec`. `quiet`: neither counted nor logged (a first look whose
+    /// refusal is answered, and counted, later).
+    pub(crate) fn admit_stream(&self, client: Client, quiet: bool) -> Result<(), ApiError> {
+        self.new_streams.take(&ClientKey::of(client.ip), Instant::now()).map_err(|wait| {
+            if !quiet {
+                self.metrics.rejected(Rejection::StreamRate);
+                tracing::debug!(client = %client.ip, "new stream over the rate limit");
+            }
+            let detail = format!(
+                "more than {} new streams per second from this address",
+                self.rates.new_streams_per_sec
+            );
+            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
+        })
+    }
+
+    /// Admits one more publish by whoever `access` and `client` say: 429 past
+    /// `--publishes-per-sec`.
+    pub(crate) fn admit_publish(&self, access: &Access, client: IpAddr) -> Result<(), ApiError> {
+        let principal = match access.subject() {
+            Some(subject) => Principal::Subject(subject.into()),
+            None => Principal::Client(ClientKey::of(client)),
+        };
+        self.publishes.take(&principal, Instant::now()).map_err(|wait| {
+            self.metrics.rejected(Rejection::PublishRate);
+            tracing::debug!(%client, subject = ?access.subject(), "publish over the rate limit");
+            let detail = format!("more than {} publishes per second", self.rates.publishes_per_sec);
+            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
+        })
+    }
+
+    /// Forgets clients whose buckets are full again.
+    pub(crate) fn prune(&self) {
+        let now = Instant::now();
+        self.new_streams.prune(now);
+        self.publishes.prune(now);
     }
 
     /// The client a request from `peer` comes from.

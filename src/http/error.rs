@@ -78,8 +78,16 @@ error_codes! {
     TooLarge = (PAYLOAD_TOO_LARGE, "too_large"),
     /// A WebSocket version other than 13 (the answer carries `Sec-WebSocket-Version: 13`).
     UnsupportedVersion = (UPGRADE_REQUIRED, "unsupported_version"),
-    /// Over a rate limit.
+    /// Over a rate limit (the answer carries `Retry-After`).
     RateLimited = (TOO_MANY_REQUESTS, "rate_limited"),
+    /// More connections from this client than `--max-connections-per-ip`.
+    TooManyConnections = (TOO_MANY_REQUESTS, "too_many_connections"),
+    /// A request head over `--max-request-head-bytes`.
+    HeadTooLarge = (REQUEST_HEADER_FIELDS_TOO_LARGE, "head_too_large"),
+    /// A request body slower than `--body-read-timeout` (the connection is closed).
+    RequestTimeout = (REQUEST_TIMEOUT, "request_timeout"),
+    /// More connections than `--max-connections`; retry after `Retry-After`.
+    AtCapacity = (SERVICE_UNAVAILABLE, "at_capacity"),
     /// Redis could not serve the request; retry after `Retry-After`.
     Unavailable = (SERVICE_UNAVAILABLE, "unavailable"),
     /// Too many requests of this kind in flight; retry after `Retry-After`.
@@ -104,18 +112,26 @@ pub(crate) struct ApiError {
     pub(crate) detail: String,
     /// The methods the endpoint takes, for `Allow` on a 405.
     allow: Option<&'static str>,
+    /// Seconds to wait before retrying, for `Retry-After` (refusals that have one default to 1).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// An error with `code` and `detail`.
     pub(crate) fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        ApiError { code, detail: detail.into(), allow: None }
+        ApiError { code, detail: detail.into(), allow: None, retry_after: None }
     }
 
     /// 405: `path` takes only `allow`.
     pub(crate) fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> Self {
         let detail = format!("{path} accepts {allow}, not {method}");
         ApiError { allow: Some(allow), ..ApiError::new(ErrorCode::MethodNotAllowed, detail) }
+    }
+
+    /// The same refusal, retriable after `wait` (rounded up to whole seconds, at least 1).
+    pub(crate) fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1));
+        self
     }
 
     /// 404 for `path`.
@@ -144,13 +160,50 @@ impl ApiError {
         serde_json::to_string(&body).expect("two strings serialize to JSON")
     }
 
+    /// `Retry-After`, for the refusals a client may retry.
+    fn retry_after_seconds(&self) -> Option<u64> {
+        match self.code {
+            ErrorCode::Unavailable
+            | ErrorCode::Overloaded
+            | ErrorCode::TopicLimit
+            | ErrorCode::RateLimited
+            | ErrorCode::TooManyConnections
+            | ErrorCode::AtCapacity => Some(self.retry_after.unwrap_or(1)),
+            _ => None,
+        }
+    }
+
+    /// The whole HTTP/1.1 answer, closing the connection: for refusals made before any request
+    /// was read (connection limits, an oversized head).
+    pub(crate) fn to_http1(&self) -> Vec<u8> {
+        let body = self.body();
+        let status = self.code.status();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(seconds) = self.retry_after_seconds() {
+            head.push_str(&format!("retry-after: {seconds}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut answer = head.into_bytes();
+        answer.extend_from_slice(body.as_bytes());
+        answer
+    }
+
     /// The response.
     pub(crate) fn into_response(self) -> Response<ResponseBody> {
         let mut response = json_response(self.code.status(), self.body());
         let headers = response.headers_mut();
+        if let Some(seconds) = self.retry_after_seconds() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         match self.code {
-            ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::TopicLimit => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            ErrorCode::RequestTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ErrorCode::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

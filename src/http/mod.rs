@@ -9,7 +9,7 @@ mod peer;
 mod query;
 
 pub(crate) use body::{ChunkStream, ResponseBody, StreamError};
-pub(crate) use credentials::Gate;
+pub(crate) use credentials::{Gate, Rates};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
 pub(crate) use peer::{Client, TrustedProxies};
 pub(crate) use query::{PublishQuery, StreamQuery};

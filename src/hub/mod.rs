@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::Duration;
 
 use crate::event::{Cursor, EventData, EventId, EventName, IdError, TopicName, Wire};
-use crate::metrics::{EvictReason, Metrics, Transport};
+use crate::metrics::{EvictReason, Metrics, Rejection, Transport};
 use crate::registry::{Client, Closed, ConnectionCloser, Registry, TopicLimit};
 use crate::relay::{RelayConfig, RelayError, RelayStartError};
 use sequencer::Sequencer;
@@ -27,7 +27,7 @@ use sequencer::Sequencer;
 pub use subscription::{Polled, Subscription};
 
 /// Topics dropped after which the allocator is asked to return free memory.
-const TRIM_AFTER_REAPED: usize = 4096;
+const TRIM_AFTER_REAPED: usize = 1024;
 
 /// Asks the allocator to return the free memory it keeps to the system. glibc's malloc keeps
 /// what a flood of topics freed in its arenas (fragmented, so not at the top of the heap, where
@@ -214,15 +214,29 @@ impl Hub {
                 max: self.config.max_event_bytes,
             });
         }
-        let id = self.sequencer.publish(topic, name, data).await?;
-        self.metrics.events_published.increment(1);
-        Ok(id)
+        let id = self.sequencer.publish(topic, name, data).await;
+        if let Err(PublishError::TopicLimit(_)) = id {
+            self.metrics.rejected(Rejection::TopicLimit);
+        }
+        self.metrics.events_published.increment(u64::from(id.is_ok()));
+        id
     }
 
     /// Subscribes a new reader to `request.topics`, resuming after `request.last_event_id` if
     /// given. In cluster mode, topics the node has not seen and positions it has not reached
     /// yet are read from Redis first.
     pub async fn subscribe(&self, request: ReaderRequest) -> Result<Subscription, SubscribeError> {
+        let subscribed = self.start_subscription(request).await;
+        if let Err(SubscribeError::TopicLimit(_)) = subscribed {
+            self.metrics.rejected(Rejection::TopicLimit);
+        }
+        subscribed
+    }
+
+    async fn start_subscription(
+        &self,
+        request: ReaderRequest,
+    ) -> Result<Subscription, SubscribeError> {
         let ReaderRequest { mut topics, last_event_id, wire, closer } = request;
         topics.sort_unstable();
         topics.dedup();
@@ -324,12 +338,25 @@ impl Hub {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reaped_since_trim = 0;
+        // Sweeps until a second trim: what the dropped topics' readers and epochs held is
+        // freed a little after the topics themselves.
+        let mut second_trim_in: Option<u32> = None;
         loop {
             tick.tick().await;
-            reaped_since_trim += self.sweep_topics().reaped;
-            if reaped_since_trim >= TRIM_AFTER_REAPED {
+            let reaped = self.sweep_topics().reaped;
+            reaped_since_trim += reaped;
+            // Once a burst of drops is over (or every so often during a long one).
+            if (reaped == 0 && reaped_since_trim >= TRIM_AFTER_REAPED)
+                || reaped_since_trim >= 16 * TRIM_AFTER_REAPED
+            {
                 reaped_since_trim = 0;
                 release_free_memory();
+                second_trim_in = Some(10);
+            } else if let Some(sweeps) = second_trim_in {
+                second_trim_in = sweeps.checked_sub(1);
+                if sweeps == 0 {
+                    release_free_memory();
+                }
             }
         }
     }

@@ -121,7 +121,11 @@ impl Subscription {
         if self.topics.len() >= max {
             return Err(SubscribeError::TooManyTopics { count: max + 1, max });
         }
-        let gap = self.follow(&hub.sequencer, &name, last_event_id)?;
+        let gap = self.follow(&hub.sequencer, &name, last_event_id).inspect_err(|e| {
+            if let SubscribeError::TopicLimit(_) = e {
+                self.metrics.rejected(crate::metrics::Rejection::TopicLimit);
+            }
+        })?;
         let position = self.topics[self.topics.len() - 1].start;
         Ok(Added { position, gap })
     }

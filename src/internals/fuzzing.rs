@@ -16,7 +16,11 @@ use crate::server::first_request::{FirstRequest, classify};
 /// Classifies the first bytes of a connection; only a complete HTTP/1.1 `GET /sse` head with
 /// nothing after it may take the SSE fast path.
 pub fn check_first_request(bytes: &[u8]) {
-    if let Some(FirstRequest::EventStream { query, .. }) = classify(bytes) {
+    let decision = classify(bytes, 16 << 10);
+    if bytes.len() > 16 << 10 {
+        assert!(!matches!(decision, Some(FirstRequest::EventStream { .. })), "over the head cap");
+    }
+    if let Some(FirstRequest::EventStream { query, .. }) = decision {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
         let parsed = request.parse(bytes);

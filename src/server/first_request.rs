@@ -11,9 +11,6 @@ use tokio::net::TcpStream;
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Request heads larger than this are left to hyper (and its limits).
-const MAX_HEAD: usize = 16 << 10;
-
 /// Headers parsed at most; a request with more is left to hyper.
 const MAX_HEADERS: usize = 64;
 
@@ -30,13 +27,19 @@ pub(crate) enum FirstRequest {
     },
     /// Anything else: hyper serves it, starting with the bytes read so far.
     Other,
+    /// A request head larger than `--max-request-head-bytes`, still incomplete.
+    TooLarge,
     /// The peer closed the connection before sending a request.
     Closed,
 }
 
 /// Reads from `io` into `buf` until the first request head is complete or clearly not an SSE
 /// request.
-pub(crate) async fn read(io: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<FirstRequest> {
+pub(crate) async fn read(
+    io: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max_head: usize,
+) -> io::Result<FirstRequest> {
     loop {
         if buf.len() == buf.capacity() {
             buf.reserve(if buf.is_empty() { 1024 } else { buf.len() });
@@ -44,14 +47,15 @@ pub(crate) async fn read(io: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Fi
         if io.read_buf(buf).await? == 0 {
             return Ok(if buf.is_empty() { FirstRequest::Closed } else { FirstRequest::Other });
         }
-        if let Some(decision) = classify(buf) {
+        if let Some(decision) = classify(buf, max_head) {
             return Ok(decision);
         }
     }
 }
 
-/// Decides on the bytes read so far, or `None` if more are needed.
-pub(crate) fn classify(buf: &[u8]) -> Option<FirstRequest> {
+/// Decides on the bytes read so far, or `None` if more are needed; a head not complete within
+/// `max_head` bytes is [`FirstRequest::TooLarge`].
+pub(crate) fn classify(buf: &[u8], max_head: usize) -> Option<FirstRequest> {
     let preface = buf.len().min(H2_PREFACE.len());
     if buf[..preface] == H2_PREFACE[..preface] {
         return (buf.len() >= H2_PREFACE.len()).then_some(FirstRequest::Other);
@@ -60,9 +64,15 @@ pub(crate) fn classify(buf: &[u8]) -> Option<FirstRequest> {
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return None,
-        Ok(httparse::Status::Partial) | Err(_) => return Some(FirstRequest::Other),
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return None,
+        Ok(httparse::Status::Partial) => return Some(FirstRequest::TooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Some(FirstRequest::Other),
+        // Malformed: hyper answers it.
+        Err(_) => return Some(FirstRequest::Other),
     };
+    if len > max_head {
+        return Some(FirstRequest::TooLarge);
+    }
     let Some(target) = request.path else {
         return Some(FirstRequest::Other);
     };
@@ -106,6 +116,12 @@ const STREAM_HEADERS: [&str; 4] = ["last-event-id", "authorization", "cookie", "
 mod tests {
     use super::*;
 
+    const MAX_HEAD: usize = 16 << 10;
+
+    fn classify_(buf: &[u8]) -> Option<FirstRequest> {
+        classify(buf, MAX_HEAD)
+    }
+
     fn sse(query: Option<&str>, id: Option<&'static str>) -> Option<FirstRequest> {
         let mut headers = HeaderMap::new();
         if let Some(id) = id {
@@ -117,14 +133,14 @@ mod tests {
     #[test]
     fn only_a_plain_http11_sse_get_takes_the_fast_path() {
         assert_eq!(
-            classify(b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n"),
+            classify_(b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n"),
             sse(Some("topic=a"), None)
         );
         assert_eq!(
-            classify(b"GET /sse?topic=a HTTP/1.1\r\nlast-event-ID: k-1\r\n\r\n"),
+            classify_(b"GET /sse?topic=a HTTP/1.1\r\nlast-event-ID: k-1\r\n\r\n"),
             sse(Some("topic=a"), Some("k-1"))
         );
-        let Some(FirstRequest::EventStream { headers, .. }) = classify(
+        let Some(FirstRequest::EventStream { headers, .. }) = classify_(
             b"GET /sse?topic=a HTTP/1.1\r\nAuthorization: Bearer t\r\nCookie: a=1\r\n\
               Cookie: crier_token=c\r\nX-Forwarded-For: 192.0.2.1\r\nUser-Agent: x\r\n\r\n",
         ) else {
@@ -134,7 +150,7 @@ mod tests {
         assert_eq!(headers.get_all("cookie").iter().count(), 2);
         assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
         assert!(headers.get("user-agent").is_none(), "only what a stream reads is kept");
-        assert_eq!(classify(b"GET /sse HTTP/1.1\r\n\r\n"), sse(None, None));
+        assert_eq!(classify_(b"GET /sse HTTP/1.1\r\n\r\n"), sse(None, None));
         for other in [
             &b"GET /sse?topic=a HTTP/1.0\r\n\r\n"[..],
             b"HEAD /sse?topic=a HTTP/1.1\r\n\r\n",
@@ -147,7 +163,7 @@ mod tests {
             H2_PREFACE,
         ] {
             assert_eq!(
-                classify(other),
+                classify_(other),
                 Some(FirstRequest::Other),
                 "{:?}",
                 String::from_utf8_lossy(other)
@@ -157,11 +173,11 @@ mod tests {
 
     #[test]
     fn incomplete_heads_wait_for_more() {
-        assert_eq!(classify(b"GET /sse?topic=a HTTP/1.1\r\nHost"), None);
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None, "could still be the h2 preface");
-        assert_eq!(classify(b"P"), None);
+        assert_eq!(classify_(b"GET /sse?topic=a HTTP/1.1\r\nHost"), None);
+        assert_eq!(classify_(b"PRI * HTTP/2.0\r\n"), None, "could still be the h2 preface");
+        assert_eq!(classify_(b"P"), None);
         let mut huge = b"GET /sse HTTP/1.1\r\nX: ".to_vec();
         huge.resize(MAX_HEAD + 1, b'a');
-        assert_eq!(classify(&huge), Some(FirstRequest::Other));
+        assert_eq!(classify_(&huge), Some(FirstRequest::TooLarge));
     }
 }

@@ -17,6 +17,7 @@
 //! asked to finish what is in flight and close; whatever is still open after
 //! `--shutdown-timeout` is closed.
 
+mod accept;
 mod conn;
 pub(crate) mod first_request;
 mod layers;
@@ -28,6 +29,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::Request;
@@ -42,9 +44,12 @@ use tower::ServiceBuilder;
 
 use crate::auth::Authority;
 use crate::config::Config;
-use crate::http::Gate;
+use crate::http::{ApiError, ErrorCode};
+use crate::http::{Gate, Rates};
 use crate::hub::Hub;
+use crate::limits::ConnectionSlot;
 use crate::metrics::Metrics;
+use crate::metrics::Rejection;
 use crate::sse::{SseEdge, StreamTiming};
 use crate::ws::{WsEdge, WsLimits};
 use conn::{ConnControl, ConnectionEnd, ControlledConnection, Tracker};
@@ -61,6 +66,9 @@ pub(crate) struct ConnInfo {
     peer: SocketAddr,
     /// Drains or closes the connection (an evicted SSE stream is closed through it).
     control: Arc<ConnControl>,
+    /// The connection's place under `--max-connections-per-ip`, kept by a WebSocket session
+    /// the connection turns into.
+    slot: Option<Arc<ConnectionSlot>>,
 }
 
 /// The tower stack every request through hyper is served by.
@@ -72,6 +80,7 @@ type PublishStack = layers::Shed<PublishEndpoint<layers::Timeout<HubPublisher>>>
 /// A running node: what every connection shares.
 pub struct App {
     hub: Arc<Hub>,
+    admission: accept::Admission,
     authority: Arc<Authority>,
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
@@ -88,8 +97,12 @@ impl App {
     pub fn new(config: Config) -> io::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
         let authority = Arc::new(Authority::new(config.auth()).map_err(io::Error::other)?);
-        let gate =
-            Arc::new(Gate::new(authority.clone(), config.trusted_proxies(), metrics.clone()));
+        let rates = Rates {
+            new_streams_per_sec: config.new_streams_per_sec,
+            publishes_per_sec: config.publishes_per_sec,
+        };
+        let proxies = config.trusted_proxies();
+        let gate = Arc::new(Gate::new(authority.clone(), proxies, metrics.clone(), rates));
         let hub = match config.relay() {
             None => Hub::local(config.hub(), metrics.clone()),
             Some(relay) => {
@@ -123,7 +136,14 @@ impl App {
                 config.max_concurrent_publishes as usize,
                 metrics.shed_requests(Route::Publish.as_str()),
             ))
-            .layer_fn(|inner| PublishEndpoint::new(inner, config.max_event_bytes))
+            .layer_fn(|inner| {
+                PublishEndpoint::new(
+                    inner,
+                    config.max_event_bytes,
+                    config.body_read_timeout,
+                    metrics.clone(),
+                )
+            })
             .layer(TimeoutLayer::new(config.publish_timeout))
             .service(HubPublisher::new(hub.clone()));
         let router = Router {
@@ -138,7 +158,12 @@ impl App {
             .layer(RequestMetricsLayer::new(metrics.clone()))
             .layer(AuthenticateLayer::new(gate.clone()))
             .service(router);
-        Ok(Arc::new(App { hub, authority, gate, metrics, config, sse, tracker, stack }))
+        let admission = accept::Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            metrics.clone(),
+        );
+        Ok(Arc::new(App { hub, admission, authority, gate, metrics, config, sse, tracker, stack }))
     }
 
     /// Reads the token key files again (SIGHUP). Open connections keep what their tokens
@@ -163,16 +188,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(app.config.header_read_timeout);
+    let max_head = app.config.max_request_head_bytes;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.header_read_timeout)
+        .max_buf_size(max_head.max(8192));
+    builder.http2().max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let tracker = &app.tracker;
     let upkeep = tokio::spawn({
-        let metrics = app.metrics.clone();
+        let (metrics, gate) = (app.metrics.clone(), app.gate.clone());
         async move {
             let mut tick = tokio::time::interval(METRICS_UPKEEP);
             loop {
                 tick.tick().await;
                 metrics.run_upkeep();
+                gate.prune();
             }
         }
     });
@@ -180,17 +212,25 @@ pub async fn serve(
     let sweeper = tokio::spawn(app.hub.clone().run_sweeper(SWEEP_INTERVAL));
 
     tokio::pin!(shutdown);
+    let mut failures = accept::AcceptFailures::default();
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => spawn_connection(stream, peer, &app, &builder),
+            Ok((stream, peer)) => {
+                failures.succeeded();
+                spawn_connection(stream, peer, &app, &builder);
+            }
             Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning on accept.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors or memory: pause instead of spinning on accept, and serve
+                // again once descriptors free up.
+                let pause = failures.failed(&e, &app.metrics);
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }
@@ -219,13 +259,17 @@ fn spawn_connection(
     app: &Arc<App>,
     builder: &Arc<Builder<TokioExecutor>>,
 ) {
+    let counted = !app.gate.is_proxy(peer.ip());
+    let Some((stream, slot)) = app.admission.admit(stream, peer, app.tracker.len(), counted) else {
+        return;
+    };
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
     let (control, key) = app.tracker.add();
     let (app, builder) = (app.clone(), builder.clone());
     tokio::spawn(async move {
-        serve_connection(stream, peer, &app, &builder, control).await;
+        serve_connection(stream, peer, &app, &builder, control, slot).await;
         app.tracker.remove(key);
     });
 }
@@ -238,12 +282,13 @@ async fn serve_connection(
     app: &Arc<App>,
     builder: &Builder<TokioExecutor>,
     control: Arc<ConnControl>,
+    slot: Option<ConnectionSlot>,
 ) {
     let mut first = Vec::new();
     let first_request = {
         let read_first = tokio::time::timeout(
             app.config.header_read_timeout,
-            first_request::read(&mut stream, &mut first),
+            first_request::read(&mut stream, &mut first, app.config.max_request_head_bytes),
         );
         tokio::pin!(read_first);
         // A connection that has not sent a request yet has nothing to finish: shutdown closes it.
@@ -259,14 +304,17 @@ async fn serve_connection(
     let stream = match first_request {
         Ok(Ok(FirstRequest::EventStream { query, headers })) => {
             let client = app.gate.client(peer.ip(), &headers);
-            // A refused token is left to hyper, which answers (and counts) the refusal.
-            let Some(access) = app.gate.try_admit(client, &headers, query.as_deref()) else {
+            // A refusal is left to hyper, which answers (and counts) it.
+            let admitted = app.gate.try_admit(client, &headers, query.as_deref());
+            let Some(access) = admitted.filter(|_| app.gate.admit_stream(client, true).is_ok())
+            else {
                 return Box::pin(serve_hyper(
                     Rewind::new(first, stream),
                     peer,
                     app,
                     builder,
                     control,
+                    slot,
                 ))
                 .await;
             };
@@ -291,18 +339,32 @@ async fn serve_connection(
         }
         Ok(Ok(FirstRequest::Other)) => stream,
         Ok(Ok(FirstRequest::Closed)) => return,
+        Ok(Ok(FirstRequest::TooLarge)) => {
+            app.metrics.rejected(Rejection::HeadTooLarge);
+            let max = app.config.max_request_head_bytes;
+            let detail = format!("the request head is larger than {max} bytes");
+            accept::refuse(stream, ApiError::new(ErrorCode::HeadTooLarge, detail));
+            return;
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "reading the first request failed");
             return;
         }
         Err(_) => {
             tracing::debug!(%peer, "no request head within the header read timeout");
+            // A connection that sent nothing (a browser's preconnect) is just closed; one that
+            // started a request is told.
+            if !first.is_empty() {
+                app.metrics.rejected(Rejection::HeadTimeout);
+                let detail = "the request head did not arrive within --header-read-timeout";
+                accept::refuse(stream, ApiError::new(ErrorCode::RequestTimeout, detail));
+            }
             return;
         }
     };
     // Boxed: hyper's connection state is large, and a task serving an SSE stream on the fast
     // path (most of them) would otherwise hold room for it all its life.
-    Box::pin(serve_hyper(Rewind::new(first, stream), peer, app, builder, control)).await;
+    Box::pin(serve_hyper(Rewind::new(first, stream), peer, app, builder, control, slot)).await;
 }
 
 /// Serves a connection through hyper and the tower stack, starting with the bytes read so far.
@@ -312,12 +374,20 @@ async fn serve_hyper(
     app: &Arc<App>,
     builder: &Builder<TokioExecutor>,
     control: Arc<ConnControl>,
+    slot: Option<ConnectionSlot>,
 ) {
-    let info = ConnInfo { peer, control: control.clone() };
+    let info = ConnInfo { peer, control: control.clone(), slot: slot.map(Arc::new) };
+    // Set by the first request: until then the connection is on the head deadline (an h2c
+    // client that sends the preface, or SETTINGS, or half a HEADERS frame, and stops).
+    let requested = Arc::new(AtomicBool::new(false));
     let service = ServiceBuilder::new()
-        .map_request(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(info.clone());
-            req
+        .map_request({
+            let requested = requested.clone();
+            move |mut req: Request<Incoming>| {
+                requested.store(true, Ordering::Relaxed);
+                req.extensions_mut().insert(info.clone());
+                req
+            }
         })
         .service(app.stack.clone());
     let conn =
@@ -325,12 +395,26 @@ async fn serve_hyper(
     let drain = |conn: std::pin::Pin<&mut _>| {
         hyper_util::server::graceful::GracefulConnection::graceful_shutdown(conn)
     };
-    match ControlledConnection::new(conn, control, drain).await {
-        ConnectionEnd::Finished(Err(e)) => {
+    let connection = ControlledConnection::new(conn, control, drain);
+    let head_deadline = tokio::time::sleep(app.config.header_read_timeout);
+    tokio::pin!(connection, head_deadline);
+    let end = std::future::poll_fn(|cx| {
+        if !requested.load(Ordering::Relaxed) && head_deadline.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(None);
+        }
+        connection.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    match end {
+        Some(ConnectionEnd::Finished(Err(e))) => {
             tracing::debug!(%peer, error = %e, "connection ended with an error")
         }
-        ConnectionEnd::Finished(Ok(())) => {}
-        ConnectionEnd::Killed => tracing::debug!(%peer, "connection closed by the server"),
+        Some(ConnectionEnd::Finished(Ok(()))) => {}
+        Some(ConnectionEnd::Killed) => tracing::debug!(%peer, "connection closed by the server"),
+        None => {
+            app.metrics.rejected(Rejection::HeadTimeout);
+            tracing::debug!(%peer, "no request within the header read timeout: closed");
+        }
     }
 }
 

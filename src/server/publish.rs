@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -20,6 +21,7 @@ use crate::auth::Access;
 use crate::event::{EventData, EventId, EventName, TopicName};
 use crate::http::{ApiError, ErrorCode, PublishQuery, ResponseBody, json_response};
 use crate::hub::{Hub, PublishError};
+use crate::metrics::{Metrics, Rejection};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -64,12 +66,20 @@ impl Service<Publish> for HubPublisher {
 pub(crate) struct PublishEndpoint<S> {
     inner: S,
     max_event_bytes: usize,
+    /// Longest the body may take to arrive.
+    body_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> PublishEndpoint<S> {
-    /// Takes event data of at most `max_event_bytes`.
-    pub(crate) fn new(inner: S, max_event_bytes: usize) -> Self {
-        PublishEndpoint { inner, max_event_bytes }
+    /// Takes event data of at most `max_event_bytes`, arriving within `body_timeout`.
+    pub(crate) fn new(
+        inner: S,
+        max_event_bytes: usize,
+        body_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        PublishEndpoint { inner, max_event_bytes, body_timeout, metrics }
     }
 }
 
@@ -90,9 +100,10 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let inner = self.inner.clone();
-        let max = self.max_event_bytes;
+        let (max, body_timeout, metrics) =
+            (self.max_event_bytes, self.body_timeout, self.metrics.clone());
         Box::pin(async move {
-            let answer = match read(req, max).await {
+            let answer = match read(req, max, body_timeout, &metrics).await {
                 Ok(publish) => {
                     let topic = publish.topic.clone();
                     match inner.oneshot(publish).await {
@@ -108,7 +119,12 @@ where
 }
 
 /// Checks a publish request and reads its body.
-async fn read(req: Request<Incoming>, max: usize) -> Result<Publish, ApiError> {
+async fn read(
+    req: Request<Incoming>,
+    max: usize,
+    body_timeout: Duration,
+    metrics: &Metrics,
+) -> Result<Publish, ApiError> {
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "POST"));
     }
@@ -129,7 +145,14 @@ async fn read(req: Request<Incoming>, max: usize) -> Result<Publish, ApiError> {
         let detail = format!("event data is {size} bytes, the limit is {max}");
         return Err(ApiError::new(ErrorCode::TooLarge, detail));
     }
-    let body: Bytes = match Limited::new(req.into_body(), max).collect().await {
+    let collected =
+        tokio::time::timeout(body_timeout, Limited::new(req.into_body(), max).collect());
+    let Ok(collected) = collected.await else {
+        metrics.rejected(Rejection::BodyTimeout);
+        let detail = format!("the body did not arrive within {body_timeout:?}");
+        return Err(ApiError::new(ErrorCode::RequestTimeout, detail));
+    };
+    let body: Bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => {
             let detail = format!("event data exceeds the limit of {max} bytes");

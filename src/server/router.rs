@@ -17,6 +17,7 @@ use super::layers::error_response;
 use crate::auth::Access;
 use crate::http::{ApiError, Client, ErrorCode, ResponseBody, json_response};
 use crate::hub::Hub;
+use crate::limits::ConnectionSlot;
 use crate::metrics::Metrics;
 use crate::sse::SseEdge;
 use crate::ws::{Upgrade, WsEdge};
@@ -112,12 +113,12 @@ where
             Route::Ws => {
                 let (access, client) = (gated::<Access>(&req)?.clone(), gated::<Client>(&req)?.ip);
                 let (response, upgrade) = self.ws.accept(&mut req, access, client).await?;
-                self.spawn_session(upgrade);
+                self.spawn_session(upgrade, conn.slot);
                 Ok(response)
             }
             Route::WsEcho => {
                 let (response, upgrade) = self.ws.accept_echo(&mut req)?;
-                self.spawn_session(upgrade);
+                self.spawn_session(upgrade, conn.slot);
                 Ok(response)
             }
             Route::Healthz => {
@@ -131,9 +132,11 @@ where
 
     /// Runs a WebSocket once hyper hands its socket over. The session outlives the HTTP
     /// connection's task: it is tracked on its own so shutdown reaches it.
-    fn spawn_session(&self, upgrade: Upgrade) {
+    fn spawn_session(&self, upgrade: Upgrade, slot: Option<Arc<ConnectionSlot>>) {
         let (hub, tracker) = (self.hub.clone(), self.tracker.clone());
         tokio::spawn(async move {
+            // The session counts as its client's connection for as long as it lives.
+            let _slot = slot;
             let Some(mut session) = upgrade.connect().await else { return };
             let (control, key) = tracker.add();
             if hub.is_draining() {

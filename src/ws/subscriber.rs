@@ -42,7 +42,7 @@ pub(super) struct SubscriberSetup {
     pub(super) wire: Wire,
     /// Verifies the tokens of `auth` commands.
     pub(super) gate: Arc<Gate>,
-    /// Who the client is, for the log of a refused token.
+    /// Who the client is, for its publish rate and the log of a refused token.
     pub(super) client: IpAddr,
     /// What the client may do: publish, follow private topics; replaced by each `auth`.
     pub(super) access: Access,
@@ -148,6 +148,7 @@ impl Subscriber {
             Command::Publish { topic, event, data, binary } => {
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
                 self.setup.access.check_publish(name.as_str())?;
+                self.setup.gate.admit_publish(&self.setup.access, self.setup.client)?;
                 let event = event
                     .map(|e| EventName::new(&e).map_err(|err| ApiError::bad_event_name(&e, err)))
                     .transpose()?;

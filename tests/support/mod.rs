@@ -113,11 +113,7 @@ pub async fn request_from(
 ) -> HttpResponse {
     let mut stream = match source {
         None => TcpStream::connect(addr).await.expect("connect"),
-        Some(source) => {
-            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-            socket.bind(format!("{source}:0").parse().expect("source address")).expect("bind");
-            socket.connect(addr).await.expect("connect")
-        }
+        Some(source) => connect_from(source, addr).await,
     };
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -135,6 +131,13 @@ pub async fn request_from(
         .expect("response in time")
         .expect("read response");
     parse_response(&raw)
+}
+
+/// A connection to `addr` from the source address `source` (such as 127.0.0.2).
+pub async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(format!("{source}:0").parse().expect("source address")).expect("bind");
+    socket.connect(addr).await.expect("connect")
 }
 
 /// Parses a complete `Content-Length` (or empty) response.
@@ -431,11 +434,27 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 pub struct CrierProcess {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
+    /// Every log line written after the one announcing the address.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl CrierProcess {
     pub async fn spawn(args: &[&str]) -> CrierProcess {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_crier"))
+        Self::spawn_command(tokio::process::Command::new(env!("CARGO_BIN_EXE_crier")), args).await
+    }
+
+    /// The binary with at most `files` open file descriptors (`ulimit -n`).
+    pub async fn spawn_with_fd_limit(files: u32, args: &[&str]) -> CrierProcess {
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_crier"));
+        Self::spawn_command(command, args).await
+    }
+
+    async fn spawn_command(mut command: tokio::process::Command, args: &[&str]) -> CrierProcess {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
             .stdout(Stdio::null())
@@ -459,8 +478,14 @@ impl CrierProcess {
         .await
         .expect("crier listens in time");
         // Keep draining the log so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        CrierProcess { child, addr }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().expect("log").push(line);
+            }
+        });
+        CrierProcess { child, addr, log }
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,6 +1,8 @@
 //! Who a stream or publish request comes from and what it may do: for `/publish`, `/sse` and
 //! `/ws`, the client (through `--trusted-proxies`) and its [`Access`] are added to the
-//! request's extensions, or a refused token is answered 401 before the endpoint sees it.
+//! request's extensions, or the request is refused before the endpoint sees it: 401 for a
+//! refused token, 429 past the client's rate of new streams or its principal's rate of
+//! publishes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,7 +59,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if !matches!(Route::of(request.uri().path()), Route::Publish | Route::Sse | Route::Ws) {
+        let route = Route::of(request.uri().path());
+        if !matches!(route, Route::Publish | Route::Sse | Route::Ws) {
             return ResponseFuture::Inner { response: self.inner.call(request) };
         }
         let Some(peer) = request.extensions().get::<ConnInfo>().map(|conn| conn.peer) else {
@@ -67,7 +70,15 @@ where
             return ResponseFuture::Refused { response: Some(refused.into_response()) };
         };
         let client = self.gate.client(peer.ip(), request.headers());
-        match self.gate.admit(client, request.headers(), request.uri().query()) {
+        let admitted =
+            self.gate.admit(client, request.headers(), request.uri().query()).and_then(|access| {
+                match route {
+                    Route::Publish => self.gate.admit_publish(&access, client.ip)?,
+                    _ => self.gate.admit_stream(client, false)?,
+                }
+                Ok(access)
+            });
+        match admitted {
             Ok(access) => {
                 request.extensions_mut().insert(client);
                 request.extensions_mut().insert(access);
