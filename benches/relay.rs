@@ -90,13 +90,21 @@ impl Backend {
         match self {
             Backend::Server(redis) => {
                 let key_ttl = Duration::from_secs(600);
-                RelayConfig { urls: vec![redis.url()], cluster: false, pool_size, key_ttl }
+                let idempotency_window = Duration::from_secs(300);
+                RelayConfig {
+                    urls: vec![redis.url()],
+                    cluster: false,
+                    pool_size,
+                    key_ttl,
+                    idempotency_window,
+                }
             }
             Backend::Cluster(cluster) => RelayConfig {
                 urls: cluster.masters.iter().map(|m| m.url()).collect(),
                 cluster: true,
                 pool_size,
                 key_ttl: Duration::from_secs(600),
+                idempotency_window: Duration::from_secs(300),
             },
         }
     }

@@ -54,6 +54,12 @@ pub struct Config {
     #[arg(long, env = "CRIER_MAX_TOPICS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_topics: u64,
 
+    /// How long a publish's `Idempotency-Key` is remembered: a retry with the same key (to the
+    /// same topic) within it publishes nothing and answers the first publish's id. In cluster
+    /// mode Redis remembers the keys, so a retry may go to any node.
+    #[arg(long, env = "CRIER_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = parse_positive_duration)]
+    pub idempotency_window: Duration,
+
     /// Most topics one stream may subscribe to.
     #[arg(long, env = "CRIER_MAX_TOPICS_PER_CONNECTION", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_topics_per_connection: u16,
@@ -250,6 +256,7 @@ impl Config {
             cluster: self.redis_cluster,
             pool_size: usize::from(self.redis_pool_size),
             key_ttl: self.topic_idle_ttl,
+            idempotency_window: self.idempotency_window,
         })
     }
 
@@ -262,6 +269,7 @@ impl Config {
             max_topics_per_stream: usize::from(self.max_topics_per_connection),
             topic_idle_ttl: self.topic_idle_ttl,
             max_topics: usize::try_from(self.max_topics).unwrap_or(usize::MAX),
+            idempotency_window: self.idempotency_window,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! place in the topic's byte streams. This module imports nothing else of the crate.
 
 mod id;
+mod idempotency;
 mod name;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 
 pub use id::{Cursor, Epoch, EventId, IdError};
 pub(crate) use id::{Gap, GapReason, MAX_EVENT_ID_LEN};
+pub use idempotency::IdempotencyKey;
 pub use name::{EventName, NameError, TopicName};
 
 /// UTF-8 text in shared bytes, checked once when made.

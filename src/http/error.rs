@@ -88,8 +88,13 @@ error_codes! {
     RequestTimeout = (REQUEST_TIMEOUT, "request_timeout"),
     /// More connections than `--max-connections`; retry after `Retry-After`.
     AtCapacity = (SERVICE_UNAVAILABLE, "at_capacity"),
-    /// Redis could not serve the request; retry after `Retry-After`.
+    /// Redis could not serve the request (nothing was published); retry after `Retry-After`.
     Unavailable = (SERVICE_UNAVAILABLE, "unavailable"),
+    /// A cluster publish was sent to Redis and no answer came in time: it may or may not have
+    /// been published. Retry with the same `Idempotency-Key` after `Retry-After`.
+    OutcomeUnknown = (SERVICE_UNAVAILABLE, "outcome_unknown"),
+    /// An `Idempotency-Key` that is not 1–255 visible ASCII characters.
+    BadIdempotencyKey = (BAD_REQUEST, "bad_idempotency_key"),
     /// Too many requests of this kind in flight; retry after `Retry-After`.
     Overloaded = (SERVICE_UNAVAILABLE, "overloaded"),
     /// A new topic while the node holds `--max-topics`; retry after `Retry-After` (idle
@@ -164,6 +169,7 @@ impl ApiError {
     fn retry_after_seconds(&self) -> Option<u64> {
         match self.code {
             ErrorCode::Unavailable
+            | ErrorCode::OutcomeUnknown
             | ErrorCode::Overloaded
             | ErrorCode::TopicLimit
             | ErrorCode::RateLimited
@@ -243,6 +249,7 @@ impl From<PublishError> for ApiError {
     fn from(error: PublishError) -> Self {
         let code = match error {
             PublishError::TooLarge { .. } => ErrorCode::TooLarge,
+            PublishError::Unavailable(_) if error.outcome_unknown() => ErrorCode::OutcomeUnknown,
             PublishError::Unavailable(_) => ErrorCode::Unavailable,
             PublishError::TopicLimit(_) => ErrorCode::TopicLimit,
         };

@@ -11,6 +11,7 @@
 //!
 //! The hub also runs the sweeper that evicts subscribers whose writers stopped reading.
 
+mod idempotency;
 mod sequencer;
 mod subscription;
 
@@ -18,9 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::Duration;
 
-use crate::event::{Cursor, EventData, EventId, EventName, IdError, TopicName, Wire};
+use crate::event::{
+    Cursor, EventData, EventId, EventName, IdError, IdempotencyKey, TopicName, Wire,
+};
 use crate::metrics::{EvictReason, Metrics, Rejection, Transport};
 use crate::registry::{Client, Closed, ConnectionCloser, Registry, TopicLimit};
+pub use crate::relay::Ticket;
 use crate::relay::{RelayConfig, RelayError, RelayStartError};
 use sequencer::Sequencer;
 
@@ -56,6 +60,29 @@ pub struct HubConfig {
     pub topic_idle_ttl: Duration,
     /// Most topics the node holds at once.
     pub max_topics: usize,
+    /// How long a publish's idempotency key is remembered (on a single node; in cluster mode
+    /// the relay's configuration says).
+    pub idempotency_window: Duration,
+}
+
+/// How a publish is made, beyond its event.
+#[derive(Clone, Debug, Default)]
+pub struct PublishOptions {
+    /// A retry with the same key (to the same topic) within the window publishes nothing and
+    /// answers the first publish's id.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// Lets the caller withdraw a cluster publish still queued for Redis (then it is never
+    /// published).
+    pub ticket: Option<Arc<Ticket>>,
+}
+
+/// What a publish got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The event's id.
+    pub id: EventId,
+    /// The id is an earlier publish's with the same idempotency key: nothing was published.
+    pub replayed: bool,
 }
 
 impl HubConfig {
@@ -73,6 +100,7 @@ impl Default for HubConfig {
             max_topics_per_stream: 64,
             topic_idle_ttl: Duration::from_secs(600),
             max_topics: 1_000_000,
+            idempotency_window: Duration::from_secs(300),
         }
     }
 }
@@ -94,6 +122,13 @@ pub enum PublishError {
     /// The topic is new and the node holds as many topics as it may.
     #[error(transparent)]
     TopicLimit(#[from] TopicLimit),
+}
+
+impl PublishError {
+    /// Whether the event may have been published all the same (sent to Redis, no answer).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, PublishError::Unavailable(RelayError::OutcomeUnknown(_)))
+    }
 }
 
 /// Why a subscription, or a topic added to one, was refused.
@@ -166,7 +201,7 @@ impl Hub {
     /// A single node: ids are drawn here, with a fresh epoch.
     pub fn local(config: HubConfig, metrics: Arc<Metrics>) -> Self {
         let registry = Arc::new(config.registry());
-        let sequencer = Sequencer::local(registry.clone(), &metrics);
+        let sequencer = Sequencer::local(registry.clone(), &metrics, config.idempotency_window);
         Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false) }
     }
 
@@ -208,18 +243,31 @@ impl Hub {
         name: Option<EventName>,
         data: EventData,
     ) -> Result<EventId, PublishError> {
+        let published = self.publish_with(topic, name, data, PublishOptions::default()).await;
+        published.map(|published| published.id)
+    }
+
+    /// [`Hub::publish`] with an idempotency key and a ticket to withdraw it by.
+    pub async fn publish_with(
+        &self,
+        topic: &TopicName,
+        name: Option<EventName>,
+        data: EventData,
+        options: PublishOptions,
+    ) -> Result<Published, PublishError> {
         if data.len() > self.config.max_event_bytes {
             return Err(PublishError::TooLarge {
                 size: data.len(),
                 max: self.config.max_event_bytes,
             });
         }
-        let id = self.sequencer.publish(topic, name, data).await;
-        if let Err(PublishError::TopicLimit(_)) = id {
+        let published = self.sequencer.publish(topic, name, data, options).await;
+        if let Err(PublishError::TopicLimit(_)) = published {
             self.metrics.rejected(Rejection::TopicLimit);
         }
-        self.metrics.events_published.increment(u64::from(id.is_ok()));
-        id
+        let new = published.as_ref().is_ok_and(|published| !published.replayed);
+        self.metrics.events_published.increment(u64::from(new));
+        published
     }
 
     /// Subscribes a new reader to `request.topics`, resuming after `request.last_event_id` if

@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use metrics::{Gauge, Histogram};
 
-use super::{PublishError, SubscribeError};
+use super::idempotency::Remembered;
+use super::{PublishError, PublishOptions, Published, SubscribeError};
 use crate::codec::Draft;
 use crate::event::{EventData, EventId, EventName, TopicName};
 use crate::metrics::Metrics;
@@ -38,6 +39,8 @@ pub(super) enum Sequencer {
 /// The single-node sequencer.
 pub(super) struct Local {
     registry: Arc<Registry>,
+    /// Idempotency keys of recent publishes.
+    remembered: Remembered,
     /// `crier_topics`.
     topics: Gauge,
     /// `crier_publish_duration_seconds`.
@@ -45,9 +48,14 @@ pub(super) struct Local {
 }
 
 impl Sequencer {
-    pub(super) fn local(registry: Arc<Registry>, metrics: &Metrics) -> Self {
+    pub(super) fn local(
+        registry: Arc<Registry>,
+        metrics: &Metrics,
+        idempotency_window: std::time::Duration,
+    ) -> Self {
         Sequencer::Local(Local {
             registry,
+            remembered: Remembered::new(idempotency_window),
             topics: metrics.topics.clone(),
             publish_duration: metrics.publish_duration.clone(),
         })
@@ -69,13 +77,28 @@ impl Sequencer {
         topic: &TopicName,
         name: Option<EventName>,
         data: EventData,
+        options: PublishOptions,
     ) -> Publishing<'_> {
         match self {
-            Sequencer::Local(local) => Publishing::Done(Some(local.publish(topic, name, data))),
+            Sequencer::Local(local) => {
+                let published = match options.idempotency_key {
+                    None => {
+                        local.publish(topic, name, data).map(|id| Published { id, replayed: false })
+                    }
+                    Some(key) => {
+                        local.remembered.publish(topic, key, || local.publish(topic, name, data))
+                    }
+                };
+                Publishing::Done(Some(published))
+            }
             Sequencer::Relay(relay) => {
                 let topic = topic.clone();
+                let PublishOptions { idempotency_key, ticket } = options;
                 Publishing::Relayed(Box::pin(async move {
-                    relay.publish(topic, name, data).await.map_err(PublishError::from)
+                    let ticket = ticket.unwrap_or_default();
+                    let (id, replayed) =
+                        relay.publish(topic, name, data, idempotency_key, ticket).await?;
+                    Ok(Published { id, replayed })
                 }))
             }
         }
@@ -119,13 +142,13 @@ impl Sequencer {
 /// The answer to [`Sequencer::publish`].
 pub(super) enum Publishing<'a> {
     /// Published already, or refused (a single node).
-    Done(Option<Result<EventId, PublishError>>),
+    Done(Option<Result<Published, PublishError>>),
     /// Waiting for Redis.
-    Relayed(Pin<Box<dyn Future<Output = Result<EventId, PublishError>> + Send + 'a>>),
+    Relayed(Pin<Box<dyn Future<Output = Result<Published, PublishError>> + Send + 'a>>),
 }
 
 impl Future for Publishing<'_> {
-    type Output = Result<EventId, PublishError>;
+    type Output = Result<Published, PublishError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {

@@ -14,9 +14,12 @@ pub fn encode_frames(
     crate::codec::Draft::new(topic, name, data).finish(id)
 }
 pub use crate::event::{
-    Cursor, Epoch, EventData, EventId, EventName, IdError, NameError, Text, TopicName, Wire,
+    Cursor, Epoch, EventData, EventId, EventName, IdError, IdempotencyKey, NameError, Text,
+    TopicName, Wire,
 };
-pub use crate::hub::{Hub, HubConfig, Polled, ReaderRequest, Subscription};
+pub use crate::hub::{
+    Hub, HubConfig, Polled, PublishOptions, Published, ReaderRequest, Subscription, Ticket,
+};
 pub use crate::metrics::Metrics;
 pub use crate::registry::Closed;
 pub use crate::relay::{RelayConfig, RelayStartError};

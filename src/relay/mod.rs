@@ -23,12 +23,12 @@ mod scripts;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::event::{EventData, EventId, EventName, TopicName};
+use crate::event::{EventData, EventId, EventName, IdempotencyKey, TopicName};
 use crate::metrics::{Metrics, RelayMetrics};
 use crate::registry::{MIN_LOG_EVENTS, Registry, Topic};
 
@@ -44,6 +44,33 @@ pub struct RelayConfig {
     pub pool_size: usize,
     /// A topic's keys expire after this long without a publish (or a node reading them).
     pub key_ttl: std::time::Duration,
+    /// How long a publish's idempotency key is remembered.
+    pub idempotency_window: std::time::Duration,
+}
+
+/// Where a publish is on its way to Redis, shared by its caller and the worker that sends it:
+/// the caller may withdraw it while it waits in the queue; once it is sent, only Redis knows
+/// whether it ran.
+#[derive(Debug, Default)]
+pub struct Ticket(AtomicU8);
+
+const QUEUED: u8 = 0;
+const SENT: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Ticket {
+    /// Withdraws the publish if it was not sent yet: whether it is certain not to be published.
+    pub fn withdraw(&self) -> bool {
+        match self.0.compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(state) => state == WITHDRAWN,
+        }
+    }
+
+    /// Marks the publish as sent, unless it was withdrawn: whether it may be sent.
+    fn send(&self) -> bool {
+        self.0.compare_exchange(QUEUED, SENT, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
 }
 
 /// Why Redis could not serve a request. Nothing was half-done: a publish that failed was not
@@ -57,6 +84,11 @@ pub enum RelayError {
     /// Redis failed the call, or the connection broke during it.
     #[error("Redis failed the call")]
     Call(#[source] Cause),
+    /// A publish was sent to Redis and no answer came (the connection broke, or the caller
+    /// stopped waiting): Redis may or may not have published it. Retry with the same
+    /// idempotency key to find out without publishing twice.
+    #[error("Redis may or may not have published the event")]
+    OutcomeUnknown(#[source] Cause),
     /// Redis answered what the scripts never return.
     #[error("unexpected answer from Redis: {0}")]
     Answer(&'static str),
@@ -142,6 +174,8 @@ struct Shared {
     metrics: RelayMetrics,
     /// How long a topic's keys live after their last publish or read, in milliseconds.
     key_ttl_ms: u64,
+    /// How long an idempotency key is remembered, in milliseconds.
+    idempotency_window_ms: u64,
 }
 
 impl Relay {
@@ -169,6 +203,9 @@ impl Relay {
             links: AtomicU64::new(0),
             metrics: metrics.relay(),
             key_ttl_ms: u64::try_from(config.key_ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            idempotency_window_ms: u64::try_from(config.idempotency_window.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
         });
         let stream_len = registry.history_limit().max(MIN_LOG_EVENTS);
         let (publishes, publish_jobs) = mpsc::channel(PUBLISH_QUEUE);
@@ -187,15 +224,21 @@ impl Relay {
         Ok(Relay { publishes, syncs, registry, shared })
     }
 
-    /// Publishes through Redis; returns the id Redis assigned once it has the event.
+    /// Publishes through Redis; returns the id Redis assigned once it has the event, and
+    /// whether it is the id of an earlier publish with the same idempotency key (then nothing
+    /// was published). `ticket` lets the caller withdraw the publish while it is queued.
     pub(crate) async fn publish(
         &self,
         topic: TopicName,
         name: Option<EventName>,
         data: EventData,
-    ) -> Result<EventId, RelayError> {
+        idempotency_key: Option<IdempotencyKey>,
+        ticket: Arc<Ticket>,
+    ) -> Result<(EventId, bool), RelayError> {
         let (reply, answer) = oneshot::channel();
-        let job = publisher::PublishJob { topic, name, data, queued: Instant::now(), reply };
+        let queued = Instant::now();
+        let job =
+            publisher::PublishJob { topic, name, data, idempotency_key, ticket, queued, reply };
         self.publishes.send(job).await.map_err(|_| RelayError::Stopped)?;
         answer.await.map_err(|_| RelayError::Stopped)?
     }

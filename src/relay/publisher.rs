@@ -18,9 +18,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::commands::{self, Commands, Connection};
 use super::scripts::{self, TopicKeys};
-use super::{Cause, RelayError, Shared};
+use super::{Cause, RelayError, Shared, Ticket};
 use crate::codec::envelope;
-use crate::event::{EventData, EventId, EventName, TopicName};
+use crate::event::{EventData, EventId, EventName, IdempotencyKey, TopicName};
 use crate::metrics::RelayErrorKind;
 
 /// Most publishes sent in one pipeline.
@@ -34,8 +34,12 @@ pub(super) struct PublishJob {
     pub(super) topic: TopicName,
     pub(super) name: Option<EventName>,
     pub(super) data: EventData,
+    pub(super) idempotency_key: Option<IdempotencyKey>,
+    /// Withdrawn by the caller while queued: then it is never sent.
+    pub(super) ticket: Arc<Ticket>,
     pub(super) queued: Instant,
-    pub(super) reply: oneshot::Sender<Result<EventId, RelayError>>,
+    /// The id, and whether it is an earlier publish's (same idempotency key).
+    pub(super) reply: oneshot::Sender<Result<(EventId, bool), RelayError>>,
 }
 
 /// Starts `workers` workers taking jobs from `jobs`; they end when every sender is dropped.
@@ -81,6 +85,12 @@ impl Worker {
             if taken == 0 {
                 return;
             }
+            // Publishes their callers gave up on while queued are never sent: their callers
+            // answered that nothing was published.
+            batch.retain(|job| job.ticket.send());
+            if batch.is_empty() {
+                continue;
+            }
             // A connection kept busy is trusted. One idle for a while, or older than the
             // link's last reconnection (Redis may have restarted), goes back to the pool, which
             // pings it before handing it out again: a Redis restart does not fail the next
@@ -113,10 +123,11 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    // The connection is suspect: let the pool check or replace it.
+                    // The connection is suspect: let the pool check or replace it. The calls
+                    // were sent: Redis may have run them before the connection broke.
                     self.shared.metrics.error(RelayErrorKind::Publish);
                     tracing::warn!(error = %e, jobs = batch.len(), "publishing to Redis failed");
-                    fail(&mut batch, &RelayError::Call(Cause::new(e)));
+                    fail(&mut batch, &RelayError::OutcomeUnknown(Cause::new(e)));
                 }
             }
         }
@@ -127,8 +138,8 @@ impl Worker {
         &self,
         conn: &mut Connection,
         batch: &[PublishJob],
-    ) -> redis::RedisResult<(Vec<Result<EventId, RelayError>>, bool)> {
-        let mut results: Vec<Option<Result<EventId, RelayError>>> = vec![None; batch.len()];
+    ) -> redis::RedisResult<(Vec<Result<(EventId, bool), RelayError>>, bool)> {
+        let mut results: Vec<Option<Result<(EventId, bool), RelayError>>> = vec![None; batch.len()];
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut healthy = true;
         // Once to run, once more after loading the script if Redis had lost it.
@@ -143,8 +154,14 @@ impl Worker {
                         continue;
                     }
                     Err(e) => {
-                        healthy &= !commands::is_connection_error(&e);
-                        Err(RelayError::Call(Cause::new(e)))
+                        let broken = commands::is_connection_error(&e);
+                        healthy &= !broken;
+                        // A broken connection may have carried the call before it broke.
+                        Err(if broken {
+                            RelayError::OutcomeUnknown(Cause::new(e))
+                        } else {
+                            RelayError::Call(Cause::new(e))
+                        })
                     }
                     Ok(value) => published_id(value),
                 });
@@ -165,20 +182,25 @@ impl Worker {
     }
 
     fn call(&self, job: &PublishJob) -> Cmd {
-        let mut call = scripts::call(&self.script, &job.topic, self.shared.key_ttl_ms);
-        call.arg(&self.stream_len[..])
+        let key = job.idempotency_key.as_ref();
+        let mut call = scripts::publish_call(&self.script, &job.topic, key);
+        call.arg(self.shared.key_ttl_ms)
+            .arg(&self.stream_len[..])
             .arg(TopicKeys::new(&job.topic).channel)
             .arg(envelope::header_tail(&job.topic, job.name.as_ref(), &job.data))
-            .arg(&job.data.bytes()[..]);
+            .arg(&job.data.bytes()[..])
+            .arg(self.shared.idempotency_window_ms);
         call
     }
 }
 
-/// The id in the publish script's answer `{epoch, seq}`.
-fn published_id(value: Value) -> Result<EventId, RelayError> {
+/// The id in the publish script's answer `{epoch, seq}`, or `{epoch, seq, 1}` for the id of an
+/// earlier publish with the same idempotency key.
+fn published_id(value: Value) -> Result<(EventId, bool), RelayError> {
     let bad = RelayError::Answer;
     match value {
-        Value::Array(items) if items.len() == 2 => {
+        Value::Array(items) if items.len() == 2 || items.len() == 3 => {
+            let replayed = items.len() == 3;
             let epoch = match &items[0] {
                 Value::BulkString(b) => std::str::from_utf8(b).ok(),
                 Value::SimpleString(s) => Some(s.as_str()),
@@ -189,9 +211,10 @@ fn published_id(value: Value) -> Result<EventId, RelayError> {
                 _ => None,
             };
             match (epoch, seq) {
-                (Some(epoch), Some(seq)) => {
-                    format!("{epoch}-{seq}").parse::<EventId>().map_err(|_| bad("a bad id"))
-                }
+                (Some(epoch), Some(seq)) => format!("{epoch}-{seq}")
+                    .parse::<EventId>()
+                    .map(|id| (id, replayed))
+                    .map_err(|_| bad("a bad id")),
                 _ => Err(bad("a bad id")),
             }
         }

@@ -7,6 +7,7 @@
 //! | `crier:{T}:meta` | hash | `epoch` (the topic's current epoch) and `seq` (last sequence number issued) |
 //! | `crier:{T}:log` | stream | the last `--history` envelopes (at least 64), entry id `<seq>-0`, field `e` |
 //! | `crier:{T}:ev` | Pub/Sub channel | every envelope as it is published |
+//! | `crier:{T}:idem:<key>` | string | the id a publish with idempotency key `<key>` got, for `--idempotency-window` |
 //!
 //! A topic whose `meta` is missing (never published, expired, or Redis lost its data) starts a
 //! new epoch proposed by the caller, so ids from before are never issued again: readers who held
@@ -18,7 +19,7 @@
 
 use redis::{Cmd, Script};
 
-use crate::event::{Epoch, TopicName};
+use crate::event::{Epoch, IdempotencyKey, TopicName};
 
 /// The pattern the relay's Pub/Sub connection subscribes to.
 pub(crate) const CHANNEL_PATTERN: &str = "crier:{*}:ev";
@@ -47,12 +48,23 @@ impl TopicKeys {
 
 /// Publishes one event.
 ///
-/// `KEYS`: meta, log. `ARGV`: proposed epoch, key time-to-live (ms), stream length, channel,
-/// the envelope's header after the id, data. Takes the next sequence number, appends the envelope to the capped
+/// `KEYS`: meta, log, and the idempotency key's key if the publish has one. `ARGV`: proposed
+/// epoch, key time-to-live (ms), stream length, channel, the envelope's header after the id,
+/// data, how long the idempotency key is remembered (ms).
+///
+/// With an idempotency key already remembered, nothing is published and the answer is the
+/// earlier publish's `{epoch, seq, 1}`; otherwise the key remembers the new id. Takes the next sequence number, appends the envelope to the capped
 /// stream and publishes it, and returns `{epoch, seq}`. If the stream refuses the entry (its
 /// last id is ahead of `seq`: the hash and the stream disagree, as after a partial restore),
 /// the topic starts a new epoch rather than reuse ids.
 pub(crate) const PUBLISH: &str = r#"
+if #KEYS == 3 then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then
+    local dash = string.find(prior, '-', 1, true)
+    return {string.sub(prior, 1, dash - 1), tonumber(string.sub(prior, dash + 1)), 1}
+  end
+end
 local function fresh()
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0)
@@ -77,6 +89,9 @@ if not seq then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if #KEYS == 3 then
+  redis.call('SET', KEYS[3], epoch .. '-' .. seq, 'PX', ARGV[7])
+end
 return {epoch, seq}
 "#;
 
@@ -138,6 +153,24 @@ pub(crate) fn call(script: &Script, topic: &TopicName, key_ttl_ms: u64) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash()).arg(2).arg(keys.meta).arg(keys.log);
     cmd.arg(Epoch::random().to_string()).arg(key_ttl_ms);
+    cmd
+}
+
+/// A call of the publish script for `topic`, with `idempotency_key`'s key if given, and the
+/// proposed epoch; the caller adds the rest.
+pub(crate) fn publish_call(
+    script: &Script,
+    topic: &TopicName,
+    idempotency_key: Option<&IdempotencyKey>,
+) -> Cmd {
+    let keys = TopicKeys::new(topic);
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(2 + usize::from(idempotency_key.is_some()));
+    cmd.arg(keys.meta).arg(keys.log);
+    if let Some(key) = idempotency_key {
+        cmd.arg(format!("crier:{{{}}}:idem:{}", topic.as_str(), key.as_str()));
+    }
+    cmd.arg(Epoch::random().to_string());
     cmd
 }
 

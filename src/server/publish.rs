@@ -16,11 +16,11 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tower::{Service, ServiceExt as _};
 
-use super::layers::{BoxError, error_response};
+use super::layers::{BoxError, Elapsed, error_response};
 use crate::auth::Access;
-use crate::event::{EventData, EventId, EventName, TopicName};
+use crate::event::{EventData, EventName, IdempotencyKey, TopicName};
 use crate::http::{ApiError, ErrorCode, PublishQuery, ResponseBody, json_response};
-use crate::hub::{Hub, PublishError};
+use crate::hub::{Hub, PublishError, PublishOptions, Published, Ticket};
 use crate::metrics::{Metrics, Rejection};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -31,6 +31,9 @@ pub(crate) struct Publish {
     topic: TopicName,
     name: Option<EventName>,
     data: EventData,
+    /// The `Idempotency-Key`, and the ticket by which a publish that timed out while queued
+    /// for Redis is withdrawn.
+    options: PublishOptions,
 }
 
 /// Publishes into the hub.
@@ -46,9 +49,9 @@ impl HubPublisher {
 }
 
 impl Service<Publish> for HubPublisher {
-    type Response = EventId;
+    type Response = Published;
     type Error = PublishError;
-    type Future = BoxFuture<Result<EventId, PublishError>>;
+    type Future = BoxFuture<Result<Published, PublishError>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), PublishError>> {
         Poll::Ready(Ok(()))
@@ -56,7 +59,10 @@ impl Service<Publish> for HubPublisher {
 
     fn call(&mut self, publish: Publish) -> Self::Future {
         let hub = self.hub.clone();
-        Box::pin(async move { hub.publish(&publish.topic, publish.name, publish.data).await })
+        Box::pin(async move {
+            let Publish { topic, name, data, options } = publish;
+            hub.publish_with(&topic, name, data, options).await
+        })
     }
 }
 
@@ -85,7 +91,7 @@ impl<S> PublishEndpoint<S> {
 
 impl<S> Service<Request<Incoming>> for PublishEndpoint<S>
 where
-    S: Service<Publish, Response = EventId> + Clone + Send + 'static,
+    S: Service<Publish, Response = Published> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
 {
@@ -106,9 +112,23 @@ where
             let answer = match read(req, max, body_timeout, &metrics).await {
                 Ok(publish) => {
                     let topic = publish.topic.clone();
+                    let ticket = publish.options.ticket.clone();
                     match inner.oneshot(publish).await {
-                        Ok(id) => Ok(published(&topic, id)),
-                        Err(error) => Err(error_response(error.into())),
+                        Ok(done) => Ok(published(&topic, done)),
+                        Err(error) => {
+                            let error = error.into();
+                            // Timed out: withdrawn if still queued for Redis (then nothing is
+                            // published), else only Redis knows.
+                            let sent = ticket.is_some_and(|ticket| !ticket.withdraw());
+                            if sent && error.is::<Elapsed>() {
+                                let detail = "the event was sent to Redis and no answer came in \
+                                              time: it may have been published; retry with the \
+                                              same Idempotency-Key to find out";
+                                Err(ApiError::new(ErrorCode::OutcomeUnknown, detail))
+                            } else {
+                                Err(error_response(error))
+                            }
+                        }
                     }
                 }
                 Err(refused) => Err(refused),
@@ -129,6 +149,18 @@ async fn read(
         return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "POST"));
     }
     let PublishQuery { topic, name } = PublishQuery::parse(req.uri().query())?;
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value.to_str().ok().and_then(|key| IdempotencyKey::new(key).ok()).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadIdempotencyKey,
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                )
+            })?,
+        ),
+    };
+    let options = PublishOptions { idempotency_key, ticket: Some(Arc::new(Ticket::default())) };
     // The gate in front put what the client may do here; nothing may publish without it.
     let Some(access) = req.extensions().get::<Access>() else {
         tracing::error!("a publish reached its endpoint without passing the gate");
@@ -173,19 +205,26 @@ async fn read(
             )
         })?
     };
-    Ok(Publish { topic, name, data })
+    Ok(Publish { topic, name, data, options })
 }
 
-/// `200 {"topic":"T","id":"<id>"}`.
-fn published(topic: &TopicName, id: EventId) -> Response<ResponseBody> {
+/// `200 {"topic":"T","id":"<id>"}`, with `Idempotent-Replayed: true` when the id is an earlier
+/// publish's (same idempotency key: nothing was published).
+fn published(topic: &TopicName, done: Published) -> Response<ResponseBody> {
     #[derive(serde::Serialize)]
-    struct Published<'a> {
+    struct Answer<'a> {
         topic: &'a str,
         id: String,
     }
-    let body = serde_json::to_string(&Published { topic: topic.as_str(), id: id.to_string() })
+    let body = serde_json::to_string(&Answer { topic: topic.as_str(), id: done.id.to_string() })
         .expect("two strings serialize to JSON");
-    json_response(StatusCode::OK, body)
+    let mut response = json_response(StatusCode::OK, body);
+    if done.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", http::HeaderValue::from_static("true"));
+    }
+    response
 }
 
 fn is_binary(content_type: Option<&http::HeaderValue>) -> bool {

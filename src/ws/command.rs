@@ -3,7 +3,7 @@
 //! ```text
 //! {"op":"subscribe","topic":"T","last_event_id":"…"?,"ref":…?}
 //! {"op":"unsubscribe","topic":"T","ref":…?}
-//! {"op":"publish","topic":"T","event":"NAME"?,"data":"…","encoding":"base64"?,"ref":…?}
+//! {"op":"publish","topic":"T","event":"NAME"?,"data":"…","encoding":"base64"?,"idempotency_key":"…"?,"ref":…?}
 //! {"op":"ping","ref":…?}
 //! {"op":"auth","token":"…","ref":…?}
 //! ```
@@ -43,6 +43,8 @@ pub(crate) enum Command {
         data: String,
         /// The data is base64 of binary data.
         binary: bool,
+        /// A retry with the same key publishes nothing and answers the first id.
+        idempotency_key: Option<String>,
     },
     /// Answered with `ok`: lets a client check the connection end to end.
     Ping,
@@ -101,6 +103,7 @@ fn command(fields: &serde_json::Map<String, Value>) -> Result<Command, ApiError>
                     event: string("event")?,
                     data: required("data")?,
                     binary,
+                    idempotency_key: string("idempotency_key")?,
                 })
             }
             "ping" => Ok(Command::Ping),
@@ -129,6 +132,8 @@ pub(crate) struct Reply<'a> {
     id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     position: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replayed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,6 +166,12 @@ impl<'a> Reply<'a> {
     /// Adds the id of a published event.
     pub(crate) fn id(mut self, id: String) -> Self {
         self.id = Some(id);
+        self
+    }
+
+    /// Marks the id as an earlier publish's (same idempotency key).
+    pub(crate) fn replayed(mut self, replayed: bool) -> Self {
+        self.replayed = replayed;
         self
     }
 
@@ -198,7 +209,8 @@ mod tests {
                 topic: "a".into(),
                 event: None,
                 data: "AAE=".into(),
-                binary: true
+                binary: true,
+                idempotency_key: None,
             })
         );
         assert_eq!(parse(br#"{"op":"ping","ref":{"k":[1]}}"#).1, Ok(Command::Ping));

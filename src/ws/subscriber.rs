@@ -21,9 +21,11 @@ use super::message::Message;
 use crate::auth::Access;
 use crate::chunk::ChunkBuilder;
 use crate::codec::{gap, ws};
-use crate::event::{EventData, EventId, EventName, TopicName, Wire};
+use crate::event::{EventData, EventId, EventName, IdempotencyKey, TopicName, Wire};
 use crate::http::{ApiError, ErrorCode, Gate};
-use crate::hub::{Hub, Polled, PublishError, SubscribeError, Subscription};
+use crate::hub::{
+    Hub, Polled, PublishError, PublishOptions, Published, SubscribeError, Subscription,
+};
 use crate::limits::TokenBucket;
 use crate::registry::Closed;
 
@@ -72,7 +74,7 @@ struct InFlight {
 /// What a command waits for.
 enum Wait {
     /// The hub taking a published event.
-    Publish { topic: String, published: Boxed<Result<EventId, PublishError>> },
+    Publish { topic: String, published: Boxed<Result<Published, PublishError>> },
     /// The node making sure it can serve the topic, before subscribing to it.
     Subscribe {
         name: TopicName,
@@ -145,7 +147,7 @@ impl Subscriber {
                 let prepared = Box::pin(self.setup.hub.prepare_topic(name.clone(), resume));
                 return Ok(Some(Wait::Subscribe { name, resume, prepared }));
             }
-            Command::Publish { topic, event, data, binary } => {
+            Command::Publish { topic, event, data, binary, idempotency_key } => {
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
                 self.setup.access.check_publish(name.as_str())?;
                 self.setup.gate.admit_publish(&self.setup.access, self.setup.client)?;
@@ -162,8 +164,16 @@ impl Subscriber {
                 } else {
                     EventData::from(data)
                 };
+                let idempotency_key = idempotency_key
+                    .map(|key| {
+                        IdempotencyKey::new(&key)
+                            .map_err(|e| ApiError::new(ErrorCode::BadIdempotencyKey, e.to_string()))
+                    })
+                    .transpose()?;
+                let options = PublishOptions { idempotency_key, ticket: None };
                 let hub = self.setup.hub.clone();
-                let published = Box::pin(async move { hub.publish(&name, event, data).await });
+                let published =
+                    Box::pin(async move { hub.publish_with(&name, event, data, options).await });
                 return Ok(Some(Wait::Publish { topic, published }));
             }
         }
@@ -231,8 +241,9 @@ impl Handler for Subscriber {
         let result = match &mut in_flight.wait {
             Wait::Publish { topic, published } => match published.as_mut().poll(cx) {
                 Poll::Pending => None,
-                Poll::Ready(Ok(id)) => {
-                    out.push(Reply::ok(reference).topic(topic).id(id.to_string()).frame());
+                Poll::Ready(Ok(done)) => {
+                    let reply = Reply::ok(reference).topic(topic).id(done.id.to_string());
+                    out.push(reply.replayed(done.replayed).frame());
                     Some(Ok(()))
                 }
                 Poll::Ready(Err(e)) => Some(Err(e.into())),
