@@ -81,6 +81,13 @@ pub struct Config {
     #[arg(long, env = "CRIER_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Origins whose pages may read `/sse` streams and `/publish` answers across origins,
+    /// comma-separated (`https://app.example`), or `*` for any origin (then without
+    /// credentials). Listed origins may send credentials (the `crier_token` cookie). Empty:
+    /// no cross-origin access. (WebSockets are checked against --allowed-origins.)
+    #[arg(long, env = "CRIER_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// Commands a WebSocket client may send per second (and in a burst). Over the limit a
     /// command is refused; a client that keeps going is disconnected (close 1008).
     #[arg(long, env = "CRIER_WS_COMMANDS_PER_SEC", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]

@@ -3,12 +3,14 @@
 //! alike), the query parsing, and who a request comes from and what its token allows.
 
 mod body;
+mod cors;
 mod credentials;
 mod error;
 mod peer;
 mod query;
 
 pub(crate) use body::{ChunkStream, ResponseBody, StreamError};
+pub(crate) use cors::CorsPolicy;
 pub(crate) use credentials::{Gate, Rates};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
 pub(crate) use peer::{Client, TrustedProxies};

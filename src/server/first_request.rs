@@ -22,7 +22,8 @@ pub(crate) enum FirstRequest {
         /// The query string, if any.
         query: Option<String>,
         /// The headers a stream reads: `Last-Event-ID`, where a token may come from
-        /// (`Authorization`, `Cookie`) and who the client is (`X-Forwarded-For`).
+        /// (`Authorization`, `Cookie`), who the client is (`X-Forwarded-For`) and the page's
+        /// origin (`Origin`, for CORS).
         headers: HeaderMap,
     },
     /// Anything else: hyper serves it, starting with the bytes read so far.
@@ -110,7 +111,8 @@ pub(crate) fn classify(buf: &[u8], max_head: usize) -> Option<FirstRequest> {
 }
 
 /// The headers an SSE stream reads, lowercase.
-const STREAM_HEADERS: [&str; 4] = ["last-event-id", "authorization", "cookie", "x-forwarded-for"];
+const STREAM_HEADERS: [&str; 5] =
+    ["last-event-id", "authorization", "cookie", "x-forwarded-for", "origin"];
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 //! The stack every hyper request goes through:
 //!
 //! ```text
-//! RequestMetrics ─▶ Authenticate ─▶ Router ─┬─ /publish ─▶ Shed ─▶ PublishEndpoint ─▶ Timeout ─▶ HubPublisher
+//! RequestMetrics ─▶ Cors ─▶ Authenticate ─▶ Router ─┬─ /publish ─▶ Shed ─▶ PublishEndpoint ─▶ Timeout ─▶ HubPublisher
 //!                                           ├─ /sse ─▶ the SSE edge (a streaming body)
 //!                                           ├─ /ws, /ws/echo ─▶ the WebSocket edge (101, then a tracked session)
 //!                                           └─ /healthz, /readyz, /metrics, 404
@@ -45,7 +45,7 @@ use tower::ServiceBuilder;
 use crate::auth::Authority;
 use crate::config::Config;
 use crate::http::{ApiError, ErrorCode};
-use crate::http::{Gate, Rates};
+use crate::http::{CorsPolicy, Gate, Rates};
 use crate::hub::Hub;
 use crate::limits::ConnectionSlot;
 use crate::metrics::Metrics;
@@ -54,7 +54,7 @@ use crate::sse::{SseEdge, StreamTiming};
 use crate::ws::{WsEdge, WsLimits};
 use conn::{ConnControl, ConnectionEnd, ControlledConnection, Tracker};
 use first_request::FirstRequest;
-use layers::{AuthenticateLayer, RequestMetricsLayer, ShedLayer, TimeoutLayer};
+use layers::{AuthenticateLayer, CorsLayer, RequestMetricsLayer, ShedLayer, TimeoutLayer};
 use publish::{HubPublisher, PublishEndpoint};
 use rewind::Rewind;
 use router::{Route, Router};
@@ -72,7 +72,7 @@ pub(crate) struct ConnInfo {
 }
 
 /// The tower stack every request through hyper is served by.
-type Stack = layers::RequestMetrics<layers::Authenticate<Router<PublishStack>>>;
+type Stack = layers::RequestMetrics<layers::Cors<layers::Authenticate<Router<PublishStack>>>>;
 
 /// The publish endpoint with its limits.
 type PublishStack = layers::Shed<PublishEndpoint<layers::Timeout<HubPublisher>>>;
@@ -80,6 +80,8 @@ type PublishStack = layers::Shed<PublishEndpoint<layers::Timeout<HubPublisher>>>
 /// A running node: what every connection shares.
 pub struct App {
     hub: Arc<Hub>,
+    /// Cross-origin access, for streams on the fast path (hyper's go through the tower layer).
+    cors: Option<CorsPolicy>,
     admission: accept::Admission,
     authority: Arc<Authority>,
     gate: Arc<Gate>,
@@ -102,6 +104,7 @@ impl App {
             publishes_per_sec: config.publishes_per_sec,
         };
         let proxies = config.trusted_proxies();
+        let cors = CorsPolicy::new(&config.cors_origins);
         let gate = Arc::new(Gate::new(authority.clone(), proxies, metrics.clone(), rates));
         let hub = match config.relay() {
             None => Hub::local(config.hub(), metrics.clone()),
@@ -156,6 +159,7 @@ impl App {
         };
         let stack = ServiceBuilder::new()
             .layer(RequestMetricsLayer::new(metrics.clone()))
+            .layer(CorsLayer::new(cors.clone()))
             .layer(AuthenticateLayer::new(gate.clone()))
             .service(router);
         let admission = accept::Admission::new(
@@ -163,7 +167,18 @@ impl App {
             config.max_connections_per_ip,
             metrics.clone(),
         );
-        Ok(Arc::new(App { hub, admission, authority, gate, metrics, config, sse, tracker, stack }))
+        Ok(Arc::new(App {
+            hub,
+            cors,
+            admission,
+            authority,
+            gate,
+            metrics,
+            config,
+            sse,
+            tracker,
+            stack,
+        }))
     }
 
     /// Reads the token key files again (SIGHUP). Open connections keep what their tokens
@@ -320,8 +335,18 @@ async fn serve_connection(
             };
             let closer = control.clone();
             let last_event_id = headers.get("last-event-id").map(http::HeaderValue::as_bytes);
-            let fast_path =
-                app.sse.fast_path(closer, query.as_deref(), last_event_id, &access, stream);
+            let mut cors_lines = String::new();
+            for (name, value) in app.cors.iter().flat_map(|c| c.headers(headers.get("origin"))) {
+                let value = String::from_utf8_lossy(value.as_bytes());
+                cors_lines.push_str(&format!("{name}: {value}\r\n"));
+            }
+            let request = crate::sse::FastRequest {
+                query: query.as_deref(),
+                last_event_id,
+                access: &access,
+                extra_head: &cors_lines,
+            };
+            let fast_path = app.sse.fast_path(closer, request, stream);
             match fast_path.await {
                 Ok(sse) => {
                     drop(first);

@@ -28,6 +28,18 @@ pub(crate) use writer::StreamTiming;
 /// `Last-Event-ID`.
 const LAST_EVENT_ID: &str = "last-event-id";
 
+/// A stream request on the fast path, as the server read it.
+pub(crate) struct FastRequest<'a> {
+    /// The query string.
+    pub(crate) query: Option<&'a str>,
+    /// The `Last-Event-ID` header.
+    pub(crate) last_event_id: Option<&'a [u8]>,
+    /// What the client may do.
+    pub(crate) access: &'a Access,
+    /// Header lines to add to the response head (CORS), each ending in CRLF.
+    pub(crate) extra_head: &'a str,
+}
+
 /// What the SSE endpoint needs.
 pub(crate) struct SseEdge {
     hub: Arc<Hub>,
@@ -66,16 +78,15 @@ impl SseEdge {
     pub(crate) async fn fast_path(
         &self,
         closer: Arc<dyn ConnectionCloser>,
-        query: Option<&str>,
-        last_event_id: Option<&[u8]>,
-        access: &Access,
+        request: FastRequest<'_>,
         io: tokio::net::TcpStream,
     ) -> Result<SseStream, tokio::net::TcpStream> {
+        let FastRequest { query, last_event_id, access, extra_head } = request;
         match self.subscribe(closer, query, last_event_id, access).await {
             Ok(subscription) => {
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-                     x-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: {}\r\n\r\n",
+                     x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n{extra_head}date: {}\r\n\r\n",
                     httpdate::fmt_http_date(std::time::SystemTime::now())
                 );
                 Ok(SseStream::new(io, Bytes::from(head), self.writer(subscription, access)))

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod nginx;
 pub mod redis;
 pub mod tokens;

@@ -3,17 +3,20 @@
 //! that the boundary turns into the documented JSON answer ([`error_response`]).
 //!
 //! - [`RequestMetrics`]: counts every answered request by route and status.
+//! - [`Cors`]: cross-origin access to `/sse` and `/publish`: preflights, and the headers.
 //! - [`Authenticate`]: the client and what its token allows, for stream and publish requests;
 //!   401 for a refused token.
 //! - [`Shed`]: a concurrency limit that refuses at once (503 `overloaded`) rather than queue.
 //! - [`Timeout`]: bounds how long a request may wait (a cluster publish: 503 `unavailable`).
 
 mod authenticate;
+mod cors;
 mod request_metrics;
 mod shed;
 mod timeout;
 
 pub(crate) use authenticate::{Authenticate, AuthenticateLayer};
+pub(crate) use cors::{Cors, CorsLayer};
 pub(crate) use request_metrics::{RequestMetrics, RequestMetricsLayer};
 pub(crate) use shed::{Overloaded, Shed, ShedLayer};
 pub(crate) use timeout::{Elapsed, Timeout, TimeoutLayer};
