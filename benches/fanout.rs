@@ -141,6 +141,7 @@ impl Server {
             .env("CRIER_MAX_CONNECTIONS_PER_IP", "1000000")
             .env("CRIER_NEW_STREAMS_PER_SEC", "1000000")
             .env("CRIER_PUBLISHES_PER_SEC", "1000000")
+            .env("CRIER_NEW_TOPICS_PER_SEC", "1000000")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

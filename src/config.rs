@@ -186,6 +186,12 @@ pub struct Config {
     #[arg(long, env = "CRIER_PUBLISHES_PER_SEC", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub publishes_per_sec: u32,
 
+    /// Topics one client address may have the node create per second (and in a burst), by
+    /// subscribing or publishing to topics the node does not hold; more are answered 429 with
+    /// Retry-After.
+    #[arg(long, env = "CRIER_NEW_TOPICS_PER_SEC", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub new_topics_per_sec: u32,
+
     /// Largest request head (request line and headers); larger is answered 431.
     #[arg(long, env = "CRIER_MAX_REQUEST_HEAD_BYTES", default_value = "16KiB", value_parser = parse_bytes)]
     pub max_request_head_bytes: usize,

@@ -29,9 +29,15 @@ impl TokenBucket {
 
     /// Takes one token if there is one at `now`; whether the action is admitted.
     pub(crate) fn take(&mut self, now: Instant) -> bool {
+        self.take_n(1, now)
+    }
+
+    /// Takes `n` tokens (at most a burst's worth) if there are that many at `now`.
+    fn take_n(&mut self, n: u32, now: Instant) -> bool {
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = f64::from(n).min(self.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -44,9 +50,10 @@ impl TokenBucket {
         self.refilled = now;
     }
 
-    /// How long until the next token.
-    fn wait(&self) -> Duration {
-        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    /// How long until there are `n` tokens (at most a burst's worth).
+    fn wait(&self, n: u32) -> Duration {
+        let n = f64::from(n).min(self.burst);
+        Duration::from_secs_f64(((n - self.tokens) / self.rate).max(0.0))
     }
 
     /// Whether the bucket is full at `now`: it remembers nothing a new one would not.
@@ -96,9 +103,15 @@ impl<K: Hash + Eq + Clone> RateTable<K> {
 
     /// Takes a token for `key`; on refusal, how long until the next one.
     pub(crate) fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        self.take_n(key, 1, now)
+    }
+
+    /// Takes `n` tokens for `key` (at most a burst's worth); on refusal, how long until there
+    /// are that many.
+    pub(crate) fn take_n(&self, key: &K, n: u32, now: Instant) -> Result<(), Duration> {
         let mut shard = self.shard(key).lock();
         if let Some(bucket) = shard.get_mut(key) {
-            return if bucket.take(now) { Ok(()) } else { Err(bucket.wait()) };
+            return if bucket.take_n(n, now) { Ok(()) } else { Err(bucket.wait(n)) };
         }
         if shard.len() >= MAX_ENTRIES / SHARDS {
             shard.retain(|_, bucket| !bucket.is_full(now));
@@ -108,7 +121,7 @@ impl<K: Hash + Eq + Clone> RateTable<K> {
         }
         let mut bucket = TokenBucket::per_second(self.rate);
         bucket.refilled = now;
-        let taken = bucket.take(now);
+        let taken = bucket.take_n(n, now);
         shard.insert(key.clone(), bucket);
         if taken { Ok(()) } else { Err(Duration::from_secs(1)) }
     }

@@ -82,10 +82,12 @@ pub(crate) enum Rejection {
     BodyTimeout,
     /// `--max-topics`.
     TopicLimit,
+    /// `--new-topics-per-sec`.
+    TopicRate,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 8] = [
+    const ALL: [Rejection; 9] = [
         Rejection::Connections,
         Rejection::ConnectionsPerIp,
         Rejection::StreamRate,
@@ -94,6 +96,7 @@ impl Rejection {
         Rejection::HeadTimeout,
         Rejection::BodyTimeout,
         Rejection::TopicLimit,
+        Rejection::TopicRate,
     ];
 
     /// The label value.
@@ -107,6 +110,7 @@ impl Rejection {
             Rejection::HeadTimeout => "head_timeout",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::TopicLimit => "topic_limit",
+            Rejection::TopicRate => "topic_rate",
         }
     }
 }

@@ -474,3 +474,26 @@ async fn sighup_rotates_the_key_files_without_dropping_a_stream() {
     assert_eq!(stream.next_event().await.data, "still");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_logged_with_reason_and_address_never_the_token() {
+    let node = CrierProcess::spawn_logging("debug", &["--jwt-key", SECRET]).await;
+    let expired = hs256(&with(grant(&["*"], &["*"]), json!({"exp": now() - 5})));
+    let cookie = format!("crier_token={expired}");
+    let target = format!("/sse?topic=t&token={expired}");
+    assert_eq!(request(node.addr, "GET", &target, &[], b"").await.status, 401);
+    assert_eq!(publish_with(node.addr, "t", Some(&expired), "x").await.status, 401);
+    let with_cookie = request(node.addr, "GET", "/sse?topic=t", &[("Cookie", &cookie)], b"").await;
+    assert_eq!(with_cookie.status, 401);
+    wait_until("the refusals to be logged", || async {
+        node.log.lock().unwrap().iter().filter(|l| l.contains("token refused")).count() >= 3
+    })
+    .await;
+    let log = node.log.lock().unwrap().clone();
+    let refusal = log.iter().find(|l| l.contains("token refused")).unwrap();
+    assert!(refusal.contains("expired") && refusal.contains("127.0.0.1"), "{refusal}");
+    let signature = expired.rsplit('.').next().unwrap();
+    for line in &log {
+        assert!(!line.contains(signature), "a token in the log: {line}");
+    }
+}

@@ -246,3 +246,29 @@ async fn out_of_file_descriptors_the_server_pauses_logs_rarely_and_recovers() {
     let metrics = request(node.addr, "GET", "/metrics", &[], b"").await.text();
     assert!(metric(&metrics, "crier_accept_errors_total").unwrap() >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_topics_are_rate_limited_per_address() {
+    let server = TestServer::start(&["--new-topics-per-sec", "3"]).await;
+    // Three new topics in one stream use the burst; a fourth is refused, an existing one not.
+    let first = SseClient::connect(server.addr, "/sse?topic=a&topic=b&topic=c", &[]).await;
+    assert_eq!(first.status, 200);
+    let refused = request(server.addr, "GET", "/sse?topic=d", &[], b"").await;
+    assert_refused(&refused, 429, "rate_limited");
+    assert!(refused.text().contains("new topics"), "{}", refused.text());
+    assert_eq!(SseClient::connect(server.addr, "/sse?topic=a", &[]).await.status, 200);
+    // Publishing creates topics too; and a WebSocket subscribe.
+    let publish = support::publish(server.addr, "e", None, b"x", None).await;
+    assert_refused(&publish, 429, "rate_limited");
+    let mut ws = support::ws::connect(server.addr, "/ws").await;
+    let reply = support::ws::command(&mut ws, json!({"op":"subscribe","topic":"f"})).await;
+    assert_eq!(reply["error"], "rate_limited", "{reply}");
+    // Another address has its own budget.
+    let other = connect_from("127.0.0.5", server.addr).await;
+    assert_eq!(SseClient::on_stream(other, server.addr, "/sse?topic=g", &[]).await.status, 200);
+    assert!(rejections(&server, "topic_rate").await >= 3.0);
+    wait_until("a new topic to be let in again", || async {
+        support::publish(server.addr, "h", None, b"x", None).await.status == 200
+    })
+    .await;
+}

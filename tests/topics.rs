@@ -88,6 +88,8 @@ async fn a_flood_of_random_topics_is_dropped_and_memory_returns() {
         "10000000",
         "--new-streams-per-sec",
         "1000000",
+        "--new-topics-per-sec",
+        "100000000",
     ])
     .await;
     // Warm up: the runtime's threads, buffers and the metrics registry.
@@ -127,7 +129,13 @@ async fn a_flood_of_random_topics_is_dropped_and_memory_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_churn_on_a_quiet_topic_leaves_memory_flat() {
-    let node = CrierProcess::spawn(&["--new-streams-per-sec", "1000000"]).await;
+    let node = CrierProcess::spawn(&[
+        "--new-streams-per-sec",
+        "1000000",
+        "--new-topics-per-sec",
+        "100000000",
+    ])
+    .await;
     let quiet = ["quiet".to_owned()];
     for _ in 0..500 {
         open_and_close(node.addr, &quiet).await;
@@ -149,8 +157,15 @@ async fn subscriber_churn_on_a_quiet_topic_leaves_memory_flat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_topics_cost_no_cpu() {
-    let node =
-        CrierProcess::spawn(&["--topic-idle-ttl", "1h", "--new-streams-per-sec", "1000000"]).await;
+    let node = CrierProcess::spawn(&[
+        "--topic-idle-ttl",
+        "1h",
+        "--new-streams-per-sec",
+        "1000000",
+        "--new-topics-per-sec",
+        "100000000",
+    ])
+    .await;
     for round in 0..1000 {
         let topics: Vec<String> = (0..64).map(|i| format!("idle{round}x{i}")).collect();
         open_and_close(node.addr, &topics).await;

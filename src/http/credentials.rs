@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::error::{ApiError, ErrorCode};
 use super::peer::{Client, TrustedProxies};
 use crate::auth::{Access, Authority, Grant};
+use crate::hub::Hub;
 use crate::limits::{ClientKey, RateTable};
 use crate::metrics::{Metrics, Rejection};
 
@@ -76,6 +77,8 @@ pub(crate) struct Rates {
     pub(crate) new_streams_per_sec: u32,
     /// Publishes per principal per second.
     pub(crate) publishes_per_sec: u32,
+    /// Topics a client address may have the node create per second.
+    pub(crate) new_topics_per_sec: u32,
 }
 
 /// What every stream and publish request passes before its endpoint sees it.
@@ -86,6 +89,9 @@ pub(crate) struct Gate {
     rates: Rates,
     new_streams: RateTable<ClientKey>,
     publishes: RateTable<Principal>,
+    new_topics: RateTable<ClientKey>,
+    /// Says which topics are new.
+    hub: Arc<Hub>,
 }
 
 impl Gate {
@@ -94,6 +100,7 @@ impl Gate {
         proxies: TrustedProxies,
         metrics: Arc<Metrics>,
         rates: Rates,
+        hub: Arc<Hub>,
     ) -> Self {
         Gate {
             authority,
@@ -102,7 +109,44 @@ impl Gate {
             rates,
             new_streams: RateTable::per_second(rates.new_streams_per_sec),
             publishes: RateTable::per_second(rates.publishes_per_sec),
+            new_topics: RateTable::per_second(rates.new_topics_per_sec),
+            hub,
         }
+    }
+
+    /// Admits a request for `topics` from `client`: those the node does not hold yet count
+    /// against the address's `--new-topics-per-sec` (429 beyond). `quiet` as for
+    /// [`Gate::admit_stream`].
+    pub(crate) fn admit_topics<'t>(
+        &self,
+        client: IpAddr,
+        topics: impl IntoIterator<Item = &'t str>,
+        quiet: bool,
+    ) -> Result<(), ApiError> {
+        let new = topics.into_iter().filter(|topic| self.hub.head(topic).is_none()).count();
+        if new == 0 {
+            return Ok(());
+        }
+        let new = u32::try_from(new).unwrap_or(u32::MAX);
+        self.new_topics.take_n(&ClientKey::of(client), new, Instant::now()).map_err(|wait| {
+            if !quiet {
+                self.metrics.rejected(Rejection::TopicRate);
+                tracing::debug!(%client, new, "new topics over the rate limit");
+            }
+            let detail = format!(
+                "more than {} new topics per second from this address",
+                self.rates.new_topics_per_sec
+            );
+            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
+        })
+    }
+
+    /// The `topic` parameters of a query.
+    pub(crate) fn query_topics(query: Option<&str>) -> Vec<std::borrow::Cow<'_, str>> {
+        form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .filter(|(key, _)| key == "topic")
+            .map(|(_, value)| value)
+            .collect()
     }
 
     /// Whether `peer` is a trusted proxy (its connections are not counted per address).
@@ -147,6 +191,7 @@ impl Gate {
         let now = Instant::now();
         self.new_streams.prune(now);
         self.publishes.prune(now);
+        self.new_topics.prune(now);
     }
 
     /// The client a request from `peer` comes from.

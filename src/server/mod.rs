@@ -99,13 +99,6 @@ impl App {
     pub fn new(config: Config) -> io::Result<Arc<Self>> {
         let metrics = Arc::new(Metrics::new());
         let authority = Arc::new(Authority::new(config.auth()).map_err(io::Error::other)?);
-        let rates = Rates {
-            new_streams_per_sec: config.new_streams_per_sec,
-            publishes_per_sec: config.publishes_per_sec,
-        };
-        let proxies = config.trusted_proxies();
-        let cors = CorsPolicy::new(&config.cors_origins);
-        let gate = Arc::new(Gate::new(authority.clone(), proxies, metrics.clone(), rates));
         let hub = match config.relay() {
             None => Hub::local(config.hub(), metrics.clone()),
             Some(relay) => {
@@ -113,6 +106,15 @@ impl App {
             }
         };
         let hub = Arc::new(hub);
+        let rates = Rates {
+            new_streams_per_sec: config.new_streams_per_sec,
+            publishes_per_sec: config.publishes_per_sec,
+            new_topics_per_sec: config.new_topics_per_sec,
+        };
+        let proxies = config.trusted_proxies();
+        let cors = CorsPolicy::new(&config.cors_origins);
+        let gate =
+            Arc::new(Gate::new(authority.clone(), proxies, metrics.clone(), rates, hub.clone()));
         let timing = StreamTiming {
             retry: config.sse_retry,
             heartbeat: config.heartbeat,
@@ -321,8 +323,12 @@ async fn serve_connection(
             let client = app.gate.client(peer.ip(), &headers);
             // A refusal is left to hyper, which answers (and counts) it.
             let admitted = app.gate.try_admit(client, &headers, query.as_deref());
-            let Some(access) = admitted.filter(|_| app.gate.admit_stream(client, true).is_ok())
-            else {
+            let admitted = admitted.filter(|_| {
+                let topics = Gate::query_topics(query.as_deref());
+                app.gate.admit_stream(client, true).is_ok()
+                    && app.gate.admit_topics(client.ip, topics.iter().map(|t| &**t), true).is_ok()
+            });
+            let Some(access) = admitted else {
                 return Box::pin(serve_hyper(
                     Rewind::new(first, stream),
                     peer,

@@ -141,6 +141,7 @@ impl Subscriber {
             Command::Subscribe { topic, last_event_id } => {
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
                 self.setup.access.check_subscribe(name.as_str())?;
+                self.setup.gate.admit_topics(self.setup.client, [name.as_str()], false)?;
                 let resume = last_event_id
                     .map(|id| id.parse::<EventId>().map_err(SubscribeError::from))
                     .transpose()?;
@@ -151,6 +152,7 @@ impl Subscriber {
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
                 self.setup.access.check_publish(name.as_str())?;
                 self.setup.gate.admit_publish(&self.setup.access, self.setup.client)?;
+                self.setup.gate.admit_topics(self.setup.client, [name.as_str()], false)?;
                 let event = event
                     .map(|e| EventName::new(&e).map_err(|err| ApiError::bad_event_name(&e, err)))
                     .transpose()?;

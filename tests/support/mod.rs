@@ -444,6 +444,13 @@ impl CrierProcess {
         Self::spawn_command(tokio::process::Command::new(env!("CARGO_BIN_EXE_crier")), args).await
     }
 
+    /// The binary logging at `filter` (`CRIER_LOG`).
+    pub async fn spawn_logging(filter: &str, args: &[&str]) -> CrierProcess {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_crier"));
+        command.env("CRIER_LOG", filter);
+        Self::spawn_command(command, args).await
+    }
+
     /// The binary with at most `files` open file descriptors (`ulimit -n`).
     pub async fn spawn_with_fd_limit(files: u32, args: &[&str]) -> CrierProcess {
         let mut command = tokio::process::Command::new("sh");

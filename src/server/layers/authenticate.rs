@@ -76,6 +76,8 @@ where
                     Route::Publish => self.gate.admit_publish(&access, client.ip)?,
                     _ => self.gate.admit_stream(client, false)?,
                 }
+                let topics = Gate::query_topics(request.uri().query());
+                self.gate.admit_topics(client.ip, topics.iter().map(|t| &**t), false)?;
                 Ok(access)
             });
         match admitted {
