@@ -196,6 +196,11 @@ pub struct Config {
     #[arg(long, env = "CRIER_MAX_REQUEST_HEAD_BYTES", default_value = "16KiB", value_parser = parse_bytes)]
     pub max_request_head_bytes: usize,
 
+    /// Close a connection (HTTP/1.1 keep-alive, or HTTP/2) that has had no request in flight
+    /// for this long. An open stream is a request in flight.
+    #[arg(long, env = "CRIER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
     /// Longest a publish's body may take to arrive; slower is answered 408 and the connection
     /// closed.
     #[arg(long, env = "CRIER_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]

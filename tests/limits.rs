@@ -272,3 +272,55 @@ async fn new_topics_are_rate_limited_per_address() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_request_in_flight_are_closed_after_the_idle_timeout() {
+    let server = TestServer::start(&["--idle-timeout", "500ms"]).await;
+    // HTTP/2: the connection ends (GOAWAY, then close) once nothing is in flight.
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", server.addr))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(sender.send_request(get("/healthz")).await.unwrap().status(), 200);
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(WAIT, conn).await.expect("the idle h2c connection is closed").ok();
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // HTTP/1.1 keep-alive too.
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert_eq!(answer.status, 200);
+    // An open stream is a request in flight: an h2c SSE stream outlives the idle timeout.
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let response = sender.send_request(get("/sse?topic=t")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    server.wait_subscriptions(1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.publish("t", "still here").await;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("still here") {
+        use http_body_util::BodyExt as _;
+        let frame = tokio::time::timeout(WAIT, body.frame()).await.expect("a frame in time");
+        let frame = frame.expect("the stream is open").expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            seen.extend_from_slice(&data);
+        }
+    }
+}

@@ -16,7 +16,9 @@ mod token;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use parking_lot::RwLock;
+use std::collections::HashMap;
+
+use parking_lot::{Mutex, RwLock};
 
 pub(crate) use keys::KeyError;
 use keys::KeySet;
@@ -24,6 +26,12 @@ pub use keys::{KeySpec, PublicKeySpec, SecretSpec};
 pub(crate) use selector::Selectors;
 pub use selector::{Selector, SelectorError};
 pub(crate) use token::{Grant, TokenError};
+
+/// Verified tokens remembered at most (then forgotten all at once).
+const MAX_REMEMBERED: usize = 4096;
+
+/// Longest token remembered, in bytes.
+const MAX_REMEMBERED_TOKEN: usize = 1024;
 
 /// The credentials part of the configuration.
 #[derive(Clone, Debug, Default)]
@@ -44,6 +52,9 @@ pub(crate) struct AuthConfig {
 pub(crate) struct Authority {
     config: AuthConfig,
     keys: RwLock<Arc<KeySet>>,
+    /// Tokens verified lately, with what they grant: a publisher sends the same token with
+    /// every publish, a client the same token with every reconnect.
+    verified: Mutex<HashMap<Box<str>, Arc<Grant>>>,
     validations: token::Validations,
     policy: Arc<Policy>,
 }
@@ -67,7 +78,8 @@ impl Authority {
             credentials: !keys.is_empty(),
             private: Selectors::from(config.private_topics.clone()),
         });
-        Ok(Authority { config, keys: RwLock::new(Arc::new(keys)), validations, policy })
+        let verified = Mutex::new(HashMap::new());
+        Ok(Authority { config, keys: RwLock::new(Arc::new(keys)), verified, validations, policy })
     }
 
     /// Reads the key files again; on an error the keys in use stay. Open connections keep
@@ -75,6 +87,8 @@ impl Authority {
     pub(crate) fn reload(&self) -> Result<(), KeyError> {
         let keys = KeySet::load(&self.config.secrets, &self.config.public_key_files)?;
         *self.keys.write() = Arc::new(keys);
+        // A token a removed key signed must not pass from memory.
+        self.verified.lock().clear();
         Ok(())
     }
 
@@ -83,16 +97,28 @@ impl Authority {
         self.policy.credentials
     }
 
-    /// Verifies a token.
-    pub(crate) fn verify(&self, token: &str) -> Result<Grant, TokenError> {
+    /// Verifies a token (from memory if it was verified lately and has not expired since).
+    pub(crate) fn verify(&self, token: &str) -> Result<Arc<Grant>, TokenError> {
+        let remembered = self.verified.lock().get(token).cloned();
+        if let Some(grant) = remembered.filter(|grant| grant.expires_at > SystemTime::now()) {
+            return Ok(grant);
+        }
         let keys = self.keys.read().clone();
-        token::verify(token, &keys, &self.validations)
+        let grant = Arc::new(token::verify(token, &keys, &self.validations)?);
+        if token.len() <= MAX_REMEMBERED_TOKEN {
+            let mut verified = self.verified.lock();
+            if verified.len() >= MAX_REMEMBERED {
+                verified.clear();
+            }
+            verified.insert(token.into(), grant.clone());
+        }
+        Ok(grant)
     }
 
     /// What a client may do: with `grant` if it presented a valid token; `local` if it is on
     /// this host and not behind a proxy (what development mode lets publish).
-    pub(crate) fn access(&self, grant: Option<Grant>, local: bool) -> Access {
-        Access { policy: self.policy.clone(), grant: grant.map(Arc::new), local }
+    pub(crate) fn access(&self, grant: Option<Arc<Grant>>, local: bool) -> Access {
+        Access { policy: self.policy.clone(), grant, local }
     }
 }
 
@@ -189,8 +215,8 @@ impl Access {
     }
 
     /// The same client with a fresh token (a WebSocket `auth` command).
-    pub(crate) fn renewed(&self, grant: Grant) -> Self {
-        Access { grant: Some(Arc::new(grant)), ..self.clone() }
+    pub(crate) fn renewed(&self, grant: Arc<Grant>) -> Self {
+        Access { grant: Some(grant), ..self.clone() }
     }
 }
 

@@ -190,12 +190,14 @@ fn reload_reads_the_key_files_again() {
         .unwrap()
     };
     let second = include_bytes!("../../tests/keys/ec2.key");
-    assert!(authority.verify(&sign(EC_KEY)).is_ok());
+    let old = sign(EC_KEY);
+    assert!(authority.verify(&old).is_ok());
     assert!(authority.verify(&sign(second)).is_err());
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/ec2.pub"), &path).unwrap();
     authority.reload().unwrap();
     assert!(authority.verify(&sign(second)).is_ok());
     assert!(authority.verify(&sign(EC_KEY)).is_err());
+    assert!(authority.verify(&old).is_err(), "a token verified before is not taken from memory");
     // A broken file leaves the keys in use alone.
     std::fs::write(&path, "not a key").unwrap();
     assert!(authority.reload().is_err());
@@ -208,4 +210,19 @@ fn every_reason_sits_at_its_own_index() {
     for (index, reason) in TokenError::ALL.into_iter().enumerate() {
         assert_eq!(reason as usize, index, "{reason:?}");
     }
+}
+
+#[test]
+fn a_remembered_token_is_the_same_grant_until_it_expires() {
+    let authority = hmac();
+    let token = hs(Algorithm::HS256, None, SECRET, &claims(json!({"exp": now() + 1})));
+    let first = authority.verify(&token).unwrap();
+    let again = authority.verify(&token).unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "taken from memory");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while authority.verify(&token).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the remembered token never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(authority.verify(&token).unwrap_err(), TokenError::Expired);
 }

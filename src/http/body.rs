@@ -33,6 +33,9 @@ pub(crate) trait ChunkStream: Send {
 /// A response body.
 pub(crate) struct ResponseBody {
     kind: Kind,
+    /// Kept until the body is dropped (written out, or its connection gone): the server's
+    /// count of requests in flight on the connection.
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 enum Kind {
@@ -46,17 +49,23 @@ impl ResponseBody {
     /// A complete body.
     pub(crate) fn full(bytes: Bytes) -> Self {
         let chunk = (!bytes.is_empty()).then(|| Chunk::from_bytes(bytes));
-        ResponseBody { kind: Kind::Full { chunk } }
+        ResponseBody { kind: Kind::Full { chunk }, held: None }
     }
 
     /// An empty body.
     pub(crate) fn empty() -> Self {
-        ResponseBody { kind: Kind::Full { chunk: None } }
+        ResponseBody { kind: Kind::Full { chunk: None }, held: None }
     }
 
     /// A stream.
     pub(crate) fn stream(stream: impl ChunkStream + 'static) -> Self {
-        ResponseBody { kind: Kind::Stream(Box::new(stream)) }
+        ResponseBody { kind: Kind::Stream(Box::new(stream)), held: None }
+    }
+
+    /// The same body, keeping `guard` until it is dropped.
+    pub(crate) fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self.held = Some(Box::new(guard));
+        self
     }
 }
 

@@ -226,7 +226,7 @@ impl Gate {
         client: Client,
         headers: &HeaderMap,
         query: Option<&str>,
-        verify: impl FnOnce(&str) -> Result<Grant, E>,
+        verify: impl FnOnce(&str) -> Result<Arc<Grant>, E>,
     ) -> Result<Access, E> {
         let grant = match request_token(headers, query) {
             Some(token) if self.authority.has_keys() => Some(verify(&token)?),
@@ -237,7 +237,7 @@ impl Gate {
     }
 
     /// Verifies a token a client presented (also a WebSocket `auth` command's).
-    pub(crate) fn verify(&self, client: IpAddr, token: &str) -> Result<Grant, ApiError> {
+    pub(crate) fn verify(&self, client: IpAddr, token: &str) -> Result<Arc<Grant>, ApiError> {
         self.authority.verify(token).map_err(|refused| {
             self.metrics.auth_failed(refused);
             tracing::debug!(reason = refused.as_str(), %client, "token refused");

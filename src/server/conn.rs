@@ -15,6 +15,51 @@ use tokio::sync::Notify;
 
 use crate::registry::ConnectionCloser;
 
+/// Requests in flight on one hyper connection, and since when there are none: what its idle
+/// timeout (`--idle-timeout`) goes by.
+pub(crate) struct Activity {
+    started: std::time::Instant,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds after `started` when the last request finished.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+/// One request in flight, until its response body is dropped.
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            started: std::time::Instant::now(),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has had no request in flight, or `None` while it has one.
+    pub(crate) fn idle_for(&self) -> Option<std::time::Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = std::time::Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(self.started.elapsed().saturating_sub(since))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 const RUNNING: u8 = 0;
 const DRAIN: u8 = 1;
 const KILL: u8 = 2;

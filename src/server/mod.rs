@@ -40,7 +40,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt as _};
 
 use crate::auth::Authority;
 use crate::config::Config;
@@ -52,7 +52,7 @@ use crate::metrics::Metrics;
 use crate::metrics::Rejection;
 use crate::sse::{SseEdge, StreamTiming};
 use crate::ws::{WsEdge, WsLimits};
-use conn::{ConnControl, ConnectionEnd, ControlledConnection, Tracker};
+use conn::{Activity, ConnControl, ConnectionEnd, ControlledConnection, Tracker};
 use first_request::FirstRequest;
 use layers::{AuthenticateLayer, CorsLayer, RequestMetricsLayer, ShedLayer, TimeoutLayer};
 use publish::{HubPublisher, PublishEndpoint};
@@ -411,27 +411,47 @@ async fn serve_hyper(
     // Set by the first request: until then the connection is on the head deadline (an h2c
     // client that sends the preface, or SETTINGS, or half a HEADERS frame, and stops).
     let requested = Arc::new(AtomicBool::new(false));
-    let service = ServiceBuilder::new()
-        .map_request({
-            let requested = requested.clone();
-            move |mut req: Request<Incoming>| {
-                requested.store(true, Ordering::Relaxed);
-                req.extensions_mut().insert(info.clone());
-                req
+    let activity = Activity::new();
+    let service = tower::service_fn({
+        let (requested, activity, stack) = (requested.clone(), activity.clone(), app.stack.clone());
+        move |mut req: Request<Incoming>| {
+            requested.store(true, Ordering::Relaxed);
+            req.extensions_mut().insert(info.clone());
+            // In flight until the response body is dropped (a stream: until it ends).
+            let in_flight = activity.enter();
+            let answer = stack.clone().oneshot(req);
+            async move {
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| body.holding(in_flight)))
             }
-        })
-        .service(app.stack.clone());
+        }
+    });
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     let drain = |conn: std::pin::Pin<&mut _>| {
         hyper_util::server::graceful::GracefulConnection::graceful_shutdown(conn)
     };
-    let connection = ControlledConnection::new(conn, control, drain);
+    let connection = ControlledConnection::new(conn, control.clone(), drain);
     let head_deadline = tokio::time::sleep(app.config.header_read_timeout);
-    tokio::pin!(connection, head_deadline);
+    let idle_timeout = app.config.idle_timeout;
+    let idle_check = tokio::time::sleep(idle_timeout);
+    tokio::pin!(connection, head_deadline, idle_check);
     let end = std::future::poll_fn(|cx| {
         if !requested.load(Ordering::Relaxed) && head_deadline.as_mut().poll(cx).is_ready() {
             return std::task::Poll::Ready(None);
+        }
+        // No request in flight for the idle timeout (HTTP/1 keep-alive, HTTP/2): finish and
+        // close (an HTTP/2 client gets GOAWAY).
+        while idle_check.as_mut().poll(cx).is_ready() {
+            let next = match activity.idle_for() {
+                Some(idle) if idle >= idle_timeout => {
+                    control.drain();
+                    idle_timeout
+                }
+                Some(idle) => idle_timeout - idle,
+                None => idle_timeout,
+            };
+            idle_check.as_mut().reset(tokio::time::Instant::now() + next);
         }
         connection.as_mut().poll(cx).map(Some)
     })
