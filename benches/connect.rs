@@ -9,13 +9,15 @@
 //! one, alternately: the cost of the checks every request now goes through.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Instant;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod support;
 
 const SECRET: &str = "bench-secret-of-32-bytes-or-more!";
 const CONCURRENCY: usize = 32;
@@ -31,37 +33,13 @@ impl Server {
     }
 
     fn start_bin(bin: &str, args: &[&str]) -> Server {
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(args)
-            .env("CRIER_LOG", "warn,crier=info")
-            .env("CRIER_MAX_CONNECTIONS_PER_IP", "1000000")
-            .env("CRIER_NEW_STREAMS_PER_SEC", "1000000")
-            .env("CRIER_PUBLISHES_PER_SEC", "10000000")
-            .env("CRIER_NEW_TOPICS_PER_SEC", "1000000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start crier");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-        let addr = loop {
-            let line = lines.next().expect("crier exited before listening").expect("read log");
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            if let Some(listen) = json["fields"]["listen"].as_str() {
-                break listen.parse().expect("listen address");
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (child, addr) = support::spawn_crier(std::path::Path::new(bin), &args);
         Server { child, addr }
     }
 
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        // SAFETY: sysconf has no memory-safety preconditions.
-        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+        support::process_cpu_seconds(self.child.id())
     }
 }
 

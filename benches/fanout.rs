@@ -25,7 +25,6 @@ mod support;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -132,32 +131,7 @@ impl Server {
             .server_bin
             .clone()
             .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_crier")));
-        let mut child = std::process::Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(extra)
-            .env("CRIER_LOG", "warn,crier=info")
-            // The load generator is a few addresses opening thousands of streams at once.
-            .env("CRIER_MAX_CONNECTIONS", "1000000")
-            .env("CRIER_MAX_CONNECTIONS_PER_IP", "1000000")
-            .env("CRIER_NEW_STREAMS_PER_SEC", "1000000")
-            .env("CRIER_PUBLISHES_PER_SEC", "1000000")
-            .env("CRIER_NEW_TOPICS_PER_SEC", "1000000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start crier");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-        let addr = loop {
-            let line = lines.next().expect("crier exited before listening").expect("read log");
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if let Some(listen) = json["fields"]["listen"].as_str() {
-                break listen.parse().expect("listen address");
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let (child, addr) = support::spawn_crier(&bin, extra);
         Server { child, addr }
     }
 

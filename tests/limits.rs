@@ -182,16 +182,26 @@ async fn h2c_connections_that_stall_before_a_request_are_closed() {
     assert_eq!(h2c_healthz(server.addr).await, 200);
 }
 
-/// `GET /healthz` over h2c (HTTP/2 with prior knowledge); the status.
-async fn h2c_healthz(addr: std::net::SocketAddr) -> u16 {
+/// An h2c (HTTP/2 with prior knowledge) client connection to `addr`, driven by a task.
+async fn h2c_connect(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+    let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
     )
     .await
     .unwrap();
-    tokio::spawn(conn);
+    (sender, tokio::spawn(conn))
+}
+
+/// `GET /healthz` over h2c; the status.
+async fn h2c_healthz(addr: std::net::SocketAddr) -> u16 {
+    let (mut sender, _conn) = h2c_connect(addr).await;
     let req = http::Request::get(format!("http://{addr}/healthz"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
@@ -277,14 +287,7 @@ async fn new_topics_are_rate_limited_per_address() {
 async fn connections_without_a_request_in_flight_are_closed_after_the_idle_timeout() {
     let server = TestServer::start(&["--idle-timeout", "500ms"]).await;
     // HTTP/2: the connection ends (GOAWAY, then close) once nothing is in flight.
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2c_connect(server.addr).await;
     let get = |path: &str| {
         http::Request::get(format!("http://{}{path}", server.addr))
             .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -300,14 +303,7 @@ async fn connections_without_a_request_in_flight_are_closed_after_the_idle_timeo
     let answer = read_answer(&mut stream).await;
     assert_eq!(answer.status, 200);
     // An open stream is a request in flight: an h2c SSE stream outlives the idle timeout.
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2c_connect(server.addr).await;
     let response = sender.send_request(get("/sse?topic=t")).await.unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();

@@ -77,3 +77,36 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
         fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
     ticks / 100.0
 }
+
+/// Starts a crier binary on a free port with `args`, its limits opened up for a load generator
+/// (a few addresses opening thousands of streams and publishing as fast as they can); returns
+/// the process and the address it listens on.
+pub fn spawn_crier(bin: &std::path::Path, args: &[String]) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
+        .env("CRIER_LOG", "warn,crier=info")
+        .env("CRIER_MAX_CONNECTIONS", "1000000")
+        .env("CRIER_MAX_CONNECTIONS_PER_IP", "1000000")
+        .env("CRIER_NEW_STREAMS_PER_SEC", "1000000")
+        .env("CRIER_PUBLISHES_PER_SEC", "10000000")
+        .env("CRIER_NEW_TOPICS_PER_SEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start crier");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let addr = loop {
+        let line = lines.next().expect("crier exited before listening").expect("read log");
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if let Some(listen) = json["fields"]["listen"].as_str() {
+            break listen.parse().expect("listen address");
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
