@@ -50,7 +50,7 @@ use crate::hub::Hub;
 use crate::limits::ConnectionSlot;
 use crate::metrics::Metrics;
 use crate::metrics::Rejection;
-use crate::sse::{SseEdge, StreamTiming};
+use crate::sse::{SseEdge, SseStream, StreamTiming};
 use crate::ws::{WsEdge, WsLimits};
 use conn::{Activity, ConnControl, ConnectionEnd, ControlledConnection, Tracker};
 use first_request::FirstRequest;
@@ -294,13 +294,51 @@ fn spawn_connection(
 /// Serves one connection: an SSE stream on the fast path if that is what its first request
 /// asks for, hyper otherwise.
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     app: &Arc<App>,
     builder: &Builder<TokioExecutor>,
     control: Arc<ConnControl>,
     slot: Option<ConnectionSlot>,
 ) {
+    // Boxed, both: what it takes to read the first request and open a stream (buffers, headers,
+    // the subscribe) and hyper's connection state are large, and the task serving an SSE stream
+    // on the fast path (most of them) would otherwise hold room for them all its life.
+    match Box::pin(open(stream, peer, app, &control)).await {
+        Opened::Stream(sse) => {
+            app.metrics.http_request(Route::Sse.as_str(), 200);
+            if let ConnectionEnd::Killed = ControlledConnection::new(sse, control, |_| {}).await {
+                tracing::debug!(%peer, "stream closed by the server");
+            }
+        }
+        Opened::Hyper(io) => Box::pin(serve_hyper(io, peer, app, builder, control, slot)).await,
+        Opened::Done => {}
+    }
+}
+
+/// What a connection's first request opened.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once and taken apart at once; the stream is meant to live in its task"
+)]
+enum Opened {
+    /// An SSE stream on the fast path.
+    Stream(SseStream),
+    /// Anything else, for hyper (with the bytes read so far).
+    Hyper(Rewind<TcpStream>),
+    /// Nothing: the connection is closed, or answered and closing.
+    Done,
+}
+
+/// Reads the first request and opens an SSE stream on the fast path if that is what it asks
+/// for and it is admitted; otherwise hands the connection to hyper, which answers the request
+/// (refusals included) as for any other.
+async fn open(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    app: &Arc<App>,
+    control: &Arc<ConnControl>,
+) -> Opened {
     let mut first = Vec::new();
     let first_request = {
         let read_first = tokio::time::timeout(
@@ -317,8 +355,8 @@ async fn serve_connection(
         })
         .await
     };
-    let Some(first_request) = first_request else { return };
-    let stream = match first_request {
+    let Some(first_request) = first_request else { return Opened::Done };
+    match first_request {
         Ok(Ok(FirstRequest::EventStream { query, headers })) => {
             let client = app.gate.client(peer.ip(), &headers);
             // A refusal is left to hyper, which answers (and counts) it.
@@ -329,17 +367,8 @@ async fn serve_connection(
                     && app.gate.admit_topics(client.ip, topics.iter().map(|t| &**t), true).is_ok()
             });
             let Some(access) = admitted else {
-                return Box::pin(serve_hyper(
-                    Rewind::new(first, stream),
-                    peer,
-                    app,
-                    builder,
-                    control,
-                    slot,
-                ))
-                .await;
+                return Opened::Hyper(Rewind::new(first, stream));
             };
-            let closer = control.clone();
             let last_event_id = headers.get("last-event-id").map(http::HeaderValue::as_bytes);
             let mut cors_lines = String::new();
             for (name, value) in app.cors.iter().flat_map(|c| c.headers(headers.get("origin"))) {
@@ -352,34 +381,24 @@ async fn serve_connection(
                 access: &access,
                 extra_head: &cors_lines,
             };
-            let fast_path = app.sse.fast_path(closer, request, stream);
-            match fast_path.await {
-                Ok(sse) => {
-                    drop(first);
-                    app.metrics.http_request(Route::Sse.as_str(), 200);
-                    if let ConnectionEnd::Killed =
-                        ControlledConnection::new(sse, control, |_| {}).await
-                    {
-                        tracing::debug!(%peer, "stream closed by the server");
-                    }
-                    return;
-                }
+            match app.sse.fast_path(control.clone(), request, stream).await {
+                Ok(sse) => Opened::Stream(sse),
                 // Refused: hyper answers the same request with the error.
-                Err(stream) => stream,
+                Err(stream) => Opened::Hyper(Rewind::new(first, stream)),
             }
         }
-        Ok(Ok(FirstRequest::Other)) => stream,
-        Ok(Ok(FirstRequest::Closed)) => return,
+        Ok(Ok(FirstRequest::Other)) => Opened::Hyper(Rewind::new(first, stream)),
+        Ok(Ok(FirstRequest::Closed)) => Opened::Done,
         Ok(Ok(FirstRequest::TooLarge)) => {
             app.metrics.rejected(Rejection::HeadTooLarge);
             let max = app.config.max_request_head_bytes;
             let detail = format!("the request head is larger than {max} bytes");
             accept::refuse(stream, ApiError::new(ErrorCode::HeadTooLarge, detail));
-            return;
+            Opened::Done
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "reading the first request failed");
-            return;
+            Opened::Done
         }
         Err(_) => {
             tracing::debug!(%peer, "no request head within the header read timeout");
@@ -390,12 +409,9 @@ async fn serve_connection(
                 let detail = "the request head did not arrive within --header-read-timeout";
                 accept::refuse(stream, ApiError::new(ErrorCode::RequestTimeout, detail));
             }
-            return;
+            Opened::Done
         }
-    };
-    // Boxed: hyper's connection state is large, and a task serving an SSE stream on the fast
-    // path (most of them) would otherwise hold room for it all its life.
-    Box::pin(serve_hyper(Rewind::new(first, stream), peer, app, builder, control, slot)).await;
+    }
 }
 
 /// Serves a connection through hyper and the tower stack, starting with the bytes read so far.
