@@ -36,6 +36,8 @@ pub(crate) fn request_token<'a>(
     {
         return Some(Cow::Borrowed(bearer));
     }
+    // Most queries carry no token: look for its name before decoding anything.
+    let query = query.filter(|query| memchr::memmem::find(query.as_bytes(), b"token=").is_some());
     if let Some(token) = query.and_then(|query| {
         form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == TOKEN_PARAM).map(|(_, v)| v)
     }) {
@@ -79,6 +81,14 @@ pub(crate) struct Rates {
     pub(crate) publishes_per_sec: u32,
     /// Topics a client address may have the node create per second.
     pub(crate) new_topics_per_sec: u32,
+}
+
+/// A request the gate let through: who it comes from and what it may do (one request
+/// extension).
+#[derive(Clone, Debug)]
+pub(crate) struct Admitted {
+    pub(crate) client: Client,
+    pub(crate) access: Access,
 }
 
 /// What every stream and publish request passes before its endpoint sees it.

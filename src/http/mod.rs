@@ -11,7 +11,7 @@ mod query;
 
 pub(crate) use body::{ChunkStream, ResponseBody, StreamError};
 pub(crate) use cors::CorsPolicy;
-pub(crate) use credentials::{Gate, Rates};
+pub(crate) use credentials::{Admitted, Gate, Rates};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
-pub(crate) use peer::{Client, TrustedProxies};
+pub(crate) use peer::TrustedProxies;
 pub(crate) use query::{PublishQuery, StreamQuery};

@@ -15,25 +15,27 @@ use tokio::sync::Notify;
 
 use crate::registry::ConnectionCloser;
 
-/// Requests in flight on one hyper connection, and since when there are none: what its idle
-/// timeout (`--idle-timeout`) goes by.
+/// Requests in flight on one hyper connection, and how many have finished: what its idle
+/// timeout (`--idle-timeout`) goes by, without reading the clock per request.
+#[derive(Default)]
 pub(crate) struct Activity {
-    started: std::time::Instant,
     in_flight: std::sync::atomic::AtomicUsize,
-    /// Milliseconds after `started` when the last request finished.
-    idle_since_ms: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicU64,
 }
 
 /// One request in flight, until its response body is dropped.
 pub(crate) struct InFlight(Arc<Activity>);
 
+/// Where a connection's requests stood at one look, to compare with the next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Mark {
+    in_flight: usize,
+    finished: u64,
+}
+
 impl Activity {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Activity {
-            started: std::time::Instant::now(),
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
-        })
+        Arc::new(Activity::default())
     }
 
     /// Counts a request in flight until the guard is dropped.
@@ -42,20 +44,25 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// How long the connection has had no request in flight, or `None` while it has one.
-    pub(crate) fn idle_for(&self) -> Option<std::time::Duration> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+    /// Where the requests stand now.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            in_flight: self.in_flight.load(Ordering::Acquire),
+            finished: self.finished.load(Ordering::Acquire),
         }
-        let since = std::time::Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(self.started.elapsed().saturating_sub(since))
+    }
+
+    /// Whether nothing was in flight, and nothing finished, since `earlier`: the connection
+    /// has been idle all the time in between.
+    pub(crate) fn idle_since(&self, earlier: Mark) -> bool {
+        let now = self.mark();
+        now.in_flight == 0 && earlier.in_flight == 0 && now.finished == earlier.finished
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let now = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.finished.fetch_add(1, Ordering::AcqRel);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -40,7 +40,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower::{ServiceBuilder, ServiceExt as _};
+use tower::ServiceBuilder;
 
 use crate::auth::Authority;
 use crate::config::Config;
@@ -146,6 +146,7 @@ impl App {
                     inner,
                     config.max_event_bytes,
                     config.body_read_timeout,
+                    config.relay().is_some(),
                     metrics.clone(),
                 )
             })
@@ -206,11 +207,9 @@ pub async fn serve(
 ) -> io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
     let max_head = app.config.max_request_head_bytes;
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.config.header_read_timeout)
-        .max_buf_size(max_head.max(8192));
+    // The first request's head is capped as it is read (`first_request`); hyper's own read
+    // buffer limit stays at its default, which also sizes its write buffer.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(app.config.header_read_timeout);
     builder.http2().max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let tracker = &app.tracker;
@@ -428,20 +427,16 @@ async fn serve_hyper(
     // client that sends the preface, or SETTINGS, or half a HEADERS frame, and stops).
     let requested = Arc::new(AtomicBool::new(false));
     let activity = Activity::new();
-    let service = tower::service_fn({
-        let (requested, activity, stack) = (requested.clone(), activity.clone(), app.stack.clone());
-        move |mut req: Request<Incoming>| {
-            requested.store(true, Ordering::Relaxed);
-            req.extensions_mut().insert(info.clone());
-            // In flight until the response body is dropped (a stream: until it ends).
-            let in_flight = activity.enter();
-            let answer = stack.clone().oneshot(req);
-            async move {
-                let response = answer.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| body.holding(in_flight)))
+    let service = ServiceBuilder::new()
+        .map_request({
+            let requested = requested.clone();
+            move |mut req: Request<Incoming>| {
+                requested.store(true, Ordering::Relaxed);
+                req.extensions_mut().insert(info.clone());
+                req
             }
-        }
-    });
+        })
+        .service(layers::CountInFlight::new(app.stack.clone(), activity.clone()));
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     let drain = |conn: std::pin::Pin<&mut _>| {
@@ -451,23 +446,21 @@ async fn serve_hyper(
     let head_deadline = tokio::time::sleep(app.config.header_read_timeout);
     let idle_timeout = app.config.idle_timeout;
     let idle_check = tokio::time::sleep(idle_timeout);
+    let mut last_mark = activity.mark();
     tokio::pin!(connection, head_deadline, idle_check);
     let end = std::future::poll_fn(|cx| {
         if !requested.load(Ordering::Relaxed) && head_deadline.as_mut().poll(cx).is_ready() {
             return std::task::Poll::Ready(None);
         }
-        // No request in flight for the idle timeout (HTTP/1 keep-alive, HTTP/2): finish and
-        // close (an HTTP/2 client gets GOAWAY).
+        // No request in flight for a whole idle timeout (HTTP/1 keep-alive, HTTP/2): finish
+        // and close (an HTTP/2 client gets GOAWAY). Looked at once per timeout, so a connection
+        // goes after one to two timeouts idle.
         while idle_check.as_mut().poll(cx).is_ready() {
-            let next = match activity.idle_for() {
-                Some(idle) if idle >= idle_timeout => {
-                    control.drain();
-                    idle_timeout
-                }
-                Some(idle) => idle_timeout - idle,
-                None => idle_timeout,
-            };
-            idle_check.as_mut().reset(tokio::time::Instant::now() + next);
+            if activity.idle_since(last_mark) {
+                control.drain();
+            }
+            last_mark = activity.mark();
+            idle_check.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
         }
         connection.as_mut().poll(cx).map(Some)
     })

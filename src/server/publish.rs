@@ -17,9 +17,8 @@ use hyper::body::Incoming;
 use tower::{Service, ServiceExt as _};
 
 use super::layers::{BoxError, Elapsed, error_response};
-use crate::auth::Access;
 use crate::event::{EventData, EventName, IdempotencyKey, TopicName};
-use crate::http::{ApiError, ErrorCode, PublishQuery, ResponseBody, json_response};
+use crate::http::{Admitted, ApiError, ErrorCode, PublishQuery, ResponseBody, json_response};
 use crate::hub::{Hub, PublishError, PublishOptions, Published, Ticket};
 use crate::metrics::{Metrics, Rejection};
 
@@ -74,18 +73,23 @@ pub(crate) struct PublishEndpoint<S> {
     max_event_bytes: usize,
     /// Longest the body may take to arrive.
     body_timeout: Duration,
+    /// Publishes go through Redis (cluster mode): one that times out while queued can be
+    /// withdrawn.
+    withdrawable: bool,
     metrics: Arc<Metrics>,
 }
 
 impl<S> PublishEndpoint<S> {
-    /// Takes event data of at most `max_event_bytes`, arriving within `body_timeout`.
+    /// Takes event data of at most `max_event_bytes`, arriving within `body_timeout`;
+    /// `withdrawable` in cluster mode.
     pub(crate) fn new(
         inner: S,
         max_event_bytes: usize,
         body_timeout: Duration,
+        withdrawable: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
-        PublishEndpoint { inner, max_event_bytes, body_timeout, metrics }
+        PublishEndpoint { inner, max_event_bytes, body_timeout, withdrawable, metrics }
     }
 }
 
@@ -108,8 +112,17 @@ where
         let inner = self.inner.clone();
         let (max, body_timeout, metrics) =
             (self.max_event_bytes, self.body_timeout, self.metrics.clone());
+        let withdrawable = self.withdrawable;
         Box::pin(async move {
             let answer = match read(req, max, body_timeout, &metrics).await {
+                // Only a cluster publish waits in a queue it can be withdrawn from.
+                Ok(mut publish) if withdrawable => {
+                    publish.options.ticket = Some(Arc::new(Ticket::default()));
+                    Ok(publish)
+                }
+                read => read,
+            };
+            let answer = match answer {
                 Ok(publish) => {
                     let topic = publish.topic.clone();
                     let ticket = publish.options.ticket.clone();
@@ -160,9 +173,9 @@ async fn read(
             })?,
         ),
     };
-    let options = PublishOptions { idempotency_key, ticket: Some(Arc::new(Ticket::default())) };
+    let options = PublishOptions { idempotency_key, ticket: None };
     // The gate in front put what the client may do here; nothing may publish without it.
-    let Some(access) = req.extensions().get::<Access>() else {
+    let Some(Admitted { access, .. }) = req.extensions().get::<Admitted>() else {
         tracing::error!("a publish reached its endpoint without passing the gate");
         return Err(ApiError::new(ErrorCode::Internal, "the server failed to answer"));
     };

@@ -14,8 +14,7 @@ use tower::{Service, ServiceExt as _};
 use super::ConnInfo;
 use super::conn::Tracker;
 use super::layers::error_response;
-use crate::auth::Access;
-use crate::http::{ApiError, Client, ErrorCode, ResponseBody, json_response};
+use crate::http::{Admitted, ApiError, ErrorCode, ResponseBody, json_response};
 use crate::hub::Hub;
 use crate::limits::ConnectionSlot;
 use crate::metrics::Metrics;
@@ -109,9 +108,10 @@ where
         };
         match Route::of(req.uri().path()) {
             Route::Publish => self.publish.oneshot(req).await.map_err(|e| error_response(e.into())),
-            Route::Sse => self.sse.respond(conn.control, &req, gated(&req)?).await,
+            Route::Sse => self.sse.respond(conn.control, &req, &gated(&req)?.access).await,
             Route::Ws => {
-                let (access, client) = (gated::<Access>(&req)?.clone(), gated::<Client>(&req)?.ip);
+                let Admitted { access, client } = gated(&req)?.clone();
+                let client = client.ip;
                 let (response, upgrade) = self.ws.accept(&mut req, access, client).await?;
                 self.spawn_session(upgrade, conn.slot);
                 Ok(response)
@@ -170,8 +170,8 @@ where
 }
 
 /// What the gate ([`super::layers::Authenticate`]) put in the request's extensions.
-fn gated<T: Send + Sync + 'static>(req: &Request<Incoming>) -> Result<&T, ApiError> {
-    req.extensions().get::<T>().ok_or_else(|| {
+fn gated(req: &Request<Incoming>) -> Result<&Admitted, ApiError> {
+    req.extensions().get::<Admitted>().ok_or_else(|| {
         tracing::error!("a stream request reached the router without passing the gate");
         ApiError::new(ErrorCode::Internal, "the server failed to answer")
     })

@@ -13,7 +13,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::http::{ApiError, Gate, ResponseBody};
+use crate::http::{Admitted, ApiError, Gate, ResponseBody};
 use crate::server::ConnInfo;
 use crate::server::router::Route;
 
@@ -82,8 +82,7 @@ where
             });
         match admitted {
             Ok(access) => {
-                request.extensions_mut().insert(client);
-                request.extensions_mut().insert(access);
+                request.extensions_mut().insert(Admitted { client, access });
                 ResponseFuture::Inner { response: self.inner.call(request) }
             }
             Err(refused) => ResponseFuture::Refused { response: Some(refused.into_response()) },

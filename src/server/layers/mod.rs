@@ -3,6 +3,7 @@
 //! that the boundary turns into the documented JSON answer ([`error_response`]).
 //!
 //! - [`RequestMetrics`]: counts every answered request by route and status.
+//! - [`CountInFlight`]: the requests in flight on a connection, for its idle timeout.
 //! - [`Cors`]: cross-origin access to `/sse` and `/publish`: preflights, and the headers.
 //! - [`Authenticate`]: the client and what its token allows, for stream and publish requests;
 //!   401 for a refused token.
@@ -11,12 +12,14 @@
 
 mod authenticate;
 mod cors;
+mod in_flight;
 mod request_metrics;
 mod shed;
 mod timeout;
 
 pub(crate) use authenticate::{Authenticate, AuthenticateLayer};
 pub(crate) use cors::{Cors, CorsLayer};
+pub(crate) use in_flight::CountInFlight;
 pub(crate) use request_metrics::{RequestMetrics, RequestMetricsLayer};
 pub(crate) use shed::{Overloaded, Shed, ShedLayer};
 pub(crate) use timeout::{Elapsed, Timeout, TimeoutLayer};
