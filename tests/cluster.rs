@@ -787,3 +787,25 @@ async fn an_idle_topics_keys_expire_and_it_comes_back_with_a_new_epoch() {
     assert!(gap.data.contains(r#""reason":"epoch""#), "{}", gap.data);
     assert_eq!(stream.next_event().await.data, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_topics_keys_live_while_it_is_quiet() {
+    let redis = RedisServer::start().await;
+    let node = node(&redis, &["--topic-idle-ttl", "1s"]).await;
+    let mut stream = SseClient::connect(node.addr, "/sse?topic=held", &[]).await;
+    node.wait_subscriptions(1).await;
+    let first = node.publish("held", "one").await;
+    assert_eq!(stream.next_event().await.data, "one");
+    // Quiet for more than the keys' time-to-live; the node sets it again while it has a
+    // subscriber, so the topic goes on in its epoch and the subscriber sees no gap.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut conn = redis.connection().await;
+    let ttl: i64 =
+        redis::cmd("PTTL").arg("crier:{held}:meta").query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0, "the keys are still there: PTTL {ttl}");
+    let second = node.publish("held", "two").await;
+    assert_eq!(first.split_once('-').unwrap().0, second.split_once('-').unwrap().0, "same epoch");
+    let event = stream.next_event().await;
+    assert_eq!((event.kind.as_str(), event.data.as_str()), ("message", "two"));
+    assert_eq!(event.last_event_id, second);
+}

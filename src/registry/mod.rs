@@ -335,6 +335,11 @@ impl Registry {
         swept
     }
 
+    /// The names of the topics with subscribers, at some moment during the call.
+    pub(crate) fn followed_topics(&self) -> Vec<TopicName> {
+        self.lifecycle.active().iter().map(|topic| topic.name().clone()).collect()
+    }
+
     /// How many topics are active (have subscribers) and idle, for tests.
     #[cfg(test)]
     pub(crate) fn lifecycle_counts(&self) -> (usize, usize) {

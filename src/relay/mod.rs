@@ -198,6 +198,7 @@ impl Relay {
         // One connection per publish worker, which keeps it while busy, and one for the link's
         // catch-up reads.
         let pool = Arc::new(commands::Commands::new(config, config.pool_size.max(1) + 1)?);
+        let pool_for_refresh = pool.clone();
         let shared = Arc::new(Shared {
             connected: AtomicBool::new(false),
             links: AtomicU64::new(0),
@@ -221,6 +222,7 @@ impl Relay {
             stream_len,
         );
         tokio::spawn(link.run());
+        tokio::spawn(keep_followed_topics(registry.clone(), pool_for_refresh, shared.clone()));
         Ok(Relay { publishes, syncs, registry, shared })
     }
 
@@ -284,6 +286,48 @@ impl Relay {
     /// Whether the Pub/Sub link is up and caught up.
     pub(crate) fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
+    }
+}
+
+/// Topics whose keys one refresh call covers.
+const REFRESH_BATCH: usize = 256;
+
+/// Keeps the Redis keys of the topics this node has subscribers for from expiring while they
+/// are quiet: their subscribers would otherwise get a `crier.gap` (a new epoch) at the next
+/// event. Every third of the keys' time-to-live, their expiry is set again.
+async fn keep_followed_topics(
+    registry: Arc<Registry>,
+    pool: Arc<commands::Commands>,
+    shared: Arc<Shared>,
+) {
+    let every = std::time::Duration::from_millis((shared.key_ttl_ms / 3).max(100));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let followed = registry.followed_topics();
+        if followed.is_empty() {
+            continue;
+        }
+        let Ok(mut conn) = pool.get().await else { continue };
+        for batch in followed.chunks(REFRESH_BATCH) {
+            let calls = batch
+                .iter()
+                .flat_map(|name| {
+                    let keys = scripts::TopicKeys::new(name);
+                    [keys.meta, keys.log].map(|key| {
+                        let mut call = redis::cmd("PEXPIRE");
+                        call.arg(key).arg(shared.key_ttl_ms);
+                        call
+                    })
+                })
+                .collect();
+            if let Err(e) = conn.send(calls).await {
+                tracing::debug!(error = %e, "refreshing the keys of followed topics failed");
+                break;
+            }
+        }
     }
 }
 

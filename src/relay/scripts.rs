@@ -14,8 +14,9 @@
 //! them get `crier.gap` instead of a silent hole.
 //!
 //! Both keys expire after `--topic-idle-ttl` (every script takes it as `ARGV[2]`, in
-//! milliseconds): each publish, and each node reading the topic, sets the time again, so the
-//! keys of a topic nobody publishes to or reads are gone after it.
+//! milliseconds): each publish, each node reading the topic, and each node following it
+//! (`keep_followed_topics` in the relay) sets the time again, so the keys of a topic nobody
+//! publishes to, reads or follows are gone after it.
 
 use redis::{Cmd, Script};
 
