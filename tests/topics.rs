@@ -176,9 +176,17 @@ async fn idle_topics_cost_no_cpu() {
         metric(&metrics(node.addr).await, "crier_subscriptions") == Some(0.0)
     })
     .await;
-    let before = cpu_seconds(node.pid());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let used = cpu_seconds(node.pid()) - before;
-    // Before, the sweeper walked every topic ten times a second.
-    assert!(used < 0.04, "{used} CPU seconds in 2 s with {topics} idle topics");
+    // The first sweeps after the streams closed move the 64,000 topics to the idle queue, once;
+    // then a 2 s window must cost under 2 % of a core. Before, the sweeper walked every topic
+    // ten times a second, every window alike.
+    let mut windows = Vec::new();
+    while windows.len() < 5 {
+        let before = cpu_seconds(node.pid());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        windows.push(cpu_seconds(node.pid()) - before);
+        if windows.last().is_some_and(|&used| used < 0.04) {
+            return;
+        }
+    }
+    panic!("CPU seconds per 2 s with {topics} idle topics: {windows:?}");
 }
