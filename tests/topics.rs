@@ -9,6 +9,14 @@ use std::time::Duration;
 
 use support::{CrierProcess, SseClient, TestServer, metric, request, wait_until};
 
+/// The binary with `args`, and rates high enough for one client to open thousands of streams
+/// on new topics at once.
+async fn spawn_flooded(args: &[&str]) -> CrierProcess {
+    let rates = ["--new-streams-per-sec", "1000000", "--new-topics-per-sec", "100000000"];
+    let all: Vec<&str> = rates.iter().chain(args).copied().collect();
+    CrierProcess::spawn(&all).await
+}
+
 async fn metrics(addr: std::net::SocketAddr) -> String {
     request(addr, "GET", "/metrics", &[], b"").await.text()
 }
@@ -81,17 +89,7 @@ async fn new_topics_beyond_the_limit_are_refused_until_idle_ones_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_random_topics_is_dropped_and_memory_returns() {
-    let node = CrierProcess::spawn(&[
-        "--topic-idle-ttl",
-        "2s",
-        "--max-topics",
-        "10000000",
-        "--new-streams-per-sec",
-        "1000000",
-        "--new-topics-per-sec",
-        "100000000",
-    ])
-    .await;
+    let node = spawn_flooded(&["--topic-idle-ttl", "2s", "--max-topics", "10000000"]).await;
     // Warm up: the runtime's threads, buffers and the metrics registry.
     for round in 0..20 {
         let topics: Vec<String> = (0..64).map(|i| format!("warm{round}x{i}")).collect();
@@ -129,13 +127,7 @@ async fn a_flood_of_random_topics_is_dropped_and_memory_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_churn_on_a_quiet_topic_leaves_memory_flat() {
-    let node = CrierProcess::spawn(&[
-        "--new-streams-per-sec",
-        "1000000",
-        "--new-topics-per-sec",
-        "100000000",
-    ])
-    .await;
+    let node = spawn_flooded(&[]).await;
     let quiet = ["quiet".to_owned()];
     for _ in 0..500 {
         open_and_close(node.addr, &quiet).await;
@@ -157,15 +149,7 @@ async fn subscriber_churn_on_a_quiet_topic_leaves_memory_flat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_topics_cost_no_cpu() {
-    let node = CrierProcess::spawn(&[
-        "--topic-idle-ttl",
-        "1h",
-        "--new-streams-per-sec",
-        "1000000",
-        "--new-topics-per-sec",
-        "100000000",
-    ])
-    .await;
+    let node = spawn_flooded(&["--topic-idle-ttl", "1h"]).await;
     for round in 0..1000 {
         let topics: Vec<String> = (0..64).map(|i| format!("idle{round}x{i}")).collect();
         open_and_close(node.addr, &topics).await;

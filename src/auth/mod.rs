@@ -14,7 +14,7 @@ mod selector;
 mod token;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use std::collections::HashMap;
 
@@ -204,9 +204,10 @@ impl Access {
         }
     }
 
-    /// When the token runs out, if the client gave one.
-    pub(crate) fn expires_at(&self) -> Option<SystemTime> {
-        self.grant.as_ref().map(|grant| grant.expires_at)
+    /// How long until the token runs out (zero once it has), if the client gave one.
+    pub(crate) fn expires_in(&self) -> Option<Duration> {
+        let left = |grant: &Arc<Grant>| grant.expires_at.duration_since(SystemTime::now());
+        self.grant.as_ref().map(|grant| left(grant).unwrap_or_default())
     }
 
     /// The token's subject, if any.

@@ -71,7 +71,7 @@ fn without_a_token_only_public_topics_and_nothing_to_publish() {
     assert!(matches!(access.check_publish("news/eu"), Err(Denied::NoToken { .. })));
     assert!(matches!(access.check_subscribe("private/x"), Err(Denied::NoToken { .. })));
     assert_eq!(access.check_subscribe("news"), Ok(()));
-    assert_eq!(access.expires_at(), None);
+    assert_eq!(access.expires_in(), None);
     // Development mode: local clients publish, nobody else.
     let open = Authority::new(AuthConfig::default()).unwrap();
     assert!(!open.has_keys());

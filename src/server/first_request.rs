@@ -67,8 +67,7 @@ pub(crate) fn classify(buf: &[u8], max_head: usize) -> Option<FirstRequest> {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return None,
         Ok(httparse::Status::Partial) => return Some(FirstRequest::TooLarge),
-        Err(httparse::Error::TooManyHeaders) => return Some(FirstRequest::Other),
-        // Malformed: hyper answers it.
+        // Malformed, or more headers than parsed here: hyper answers it.
         Err(_) => return Some(FirstRequest::Other),
     };
     if len > max_head {

@@ -97,7 +97,7 @@ impl SseEdge {
 
     /// The stream's writer; a stream opened with a token ends when the token expires.
     fn writer(&self, subscription: Subscription, access: &Access) -> SseWriter {
-        SseWriter::new(subscription, self.timing, &self.metrics, access.expires_at())
+        SseWriter::new(subscription, self.timing, &self.metrics, access.expires_in())
     }
 
     /// Reads the topics and resume position from a request and subscribes, if the client

@@ -10,7 +10,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::{Instant, Sleep};
@@ -60,12 +60,12 @@ impl SseWriter {
     /// The writer for `subscription`: opens with `retry:` and a comment, then a `crier.gap`
     /// notice naming every topic whose resume was not exact, then every event after the start
     /// positions. Counts the stream as an open SSE connection until dropped. With
-    /// `expires_at`, the stream ends with a `crier.expired` event then.
+    /// `expires_in`, the stream ends with a `crier.expired` event that long from now.
     pub(crate) fn new(
         subscription: Subscription,
         timing: StreamTiming,
         metrics: &Arc<Metrics>,
-        expires_at: Option<SystemTime>,
+        expires_in: Option<Duration>,
     ) -> Self {
         let StreamTiming { retry, heartbeat: heartbeat_every, write_delay } = timing;
         let open = metrics.open_connection(Transport::Sse);
@@ -93,10 +93,7 @@ impl SseWriter {
             write_delay,
             last_write: now,
             heartbeat: Box::pin(tokio::time::sleep_until(now + heartbeat_every)),
-            expiry: expires_at.map(|at| {
-                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-                Box::pin(tokio::time::sleep_until(now + left))
-            }),
+            expiry: expires_in.map(|left| Box::pin(tokio::time::sleep_until(now + left))),
             ended: false,
         }
     }

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -86,7 +85,7 @@ enum Wait {
 impl Subscriber {
     pub(super) fn new(setup: SubscriberSetup) -> Self {
         let bucket = TokenBucket::per_second(setup.commands_per_sec);
-        let expiry = setup.access.expires_at().map(instant_of);
+        let expiry = setup.access.expires_in().map(|left| Instant::now() + left);
         Subscriber { setup, expiry, bucket, strikes: 0, in_flight: None }
     }
 
@@ -135,7 +134,7 @@ impl Subscriber {
                 }
                 let grant = self.setup.gate.verify(self.setup.client, &token)?;
                 self.setup.access = self.setup.access.renewed(grant);
-                self.expiry = self.setup.access.expires_at().map(instant_of);
+                self.expiry = self.setup.access.expires_in().map(|left| Instant::now() + left);
                 out.push(Reply::ok(reference).frame());
             }
             Command::Subscribe { topic, last_event_id } => {
@@ -201,11 +200,6 @@ impl Subscriber {
         }
         Ok(())
     }
-}
-
-/// The moment on the runtime's clock that `at` on the wall clock is.
-fn instant_of(at: SystemTime) -> Instant {
-    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
 }
 
 impl Handler for Subscriber {
