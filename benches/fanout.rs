@@ -11,7 +11,13 @@
 //! cargo bench --bench fanout -- --cluster           # cluster mode through one redis-server
 //! cargo bench --bench fanout -- --subscribers 30 --redis-nodes 3 --rate 0
 //! cargo bench --bench fanout -- --server-bin ../old/target/release/crier   # another build
+//! cargo bench --bench fanout -- --mercure           # Mercure hub against native SSE
+//! cargo bench --bench fanout -- --subscribers 1000 --transport mercure-template
 //! ```
+//!
+//! The Mercure transports subscribe to `/.well-known/mercure` (anonymously) with an exact topic
+//! (`mercure-exact`) or a URI template matching it (`mercure-template`), and publish form
+//! updates from loopback (no publisher key: crier's development mode) with sequential ids.
 //!
 //! With `--redis-nodes N` the benchmark starts a `redis-server` on a free port and N crier nodes
 //! joined through it; subscribers and publishers are spread over the nodes.
@@ -66,7 +72,8 @@ struct Args {
     /// Only measure idle memory: connect, measure, disconnect.
     #[arg(long)]
     idle_only: bool,
-    /// How subscribers connect: `sse`, or `ws` (WebSocket, JSON frames).
+    /// How subscribers connect: `sse`, `ws` (WebSocket, JSON frames), `mercure-exact` or
+    /// `mercure-template` (the Mercure hub, with an exact topic or a URI template).
     #[arg(long, default_value = "sse")]
     transport: String,
     /// Cluster mode: start a redis-server and this many crier nodes joined through it (0: one
@@ -77,6 +84,16 @@ struct Args {
     /// instead of the single-node performance bars.
     #[arg(long)]
     cluster: bool,
+    /// Publish on each connection without waiting for each answer (HTTP/1.1 pipelining): one
+    /// connection then publishes in order as fast as the server takes it. Mercure publishes
+    /// need it with more than one event in flight (their ids are the publisher's, in order).
+    #[arg(long)]
+    pipeline: bool,
+    /// Run the Mercure scenarios (native SSE, then the Mercure hub with exact selectors and
+    /// with URI templates, at 1000 subscribers each) instead of the single-node performance
+    /// bars.
+    #[arg(long)]
+    mercure: bool,
     /// The server binary to run (default: this build's `crier`), to measure another build
     /// with the same load generator in the same session.
     #[arg(long)]
@@ -100,6 +117,16 @@ fn main() {
             for nodes in [1, 2, 3] {
                 let fast = Args { rate: 0, publishers: 64, redis_nodes: nodes, ..args.clone() };
                 run(&fast, 30);
+            }
+        }
+        None if args.mercure => {
+            // One pipelined publisher connection for each: Mercure ids are chosen by the
+            // publisher, in order.
+            for transport in ["sse", "mercure-exact", "mercure-template"] {
+                let transport = transport.into();
+                let args =
+                    Args { transport, rate: 0, publishers: 1, pipeline: true, ..args.clone() };
+                run(&args, 1_000);
             }
         }
         None => {
@@ -184,6 +211,8 @@ struct Shared {
     origin: Instant,
     /// Subscribers use WebSocket rather than SSE.
     websocket: bool,
+    /// Subscribers use the Mercure hub, with this selector.
+    mercure: Option<&'static str>,
     /// Payload size of every event.
     payload: usize,
     published: AtomicU64,
@@ -211,12 +240,16 @@ struct ThreadReport {
 
 fn run(args: &Args, subscribers: usize) {
     let redis = (args.redis_nodes > 0).then(Redis::start);
+    let mut server_args = args.server_args.clone();
+    if args.transport.starts_with("mercure") {
+        server_args.push("--mercure-anonymous".to_owned());
+    }
     let servers: Vec<Server> = match &redis {
-        None => vec![Server::start(args, &args.server_args)],
+        None => vec![Server::start(args, &server_args)],
         Some(redis) => (0..args.redis_nodes)
             .map(|_| {
                 let mut flags = vec![format!("--redis-url={}", redis.url())];
-                flags.extend(args.server_args.iter().cloned());
+                flags.extend(server_args.iter().cloned());
                 let server = Server::start(args, &flags);
                 let started = Instant::now();
                 while !http_get(server.addr, "/readyz").contains("ready") {
@@ -233,6 +266,11 @@ fn run(args: &Args, subscribers: usize) {
     let shared = Arc::new(Shared {
         origin: Instant::now(),
         websocket: args.transport == "ws",
+        mercure: match args.transport.as_str() {
+            "mercure-exact" => Some(MERCURE_TOPIC),
+            "mercure-template" => Some(MERCURE_TEMPLATE),
+            _ => None,
+        },
         payload: args.payload.max(21),
         published: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
@@ -403,19 +441,22 @@ fn publish(
                 let (shared, next, topic) = (shared.clone(), next.clone(), topic.to_owned());
                 let addr = addrs[i % addrs.len()];
                 let (rate, window, payload) = (args.rate, args.window, args.payload);
+                let pipelined = args.pipeline;
                 tokio::spawn(async move {
-                    let mut conn = Publisher::connect(addr, &topic, payload).await;
+                    let mercure = shared.mercure.is_some();
+                    let mut conn =
+                        Publisher::connect(addr, &topic, payload, mercure, pipelined).await;
                     loop {
                         let k = next.fetch_add(1, Ordering::AcqRel);
                         if let Some(offset) = (k * 1_000_000_000).checked_div(rate) {
                             let due = started + Duration::from_nanos(offset);
                             if due >= end {
-                                return;
+                                return conn.finish().await;
                             }
                             tokio::time::sleep_until(due).await;
                         } else {
                             if tokio::time::Instant::now() >= end {
-                                return;
+                                return conn.finish().await;
                             }
                             loop {
                                 let alive =
@@ -442,24 +483,72 @@ fn publish(
     });
 }
 
+/// The topic Mercure updates are published to, and the selectors that subscribe to it.
+const MERCURE_TOPIC: &str = "https://bench.example/books/1";
+const MERCURE_TEMPLATE: &str = "https://bench.example/books/{id}";
+
 /// A keep-alive HTTP/1.1 publishing connection.
 struct Publisher {
-    reader: BufReader<TcpStream>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    /// Where answers are read after each publish; `None` when a task reads them (pipelined).
+    reader: Option<BufReader<tokio::net::tcp::OwnedReadHalf>>,
     head: Vec<u8>,
     body: Vec<u8>,
+    /// Publishes Mercure updates, with ids `m-1`, `m-2`, …
+    mercure: bool,
+    /// Publishes sent (pipelined: answered or not).
+    sent: u64,
+    /// Pipelined publishes answered so far.
+    answered: Arc<AtomicU64>,
 }
 
 impl Publisher {
-    async fn connect(addr: SocketAddr, topic: &str, payload: usize) -> Publisher {
+    /// A connection; `pipelined`, it sends each publish without waiting for the answer to the
+    /// one before (a task reads the answers), so the publishes' order is the order they are
+    /// sent in, and one connection keeps the server busy.
+    async fn connect(
+        addr: SocketAddr,
+        topic: &str,
+        payload: usize,
+        mercure: bool,
+        pipelined: bool,
+    ) -> Publisher {
         let stream = TcpStream::connect(addr).await.expect("publisher connects");
         stream.set_nodelay(true).expect("nodelay");
         let head = format!(
             "POST /publish?topic={topic} HTTP/1.1\r\nHost: bench\r\nContent-Length: {payload}\r\n\r\n"
         );
+        let (read, writer) = stream.into_split();
+        let mut reader = Some(BufReader::new(read));
+        let answered = Arc::new(AtomicU64::new(0));
+        if pipelined {
+            let mut answers = reader.take().expect("the reader");
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                while read_answer(&mut answers).await {
+                    answered.fetch_add(1, Ordering::AcqRel);
+                }
+            });
+        }
         Publisher {
-            reader: BufReader::new(stream),
+            writer,
+            reader,
             head: head.into_bytes(),
             body: vec![b'x'; payload.max(21)],
+            mercure,
+            sent: 0,
+            answered,
+        }
+    }
+
+    /// Waits until every pipelined publish is answered (a publish still in the socket when
+    /// the connection closes is never made).
+    async fn finish(&self) {
+        if self.reader.is_some() {
+            return;
+        }
+        while self.answered.load(Ordering::Acquire) < self.sent {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -467,27 +556,54 @@ impl Publisher {
         // The payload starts with the send time: 20 digits and a space.
         let stamp = format!("{ts:020} ");
         self.body[..21].copy_from_slice(stamp.as_bytes());
-        let mut request = Vec::with_capacity(self.head.len() + self.body.len());
-        request.extend_from_slice(&self.head);
-        request.extend_from_slice(&self.body);
-        self.reader.get_mut().write_all(&request).await.expect("send publish");
-        let mut status = String::new();
-        self.reader.read_line(&mut status).await.expect("publish response");
-        assert!(status.starts_with("HTTP/1.1 200"), "publish failed: {status}");
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).await.expect("publish response head");
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().expect("content-length");
-            }
+        let mut request = Vec::with_capacity(self.head.len() + self.body.len() + 128);
+        self.sent += 1;
+        if self.mercure {
+            let sent = self.sent;
+            let topic: String = form_urlencoded::byte_serialize(MERCURE_TOPIC.as_bytes()).collect();
+            let data: String = form_urlencoded::byte_serialize(&self.body).collect();
+            let form = format!("topic={topic}&id=m-{sent}&data={data}");
+            request.extend_from_slice(
+                format!(
+                    "POST /.well-known/mercure HTTP/1.1\r\nHost: bench\r\n\
+                     Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+                    form.len()
+                )
+                .as_bytes(),
+            );
+            request.extend_from_slice(form.as_bytes());
+        } else {
+            request.extend_from_slice(&self.head);
+            request.extend_from_slice(&self.body);
         }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).await.expect("publish response body");
+        self.writer.write_all(&request).await.expect("send publish");
+        if let Some(reader) = &mut self.reader {
+            assert!(read_answer(reader).await, "the publish was answered");
+        }
     }
+}
+
+/// Reads one publish answer, asserting it is a 200; false once the connection is closed.
+async fn read_answer(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> bool {
+    let mut status = String::new();
+    if reader.read_line(&mut status).await.unwrap_or(0) == 0 {
+        return false;
+    }
+    assert!(status.starts_with("HTTP/1.1 200"), "publish failed: {status}");
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.expect("publish response head");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().expect("content-length");
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.expect("publish response body");
+    true
 }
 
 fn subscriber_thread(
@@ -520,7 +636,9 @@ fn subscriber_thread(
             );
             tasks.push(tokio::task::spawn_local(async move {
                 let permit = connecting.acquire().await.expect("semaphore");
-                let stream = connect_subscriber(addr, source, &topic, shared.websocket).await;
+                let stream =
+                    connect_subscriber(addr, source, &topic, shared.websocket, shared.mercure)
+                        .await;
                 drop(permit);
                 shared.subscribed.fetch_add(1, Ordering::AcqRel);
                 read_stream(stream, index, &streams, &latency, &buffer, &shared).await;
@@ -544,11 +662,18 @@ async fn connect_subscriber(
     source: std::net::Ipv4Addr,
     topic: &str,
     websocket: bool,
+    mercure: Option<&str>,
 ) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.bind(SocketAddr::new(source.into(), 0)).expect("bind source address");
     let mut stream = socket.connect(addr).await.expect("connect subscriber");
-    let request = if websocket {
+    let request = if let Some(selector) = mercure {
+        let selector: String = form_urlencoded::byte_serialize(selector.as_bytes()).collect();
+        format!(
+            "GET /.well-known/mercure?topic={selector} HTTP/1.1\r\nHost: bench\r\n\
+             Accept: text/event-stream\r\n\r\n"
+        )
+    } else if websocket {
         format!(
             "GET /ws?topic={topic}&format=json HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\

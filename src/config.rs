@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, ValueEnum};
 
-use crate::auth::{AuthConfig, PublicKeySpec, SecretSpec, Selector};
+use crate::auth::{AuthConfig, MercureKey, PublicKeySpec, SecretSpec, Selector};
 use crate::http::TrustedProxies;
 use crate::hub::HubConfig;
+use crate::mercure::MercureConfig;
 use crate::relay::RelayConfig;
 
 /// crier: a real-time event broadcasting edge server (HTTP publish, SSE and WebSocket fan-out).
@@ -206,6 +207,53 @@ pub struct Config {
     #[arg(long, env = "CRIER_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub body_read_timeout: Duration,
 
+    /// Mercure hub: the key publishers' tokens are signed with, an HMAC secret or the PEM text
+    /// of a public key (see --mercure-publisher-jwt-alg). Also read from
+    /// `MERCURE_PUBLISHER_JWT_KEY`, as the reference hub does. Any Mercure key, or
+    /// --mercure-anonymous, turns the hub on at /.well-known/mercure.
+    #[arg(
+        long,
+        env = "CRIER_MERCURE_PUBLISHER_JWT_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub mercure_publisher_jwt_key: Option<String>,
+
+    /// Mercure hub: the algorithm publishers' tokens must use (HS256, HS384, HS512, RS256…,
+    /// PS256…, ES256, ES384, EdDSA). Also read from `MERCURE_PUBLISHER_JWT_ALG`.
+    #[arg(long, env = "CRIER_MERCURE_PUBLISHER_JWT_ALG")]
+    pub mercure_publisher_jwt_alg: Option<String>,
+
+    /// Mercure hub: the key subscribers' tokens are signed with. Also read from
+    /// `MERCURE_SUBSCRIBER_JWT_KEY`. Without it, every subscriber gets public updates only.
+    #[arg(
+        long,
+        env = "CRIER_MERCURE_SUBSCRIBER_JWT_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub mercure_subscriber_jwt_key: Option<String>,
+
+    /// Mercure hub: the algorithm subscribers' tokens must use. Also read from
+    /// `MERCURE_SUBSCRIBER_JWT_ALG`.
+    #[arg(long, env = "CRIER_MERCURE_SUBSCRIBER_JWT_ALG")]
+    pub mercure_subscriber_jwt_alg: Option<String>,
+
+    /// Mercure hub: subscribers without a token are accepted and get public updates only (a
+    /// token that does not verify is still refused).
+    #[arg(long, env = "CRIER_MERCURE_ANONYMOUS")]
+    pub mercure_anonymous: bool,
+
+    /// Mercure hub: publish an event when a subscriber arrives or leaves, and serve the
+    /// subscriptions API (/.well-known/mercure/subscriptions), for the whole cluster.
+    #[arg(long, env = "CRIER_MERCURE_SUBSCRIPTIONS")]
+    pub mercure_subscriptions: bool,
+
+    /// Mercure hub: origins a publish may come from when its token is in the
+    /// `mercureAuthorization` cookie, comma-separated (`*`: any).
+    #[arg(long, env = "CRIER_PUBLISH_ORIGINS", value_delimiter = ',')]
+    pub publish_origins: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "CRIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -259,6 +307,35 @@ impl Config {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
             private_topics: self.private_topics.clone(),
+        }
+    }
+
+    /// The Mercure hub's share of the configuration; a key left unset is read from the
+    /// reference hub's environment variable (`MERCURE_PUBLISHER_JWT_KEY` and the rest).
+    pub(crate) fn mercure(&self) -> MercureConfig {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let key = |key: &Option<String>, alg: &Option<String>, side: &str| {
+            let key = key.clone().or_else(|| from_env(&format!("MERCURE_{side}_JWT_KEY")))?;
+            let algorithm = alg
+                .clone()
+                .or_else(|| from_env(&format!("MERCURE_{side}_JWT_ALG")))
+                .unwrap_or_else(|| "HS256".to_owned());
+            Some(MercureKey { key, algorithm })
+        };
+        MercureConfig {
+            publisher_key: key(
+                &self.mercure_publisher_jwt_key,
+                &self.mercure_publisher_jwt_alg,
+                "PUBLISHER",
+            ),
+            subscriber_key: key(
+                &self.mercure_subscriber_jwt_key,
+                &self.mercure_subscriber_jwt_alg,
+                "SUBSCRIBER",
+            ),
+            anonymous: self.mercure_anonymous,
+            publish_origins: self.publish_origins.clone(),
+            subscriptions: self.mercure_subscriptions,
         }
     }
 

@@ -6,13 +6,15 @@
 //! wire format and appended once to its topic's log; every subscriber's writer reads the log
 //! from its own cursor, so publishing costs the same for one subscriber or a hundred thousand.
 //! A subscriber that falls too far behind is evicted instead of slowing anyone else, and
-//! resumes from the log with no gap and no duplicate.
+//! resumes from the log with no gap and no duplicate. Beside its own API, crier is a Mercure
+//! hub (`/.well-known/mercure`) over one log of Mercure updates relayed like any topic.
 //!
 //! The layers, from the bottom up; each imports only from layers below it:
 //!
 //! ```text
 //! event                names, ids, data, the Event with its frames (imports nothing of the crate)
-//! codec                SSE frames, WebSocket frames, the crier.gap notice, the relay envelope
+//! codec                SSE frames, WebSocket frames, the crier.gap notice, the relay envelope,
+//!                      the Mercure record and frame
 //! registry             sharded topics, each a log that writers follow, subscribers, eviction
 //! metrics, chunk,      metric handles and guards; write buffers and the vectored-write loop;
 //! limits, auth         token buckets; keys, tokens, what a token allows (no HTTP)
@@ -21,7 +23,9 @@
 //! http                 response body, error codes, query parsing, who a request is from and
 //!                      where its token comes from
 //! sse, ws              the edges: a request in, a stream or a connection out
-//! config, server       flags; accept, route, tower layers, sessions, shutdown (knows both edges)
+//! mercure              the Mercure hub: selectors, its authorization, resume by Mercure id,
+//!                      active subscriptions (over the sse writer)
+//! config, server       flags; accept, route, tower layers, sessions, shutdown (knows every edge)
 //! ```
 //!
 //! A publish, on a single node: `server` (tower stack) ─▶ `hub::Hub::publish` ─▶ the local
@@ -42,6 +46,7 @@ mod event;
 mod http;
 mod hub;
 mod limits;
+mod mercure;
 mod metrics;
 mod registry;
 mod relay;

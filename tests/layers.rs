@@ -22,10 +22,17 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("http", &["event", "limits", "auth", "metrics", "hub", "chunk"]),
     ("sse", &["event", "codec", "registry", "metrics", "chunk", "auth", "hub", "http"]),
     ("ws", &["event", "codec", "registry", "metrics", "chunk", "limits", "auth", "hub", "http"]),
-    ("config", &["auth", "hub", "relay", "http"]),
+    (
+        "mercure",
+        &["event", "codec", "registry", "metrics", "chunk", "limits", "auth", "hub", "http", "sse"],
+    ),
+    ("config", &["auth", "hub", "relay", "http", "mercure"]),
     (
         "server",
-        &["event", "registry", "metrics", "limits", "auth", "hub", "http", "sse", "ws", "config"],
+        &[
+            "event", "registry", "metrics", "limits", "auth", "hub", "http", "sse", "ws",
+            "mercure", "config",
+        ],
     ),
     ("internals", &["event", "codec", "registry", "metrics", "relay", "hub", "server", "ws"]),
 ];

@@ -93,6 +93,12 @@ pub(crate) enum KeyError {
     /// Two keys share an id.
     #[error("the key id {0:?} names two keys")]
     DuplicateKid(String),
+    /// The key is not one the algorithm verifies with (PEM text of a public key of the
+    /// algorithm's family, or a secret for HMAC).
+    #[error(
+        "the key is not a key for {0:?}: HS* takes a secret, RS*/PS*, ES* and EdDSA the PEM text of a public key of that kind"
+    )]
+    NotAKeyFor(Algorithm),
 }
 
 /// A key ready to verify with.
@@ -139,6 +145,27 @@ impl KeySet {
             return Err(KeyError::DuplicateKid(pair[0].to_owned()));
         }
         Ok(KeySet { keys })
+    }
+
+    /// One key that takes one algorithm only, as a Mercure hub is configured: an HMAC secret
+    /// for `HS*`, else the PEM text of a public key of the algorithm's family.
+    pub(crate) fn single(key: &[u8], algorithm: Algorithm) -> Result<Self, KeyError> {
+        let family = algorithm.family();
+        let decoding = if family == AlgorithmFamily::Hmac {
+            DecodingKey::from_secret(key).map_err(KeyError::Secret)?
+        } else {
+            match public_key(key) {
+                Some((decoding, found)) if found == family => decoding,
+                _ => return Err(KeyError::NotAKeyFor(algorithm)),
+            }
+        };
+        let family_algorithms = algorithms(family);
+        let at = family_algorithms
+            .iter()
+            .position(|a| *a == algorithm)
+            .ok_or(KeyError::NotAKeyFor(algorithm))?;
+        let algorithms = &family_algorithms[at..=at];
+        Ok(KeySet { keys: vec![Key { kid: None, decoding, family, algorithms }] })
     }
 
     /// Whether no key is configured.

@@ -10,6 +10,7 @@
 //! answered, is the `http` module's business.
 
 mod keys;
+mod mercure;
 mod selector;
 mod token;
 
@@ -23,6 +24,7 @@ use parking_lot::{Mutex, RwLock};
 pub(crate) use keys::KeyError;
 use keys::KeySet;
 pub use keys::{KeySpec, PublicKeySpec, SecretSpec};
+pub(crate) use mercure::{MercureAuthority, MercureGrant, MercureKey, MercureKeyError};
 pub(crate) use selector::Selectors;
 pub use selector::{Selector, SelectorError};
 pub(crate) use token::{Grant, TokenError};

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::keys::{KeySet, algorithms};
 use super::selector::Selectors;
@@ -134,6 +135,16 @@ pub(crate) struct Validations([Validation; 4]);
 
 impl Validations {
     pub(crate) fn new(issuer: Option<&str>, audience: Option<&str>) -> Self {
+        Self::with_exp(issuer, audience, true)
+    }
+
+    /// What Mercure tokens are checked for: `exp` when present (the reference hub accepts
+    /// tokens without one), `nbf`, and no issuer or audience.
+    pub(crate) fn mercure() -> Self {
+        Self::with_exp(None, None, false)
+    }
+
+    fn with_exp(issuer: Option<&str>, audience: Option<&str>, require_exp: bool) -> Self {
         let families =
             [AlgorithmFamily::Hmac, AlgorithmFamily::Rsa, AlgorithmFamily::Ec, AlgorithmFamily::Ed];
         Validations(families.map(|family| {
@@ -144,7 +155,7 @@ impl Validations {
             // accepts the second of exp itself).
             validation.reject_tokens_expiring_in_less_than = 1;
             validation.validate_nbf = true;
-            validation.set_required_spec_claims(&["exp"]);
+            validation.set_required_spec_claims(if require_exp { &["exp"][..] } else { &[] });
             match issuer {
                 Some(issuer) => validation.set_issuer(&[issuer]),
                 None => validation.iss = None,
@@ -173,6 +184,16 @@ pub(crate) fn verify(
     keys: &KeySet,
     validations: &Validations,
 ) -> Result<Grant, TokenError> {
+    grant(verify_claims::<Claims>(token, keys, validations)?)
+}
+
+/// Verifies `token` with `keys` and reads its claims as `C`: the one verification crier's
+/// own tokens and Mercure's share.
+pub(crate) fn verify_claims<C: DeserializeOwned>(
+    token: &str,
+    keys: &KeySet,
+    validations: &Validations,
+) -> Result<C, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::TooLarge);
     }
@@ -187,8 +208,8 @@ pub(crate) fn verify(
     }
     let mut refused = TokenError::Signature;
     for key in keys.candidates(header.kid.as_deref(), algorithm) {
-        match jsonwebtoken::decode::<Claims>(token, &key.decoding, validations.of(key.family)) {
-            Ok(data) => return grant(data.claims),
+        match jsonwebtoken::decode::<C>(token, &key.decoding, validations.of(key.family)) {
+            Ok(data) => return Ok(data.claims),
             Err(e) => {
                 refused = reason(e.kind());
                 // Anything but a bad signature was found after the signature verified.

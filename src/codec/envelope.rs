@@ -103,7 +103,7 @@ pub fn decode(bytes: &Bytes) -> Result<Envelope, EnvelopeError> {
     };
     let topic = words
         .next()
-        .and_then(|topic| TopicName::new(topic).ok())
+        .and_then(|topic| TopicName::stored(topic).ok())
         .ok_or(EnvelopeError::Header("bad topic"))?;
     let name = match words.next() {
         None => None,

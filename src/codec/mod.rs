@@ -9,6 +9,7 @@
 
 pub mod envelope;
 pub(crate) mod gap;
+pub(crate) mod mercure;
 pub(crate) mod sse;
 pub(crate) mod ws;
 
@@ -16,21 +17,32 @@ use crate::event::{EventData, EventId, EventName, Frames, TopicName};
 
 /// An event's frames before its id is known.
 #[derive(Debug)]
-pub(crate) struct Draft {
-    sse: sse::Body,
-    ws: ws::FrameLens,
+pub(crate) enum Draft {
+    /// An event of crier's own API.
+    Crier { sse: sse::Body, ws: ws::FrameLens },
+    /// An update of the Mercure log, whose frame carries its own id, not the log's.
+    Mercure(Frames),
 }
 
 impl Draft {
     /// Encodes what does not depend on the id.
     pub(crate) fn new(topic: &TopicName, name: Option<&EventName>, data: &EventData) -> Self {
-        Draft { sse: sse::encode_body(name, data), ws: ws::FrameLens::of(topic, name, data) }
+        if topic.is_mercure_log() {
+            let (frame, update) = mercure::decode(data);
+            return Draft::Mercure(Frames::mercure(frame, update));
+        }
+        Draft::Crier { sse: sse::encode_body(name, data), ws: ws::FrameLens::of(topic, name, data) }
     }
 
     /// The frames of the event with id `id`.
     pub(crate) fn finish(self, id: EventId) -> Frames {
-        let (sse, sse_id_line) = self.sse.finish(id);
-        let (ws_json, ws_raw) = self.ws.with_id(sse_id_line - sse::ID_LINE_OVERHEAD);
-        Frames::new(sse, sse_id_line, ws_json, ws_raw)
+        match self {
+            Draft::Crier { sse, ws } => {
+                let (sse, sse_id_line) = sse.finish(id);
+                let (ws_json, ws_raw) = ws.with_id(sse_id_line - sse::ID_LINE_OVERHEAD);
+                Frames::new(sse, sse_id_line, ws_json, ws_raw)
+            }
+            Draft::Mercure(frames) => frames,
+        }
     }
 }

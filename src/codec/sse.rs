@@ -67,7 +67,7 @@ pub(crate) fn base64_len(len: usize) -> usize {
 }
 
 /// One `data:` line per line of `text`; CRLF, LF and CR each end a line.
-fn put_data_lines(buf: &mut BytesMut, text: &[u8]) {
+pub(crate) fn put_data_lines(buf: &mut BytesMut, text: &[u8]) {
     let mut rest = text;
     loop {
         buf.put_slice(b"data: ");

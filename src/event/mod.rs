@@ -4,6 +4,7 @@
 
 mod id;
 mod idempotency;
+mod mercure;
 mod name;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 pub use id::{Cursor, Epoch, EventId, IdError};
 pub(crate) use id::{Gap, GapReason, MAX_EVENT_ID_LEN};
 pub use idempotency::IdempotencyKey;
+pub(crate) use mercure::MercureUpdate;
 pub use name::{EventName, NameError, TopicName};
 
 /// UTF-8 text in shared bytes, checked once when made.
@@ -151,13 +153,27 @@ pub struct Frames {
     ws: [OnceLock<Bytes>; 2],
     /// The WebSocket frames' lengths, JSON then raw.
     ws_lens: [usize; 2],
+    /// For an update of the Mercure log, what its readers filter by (the SSE frame is then
+    /// the Mercure frame).
+    mercure: Option<Box<MercureUpdate>>,
 }
 
 impl Frames {
     /// Frames whose SSE frame is `sse` (its `id:` line `sse_id_line` bytes long) and whose
     /// WebSocket frames, when encoded, will be `ws_json_len` and `ws_raw_len` bytes long.
     pub fn new(sse: Bytes, sse_id_line: usize, ws_json_len: usize, ws_raw_len: usize) -> Self {
-        Frames { sse, sse_id_line, ws: Default::default(), ws_lens: [ws_json_len, ws_raw_len] }
+        let ws_lens = [ws_json_len, ws_raw_len];
+        Frames { sse, sse_id_line, ws: Default::default(), ws_lens, mercure: None }
+    }
+
+    /// The frames of a Mercure update: only the SSE frame, which is the Mercure one.
+    pub fn mercure(sse: Bytes, update: Option<Box<MercureUpdate>>) -> Self {
+        Frames { sse, sse_id_line: 0, ws: Default::default(), ws_lens: [0, 0], mercure: update }
+    }
+
+    /// The Mercure update these are the frames of, if the event is one (and could be read).
+    pub fn mercure_update(&self) -> Option<&MercureUpdate> {
+        self.mercure.as_deref()
     }
 
     /// The complete SSE frame, `id:` line first.

@@ -14,6 +14,10 @@ pub(crate) const RESERVED_EVENT_PREFIX: &str = "crier.";
 /// The name of the notice a stream gets when it could not resume exactly.
 const GAP_EVENT: &str = "crier.gap";
 
+/// The topic holding the Mercure hub's log of updates. `~` is outside the alphabet of topic
+/// names, so no client of crier's own API can name it: the log holds private updates.
+pub(crate) const MERCURE_LOG: &str = "~mercure";
+
 /// Why a topic or event name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -77,6 +81,22 @@ impl TopicName {
     /// The name as a string.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The topic of the Mercure hub's log of updates.
+    pub fn mercure_log() -> Self {
+        TopicName(Arc::from(MERCURE_LOG))
+    }
+
+    /// Whether this is the Mercure hub's log, which is never dropped for idleness.
+    pub fn is_mercure_log(&self) -> bool {
+        &*self.0 == MERCURE_LOG
+    }
+
+    /// A topic name read back from the node's own storage (Redis): a client's topic name, or
+    /// the Mercure log's.
+    pub(crate) fn stored(name: &str) -> Result<Self, NameError> {
+        if name == MERCURE_LOG { Ok(Self::mercure_log()) } else { Self::new(name) }
     }
 }
 
@@ -153,6 +173,8 @@ mod tests {
         assert_eq!(TopicName::new("a b"), Err(NameError::BadByte { byte: ' ', index: 1 }));
         assert_eq!(TopicName::new("añ"), Err(NameError::BadByte { byte: 'ñ', index: 1 }));
         assert!(TopicName::new("a\nb").is_err());
+        assert!(TopicName::new(MERCURE_LOG).is_err(), "no client may name the Mercure log");
+        assert!(TopicName::stored(MERCURE_LOG).unwrap().is_mercure_log());
     }
 
     #[test]

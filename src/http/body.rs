@@ -7,8 +7,11 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 
+use super::error::{ApiError, ErrorCode};
 use crate::chunk::Chunk;
+use crate::metrics::{Metrics, Rejection};
 
 /// The stream was cut by the server.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,47 @@ pub(crate) trait ChunkStream: Send {
 
     /// Whether the stream has ended.
     fn is_ended(&self) -> bool;
+}
+
+/// Reads a request's body of at most `max` bytes, arriving within `timeout`: 413 past the
+/// limit (at once if `Content-Length` says so), 408 when it is late (counted), 400 when the
+/// connection breaks.
+pub(crate) async fn read_body<B>(
+    req: http::Request<B>,
+    max: usize,
+    timeout: std::time::Duration,
+    metrics: &Metrics,
+) -> Result<Bytes, ApiError>
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&size| size > max as u64) {
+        let detail = format!("event data is {size} bytes, the limit is {max}");
+        return Err(ApiError::new(ErrorCode::TooLarge, detail));
+    }
+    let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect());
+    let Ok(collected) = collected.await else {
+        metrics.rejected(Rejection::BodyTimeout);
+        let detail = format!("the body did not arrive within {timeout:?}");
+        return Err(ApiError::new(ErrorCode::RequestTimeout, detail));
+    };
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => {
+            let detail = format!("event data exceeds the limit of {max} bytes");
+            Err(ApiError::new(ErrorCode::TooLarge, detail))
+        }
+        Err(e) => {
+            let detail = format!("could not read the request body: {e}");
+            Err(ApiError::new(ErrorCode::BadBody, detail))
+        }
+    }
 }
 
 /// A response body.

@@ -31,23 +31,47 @@ pub(crate) fn request_token<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
 ) -> Option<Cow<'a, str>> {
+    request_token_from(headers, query, TOKEN_PARAM, TOKEN_COOKIE).map(|(token, _)| token)
+}
+
+/// Where a request's token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TokenSource {
+    /// `Authorization: Bearer`.
+    Header,
+    /// A query parameter.
+    Query,
+    /// A cookie (which a browser sends by itself, so a state-changing request with it needs
+    /// its origin checked).
+    Cookie,
+}
+
+/// The token a request presents, if any, and where it was: `Authorization: Bearer`, else the
+/// query parameter `param`, else the cookie `cookie_name`.
+pub(crate) fn request_token_from<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    param: &str,
+    cookie_name: &str,
+) -> Option<(Cow<'a, str>, TokenSource)> {
     if let Some(bearer) =
         headers.get_all(header::AUTHORIZATION).iter().find_map(|value| bearer(value.as_bytes()))
     {
-        return Some(Cow::Borrowed(bearer));
+        return Some((Cow::Borrowed(bearer), TokenSource::Header));
     }
     // Most queries carry no token: look for its name before decoding anything.
-    let query = query.filter(|query| memchr::memmem::find(query.as_bytes(), b"token=").is_some());
+    let query =
+        query.filter(|query| memchr::memmem::find(query.as_bytes(), param.as_bytes()).is_some());
     if let Some(token) = query.and_then(|query| {
-        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == TOKEN_PARAM).map(|(_, v)| v)
+        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == param).map(|(_, v)| v)
     }) {
-        return Some(token);
+        return Some((token, TokenSource::Query));
     }
     headers
         .get_all(header::COOKIE)
         .iter()
-        .find_map(|value| cookie(value.as_bytes(), TOKEN_COOKIE))
-        .map(Cow::Borrowed)
+        .find_map(|value| cookie(value.as_bytes(), cookie_name))
+        .map(|token| (Cow::Borrowed(token), TokenSource::Cookie))
 }
 
 /// The token of an `Authorization: Bearer <token>` value.

@@ -127,6 +127,11 @@ impl ApiError {
         ApiError { code, detail: detail.into(), allow: None, retry_after: None }
     }
 
+    /// Seconds to wait before retrying, if the refusal says.
+    pub(crate) fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after
+    }
+
     /// 405: `path` takes only `allow`.
     pub(crate) fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> Self {
         let detail = format!("{path} accepts {allow}, not {method}");

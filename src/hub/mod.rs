@@ -12,6 +12,7 @@
 //! The hub also runs the sweeper that evicts subscribers whose writers stopped reading.
 
 mod idempotency;
+mod roster;
 mod sequencer;
 mod subscription;
 
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::Duration;
 
 use crate::event::{
-    Cursor, EventData, EventId, EventName, IdError, IdempotencyKey, TopicName, Wire,
+    Cursor, Event, EventData, EventId, EventName, IdError, IdempotencyKey, TopicName, Wire,
 };
 use crate::metrics::{EvictReason, Metrics, Rejection, Transport};
 use crate::registry::{Client, Closed, ConnectionCloser, Registry, TopicLimit};
@@ -28,6 +29,7 @@ pub use crate::relay::Ticket;
 use crate::relay::{RelayConfig, RelayError, RelayStartError};
 use sequencer::Sequencer;
 
+pub(crate) use roster::Roster;
 pub use subscription::{Polled, Subscription};
 
 /// Topics dropped after which the allocator is asked to return free memory.
@@ -195,6 +197,7 @@ pub struct Hub {
     config: HubConfig,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
+    roster: Roster,
 }
 
 impl Hub {
@@ -202,7 +205,8 @@ impl Hub {
     pub fn local(config: HubConfig, metrics: Arc<Metrics>) -> Self {
         let registry = Arc::new(config.registry());
         let sequencer = Sequencer::local(registry.clone(), &metrics, config.idempotency_window);
-        Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false) }
+        let roster = Roster::Local(Default::default());
+        Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false), roster }
     }
 
     /// A node of the cluster behind `relay`'s Redis: publishes go through Redis and topics
@@ -215,13 +219,23 @@ impl Hub {
     ) -> Result<Self, RelayStartError> {
         let registry = Arc::new(config.registry());
         let sequencer = Sequencer::relay(registry.clone(), &metrics, relay)?;
-        Ok(Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false) })
+        let roster = match &sequencer {
+            Sequencer::Relay(relay) => Roster::Cluster(relay.roster().clone()),
+            Sequencer::Local(_) => Roster::Local(Default::default()),
+        };
+        let draining = AtomicBool::new(false);
+        Ok(Hub { registry, sequencer, config, metrics, draining, roster })
     }
 
     /// Whether the node can serve: always on a single node; in cluster mode, while its link
     /// to Redis is up and caught up.
     pub fn is_ready(&self) -> bool {
         self.sequencer.is_ready()
+    }
+
+    /// Who holds what, node by node (see [`Roster`]).
+    pub(crate) fn roster(&self) -> &Roster {
+        &self.roster
     }
 
     /// The hub's limits.
@@ -232,6 +246,13 @@ impl Hub {
     /// The id of the last event of `topic` this node holds, if it holds the topic.
     pub fn head(&self, topic: &str) -> Option<EventId> {
         self.registry.topic(topic).map(|topic| topic.head())
+    }
+
+    /// Calls `visit` with each event of `topic` this node holds for resume, oldest first,
+    /// until it answers `false`; returns the head when the visit started, or `None` if the
+    /// node does not hold the topic.
+    pub fn visit_held(&self, topic: &str, visit: impl FnMut(&Event) -> bool) -> Option<EventId> {
+        self.registry.topic(topic).map(|topic| topic.visit_held(visit))
     }
 
     /// Publishes an event and returns its id once it is accepted: on a single node once it is

@@ -337,7 +337,14 @@ impl Registry {
 
     /// The names of the topics with subscribers, at some moment during the call.
     pub(crate) fn followed_topics(&self) -> Vec<TopicName> {
-        self.lifecycle.active().iter().map(|topic| topic.name().clone()).collect()
+        let mut followed: Vec<TopicName> =
+            self.lifecycle.active().iter().map(|topic| topic.name().clone()).collect();
+        // The Mercure log is kept whoever follows it (see `Topic::queue_idle`).
+        let log = TopicName::mercure_log();
+        if self.topic(log.as_str()).is_some() && !followed.contains(&log) {
+            followed.push(log);
+        }
+        followed
     }
 
     /// How many topics are active (have subscribers) and idle, for tests.

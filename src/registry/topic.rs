@@ -330,6 +330,21 @@ impl Topic {
         })
     }
 
+    /// Calls `visit` with each event the log holds within the resume window, oldest first,
+    /// until it answers `false`; returns the head at the start of the visit.
+    pub(crate) fn visit_held(&self, mut visit: impl FnMut(&Event) -> bool) -> EventId {
+        let guard = epoch::pin();
+        let head = self.head.load(Ordering::SeqCst);
+        for seq in self.oldest_resumable(head, &guard)..=head {
+            match self.log.get(seq, &guard) {
+                Some(event) if visit(event) => {}
+                // Overwritten meanwhile by a publisher racing ahead: the rest is newer still.
+                _ => break,
+            }
+        }
+        EventId { epoch: self.epoch, seq: head }
+    }
+
     /// The oldest event a resume may start from: within the resume window and still logged.
     fn oldest_resumable(&self, head: u64, guard: &Guard) -> u64 {
         let mut oldest = (head + 1).saturating_sub(self.log.resume_window()).max(1);
@@ -415,6 +430,10 @@ impl Topic {
 
     /// Puts the topic in the idle queue (once), to be looked at when its idle time is up.
     pub(super) fn queue_idle(self: &Arc<Self>) {
+        // The Mercure log is the hub's history, whoever follows it: it is kept.
+        if self.name.is_mercure_log() {
+            return;
+        }
         if !self.idle_queued.swap(true, Ordering::SeqCst) {
             let deadline = self.last_active.load(Ordering::Relaxed) + self.lifecycle.idle_ttl_ms();
             self.lifecycle.queue_idle(self.clone(), deadline);

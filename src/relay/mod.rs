@@ -19,6 +19,7 @@
 mod commands;
 mod link;
 mod publisher;
+mod roster;
 mod scripts;
 
 use std::error::Error as StdError;
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::event::{EventData, EventId, EventName, IdempotencyKey, TopicName};
 use crate::metrics::{Metrics, RelayMetrics};
 use crate::registry::{MIN_LOG_EVENTS, Registry, Topic};
+pub(crate) use roster::{HEARTBEAT as ROSTER_HEARTBEAT, RedisRoster};
 
 /// How a node reaches Redis.
 #[derive(Clone, Debug)]
@@ -162,6 +164,7 @@ pub(crate) struct Relay {
     syncs: mpsc::Sender<link::SyncJob>,
     registry: Arc<Registry>,
     shared: Arc<Shared>,
+    roster: Arc<RedisRoster>,
 }
 
 /// What the relay's tasks and the node share.
@@ -222,8 +225,9 @@ impl Relay {
             stream_len,
         );
         tokio::spawn(link.run());
+        let roster = Arc::new(RedisRoster::new(pool_for_refresh.clone()));
         tokio::spawn(keep_followed_topics(registry.clone(), pool_for_refresh, shared.clone()));
-        Ok(Relay { publishes, syncs, registry, shared })
+        Ok(Relay { publishes, syncs, registry, shared, roster })
     }
 
     /// Publishes through Redis; returns the id Redis assigned once it has the event, and
@@ -281,6 +285,11 @@ impl Relay {
     /// The node's registry, which the link fills.
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The node's place in the cluster's roster.
+    pub(crate) fn roster(&self) -> &Arc<RedisRoster> {
+        &self.roster
     }
 
     /// Whether the Pub/Sub link is up and caught up.

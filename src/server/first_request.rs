@@ -17,8 +17,11 @@ const MAX_HEADERS: usize = 64;
 /// What the first request is.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FirstRequest {
-    /// `GET /sse` over HTTP/1.1, without a body, and nothing after it.
+    /// `GET /sse` or `GET /.well-known/mercure` over HTTP/1.1, without a body, and nothing
+    /// after it.
     EventStream {
+        /// Which endpoint.
+        endpoint: StreamEndpoint,
         /// The query string, if any.
         query: Option<String>,
         /// The headers a stream reads: `Last-Event-ID`, where a token may come from
@@ -32,6 +35,15 @@ pub(crate) enum FirstRequest {
     TooLarge,
     /// The peer closed the connection before sending a request.
     Closed,
+}
+
+/// The endpoints a dedicated stream connection may be for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamEndpoint {
+    /// crier's `/sse`.
+    Sse,
+    /// The Mercure hub's subscribe.
+    Mercure,
 }
 
 /// Reads from `io` into `buf` until the first request head is complete or clearly not an SSE
@@ -84,12 +96,12 @@ pub(crate) fn classify(buf: &[u8], max_head: usize) -> Option<FirstRequest> {
         h.name.eq_ignore_ascii_case("transfer-encoding")
             || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
     });
-    if request.method != Some("GET")
-        || path != "/sse"
-        || request.version != Some(1)
-        || has_body
-        || len != buf.len()
-    {
+    let endpoint = match path {
+        "/sse" => StreamEndpoint::Sse,
+        crate::mercure::HUB_PATH => StreamEndpoint::Mercure,
+        _ => return Some(FirstRequest::Other),
+    };
+    if request.method != Some("GET") || request.version != Some(1) || has_body || len != buf.len() {
         return Some(FirstRequest::Other);
     }
     let mut headers = HeaderMap::new();
@@ -106,7 +118,7 @@ pub(crate) fn classify(buf: &[u8], max_head: usize) -> Option<FirstRequest> {
             Err(_) => return Some(FirstRequest::Other),
         }
     }
-    Some(FirstRequest::EventStream { query: query.map(str::to_owned), headers })
+    Some(FirstRequest::EventStream { endpoint, query: query.map(str::to_owned), headers })
 }
 
 /// The headers an SSE stream reads, lowercase.
@@ -128,7 +140,8 @@ mod tests {
         if let Some(id) = id {
             headers.insert("last-event-id", HeaderValue::from_static(id));
         }
-        Some(FirstRequest::EventStream { query: query.map(str::to_owned), headers })
+        let endpoint = StreamEndpoint::Sse;
+        Some(FirstRequest::EventStream { endpoint, query: query.map(str::to_owned), headers })
     }
 
     #[test]
@@ -152,12 +165,20 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
         assert!(headers.get("user-agent").is_none(), "only what a stream reads is kept");
         assert_eq!(classify_(b"GET /sse HTTP/1.1\r\n\r\n"), sse(None, None));
+        let Some(FirstRequest::EventStream { endpoint, .. }) =
+            classify_(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\n\r\n")
+        else {
+            panic!("a Mercure stream request");
+        };
+        assert_eq!(endpoint, StreamEndpoint::Mercure);
         for other in [
             &b"GET /sse?topic=a HTTP/1.0\r\n\r\n"[..],
             b"HEAD /sse?topic=a HTTP/1.1\r\n\r\n",
             b"POST /sse?topic=a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
             b"GET /sse?topic=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /ssex HTTP/1.1\r\n\r\n",
+            b"POST /.well-known/mercure HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            b"GET /.well-known/mercure/subscriptions HTTP/1.1\r\n\r\n",
             b"GET /metrics HTTP/1.1\r\n\r\n",
             b"GET /sse?topic=a HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
             b"NOT HTTP AT ALL\r\n\r\n",

@@ -48,12 +48,13 @@ use crate::http::{ApiError, ErrorCode};
 use crate::http::{CorsPolicy, Gate, Rates};
 use crate::hub::Hub;
 use crate::limits::ConnectionSlot;
+use crate::mercure::MercureEdge;
 use crate::metrics::Metrics;
 use crate::metrics::Rejection;
 use crate::sse::{SseEdge, SseStream, StreamTiming};
 use crate::ws::{WsEdge, WsLimits};
 use conn::{Activity, ConnControl, ConnectionEnd, ControlledConnection, Tracker};
-use first_request::FirstRequest;
+use first_request::{FirstRequest, StreamEndpoint};
 use layers::{AuthenticateLayer, CorsLayer, RequestMetricsLayer, ShedLayer, TimeoutLayer};
 use publish::{HubPublisher, PublishEndpoint};
 use rewind::Rewind;
@@ -88,6 +89,8 @@ pub struct App {
     metrics: Arc<Metrics>,
     config: Config,
     sse: Arc<SseEdge>,
+    /// The Mercure hub, when it is on, for streams on the fast path.
+    mercure: Option<Arc<MercureEdge>>,
     /// Every open connection and WebSocket session, for shutdown.
     tracker: Arc<Tracker>,
     stack: Stack,
@@ -152,6 +155,20 @@ impl App {
             })
             .layer(TimeoutLayer::new(config.publish_timeout))
             .service(HubPublisher::new(hub.clone()));
+        let mercure_config = config.mercure();
+        let mercure = if mercure_config.is_enabled() {
+            let edge = MercureEdge::new(
+                mercure_config,
+                hub.clone(),
+                metrics.clone(),
+                gate.clone(),
+                timing,
+                config.body_read_timeout,
+            );
+            Some(edge.map_err(io::Error::other)?)
+        } else {
+            None
+        };
         let router = Router {
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -159,6 +176,7 @@ impl App {
             ws,
             tracker: tracker.clone(),
             publish,
+            mercure: mercure.clone(),
         };
         let stack = ServiceBuilder::new()
             .layer(RequestMetricsLayer::new(metrics.clone()))
@@ -179,6 +197,7 @@ impl App {
             metrics,
             config,
             sse,
+            mercure,
             tracker,
             stack,
         }))
@@ -356,7 +375,23 @@ async fn open(
     };
     let Some(first_request) = first_request else { return Opened::Done };
     match first_request {
-        Ok(Ok(FirstRequest::EventStream { query, headers })) => {
+        Ok(Ok(FirstRequest::EventStream { endpoint: StreamEndpoint::Mercure, query, headers })) => {
+            let Some(mercure) = &app.mercure else {
+                return Opened::Hyper(Rewind::new(first, stream));
+            };
+            let client = app.gate.client(peer.ip(), &headers);
+            // A refusal is left to hyper, which answers (and counts) it.
+            if app.gate.admit_stream(client, true).is_err() {
+                return Opened::Hyper(Rewind::new(first, stream));
+            }
+            let cors_lines = cors_lines(&app.cors, &headers);
+            let query = query.as_deref();
+            match mercure.fast_path(control.clone(), query, headers, &cors_lines, stream).await {
+                Ok(sse) => Opened::Stream(sse),
+                Err(stream) => Opened::Hyper(Rewind::new(first, stream)),
+            }
+        }
+        Ok(Ok(FirstRequest::EventStream { endpoint: StreamEndpoint::Sse, query, headers })) => {
             let client = app.gate.client(peer.ip(), &headers);
             // A refusal is left to hyper, which answers (and counts) it.
             let admitted = app.gate.try_admit(client, &headers, query.as_deref());
@@ -369,11 +404,7 @@ async fn open(
                 return Opened::Hyper(Rewind::new(first, stream));
             };
             let last_event_id = headers.get("last-event-id").map(http::HeaderValue::as_bytes);
-            let mut cors_lines = String::new();
-            for (name, value) in app.cors.iter().flat_map(|c| c.headers(headers.get("origin"))) {
-                let value = String::from_utf8_lossy(value.as_bytes());
-                cors_lines.push_str(&format!("{name}: {value}\r\n"));
-            }
+            let cors_lines = cors_lines(&app.cors, &headers);
             let request = crate::sse::FastRequest {
                 query: query.as_deref(),
                 last_event_id,
@@ -411,6 +442,16 @@ async fn open(
             Opened::Done
         }
     }
+}
+
+/// The CORS header lines (each ending in CRLF) of a stream's response head.
+fn cors_lines(cors: &Option<CorsPolicy>, headers: &http::HeaderMap) -> String {
+    let mut lines = String::new();
+    for (name, value) in cors.iter().flat_map(|c| c.headers(headers.get("origin"))) {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        lines.push_str(&format!("{name}: {value}\r\n"));
+    }
+    lines
 }
 
 /// Serves a connection through hyper and the tower stack, starting with the bytes read so far.

@@ -10,17 +10,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tower::{Service, ServiceExt as _};
 
 use super::layers::{BoxError, Elapsed, error_response};
 use crate::event::{EventData, EventName, IdempotencyKey, TopicName};
-use crate::http::{Admitted, ApiError, ErrorCode, PublishQuery, ResponseBody, json_response};
+use crate::http::{
+    Admitted, ApiError, ErrorCode, PublishQuery, ResponseBody, json_response, read_body,
+};
 use crate::hub::{Hub, PublishError, PublishOptions, Published, Ticket};
-use crate::metrics::{Metrics, Rejection};
+use crate::metrics::Metrics;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -181,33 +181,7 @@ async fn read(
     };
     access.check_publish(topic.as_str())?;
     let binary = is_binary(req.headers().get(header::CONTENT_TYPE));
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(size) = declared.filter(|&size| size > max as u64) {
-        let detail = format!("event data is {size} bytes, the limit is {max}");
-        return Err(ApiError::new(ErrorCode::TooLarge, detail));
-    }
-    let collected =
-        tokio::time::timeout(body_timeout, Limited::new(req.into_body(), max).collect());
-    let Ok(collected) = collected.await else {
-        metrics.rejected(Rejection::BodyTimeout);
-        let detail = format!("the body did not arrive within {body_timeout:?}");
-        return Err(ApiError::new(ErrorCode::RequestTimeout, detail));
-    };
-    let body: Bytes = match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
-            let detail = format!("event data exceeds the limit of {max} bytes");
-            return Err(ApiError::new(ErrorCode::TooLarge, detail));
-        }
-        Err(e) => {
-            let detail = format!("could not read the request body: {e}");
-            return Err(ApiError::new(ErrorCode::BadBody, detail));
-        }
-    };
+    let body = read_body(req, max, body_timeout, metrics).await?;
     let data = if binary {
         EventData::Binary(body)
     } else {

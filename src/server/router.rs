@@ -17,6 +17,7 @@ use super::layers::error_response;
 use crate::http::{Admitted, ApiError, ErrorCode, ResponseBody, json_response};
 use crate::hub::Hub;
 use crate::limits::ConnectionSlot;
+use crate::mercure::MercureEdge;
 use crate::metrics::Metrics;
 use crate::sse::SseEdge;
 use crate::ws::{Upgrade, WsEdge};
@@ -31,6 +32,7 @@ pub(crate) enum Route {
     Healthz,
     Readyz,
     Metrics,
+    Mercure,
     NotFound,
 }
 
@@ -45,6 +47,8 @@ impl Route {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/metrics" => Route::Metrics,
+            crate::mercure::HUB_PATH => Route::Mercure,
+            path if path.starts_with(crate::mercure::SUBSCRIPTIONS_PATH) => Route::Mercure,
             _ => Route::NotFound,
         }
     }
@@ -59,6 +63,7 @@ impl Route {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
+            Route::Mercure => "mercure",
             Route::NotFound => "not_found",
         }
     }
@@ -73,6 +78,8 @@ pub(crate) struct Router<P> {
     pub(super) ws: Arc<WsEdge>,
     pub(super) tracker: Arc<Tracker>,
     pub(super) publish: P,
+    /// The Mercure hub, when it is on.
+    pub(super) mercure: Option<Arc<MercureEdge>>,
 }
 
 impl<P> Service<Request<Incoming>> for Router<P>
@@ -126,6 +133,11 @@ where
             }
             Route::Readyz => only_get(&req, || self.readyz()),
             Route::Metrics => only_get(&req, || Ok(self.render_metrics())),
+            Route::Mercure => match &self.mercure {
+                // Boxed: the hub's future is large, and every request's future would carry it.
+                Some(mercure) => Ok(Box::pin(mercure.respond(req, conn.control, conn.peer)).await),
+                None => Err(ApiError::not_found(req.uri().path())),
+            },
             Route::NotFound => Err(ApiError::not_found(req.uri().path())),
         }
     }

@@ -22,8 +22,8 @@ use crate::hub::{Hub, ReaderRequest, SubscribeError, Subscription};
 use crate::metrics::Metrics;
 use crate::registry::ConnectionCloser;
 pub(crate) use stream::SseStream;
-use writer::SseWriter;
-pub(crate) use writer::StreamTiming;
+pub(crate) use writer::SseWriter;
+pub(crate) use writer::{EventFilter, MercureDialect, StreamTiming};
 
 /// `Last-Event-ID`.
 const LAST_EVENT_ID: &str = "last-event-id";

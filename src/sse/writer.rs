@@ -34,6 +34,24 @@ pub(crate) struct StreamTiming {
     pub(crate) write_delay: Duration,
 }
 
+/// Which of a topic's events a stream delivers, decided per event by the stream's own rule
+/// (a Mercure subscriber's selectors): the frame is shared, only the decision is per stream.
+pub(crate) trait EventFilter: Send {
+    /// Whether the stream delivers `event`.
+    fn admits(&mut self, event: &Event) -> bool;
+}
+
+/// The SSE stream of a Mercure subscriber, as the reference hub writes it: no `retry:`
+/// preface, `:` comments as heartbeats, no crier notices (a resume that was not exact is told
+/// by the `Last-Event-ID` response header), and a plain end when the token expires.
+pub(crate) struct MercureDialect {
+    /// Decides which updates of the log the subscriber receives.
+    pub(crate) filter: Box<dyn EventFilter>,
+}
+
+/// The opening and heartbeat comment of a Mercure stream.
+const MERCURE_COMMENT: &[u8] = b":\n";
+
 /// The writer of one SSE stream: yields what to send next.
 pub(crate) struct SseWriter {
     subscription: Subscription,
@@ -53,6 +71,8 @@ pub(crate) struct SseWriter {
     heartbeat: Pin<Box<Sleep>>,
     /// Fires when the token the stream was opened with expires.
     expiry: Option<Pin<Box<Sleep>>>,
+    /// A Mercure subscriber's stream.
+    mercure: Option<Box<MercureDialect>>,
     ended: bool,
 }
 
@@ -94,8 +114,24 @@ impl SseWriter {
             last_write: now,
             heartbeat: Box::pin(tokio::time::sleep_until(now + heartbeat_every)),
             expiry: expires_in.map(|left| Box::pin(tokio::time::sleep_until(now + left))),
+            mercure: None,
             ended: false,
         }
+    }
+
+    /// The writer of a Mercure subscriber's stream of the Mercure log (see [`MercureDialect`]).
+    pub(crate) fn mercure(
+        subscription: Subscription,
+        timing: StreamTiming,
+        metrics: &Arc<Metrics>,
+        expires_in: Option<Duration>,
+        dialect: MercureDialect,
+    ) -> Self {
+        let mut writer = SseWriter::new(subscription, timing, metrics, expires_in);
+        writer.opening = Some(Chunk::from_bytes(Bytes::from_static(MERCURE_COMMENT)));
+        writer.cursor = None;
+        writer.mercure = Some(Box::new(dialect));
+        writer
     }
 
     /// The next chunk to write: the opening, everything published since the last chunk, or a
@@ -118,6 +154,9 @@ impl SseWriter {
             && expiry.as_mut().poll(cx).is_ready()
         {
             self.ended = true;
+            if self.mercure.is_some() {
+                return Poll::Ready(None);
+            }
             return Poll::Ready(Some(Ok(Chunk::from_bytes(Bytes::from_static(sse::EXPIRED)))));
         }
         // A stream written to less than `write_delay` ago gathers events until then, so a busy
@@ -132,27 +171,46 @@ impl SseWriter {
                 }
             }
         }
-        let mut chunk = ChunkBuilder::with_capacity(0);
-        let cursor = &mut self.cursor;
-        let polled = self.subscription.poll_events(cx, MAX_CHUNK_BYTES, |topic_index, event| {
-            chunk.events += 1;
-            push_frame(&mut chunk, cursor.as_mut().map(|c| (c, Some(topic_index))), event);
-        });
-        match polled {
-            Poll::Ready(Polled::Events) => {
-                self.last_write = Instant::now();
-                let chunk = chunk.finish(Some((self.metrics.clone(), Transport::Sse)));
-                return Poll::Ready(Some(Ok(chunk)));
+        // Reads whose every event was filtered out before the task yields to others.
+        let mut filtered_reads = 0;
+        loop {
+            let mut chunk = ChunkBuilder::with_capacity(0);
+            let cursor = &mut self.cursor;
+            let mut filter = self.mercure.as_mut().map(|dialect| &mut dialect.filter);
+            let polled =
+                self.subscription.poll_events(cx, MAX_CHUNK_BYTES, |topic_index, event| {
+                    if let Some(filter) = filter.as_mut()
+                        && !filter.admits(event)
+                    {
+                        return;
+                    }
+                    chunk.events += 1;
+                    push_frame(&mut chunk, cursor.as_mut().map(|c| (c, Some(topic_index))), event);
+                });
+            match polled {
+                // Everything read was filtered out: read on (an empty chunk would end the body).
+                Poll::Ready(Polled::Events) if chunk.is_empty() => {
+                    filtered_reads += 1;
+                    if filtered_reads == 16 {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Ready(Polled::Events) => {
+                    self.last_write = Instant::now();
+                    let chunk = chunk.finish(Some((self.metrics.clone(), Transport::Sse)));
+                    return Poll::Ready(Some(Ok(chunk)));
+                }
+                Poll::Ready(Polled::Closed(Closed::Shutdown)) => {
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Polled::Closed(Closed::Evicted)) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(StreamError::Evicted)));
+                }
+                Poll::Pending => break,
             }
-            Poll::Ready(Polled::Closed(Closed::Shutdown)) => {
-                self.ended = true;
-                return Poll::Ready(None);
-            }
-            Poll::Ready(Polled::Closed(Closed::Evicted)) => {
-                self.ended = true;
-                return Poll::Ready(Some(Err(StreamError::Evicted)));
-            }
-            Poll::Pending => {}
         }
         loop {
             ready!(self.heartbeat.as_mut().poll(cx));
@@ -161,7 +219,8 @@ impl SseWriter {
             if now >= due {
                 self.last_write = now;
                 self.heartbeat.as_mut().reset(now + self.heartbeat_every);
-                let heartbeat = Chunk::from_bytes(Bytes::from_static(sse::HEARTBEAT));
+                let comment = if self.mercure.is_some() { MERCURE_COMMENT } else { sse::HEARTBEAT };
+                let heartbeat = Chunk::from_bytes(Bytes::from_static(comment));
                 return Poll::Ready(Some(Ok(heartbeat)));
             }
             // Written since the timer was set: push it back rather than resetting on every write.

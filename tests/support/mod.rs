@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod mercure;
 pub mod nginx;
 pub mod redis;
 pub mod tokens;
@@ -353,7 +354,12 @@ impl SseClient {
 
     /// The next dispatched event.
     pub async fn next_event(&mut self) -> whatwg::Event {
-        let deadline = Instant::now() + WAIT;
+        self.next_event_within(WAIT).await
+    }
+
+    /// The next dispatched event, waiting at most `wait`.
+    pub async fn next_event_within(&mut self, wait: Duration) -> whatwg::Event {
+        let deadline = Instant::now() + wait;
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return event;
@@ -461,7 +467,10 @@ impl CrierProcess {
         Self::spawn_command(command, args).await
     }
 
-    async fn spawn_command(mut command: tokio::process::Command, args: &[&str]) -> CrierProcess {
+    pub async fn spawn_command(
+        mut command: tokio::process::Command,
+        args: &[&str],
+    ) -> CrierProcess {
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)

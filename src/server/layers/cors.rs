@@ -60,6 +60,7 @@ where
         let methods = match Route::of(request.uri().path()) {
             Route::Sse => "GET, HEAD, OPTIONS",
             Route::Publish => "POST, OPTIONS",
+            Route::Mercure => "GET, HEAD, POST, OPTIONS",
             _ => {
                 return ResponseFuture::Plain {
                     response: self.inner.call(request),

@@ -1,0 +1,118 @@
+//! Mercure updates on the wire: the record an update is stored and relayed as (JSON, the data
+//! of an event of the Mercure log, so Redis and the relay carry it like any event), and the SSE
+//! frame a Mercure subscriber gets, as the reference hub writes it: `event:` if the update has
+//! a type, `retry:` if it has one, `id:`, then one `data:` line per line of its data.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::sse::put_data_lines;
+use crate::event::{EventData, MercureUpdate};
+
+/// A Mercure update as the log stores it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Record<'a> {
+    /// Its id.
+    #[serde(borrow)]
+    pub(crate) id: Cow<'a, str>,
+    /// Its topics, canonical first.
+    #[serde(borrow)]
+    pub(crate) topics: Vec<Cow<'a, str>>,
+    /// Whether it is private.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) private: bool,
+    /// The SSE event type.
+    #[serde(borrow, default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub(crate) kind: Option<Cow<'a, str>>,
+    /// The reconnection time it sets, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) retry: Option<u64>,
+    /// Its data.
+    #[serde(borrow)]
+    pub(crate) data: Cow<'a, str>,
+}
+
+impl Record<'_> {
+    /// The record as the data of an event of the log.
+    pub(crate) fn to_event_data(&self) -> EventData {
+        EventData::from(serde_json::to_string(self).expect("strings and numbers serialize"))
+    }
+}
+
+/// The SSE frame of an event of the Mercure log, and what its readers filter by; an empty
+/// frame and no update if the data is not a record (nothing crier wrote), which no reader
+/// delivers.
+pub(crate) fn decode(data: &EventData) -> (Bytes, Option<Box<MercureUpdate>>) {
+    let Ok(record) = serde_json::from_slice::<Record<'_>>(data.bytes()) else {
+        return (Bytes::new(), None);
+    };
+    let frame = frame(&record);
+    let update = MercureUpdate {
+        serial: MercureUpdate::next_serial(),
+        id: record.id.into(),
+        topics: record.topics.into_iter().map(Into::into).collect(),
+        private: record.private,
+    };
+    (frame, Some(Box::new(update)))
+}
+
+/// The SSE frame of `record`.
+pub(crate) fn frame(record: &Record<'_>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64 + record.id.len() + record.data.len());
+    if let Some(kind) = record.kind.as_deref().filter(|kind| !kind.is_empty()) {
+        buf.put_slice(b"event: ");
+        buf.put_slice(kind.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    if let Some(retry) = record.retry.filter(|&retry| retry != 0) {
+        buf.put_slice(b"retry: ");
+        buf.put_slice(itoa::Buffer::new().format(retry).as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_slice(b"id: ");
+    buf.put_slice(record.id.as_bytes());
+    buf.put_u8(b'\n');
+    put_data_lines(&mut buf, record.data.as_bytes());
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_into_the_reference_hubs_frame() {
+        let record = Record {
+            id: "urn:uuid:1".into(),
+            topics: vec!["https://example.com/books/1".into(), "alt".into()],
+            private: true,
+            kind: Some("update".into()),
+            retry: Some(1500),
+            data: "line one\n\nline \"three\"\r\nfour".into(),
+        };
+        let data = record.to_event_data();
+        let (frame, update) = decode(&data);
+        assert_eq!(
+            &frame[..],
+            b"event: update\nretry: 1500\nid: urn:uuid:1\ndata: line one\ndata: \n\
+              data: line \"three\"\ndata: four\n\n"
+        );
+        let update = update.unwrap();
+        assert_eq!(&*update.id, "urn:uuid:1");
+        assert_eq!(update.topics.len(), 2);
+        assert!(update.private);
+        let plain = Record {
+            id: "x".into(),
+            topics: vec!["t".into()],
+            private: false,
+            kind: None,
+            retry: None,
+            data: "".into(),
+        };
+        assert_eq!(&decode(&plain.to_event_data()).0[..], b"id: x\ndata: \n\n");
+        assert_eq!(decode(&EventData::from(String::from("not json"))).1, None);
+    }
+}

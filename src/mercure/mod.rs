@@ -1,0 +1,541 @@
+//! The Mercure hub: `/.well-known/mercure` speaks the Mercure protocol as the open-source hub
+//! v0.24 does, next to crier's own API, over one ordered log of Mercure updates (the topic
+//! [`TopicName::mercure_log`]) that is stored and relayed like any topic, so a cluster of
+//! nodes is one hub.
+//!
+//! - **Publish** (`POST`, form-encoded): the update (its topics, data, id, type, retry, and
+//!   whether it is private) becomes one event of the log, as a JSON record
+//!   ([`crate::codec::mercure`]); its SSE frame is encoded once, when it is appended.
+//! - **Subscribe** (`GET`): the subscriber reads the whole log and its writer keeps the updates
+//!   one of whose topics matches one of its selectors, and, if private, one of its token's
+//!   `mercure.subscribe` selectors ([`selector`]). Resume is by Mercure id, looked up in the
+//!   history the node holds.
+//! - **Subscriptions** ([`presence`]): who is subscribed, on every node of the cluster.
+//!
+//! Errors are plain text with the reference hub's statuses, not crier's JSON.
+
+mod authorization;
+mod presence;
+mod selector;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::auth::{MercureAuthority, MercureKey, MercureKeyError};
+use crate::codec::mercure::Record;
+use crate::event::{Event, EventId, TopicName, Wire};
+use crate::http::{ApiError, ErrorCode, Gate, ResponseBody, read_body};
+use crate::hub::{Hub, PublishError, PublishOptions, ReaderRequest, SubscribeError, Ticket};
+use crate::metrics::Metrics;
+use crate::registry::ConnectionCloser;
+use crate::sse::{EventFilter, MercureDialect, SseStream, SseWriter, StreamTiming};
+use authorization::Refused;
+pub(crate) use presence::Presence;
+use selector::{Selector, SelectorStore, any_matches_update};
+
+/// The path of the hub.
+pub(crate) const HUB_PATH: &str = "/.well-known/mercure";
+
+/// The path of the subscriptions API, and the prefix of its topics.
+pub(crate) const SUBSCRIPTIONS_PATH: &str = "/.well-known/mercure/subscriptions";
+
+/// A topic holding this is the hub's own (subscription events): publishers may not use it.
+const RESERVED_TOPIC_PART: &str = "/.well-known/mercure";
+
+/// Most topics in one subscribe or publish, and most selectors in a claim.
+const MAX_TOPICS: usize = 1000;
+
+/// The `Last-Event-ID` that asks for every update the hub holds.
+const EARLIEST: &str = "earliest";
+
+/// The Mercure part of the configuration.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MercureConfig {
+    /// The key publishers' tokens are signed with.
+    pub(crate) publisher_key: Option<MercureKey>,
+    /// The key subscribers' tokens are signed with.
+    pub(crate) subscriber_key: Option<MercureKey>,
+    /// Subscribers without a token get public updates.
+    pub(crate) anonymous: bool,
+    /// Origins a publish carrying its token in a cookie may come from (`*`: any).
+    pub(crate) publish_origins: Vec<String>,
+    /// Publish subscription events and serve the subscriptions API.
+    pub(crate) subscriptions: bool,
+}
+
+impl MercureConfig {
+    /// Whether the hub is on: a key or anonymous mode is configured.
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.publisher_key.is_some() || self.subscriber_key.is_some() || self.anonymous
+    }
+}
+
+/// What the Mercure endpoints need.
+pub(crate) struct MercureEdge {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    timing: StreamTiming,
+    authority: MercureAuthority,
+    config: MercureConfig,
+    selectors: SelectorStore,
+    presence: Option<Arc<Presence>>,
+    /// Who a request comes from, and how many streams it may open.
+    gate: Arc<Gate>,
+    log: TopicName,
+    max_event_bytes: usize,
+    body_timeout: Duration,
+}
+
+impl MercureEdge {
+    /// The hub's endpoints, on `hub`'s Mercure log.
+    pub(crate) fn new(
+        config: MercureConfig,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        gate: Arc<Gate>,
+        timing: StreamTiming,
+        body_timeout: Duration,
+    ) -> Result<Arc<Self>, MercureKeyError> {
+        let authority =
+            MercureAuthority::new(config.publisher_key.as_ref(), config.subscriber_key.as_ref())?;
+        let max_event_bytes = hub.config().max_event_bytes;
+        let presence = config.subscriptions.then(|| Presence::start(hub.clone()));
+        Ok(Arc::new(MercureEdge {
+            hub,
+            metrics,
+            timing,
+            authority,
+            config,
+            selectors: SelectorStore::default(),
+            presence,
+            gate,
+            log: TopicName::mercure_log(),
+            max_event_bytes,
+            body_timeout,
+        }))
+    }
+
+    /// Answers a request to the hub or its subscriptions API.
+    pub(crate) async fn respond(
+        &self,
+        req: Request<Incoming>,
+        closer: Arc<dyn ConnectionCloser>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let client = self.gate.client(peer.ip(), req.headers());
+        let path = req.uri().path();
+        if path != HUB_PATH {
+            return match &self.presence {
+                Some(_) if path.starts_with(SUBSCRIPTIONS_PATH) => self.subscriptions(&req).await,
+                _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+            };
+        }
+        match *req.method() {
+            Method::GET | Method::HEAD => {
+                if let Err(refused) = self.gate.admit_stream(client, false) {
+                    return api_error_text(&refused);
+                }
+                self.subscribe(&req, closer).await
+            }
+            Method::POST => self.publish(req, client.local).await,
+            _ => {
+                let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+                answer
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                answer
+            }
+        }
+    }
+
+    /// `GET /.well-known/mercure?topic=…`: the subscriber is registered before the headers
+    /// are sent, so an update published once they arrive is delivered.
+    async fn subscribe(
+        &self,
+        req: &Request<Incoming>,
+        closer: Arc<dyn ConnectionCloser>,
+    ) -> Response<ResponseBody> {
+        match self.open(req, closer, false).await {
+            Ok((headers, writer)) => {
+                let mut response = Response::new(ResponseBody::stream(writer));
+                response.headers_mut().extend(headers);
+                response
+            }
+            Err(refused) => refused,
+        }
+    }
+
+    /// The stream for the first request of a dedicated HTTP/1.1 connection (`GET` with
+    /// `query` and the stream's `headers`), written on the socket without hyper; if the
+    /// request is refused, the socket comes back so hyper can answer it with the error.
+    pub(crate) async fn fast_path(
+        &self,
+        closer: Arc<dyn ConnectionCloser>,
+        query: Option<&str>,
+        headers: HeaderMap,
+        extra_head: &str,
+        io: tokio::net::TcpStream,
+    ) -> Result<SseStream, tokio::net::TcpStream> {
+        let target = match query {
+            Some(query) => format!("{HUB_PATH}?{query}"),
+            None => HUB_PATH.to_owned(),
+        };
+        let Ok(mut req) = Request::get(target).body(()) else { return Err(io) };
+        *req.headers_mut() = headers;
+        // Quiet: a refusal is answered (and counted) by hyper, from the same request.
+        match self.open(&req, closer, true).await {
+            Ok((headers, writer)) => {
+                let mut head = String::from("HTTP/1.1 200 OK\r\n");
+                for (name, value) in &headers {
+                    head.push_str(name.as_str());
+                    head.push_str(": ");
+                    head.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                    head.push_str("\r\n");
+                }
+                head.push_str("transfer-encoding: chunked\r\n");
+                head.push_str(extra_head);
+                head.push_str(&format!(
+                    "date: {}\r\n\r\n",
+                    httpdate::fmt_http_date(std::time::SystemTime::now())
+                ));
+                Ok(SseStream::new(io, Bytes::from(head), writer))
+            }
+            Err(_) => Err(io),
+        }
+    }
+
+    /// Subscribes the client of `req` and makes its stream: the response headers and the
+    /// writer, or the refusal (counted unless `quiet`).
+    async fn open<B>(
+        &self,
+        req: &Request<B>,
+        closer: Arc<dyn ConnectionCloser>,
+        quiet: bool,
+    ) -> Result<(HeaderMap, SseWriter), Response<ResponseBody>> {
+        let grant = self.authorize_subscriber(req, quiet).map_err(Refused::response)?;
+        let query = req.uri().query().unwrap_or("");
+        let mut topics = Vec::new();
+        let mut query_last_event_id = None;
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "topic" => topics.push(value.into_owned()),
+                "lastEventID" => query_last_event_id = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        if topics.is_empty() {
+            return Err(text(StatusCode::BAD_REQUEST, "Missing \"topic\" parameter."));
+        }
+        if topics.len() > MAX_TOPICS {
+            return Err(text(StatusCode::BAD_REQUEST, "too many topics"));
+        }
+        let last_event_id = req
+            .headers()
+            .get("last-event-id")
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .or(query_last_event_id.filter(|id| !id.is_empty()));
+        let selectors = self.selectors.get_all(&topics);
+        let private = grant.subscribe.as_deref().map_or_else(Vec::new, |claim| {
+            self.selectors.get_all(&claim[..claim.len().min(MAX_TOPICS)])
+        });
+        // In cluster mode the node's copy of the log must be current before it is read.
+        if let Err(e) = self.hub.prepare_topic(self.log.clone(), None).await {
+            return Err(unavailable(&e));
+        }
+        // Announced before the subscriber reads the log, and not to itself: a subscriber that
+        // does not resume starts after its own arrival (in cluster mode its node may not hold
+        // it yet, and then reads it from Redis first).
+        let (departure, arrival) = match &self.presence {
+            Some(presence) => {
+                let (departure, arrival) =
+                    presence.arrive(&self.hub, &topics, grant.payload.clone()).await;
+                (Some(departure), arrival)
+            }
+            None => (None, None),
+        };
+        let (resume, resumed_from) = match &last_event_id {
+            None => (arrival, None),
+            Some(id) => {
+                let (position, resumed_from) = self.find_resume(id);
+                (position, Some(resumed_from))
+            }
+        };
+        let request =
+            ReaderRequest::new(vec![self.log.clone()], resume.map(|id| id.to_string()), Wire::Sse)
+                .closed_by(closer);
+        let subscription = self.hub.subscribe(request).await.map_err(|e| unavailable(&e))?;
+
+        let filter = SubscriberFilter { selectors, private, _departure: departure };
+        let dialect = MercureDialect { filter: Box::new(filter) };
+        let expires_in = grant.expires_in().map(before_expiry);
+        let writer =
+            SseWriter::mercure(subscription, self.timing, &self.metrics, expires_in, dialect);
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+        );
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        headers.insert(header::EXPIRES, HeaderValue::from_static("0"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        if let Some(value) = resumed_from.and_then(|id| HeaderValue::from_str(&id).ok()) {
+            headers.insert("last-event-id", value);
+        }
+        Ok((headers, writer))
+    }
+
+    /// Where a subscriber resuming after Mercure id `requested` starts, and the id it resumes
+    /// from (the `Last-Event-ID` response header), as the reference hub decides: `earliest`
+    /// replays everything held; a known id replays what followed its oldest occurrence held (a
+    /// publisher may reuse ids: the oldest never skips an update the client has not seen); an
+    /// unknown id replays nothing and names the last update held (or `earliest`, if none).
+    fn find_resume(&self, requested: &str) -> (Option<EventId>, String) {
+        let mut found = None;
+        let mut last: Option<(EventId, Box<str>)> = None;
+        let head = self.hub.visit_held(self.log.as_str(), |event: &Event| {
+            let Some(update) = event.frames.mercure_update() else { return true };
+            if requested != EARLIEST && *update.id == *requested {
+                found = Some(event.id);
+                return false;
+            }
+            last = Some((event.id, update.id.clone()));
+            true
+        });
+        let Some(head) = head else { return (None, EARLIEST.to_owned()) };
+        if requested == EARLIEST {
+            // Before the oldest event held: the resume starts at the oldest.
+            return (Some(EventId { epoch: head.epoch, seq: 0 }), EARLIEST.to_owned());
+        }
+        match (found, last) {
+            (Some(id), _) => (Some(id), requested.to_owned()),
+            (None, Some((id, update_id))) => (Some(id), update_id.into()),
+            (None, None) => (Some(head), EARLIEST.to_owned()),
+        }
+    }
+
+    /// `POST /.well-known/mercure`: publishes an update and answers its id.
+    async fn publish(&self, req: Request<Incoming>, local: bool) -> Response<ResponseBody> {
+        let grant = match self.authorize_publisher(&req, local) {
+            Ok(grant) => grant,
+            Err(refused) => return refused.response(),
+        };
+        let body =
+            match read_body(req, self.max_event_bytes, self.body_timeout, &self.metrics).await {
+                Ok(body) => body,
+                Err(e) => return api_error_text(&e),
+            };
+        let form = match Form::parse(&body) {
+            Ok(form) => form,
+            Err(message) => return text(StatusCode::BAD_REQUEST, message),
+        };
+        if let Some(claim) = &grant.publish {
+            let selectors = self.selectors.get_all(&claim[..claim.len().min(MAX_TOPICS)]);
+            let covered = |topic: &String| selectors.iter().any(|s| s.matches(topic));
+            let wildcard = claim.iter().any(|s| s == "*");
+            if !wildcard && !form.topics.iter().all(covered) {
+                return Refused::Unauthorized.response();
+            }
+        }
+        if let Err((status, message)) = form.validate() {
+            return text(status, &message);
+        }
+        let id = form.id.unwrap_or_else(|| format!("urn:uuid:{}", uuid::Uuid::now_v7()));
+        let record = Record {
+            id: id.as_str().into(),
+            topics: form.topics.iter().map(|t| t.as_str().into()).collect(),
+            private: form.private,
+            kind: form.kind.as_deref().map(Into::into),
+            retry: form.retry,
+            data: form.data.as_str().into(),
+        };
+        match self.publish_record(&record).await {
+            Ok(()) => {
+                let mut response = Response::new(ResponseBody::full(Bytes::from(id)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
+            }
+            Err(PublishError::TooLarge { .. }) => {
+                text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a Mercure update could not be published");
+                text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+            }
+        }
+    }
+
+    /// Appends a record to the log (through Redis in cluster mode).
+    async fn publish_record(&self, record: &Record<'_>) -> Result<(), PublishError> {
+        let options =
+            PublishOptions { idempotency_key: None, ticket: Some(Arc::new(Ticket::default())) };
+        self.hub.publish_with(&self.log, None, record.to_event_data(), options).await.map(|_| ())
+    }
+}
+
+/// Ends a stream a little before its token expires, so nothing is delivered after `exp`.
+fn before_expiry(left: Duration) -> Duration {
+    left.saturating_sub(Duration::from_millis(200).min(left / 10))
+}
+
+/// A Mercure subscriber's rule: the updates one of whose topics one of its selectors matches,
+/// and, for a private update, one of its token's `mercure.subscribe` selectors too.
+struct SubscriberFilter {
+    selectors: Vec<Arc<Selector>>,
+    private: Vec<Arc<Selector>>,
+    /// Announces that the subscriber left when the stream ends.
+    _departure: Option<presence::Departure>,
+}
+
+impl EventFilter for SubscriberFilter {
+    fn admits(&mut self, event: &Event) -> bool {
+        let Some(update) = event.frames.mercure_update() else { return false };
+        any_matches_update(&self.selectors, update)
+            && (!update.private || any_matches_update(&self.private, update))
+    }
+}
+
+/// A publish's form fields.
+#[derive(Debug, Default)]
+struct Form {
+    topics: Vec<String>,
+    data: String,
+    private: bool,
+    id: Option<String>,
+    kind: Option<String>,
+    retry: Option<u64>,
+}
+
+impl Form {
+    fn parse(body: &[u8]) -> Result<Self, &'static str> {
+        let mut form = Form::default();
+        for (key, value) in form_urlencoded::parse(body) {
+            match &*key {
+                "topic" => form.topics.push(value.into_owned()),
+                "data" if form.data.is_empty() => form.data = value.into_owned(),
+                "private" => form.private = true,
+                "id" if form.id.is_none() => form.id = Some(value.into_owned()),
+                "type" if form.kind.is_none() => form.kind = Some(value.into_owned()),
+                "retry" if form.retry.is_none() && !value.is_empty() => {
+                    form.retry = Some(value.parse().map_err(|_| "Invalid \"retry\" parameter")?);
+                }
+                _ => {}
+            }
+        }
+        if form.topics.is_empty() {
+            return Err("Missing \"topic\" parameter");
+        }
+        if form.topics.len() > MAX_TOPICS {
+            return Err("too many topics in update");
+        }
+        // An empty `id` or `type` is no `id` or `type`, as in the reference hub.
+        form.id = form.id.filter(|id| !id.is_empty());
+        form.kind = form.kind.filter(|kind| !kind.is_empty());
+        Ok(form)
+    }
+
+    /// The reference hub's checks: the hub's own namespace, and what would inject SSE fields.
+    fn validate(&self) -> Result<(), (StatusCode, String)> {
+        for topic in &self.topics {
+            if topic.contains(RESERVED_TOPIC_PART) {
+                let message = format!(
+                    "{topic:?}: topic value references the reserved \"/.well-known/mercure\" namespace"
+                );
+                return Err((StatusCode::FORBIDDEN, message));
+            }
+            if topic.chars().any(char::is_control) {
+                let message = format!(
+                    "{topic:?}: topic contains a forbidden control character or invalid UTF-8"
+                );
+                return Err((StatusCode::BAD_REQUEST, message));
+            }
+        }
+        let forbidden =
+            |text: &Option<String>| text.as_deref().is_some_and(|t| t.contains(['\0', '\r', '\n']));
+        if forbidden(&self.id) {
+            let message = "\"id\" field contains a forbidden control character";
+            return Err((StatusCode::BAD_REQUEST, message.to_owned()));
+        }
+        if forbidden(&self.kind) {
+            let message = "\"type\" field contains a forbidden control character";
+            return Err((StatusCode::BAD_REQUEST, message.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// A plain-text answer, as Go's `http.Error` writes it.
+fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::from(format!("{message}\n"))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// A refusal of crier's own (body too large or late, a rate) as plain text.
+fn api_error_text(error: &ApiError) -> Response<ResponseBody> {
+    let mut answer = text(error.code.status(), &error.detail);
+    if let Some(wait) = error.retry_after_secs()
+        && let Ok(value) = HeaderValue::from_str(&wait.to_string())
+    {
+        answer.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    answer
+}
+
+/// A subscription the node could not start (Redis down, shutting down, the topic limit).
+fn unavailable(error: &SubscribeError) -> Response<ResponseBody> {
+    tracing::debug!(%error, "a Mercure subscription could not start");
+    let code = match error {
+        SubscribeError::ShuttingDown => ErrorCode::ShuttingDown,
+        _ => ErrorCode::Unavailable,
+    };
+    let mut answer = text(code.status(), "Service Unavailable");
+    answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_forms_read_like_the_reference_hub() {
+        let form =
+            Form::parse(b"topic=a&topic=b+c&data=x%0Ay&private=on&id=i&type=t&retry=5").unwrap();
+        assert_eq!(form.topics, ["a", "b c"]);
+        assert_eq!((form.data.as_str(), form.private), ("x\ny", true));
+        assert_eq!(
+            (form.id.as_deref(), form.kind.as_deref(), form.retry),
+            (Some("i"), Some("t"), Some(5))
+        );
+        assert_eq!(Form::parse(b"data=x").unwrap_err(), "Missing \"topic\" parameter");
+        assert_eq!(Form::parse(b"topic=a&retry=x").unwrap_err(), "Invalid \"retry\" parameter");
+        let reserved = Form::parse(b"topic=https://h/.well-known/mercure/subscriptions/x").unwrap();
+        assert_eq!(reserved.validate().unwrap_err().0, StatusCode::FORBIDDEN);
+        let injected = Form::parse(b"topic=a&id=x%0Aevent:%20evil").unwrap();
+        assert_eq!(injected.validate().unwrap_err().0, StatusCode::BAD_REQUEST);
+        let injected = Form::parse(b"topic=a&type=x%0D").unwrap();
+        assert_eq!(injected.validate().unwrap_err().0, StatusCode::BAD_REQUEST);
+        assert!(Form::parse(b"topic=a&id=&type=").unwrap().validate().is_ok());
+    }
+
+    #[test]
+    fn a_stream_ends_before_its_token_expires() {
+        assert!(before_expiry(Duration::from_secs(60)) < Duration::from_secs(60));
+        assert_eq!(before_expiry(Duration::ZERO), Duration::ZERO);
+        assert!(before_expiry(Duration::from_millis(100)) >= Duration::from_millis(90));
+    }
+}

@@ -1,0 +1,368 @@
+//! Mercure topic selectors: `*`, an exact topic, or an RFC 6570 URI template (level 4, every
+//! operator, with `:n` prefixes and `*` explosion) that matches the topics it could expand to.
+//!
+//! A template compiles to an anchored regular expression, as the reference hub's does (it
+//! uses yosida95/uritemplate): each expression matches what its operator could produce, in its
+//! operator's character class, so `{v}` never matches `/` while `{+v}` does. A selector is
+//! compiled once per node whoever uses it ([`SelectorStore`]), and a template remembers which
+//! topics it matched, so deciding an update for a thousand subscribers with the same selector
+//! runs the expression once.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::event::MercureUpdate;
+
+/// Topics a template remembers its answer for (then it forgets them all at once).
+const MAX_REMEMBERED: usize = 4096;
+
+/// Updates a template remembers its answer for (2 KiB per template in use).
+const RECENT_UPDATES: usize = 256;
+
+/// Selectors kept compiled after their last user went away, at most.
+const MAX_IDLE_SELECTORS: usize = 16 << 10;
+
+/// A compiled topic selector.
+pub(crate) struct Selector {
+    text: Box<str>,
+    matcher: Matcher,
+}
+
+enum Matcher {
+    Any,
+    Exact,
+    Template {
+        regex: regex::Regex,
+        /// Its answer per topic.
+        remembered: RwLock<HashMap<Box<str>, bool>>,
+        /// Its answers for the last updates it was asked about, by serial modulo the length:
+        /// `serial << 1 | matched`, 0 for none. Every subscriber with this selector asks about
+        /// the same run of updates in turn (one wakeup's worth each), so all but the first
+        /// read one atomic per update.
+        recent_updates: Box<[AtomicU64]>,
+    },
+}
+
+impl Selector {
+    /// Compiles `text`. Text that is not a valid template is an exact topic.
+    pub(crate) fn compile(text: &str) -> Self {
+        let matcher = if text == "*" {
+            Matcher::Any
+        } else if text.contains('{') {
+            match template_regex(text).and_then(|pattern| regex::Regex::new(&pattern).ok()) {
+                Some(regex) => Matcher::Template {
+                    regex,
+                    remembered: RwLock::default(),
+                    recent_updates: (0..RECENT_UPDATES).map(|_| AtomicU64::new(0)).collect(),
+                },
+                None => Matcher::Exact,
+            }
+        } else {
+            Matcher::Exact
+        };
+        Selector { text: text.into(), matcher }
+    }
+
+    /// Whether `topic` matches: `*` matches every topic, any selector matches itself, a
+    /// template matches what it could expand to.
+    pub(crate) fn matches(&self, topic: &str) -> bool {
+        match &self.matcher {
+            Matcher::Any => true,
+            Matcher::Exact => *self.text == *topic,
+            Matcher::Template { regex, remembered, .. } => {
+                if *self.text == *topic {
+                    return true;
+                }
+                if let Some(&matched) = remembered.read().get(topic) {
+                    return matched;
+                }
+                let matched = regex.is_match(topic);
+                let mut remembered = remembered.write();
+                if remembered.len() >= MAX_REMEMBERED {
+                    remembered.clear();
+                }
+                remembered.insert(topic.into(), matched);
+                matched
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Selector").field(&self.text).finish()
+    }
+}
+
+impl Selector {
+    /// Whether one of `update`'s topics matches, remembered for the update (by its serial).
+    pub(crate) fn matches_update(&self, update: &MercureUpdate) -> bool {
+        let Matcher::Template { recent_updates, .. } = &self.matcher else {
+            return update.topics.iter().any(|topic| self.matches(topic));
+        };
+        let slot = &recent_updates[update.serial as usize % RECENT_UPDATES];
+        let remembered = slot.load(Ordering::Acquire);
+        if remembered >> 1 == update.serial {
+            return remembered & 1 == 1;
+        }
+        let matched = update.topics.iter().any(|topic| self.matches(topic));
+        slot.store(update.serial << 1 | u64::from(matched), Ordering::Release);
+        matched
+    }
+}
+
+/// Whether one of `update`'s topics matches one of `selectors`.
+pub(crate) fn any_matches_update(selectors: &[Arc<Selector>], update: &MercureUpdate) -> bool {
+    selectors.iter().any(|selector| selector.matches_update(update))
+}
+
+/// The node's compiled selectors, shared by every subscriber and token that names them.
+#[derive(Default)]
+pub(crate) struct SelectorStore {
+    compiled: Mutex<HashMap<Box<str>, Weak<Selector>>>,
+}
+
+impl SelectorStore {
+    /// The compiled `text`, compiled now if no one holds it.
+    pub(crate) fn get(&self, text: &str) -> Arc<Selector> {
+        let mut compiled = self.compiled.lock();
+        if let Some(selector) = compiled.get(text).and_then(Weak::upgrade) {
+            return selector;
+        }
+        if compiled.len() >= MAX_IDLE_SELECTORS {
+            compiled.retain(|_, selector| selector.strong_count() > 0);
+        }
+        let selector = Arc::new(Selector::compile(text));
+        compiled.insert(text.into(), Arc::downgrade(&selector));
+        selector
+    }
+
+    /// Every one of `texts`, compiled.
+    pub(crate) fn get_all<S: AsRef<str>>(&self, texts: &[S]) -> Vec<Arc<Selector>> {
+        texts.iter().map(|text| self.get(text.as_ref())).collect()
+    }
+}
+
+/// RFC 3986 unreserved characters, as a regex class body.
+const UNRESERVED: &str = r"A-Za-z0-9\-._~";
+/// RFC 3986 reserved characters (gen-delims and sub-delims), as a regex class body.
+const RESERVED: &str = r":/?#\[\]@!$&'()*+,;=";
+/// A percent-encoded octet.
+const PCT: &str = "%[0-9A-Fa-f]{2}";
+
+/// The anchored regular expression matching every expansion of `template`; `None` if it is
+/// not a valid level 4 template.
+fn template_regex(template: &str) -> Option<String> {
+    let mut pattern = String::with_capacity(template.len() * 4);
+    pattern.push('^');
+    let mut rest = template;
+    while !rest.is_empty() {
+        match rest.find('{') {
+            Some(0) => {
+                let end = rest.find('}')?;
+                expression_regex(&rest[1..end], &mut pattern)?;
+                rest = &rest[end + 1..];
+            }
+            found => {
+                let at = found.unwrap_or(rest.len());
+                let literal = &rest[..at];
+                if literal.contains('}') {
+                    return None;
+                }
+                pattern.push_str(&regex::escape(literal));
+                rest = &rest[at..];
+            }
+        }
+    }
+    pattern.push('$');
+    Some(pattern)
+}
+
+/// One variable of an expression.
+struct VarSpec<'a> {
+    name: &'a str,
+    /// `:n`: only the first n characters of the value.
+    prefix: Option<u16>,
+    /// `*`.
+    explode: bool,
+}
+
+/// Appends the expression `{body}`'s regex: what the operator starts with, then the defined
+/// variables' values joined by its separator, or nothing when none is defined.
+fn expression_regex(body: &str, out: &mut String) -> Option<()> {
+    let (operator, list) = match body.chars().next()? {
+        op @ ('+' | '#' | '.' | '/' | ';' | '?' | '&') => (Some(op), &body[1..]),
+        // Reserved for future extensions (RFC 6570 §2.2): not a template we can read.
+        '=' | ',' | '!' | '@' | '|' => return None,
+        _ => (None, body),
+    };
+    let (first, separator, named, reserved) = match operator {
+        None => ("", ",", false, false),
+        Some('+') => ("", ",", false, true),
+        Some('#') => ("#", ",", false, true),
+        Some('.') => (".", ".", false, false),
+        Some('/') => ("/", "/", false, false),
+        Some(';') => (";", ";", true, false),
+        Some('?') => ("?", "&", true, false),
+        _ => ("&", "&", true, false),
+    };
+    let vars = list.split(',').map(var_spec).collect::<Option<Vec<_>>>()?;
+    // Characters a value may hold: U, or U+R for `+` and `#`, percent-encoded octets beyond.
+    let class = if reserved { format!("{UNRESERVED}{RESERVED}") } else { UNRESERVED.to_owned() };
+    let char_re = format!("(?:[{class}]|{PCT})");
+    // A list's or map's items are joined by `,` unless exploded; exploded maps add `=`.
+    let item = |var: &VarSpec<'_>| -> String {
+        let value = match var.prefix {
+            Some(n) => format!("{char_re}{{0,{n}}}"),
+            None if reserved => format!("{char_re}*"),
+            None => format!("(?:{char_re}|,)*"),
+        };
+        match (named, var.explode) {
+            (false, false) => value,
+            // Exploded values are separated by the operator's separator; a map's pairs hold `=`.
+            (false, true) => format!("(?:{char_re}|[,=])*"),
+            (true, false) if operator == Some(';') => {
+                format!("{}(?:={value})?", regex::escape(var.name))
+            }
+            (true, false) => format!("{}={value}", regex::escape(var.name)),
+            (true, true) => format!("(?:{char_re}|,)+(?:=(?:{char_re}|,)*)?"),
+        }
+    };
+    let alternatives: Vec<String> = vars.iter().map(item).collect();
+    let any_item = format!("(?:{})", alternatives.join("|"));
+    let separator = regex::escape(separator);
+    // Undefined variables are left out: at most one item per variable, unless one explodes.
+    let more = if vars.iter().any(|var| var.explode) {
+        "*".to_owned()
+    } else {
+        format!("{{0,{}}}", vars.len() - 1)
+    };
+    let first = regex::escape(first);
+    let _ = write!(out, "(?:{first}{any_item}(?:{separator}{any_item}){more})?");
+    Some(())
+}
+
+/// `name`, `name:n` or `name*`, with a name of `ALPHA / DIGIT / _ / pct-encoded` and dots.
+fn var_spec(text: &str) -> Option<VarSpec<'_>> {
+    let (name, prefix, explode) = if let Some(name) = text.strip_suffix('*') {
+        (name, None, true)
+    } else if let Some((name, n)) = text.split_once(':') {
+        let n: u16 = n.parse().ok().filter(|n| (1..10_000).contains(n))?;
+        (name, Some(n), false)
+    } else {
+        (text, None, false)
+    };
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'%'))
+        && !name.starts_with('.')
+        && !name.ends_with('.');
+    valid.then_some(VarSpec { name, prefix, explode })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(selector: &str, topic: &str) -> bool {
+        Selector::compile(selector).matches(topic)
+    }
+
+    #[test]
+    fn star_and_exact_selectors() {
+        assert!(matches("*", "https://example.com/anything"));
+        assert!(matches("https://example.com/a", "https://example.com/a"));
+        assert!(!matches("https://example.com/a", "https://example.com/ab"));
+    }
+
+    #[test]
+    fn simple_expressions_stop_at_slashes_and_are_anchored() {
+        let s = "https://example.com/books/{id}";
+        assert!(matches(s, "https://example.com/books/1"));
+        assert!(matches(s, "https://example.com/books/"));
+        assert!(matches(s, "https://example.com/books/a%20b"));
+        assert!(!matches(s, "https://example.com/books/1/reviews"), "{{v}} never matches /");
+        assert!(!matches(s, "https://example.com/books/1?x"));
+        assert!(!matches(s, "xhttps://example.com/books/1"), "anchored at the start");
+        assert!(matches(s, s), "a template matches itself");
+        assert!(matches("https://example.com/{a}/{b}", "https://example.com/x/y"));
+    }
+
+    #[test]
+    fn every_operator_matches_what_it_expands_to() {
+        // RFC 6570 §3.2's examples, var = "value", hello = "Hello World!", path = "/foo/bar",
+        // list = (red, green, blue), keys = (semi=";", dot=".", comma=",").
+        let cases = [
+            ("{+path}/here", "/foo/bar/here"),
+            ("here?ref={+path}", "here?ref=/foo/bar"),
+            ("X{#var}", "X#value"),
+            ("X{#hello}", "X#Hello%20World!"),
+            ("X{.var}", "X.value"),
+            ("X{.list*}", "X.red.green.blue"),
+            ("{/var}", "/value"),
+            ("{/list*,path:4}", "/red/green/blue/%2Ffoo"),
+            ("{;x,y}", ";x=1024;y=768"),
+            ("{;x,y,empty}", ";x=1024;y=768;empty"),
+            ("{;list*}", ";list=red;list=green;list=blue"),
+            ("{?x,y}", "?x=1024&y=768"),
+            ("{?keys*}", "?semi=%3B&dot=.&comma=%2C"),
+            ("?fixed=yes{&x}", "?fixed=yes&x=1024"),
+            ("{&list*}", "&list=red&list=green&list=blue"),
+            ("{var:3}", "val"),
+            ("{list}", "red,green,blue"),
+            ("{keys*}", "semi=%3B,dot=.,comma=%2C"),
+            ("https://example.com/{/path*}", "https://example.com//a/b"),
+            ("{x,y}", "1024,768"),
+            ("{var}", ""),
+        ];
+        for (template, expansion) in cases {
+            assert!(matches(template, expansion), "{template} should match {expansion}");
+        }
+        let misses = [
+            ("{var:3}", "valu"),
+            ("{+path}/here", "/foo/bar/there"),
+            ("X{.var}", "X/value"),
+            ("{/var}", "/a/b"),
+            ("{?x,y}", "?z=1"),
+            ("{#var}", "value"),
+            ("{var}", "a b"),
+        ];
+        for (template, topic) in misses {
+            assert!(!matches(template, topic), "{template} should not match {topic}");
+        }
+    }
+
+    #[test]
+    fn invalid_templates_are_exact_topics() {
+        for text in ["{", "a{b", "{}", "{=x}", "a}b{c}", "{v:0}", "{v:x}", "{.}"] {
+            let selector = Selector::compile(text);
+            assert!(matches!(selector.matcher, Matcher::Exact), "{text}");
+            assert!(selector.matches(text));
+        }
+    }
+
+    #[test]
+    fn the_store_shares_one_compiled_selector_and_remembers_answers() {
+        let store = SelectorStore::default();
+        let a = store.get("https://example.com/{id}");
+        let b = store.get("https://example.com/{id}");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(a.matches("https://example.com/1") && !a.matches("https://example.com/1/2"));
+        let Matcher::Template { remembered, .. } = &a.matcher else { panic!("a template") };
+        assert_eq!(remembered.read().len(), 2);
+        let update = |topics: &[&str]| MercureUpdate {
+            serial: MercureUpdate::next_serial(),
+            id: "i".into(),
+            topics: topics.iter().map(|t| (*t).into()).collect(),
+            private: false,
+        };
+        let (hit, miss) = (update(&["x", "https://example.com/2"]), update(&["x"]));
+        for _ in 0..2 {
+            assert!(any_matches_update(std::slice::from_ref(&a), &hit));
+            assert!(!any_matches_update(std::slice::from_ref(&a), &miss));
+        }
+    }
+}
