@@ -34,7 +34,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "mercure", "config",
         ],
     ),
-    ("internals", &["event", "codec", "registry", "metrics", "relay", "hub", "server", "ws"]),
+    (
+        "internals",
+        &["event", "codec", "registry", "metrics", "relay", "hub", "server", "ws", "mercure"],
+    ),
 ];
 
 /// Longest a source file may be, in lines of non-test code.

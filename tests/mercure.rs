@@ -588,3 +588,18 @@ async fn a_stream_through_hyper_is_the_same_as_one_on_its_own_connection() {
     let refused = request(server.addr, "GET", "/.well-known/mercure", &[], b"").await;
     assert_eq!((refused.status, refused.text().as_str()), (400, "Missing \"topic\" parameter.\n"));
 }
+
+#[tokio::test]
+async fn head_answers_the_streams_headers_and_topics_are_form_decoded() {
+    let server = hub(&["--mercure-anonymous"]).await;
+    let head = request(server.addr, "HEAD", "/.well-known/mercure?topic=a", &[], b"").await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type").as_deref(), Some("text/event-stream"));
+    assert!(head.body.is_empty());
+    server.wait_subscriptions(0).await;
+    // `+` is a space in a topic selector, as in any form-encoded query.
+    let mut sub = SseClient::connect(server.addr, "/.well-known/mercure?topic=a+b", &[]).await;
+    publish(server.addr, &[("topic", "a+b"), ("data", "plus")]).await;
+    publish(server.addr, &[("topic", "a b"), ("data", "space")]).await;
+    assert_eq!(sub.next_event().await.data, "space");
+}

@@ -9,9 +9,36 @@ use futures_util::FutureExt as _;
 use crate::codec::{Draft, ws};
 use crate::event::{Event, EventData, EventId, EventName, GapReason, TopicName, Wire};
 use crate::hub::{Hub, HubConfig, Polled, ReaderRequest, Subscription};
+use crate::mercure::selector::Selector;
 use crate::metrics::Metrics;
 use crate::registry::{Closed, MIN_LOG_EVENTS};
 use crate::server::first_request::{FirstRequest, classify};
+
+/// Mercure selectors and log records from clients: compiling and matching never panic; a
+/// selector matches itself, `*` everything, a selector without `{` only itself; a template's
+/// remembered answer is its first. Data that is not a record decodes to no update; a record's
+/// frame is whole, and carries its id on one line.
+pub fn check_mercure(selector: &str, topic: &str, bytes: &[u8]) {
+    let compiled = Selector::compile(selector);
+    assert!(compiled.matches(selector), "{selector:?} matches itself");
+    let first = compiled.matches(topic);
+    assert_eq!(compiled.matches(topic), first, "a remembered answer is the first");
+    if !selector.contains('{') {
+        assert_eq!(first, selector == "*" || selector == topic, "{selector:?} on {topic:?}");
+    }
+    let data = EventData::Binary(bytes::Bytes::copy_from_slice(bytes));
+    let (frame, update) = crate::codec::mercure::decode(&data);
+    match update {
+        None => assert!(frame.is_empty()),
+        Some(update) => {
+            assert!(frame.ends_with(b"\n\n"), "a frame ends with a blank line");
+            if !update.id.contains(['\r', '\n']) {
+                let line = format!("id: {}\n", update.id);
+                assert!(memchr::memmem::find(&frame, line.as_bytes()).is_some());
+            }
+        }
+    }
+}
 
 /// Classifies the first bytes of a connection; only a complete HTTP/1.1 `GET /sse` head with
 /// nothing after it may take the SSE fast path.
@@ -307,6 +334,13 @@ mod tests {
         ];
         check_ws_handshake(false, false, &headers, &[]);
         check_ws_handshake(true, false, &headers, &[]);
+    }
+
+    #[test]
+    fn mercure_checks_hold_for_handmade_inputs() {
+        check_mercure("https://a/{id}", "https://a/1", br#"{"id":"x","topics":["t"],"data":"d"}"#);
+        check_mercure("*", "anything", b"not json");
+        check_mercure("{", "{", br#"{"id":"a\nb","topics":[],"data":""}"#);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 mod authorization;
 mod presence;
-mod selector;
+pub(crate) mod selector;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
