@@ -162,36 +162,61 @@ async fn tokens_are_refused_as_the_reference_hub_refuses_them() {
 
 #[tokio::test]
 async fn public_keys_verify_tokens_of_their_algorithm_only() {
-    let pem = std::fs::read_to_string(tokens::key_path("rsa.pub")).unwrap();
-    let server = TestServer::start(&[
-        "--mercure-publisher-jwt-key",
-        &pem,
-        "--mercure-publisher-jwt-alg",
-        "RS256",
-    ])
-    .await;
-    let claims = json!({"mercure": {"publish": ["*"]}});
-    let rs256 = bearer(&tokens::signed_with("rsa", Algorithm::RS256, None, &claims));
-    let ok =
-        post(server.addr, &[("Authorization", &rs256)], &[("topic", "t"), ("data", "x")]).await;
-    assert_eq!(ok.status, 200, "{}", ok.text());
-    // Signed with the right key but another algorithm than the configured one.
-    let ps256 = bearer(&tokens::signed_with("rsa", Algorithm::PS256, None, &claims));
-    assert_eq!(
-        post(server.addr, &[("Authorization", &ps256)], &[("topic", "t")]).await.status,
-        401
-    );
-    // An HS256 token made with the public key's text as secret (the classic confusion).
-    let confused = bearer(&tokens::sign(
-        Algorithm::HS256,
-        None,
-        &jsonwebtoken::EncodingKey::from_secret(pem.as_bytes()).unwrap(),
-        &claims,
-    ));
-    assert_eq!(
-        post(server.addr, &[("Authorization", &confused)], &[("topic", "t")]).await.status,
-        401
-    );
+    let claims = json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}});
+    for (key, algorithm, name, other) in [
+        ("rsa", Algorithm::RS256, "RS256", Some(Algorithm::PS256)),
+        ("ec", Algorithm::ES256, "ES256", None),
+        ("ed", Algorithm::EdDSA, "EdDSA", None),
+    ] {
+        let pem = std::fs::read_to_string(tokens::key_path(&format!("{key}.pub"))).unwrap();
+        let server = TestServer::start(&[
+            "--mercure-publisher-jwt-key",
+            &pem,
+            "--mercure-publisher-jwt-alg",
+            name,
+            "--mercure-subscriber-jwt-key",
+            &pem,
+            "--mercure-subscriber-jwt-alg",
+            name,
+        ])
+        .await;
+        let signed = bearer(&tokens::signed_with(key, algorithm, None, &claims));
+        let ok = post(server.addr, &[("Authorization", &signed)], &[("topic", "t"), ("data", "x")])
+            .await;
+        assert_eq!(ok.status, 200, "{name}: {}", ok.text());
+        let sub = subscribe(server.addr, &["t"], &[("Authorization", &signed)]).await;
+        assert_eq!(sub.status, 200, "{name}");
+        // Signed with the right key but another algorithm than the configured one.
+        if let Some(other) = other {
+            let wrong = bearer(&tokens::signed_with(key, other, None, &claims));
+            let refused = post(server.addr, &[("Authorization", &wrong)], &[("topic", "t")]).await;
+            assert_eq!(refused.status, 401, "{name}");
+        }
+        // An HS256 token made with the public key's text as secret (the classic confusion).
+        let confused = bearer(&tokens::sign(
+            Algorithm::HS256,
+            None,
+            &jsonwebtoken::EncodingKey::from_secret(pem.as_bytes()).unwrap(),
+            &claims,
+        ));
+        let refused = post(server.addr, &[("Authorization", &confused)], &[("topic", "t")]).await;
+        assert_eq!(refused.status, 401, "{name}");
+    }
+    // A key that is not one for its algorithm stops the server at start, with a message.
+    let pem = std::fs::read_to_string(tokens::key_path("ec.pub")).unwrap();
+    let argv =
+        ["crier", "--mercure-publisher-jwt-key", &pem, "--mercure-publisher-jwt-alg", "RS256"];
+    let config = <crier::Config as clap::Parser>::try_parse_from(argv).unwrap();
+    let refused = crier::ServerHandle::start(config).await.err().expect("refused");
+    assert!(refused.to_string().contains("not a key for RS256"), "{refused}");
+}
+
+#[tokio::test]
+async fn quiet_streams_get_the_reference_hubs_comment_heartbeats() {
+    let server = hub(&["--mercure-anonymous", "--heartbeat", "200ms"]).await;
+    let mut sub = subscribe(server.addr, &["t"], &[]).await;
+    let body = sub.read_body_until(|body| body.starts_with(b":\n:\n:\n")).await;
+    assert_eq!(body, b":\n:\n:\n", "the opening comment, then one per quiet interval");
 }
 
 #[tokio::test]
