@@ -65,6 +65,12 @@ pub struct Config {
     #[arg(long, env = "CRIER_MAX_TOPICS_PER_CONNECTION", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_topics_per_connection: u16,
 
+    /// On SIGTERM/SIGINT, how long `/readyz` answers 503 `draining` while the server goes on
+    /// serving and accepting, so a load balancer takes the node out of rotation before it
+    /// stops accepting. 0: stop accepting at once.
+    #[arg(long, env = "CRIER_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration, overrides_with = "drain_delay")]
+    pub drain_delay: Duration,
+
     /// On SIGTERM/SIGINT, how long to let streams drain before closing what is left.
     #[arg(long, env = "CRIER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -422,6 +428,7 @@ mod tests {
         assert_eq!(c.history, 1000);
         assert_eq!(c.max_event_bytes, 64 << 10);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.drain_delay, Duration::from_secs(5));
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.redis_url.is_empty());
         assert!(!c.redis_cluster);

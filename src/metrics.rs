@@ -156,6 +156,11 @@ impl Drop for ConnectionGuard {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The process's `process_*` metrics (CPU, memory, file descriptors, threads), read from
+    /// the kernel at each scrape.
+    process: metrics_process::Collector,
+    /// `crier_tcp_connections`: TCP connections open, whatever they carry.
+    tcp_connections: Gauge,
     sse: TransportMetrics,
     ws: TransportMetrics,
     /// `crier_subscriptions`: (subscriber, topic) pairs.
@@ -185,6 +190,7 @@ const HTTP_REQUESTS: &str = "crier_http_requests_total";
 const SHED_REQUESTS: &str = "crier_shed_requests_total";
 const WS_CLOSES: &str = "crier_ws_closes_total";
 const AUTH_FAILURES: &str = "crier_auth_failures_total";
+const BUILD_INFO: &str = "crier_build_info";
 const CREDENTIAL_RELOADS: &str = "crier_credential_reloads_total";
 const REJECTIONS: &str = "crier_rejections_total";
 
@@ -211,6 +217,8 @@ impl Metrics {
             .expect("the bucket lists are non-empty constants, all the builder checks");
         let handle = recorder.handle();
         describe(&recorder);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(&recorder, || process.describe());
 
         let counter = |name: &'static str, labels: Vec<Label>| {
             recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
@@ -251,9 +259,13 @@ impl Metrics {
             rejections: Rejection::ALL
                 .map(|reason| counter(REJECTIONS, vec![Label::new("reason", reason.as_str())])),
             accept_errors: counter("crier_accept_errors_total", vec![]),
+            tcp_connections: gauge("crier_tcp_connections", vec![]),
+            process,
             recorder,
             handle,
         };
+        let build = vec![Label::new("version", env!("CARGO_PKG_VERSION"))];
+        metrics.recorder.register_gauge(&Key::from_parts(BUILD_INFO, build), &METADATA).set(1.0);
         metrics.handle.run_upkeep();
         metrics
     }
@@ -342,7 +354,13 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.render()
+    }
+
+    /// Sets `crier_tcp_connections`.
+    pub(crate) fn set_tcp_connections(&self, open: usize) {
+        self.tcp_connections.set(open as f64);
     }
 
     /// Folds recorded histogram samples into their buckets; run periodically so samples do not
@@ -468,7 +486,9 @@ fn describe(recorder: &PrometheusRecorder) {
         recorder.describe_counter(name.into(), unit, help.into());
     }
     let gauges: &[(&'static str, &'static str)] = &[
-        ("crier_connections", "Open subscriber streams, by transport."),
+        ("crier_connections", "Open subscriber streams (SSE streams, WebSockets), by transport."),
+        ("crier_tcp_connections", "Open TCP connections, whatever they carry."),
+        (BUILD_INFO, "Always 1; the labels say which build is running."),
         ("crier_subscriptions", "Subscriptions (a stream and one of its topics)."),
         ("crier_topics", "Topics with state on this node."),
     ];

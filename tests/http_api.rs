@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{TestServer, metric, publish, request};
+use support::{SseClient, TestServer, metric, publish, request, wait_until};
 
 fn assert_error(response: &support::HttpResponse, status: u16, code: &str) {
     assert_eq!(response.status, status, "{}", response.text());
@@ -205,4 +205,31 @@ async fn a_proxied_remote_client_may_not_publish_without_credentials() {
     }
     let published = metric(&server.metrics().await, "crier_events_published_total");
     assert_eq!(published, Some(2.0), "refused publishes published nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_process_the_build_and_tcp_connections_apart_from_streams() {
+    let server = TestServer::start(&[]).await;
+    let _stream = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
+    let idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Three TCP connections (the stream, the idle one, the scrape's), one of them a stream.
+    wait_until("the connections to be counted", || async {
+        metric(&server.metrics().await, "crier_tcp_connections") == Some(3.0)
+    })
+    .await;
+    let text = server.metrics().await;
+    assert_eq!(metric(&text, r#"crier_connections{transport="sse"}"#), Some(1.0));
+    let version = format!(r#"crier_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"));
+    assert_eq!(metric(&text, &version), Some(1.0));
+    for series in
+        ["process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_threads"]
+    {
+        assert!(metric(&text, series).is_some_and(|v| v > 0.0), "{series} in {text}");
+    }
+    assert!(metric(&text, "process_cpu_seconds_total").is_some());
+    drop(idle);
+    wait_until("the idle connection to go", || async {
+        metric(&server.metrics().await, "crier_tcp_connections") == Some(2.0)
+    })
+    .await;
 }

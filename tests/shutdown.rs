@@ -101,3 +101,41 @@ async fn idle_connections_do_not_hold_up_shutdown() {
     assert!(status.success());
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_draining_for_the_drain_delay_while_the_server_serves_on() {
+    let mut server = CrierProcess::spawn(&["--drain-delay", "1500ms"]).await;
+    let mut client = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
+    let readyz = || support::request(server.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(readyz().await.status, 200);
+    server.signal("TERM");
+    let started = Instant::now();
+    wait_until("/readyz to answer draining", || async {
+        let answer = readyz().await;
+        answer.status == 503 && answer.json()["error"] == "draining"
+    })
+    .await;
+    // Still serving: open streams get events, new connections and streams are taken.
+    let id = publish_ok(server.addr, "t", None, b"during the delay", None).await;
+    assert_eq!(client.next_event().await.last_event_id, id);
+    assert_eq!(support::request(server.addr, "GET", "/healthz", &[], b"").await.status, 200);
+    let mut late = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
+    assert_eq!(late.status, 200);
+    assert!(started.elapsed() < Duration::from_millis(1500), "all of it within the delay");
+    // Then it stops accepting and drains as without a delay.
+    wait_until("the listener to close", || async {
+        tokio::net::TcpStream::connect(server.addr).await.is_err()
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(client.read_to_end().await && late.read_to_end().await, "streams end cleanly");
+    let status = tokio::time::timeout(Duration::from_secs(5), server.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}

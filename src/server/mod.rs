@@ -20,6 +20,7 @@
 mod accept;
 mod conn;
 pub(crate) mod first_request;
+mod handle;
 mod layers;
 mod publish;
 mod rewind;
@@ -28,6 +29,7 @@ mod router;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,8 +40,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
 use crate::auth::Authority;
@@ -55,6 +55,7 @@ use crate::sse::{SseEdge, SseStream, StreamTiming};
 use crate::ws::{WsEdge, WsLimits};
 use conn::{Activity, ConnControl, ConnectionEnd, ControlledConnection, Tracker};
 use first_request::{FirstRequest, StreamEndpoint};
+pub use handle::ServerHandle;
 use layers::{AuthenticateLayer, CorsLayer, RequestMetricsLayer, ShedLayer, TimeoutLayer};
 use publish::{HubPublisher, PublishEndpoint};
 use rewind::Rewind;
@@ -89,6 +90,9 @@ pub struct App {
     metrics: Arc<Metrics>,
     config: Config,
     sse: Arc<SseEdge>,
+    /// The shutdown signal came: `/readyz` answers 503 for `--drain-delay` before the server
+    /// stops accepting.
+    leaving: Arc<AtomicBool>,
     /// The Mercure hub, when it is on, for streams on the fast path.
     mercure: Option<Arc<MercureEdge>>,
     /// Every open connection and WebSocket session, for shutdown.
@@ -155,6 +159,7 @@ impl App {
             })
             .layer(TimeoutLayer::new(config.publish_timeout))
             .service(HubPublisher::new(hub.clone()));
+        let leaving = Arc::new(AtomicBool::new(false));
         let mercure_config = config.mercure();
         let mercure = if mercure_config.is_enabled() {
             let edge = MercureEdge::new(
@@ -177,6 +182,7 @@ impl App {
             tracker: tracker.clone(),
             publish,
             mercure: mercure.clone(),
+            leaving: leaving.clone(),
         };
         let stack = ServiceBuilder::new()
             .layer(RequestMetricsLayer::new(metrics.clone()))
@@ -197,6 +203,7 @@ impl App {
             metrics,
             config,
             sse,
+            leaving,
             mercure,
             tracker,
             stack,
@@ -248,9 +255,21 @@ pub async fn serve(
 
     tokio::pin!(shutdown);
     let mut failures = accept::AcceptFailures::default();
+    // Set once the signal came, while `/readyz` says "draining" and the server still serves.
+    let mut leave_at: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let accepted = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown, if leave_at.is_none() => {
+                let delay = app.config.drain_delay;
+                if delay.is_zero() {
+                    break;
+                }
+                tracing::info!(?delay, "shutting down: /readyz answers 503 while the server serves on");
+                app.leaving.store(true, Ordering::SeqCst);
+                leave_at = Some(Box::pin(tokio::time::sleep(delay)));
+                continue;
+            }
+            () = leave(&mut leave_at) => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -263,7 +282,8 @@ pub async fn serve(
                 // again once descriptors free up.
                 let pause = failures.failed(&e, &app.metrics);
                 tokio::select! {
-                    () = &mut shutdown => break,
+                    () = &mut shutdown, if leave_at.is_none() => break,
+                    () = leave(&mut leave_at) => break,
                     () = tokio::time::sleep(pause) => {}
                 }
             }
@@ -286,6 +306,14 @@ pub async fn serve(
     sweeper.abort();
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Resolves when the drain delay is over (never before the shutdown signal).
+async fn leave(leave_at: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match leave_at {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn spawn_connection(
@@ -515,63 +543,6 @@ async fn serve_hyper(
         None => {
             app.metrics.rejected(Rejection::HeadTimeout);
             tracing::debug!(%peer, "no request within the header read timeout: closed");
-        }
-    }
-}
-
-/// A server running on a background task, for tests, benchmarks and embedding.
-pub struct ServerHandle {
-    addr: SocketAddr,
-    app: Arc<App>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<io::Result<()>>>,
-}
-
-impl ServerHandle {
-    /// Binds `config.listen` and starts serving on the current runtime.
-    pub async fn start(config: Config) -> io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
-        let addr = listener.local_addr()?;
-        let app = App::new(config)?;
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(serve(listener, app.clone(), async move {
-            let _ = rx.await;
-        }));
-        Ok(ServerHandle { addr, app, shutdown: Some(tx), task: Some(task) })
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Reads the token key files again, as SIGHUP does.
-    pub fn reload_credentials(&self) -> io::Result<()> {
-        self.app.reload_credentials()
-    }
-
-    /// The running node's hub.
-    #[doc(hidden)]
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.app.hub
-    }
-
-    /// Shuts down as on SIGTERM and waits until the server has drained.
-    pub async fn shutdown(mut self) -> io::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match self.task.take() {
-            Some(task) => task.await.unwrap_or_else(|e| Err(io::Error::other(e))),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
         }
     }
 }

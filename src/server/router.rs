@@ -80,6 +80,8 @@ pub(crate) struct Router<P> {
     pub(super) publish: P,
     /// The Mercure hub, when it is on.
     pub(super) mercure: Option<Arc<MercureEdge>>,
+    /// The shutdown signal came (`--drain-delay`): not ready, still serving.
+    pub(super) leaving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<P> Service<Request<Incoming>> for Router<P>
@@ -161,7 +163,7 @@ where
     }
 
     fn readyz(&self) -> Result<Response<ResponseBody>, ApiError> {
-        if self.hub.is_draining() {
+        if self.hub.is_draining() || self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ApiError::new(ErrorCode::Draining, "the server is shutting down"));
         }
         if !self.hub.is_ready() {
@@ -172,6 +174,7 @@ where
     }
 
     fn render_metrics(&self) -> Response<ResponseBody> {
+        self.metrics.set_tcp_connections(self.tracker.len());
         let mut response = Response::new(ResponseBody::full(self.metrics.render().into()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -37,7 +37,9 @@ impl TestServer {
         if let Ok(filter) = std::env::var("CRIER_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
-        let argv = ["crier", "--listen", "127.0.0.1:0"].iter().chain(args).copied();
+        // Shut down at once unless a test asks for a drain delay (a later flag wins).
+        let argv =
+            ["crier", "--listen", "127.0.0.1:0", "--drain-delay", "0"].iter().chain(args).copied();
         let config = Config::try_parse_from(argv).expect("test flags parse");
         let handle = ServerHandle::start(config).await.expect("server starts");
         let addr = handle.addr();
@@ -472,7 +474,7 @@ impl CrierProcess {
         args: &[&str],
     ) -> CrierProcess {
         let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--drain-delay", "0"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
