@@ -112,7 +112,7 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
     let response = request(server.addr, "GET", "/publish?topic=t", &[], b"").await;
     assert_error(&response, 405, "method_not_allowed");
     assert_eq!(response.header("allow").as_deref(), Some("POST"));
-    for path in ["/sse?topic=t", "/healthz", "/readyz", "/metrics"] {
+    for path in ["/sse?topic=t", "/healthz", "/readyz", "/metrics", "/"] {
         let response = request(server.addr, "POST", path, &[], b"").await;
         assert_error(&response, 405, "method_not_allowed");
         assert_eq!(response.header("allow").as_deref(), Some("GET, HEAD"));

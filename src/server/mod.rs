@@ -22,6 +22,7 @@ mod conn;
 pub(crate) mod first_request;
 mod handle;
 mod layers;
+mod page;
 mod publish;
 mod rewind;
 mod router;

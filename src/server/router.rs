@@ -25,6 +25,7 @@ use crate::ws::{Upgrade, WsEdge};
 /// An endpoint, by path; its name is the `route` label of `crier_http_requests_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
+    Page,
     Publish,
     Sse,
     Ws,
@@ -40,6 +41,7 @@ impl Route {
     /// The endpoint serving `path`.
     pub(crate) fn of(path: &str) -> Route {
         match path {
+            "/" => Route::Page,
             "/publish" => Route::Publish,
             "/sse" => Route::Sse,
             "/ws" => Route::Ws,
@@ -56,6 +58,7 @@ impl Route {
     /// The label value.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Route::Page => "page",
             Route::Publish => "publish",
             Route::Sse => "sse",
             Route::Ws => "ws",
@@ -130,6 +133,7 @@ where
                 self.spawn_session(upgrade, conn.slot);
                 Ok(response)
             }
+            Route::Page => only_get(&req, || Ok(super::page::response())),
             Route::Healthz => {
                 only_get(&req, || Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#.into())))
             }

@@ -141,6 +141,15 @@ impl Browser {
         Page { session: attached["sessionId"].as_str().expect("a session").to_owned() }
     }
 
+    /// A PNG screenshot of `page`.
+    pub async fn screenshot(&mut self, page: &Page) -> Vec<u8> {
+        use base64::Engine as _;
+        let params = json!({"format": "png"});
+        let shot = self.call(Some(&page.session), "Page.captureScreenshot", params).await;
+        let data = shot["data"].as_str().expect("screenshot data");
+        base64::engine::general_purpose::STANDARD.decode(data).expect("base64 PNG")
+    }
+
     /// Evaluates `expression` in `page`; its value.
     pub async fn eval(&mut self, page: &Page, expression: &str) -> Value {
         let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
