@@ -260,6 +260,15 @@ pub struct Config {
     #[arg(long, env = "CRIER_PUBLISH_ORIGINS", value_delimiter = ',')]
     pub publish_origins: Vec<String>,
 
+    /// Serve TLS with this PEM certificate chain (with --tls-key); ALPN offers h2 and
+    /// http/1.1. Read again on SIGHUP, without dropping a connection. Unset: plain HTTP.
+    #[arg(long, env = "CRIER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "CRIER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(long, env = "CRIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -52,7 +52,7 @@ async fn run(config: Config) -> std::io::Result<()> {
     crier::serve(listener, app, shutdown_signal()).await
 }
 
-/// SIGHUP reads the token key files again; connections stay open.
+/// SIGHUP reads the token key files and the TLS certificate again; connections stay open.
 async fn reload_on_hangup(app: std::sync::Arc<crier::App>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
@@ -61,7 +61,7 @@ async fn reload_on_hangup(app: std::sync::Arc<crier::App>) {
     };
     while hangup.recv().await.is_some() {
         match app.reload_credentials() {
-            Ok(()) => tracing::info!("SIGHUP: token keys reloaded"),
+            Ok(()) => tracing::info!("SIGHUP: token keys and TLS certificate reloaded"),
             Err(e) => tracing::error!(error = %e, "SIGHUP: the token keys in use stay"),
         }
     }

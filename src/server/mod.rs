@@ -26,6 +26,7 @@ mod page;
 mod publish;
 mod rewind;
 mod router;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -94,6 +95,8 @@ pub struct App {
     /// The shutdown signal came: `/readyz` answers 503 for `--drain-delay` before the server
     /// stops accepting.
     leaving: Arc<AtomicBool>,
+    /// TLS, when configured: every connection is served by hyper after the handshake.
+    tls: Option<tls::Tls>,
     /// The Mercure hub, when it is on, for streams on the fast path.
     mercure: Option<Arc<MercureEdge>>,
     /// Every open connection and WebSocket session, for shutdown.
@@ -161,6 +164,10 @@ impl App {
             .layer(TimeoutLayer::new(config.publish_timeout))
             .service(HubPublisher::new(hub.clone()));
         let leaving = Arc::new(AtomicBool::new(false));
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::Tls::load(cert, key)?),
+            _ => None,
+        };
         let mercure_config = config.mercure();
         let mercure = if mercure_config.is_enabled() {
             let edge = MercureEdge::new(
@@ -205,18 +212,21 @@ impl App {
             config,
             sse,
             leaving,
+            tls,
             mercure,
             tracker,
             stack,
         }))
     }
 
-    /// Reads the token key files again (SIGHUP). Open connections keep what their tokens
-    /// granted; on an error the keys in use stay.
+    /// Reads the token key files and the TLS certificate again (SIGHUP). Open connections keep
+    /// what their tokens granted and the certificate they were opened with; on an error what
+    /// is in use stays.
     pub fn reload_credentials(&self) -> io::Result<()> {
-        let reloaded = self.authority.reload();
+        let reloaded = self.authority.reload().map_err(io::Error::other);
+        let reloaded = reloaded.and_then(|()| self.tls.as_ref().map_or(Ok(()), tls::Tls::reload));
         self.metrics.credentials_reloaded(reloaded.is_ok());
-        reloaded.map_err(io::Error::other)
+        reloaded
     }
 }
 
@@ -348,6 +358,11 @@ async fn serve_connection(
     control: Arc<ConnControl>,
     slot: Option<ConnectionSlot>,
 ) {
+    if let Some(tls) = &app.tls {
+        // Over TLS, hyper serves everything (HTTP/2 by ALPN, or HTTP/1.1).
+        let Some(io) = tls.accept(stream, app.config.header_read_timeout).await else { return };
+        return Box::pin(serve_hyper(io, peer, app, builder, control, slot)).await;
+    }
     // Boxed, both: what it takes to read the first request and open a stream (buffers, headers,
     // the subscribe) and hyper's connection state are large, and the task serving an SSE stream
     // on the fast path (most of them) would otherwise hold room for them all its life.
@@ -484,14 +499,16 @@ fn cors_lines(cors: &Option<CorsPolicy>, headers: &http::HeaderMap) -> String {
 }
 
 /// Serves a connection through hyper and the tower stack, starting with the bytes read so far.
-async fn serve_hyper(
-    io: Rewind<TcpStream>,
+async fn serve_hyper<I>(
+    io: I,
     peer: SocketAddr,
     app: &Arc<App>,
     builder: &Builder<TokioExecutor>,
     control: Arc<ConnControl>,
     slot: Option<ConnectionSlot>,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let info = ConnInfo { peer, control: control.clone(), slot: slot.map(Arc::new) };
     // Set by the first request: until then the connection is on the head deadline (an h2c
     // client that sends the preface, or SETTINGS, or half a HEADERS frame, and stops).
