@@ -20,8 +20,9 @@ pub struct Config {
     #[arg(long, env = "CRIER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Write an SSE comment when a stream has been quiet this long. Keep it under every proxy's
-    /// read timeout; shorter costs more idle traffic.
+    /// Write an SSE comment when a stream has been quiet this long, and ping each WebSocket
+    /// this often (one that answers nothing for two intervals is closed, 4000). Keep it under
+    /// every proxy's read timeout; shorter costs more idle traffic.
     #[arg(long, env = "CRIER_HEARTBEAT", default_value = "15s", value_parser = parse_positive_duration)]
     pub heartbeat: Duration,
 
