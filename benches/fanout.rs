@@ -12,6 +12,7 @@
 //! cargo bench --bench fanout -- --subscribers 30 --redis-nodes 3 --rate 0
 //! cargo bench --bench fanout -- --server-bin ../old/target/release/crier   # another build
 //! cargo bench --bench fanout -- --mercure           # Mercure hub against native SSE
+//! cargo bench --bench fanout -- --tls-vs-plain      # SSE over TLS against plain
 //! cargo bench --bench fanout -- --subscribers 1000 --transport mercure-template
 //! ```
 //!
@@ -84,6 +85,14 @@ struct Args {
     /// instead of the single-node performance bars.
     #[arg(long)]
     cluster: bool,
+    /// Serve TLS (a certificate made for the run) and connect every subscriber and publisher
+    /// over it, HTTP/1.1 by ALPN (a connection per stream, as a load of separate clients).
+    #[arg(long)]
+    tls: bool,
+    /// Run SSE fan-out over TLS against plain, at 1,000 subscribers, instead of the
+    /// single-node performance bars.
+    #[arg(long)]
+    tls_vs_plain: bool,
     /// Publish on each connection without waiting for each answer (HTTP/1.1 pipelining): one
     /// connection then publishes in order as fast as the server takes it. Mercure publishes
     /// need it with more than one event in flight (their ids are the publisher's, in order).
@@ -117,6 +126,11 @@ fn main() {
             for nodes in [1, 2, 3] {
                 let fast = Args { rate: 0, publishers: 64, redis_nodes: nodes, ..args.clone() };
                 run(&fast, 30);
+            }
+        }
+        None if args.tls_vs_plain => {
+            for tls in [false, true] {
+                run(&Args { tls, rate: 0, ..args.clone() }, 1_000);
             }
         }
         None if args.mercure => {
@@ -197,12 +211,72 @@ impl Drop for Server {
 
 fn http_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
+    let tcp = std::net::TcpStream::connect(addr).expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+    let mut response = Vec::new();
+    match TLS_CLIENT.get() {
+        None => {
+            let mut stream = tcp;
+            stream.write_all(request.as_bytes()).expect("write");
+            let _ = stream.read_to_end(&mut response);
+        }
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+            let conn = rustls::ClientConnection::new(config.clone(), name).expect("TLS");
+            let mut stream = rustls::StreamOwned::new(conn, tcp);
+            stream.write_all(request.as_bytes()).expect("write");
+            // The server may close without close_notify: what was read is the answer.
+            let _ = stream.read_to_end(&mut response);
+        }
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
+/// The client side of TLS, once a run has made its certificate (`--tls`).
+static TLS_CLIENT: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// Makes a certificate for localhost in `dir` (cert.pem, key.pem) and the client
+/// configuration that trusts it (HTTP/1.1 by ALPN).
+fn make_tls(dir: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    std::fs::create_dir_all(dir).expect("a directory");
+    std::fs::write(dir.join("cert.pem"), made.cert.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), made.signing_key.serialize_pem()).expect("write key");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).expect("a root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A connection to the server: plain, or TLS when the run uses it.
+async fn dial(addr: SocketAddr, socket: Option<TcpSocket>) -> Conn {
+    let tcp = match socket {
+        Some(socket) => socket.connect(addr).await.expect("connect"),
+        None => TcpStream::connect(addr).await.expect("connect"),
+    };
+    tcp.set_nodelay(true).expect("nodelay");
+    match TLS_CLIENT.get() {
+        None => Conn::Plain(tcp),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            Conn::Tls(Box::new(tls), vec![0; 16 << 10])
+        }
+    }
+}
+
+/// A connection, plain or TLS (with its own read buffer: TLS records are read whole).
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, Vec<u8>),
 }
 
 /// Counters shared by the publisher and every subscriber thread.
@@ -241,6 +315,15 @@ struct ThreadReport {
 fn run(args: &Args, subscribers: usize) {
     let redis = (args.redis_nodes > 0).then(Redis::start);
     let mut server_args = args.server_args.clone();
+    if args.tls {
+        assert_eq!(args.transport, "sse", "--tls measures SSE streams");
+        let dir = std::env::temp_dir().join(format!("crier-bench-tls-{}", std::process::id()));
+        let config = make_tls(&dir);
+        // One certificate per process: the client configuration is set once.
+        let _ = TLS_CLIENT.set(config);
+        server_args.push(format!("--tls-cert={}", dir.join("cert.pem").display()));
+        server_args.push(format!("--tls-key={}", dir.join("key.pem").display()));
+    }
     if args.transport.starts_with("mercure") {
         server_args.push("--mercure-anonymous".to_owned());
     }
@@ -310,12 +393,13 @@ fn run(args: &Args, subscribers: usize) {
         servers.iter().map(|s| s.metric("crier_subscriptions").unwrap_or(0.0) as usize).sum();
     println!();
     println!(
-        "crier fanout: {}{subscribers} {} subscribers, {} B events, {}, {} publisher connections, server flags {:?}",
+        "crier fanout: {}{subscribers} {}{} subscribers, {} B events, {}, {} publisher connections, server flags {:?}",
         match args.redis_nodes {
             0 => String::new(),
             n => format!("{n} node{} through one Redis, ", if n > 1 { "s" } else { "" }),
         },
         args.transport.to_uppercase(),
+        if args.tls { " over TLS" } else { "" },
         args.payload,
         if args.idle_only {
             "idle streams only".to_owned()
@@ -488,10 +572,12 @@ const MERCURE_TOPIC: &str = "https://bench.example/books/1";
 const MERCURE_TEMPLATE: &str = "https://bench.example/books/{id}";
 
 /// A keep-alive HTTP/1.1 publishing connection.
+type Reader = BufReader<Box<dyn tokio::io::AsyncRead + Unpin + Send>>;
+
 struct Publisher {
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
     /// Where answers are read after each publish; `None` when a task reads them (pipelined).
-    reader: Option<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    reader: Option<Reader>,
     head: Vec<u8>,
     body: Vec<u8>,
     /// Publishes Mercure updates, with ids `m-1`, `m-2`, …
@@ -513,12 +599,22 @@ impl Publisher {
         mercure: bool,
         pipelined: bool,
     ) -> Publisher {
-        let stream = TcpStream::connect(addr).await.expect("publisher connects");
-        stream.set_nodelay(true).expect("nodelay");
         let head = format!(
             "POST /publish?topic={topic} HTTP/1.1\r\nHost: bench\r\nContent-Length: {payload}\r\n\r\n"
         );
-        let (read, writer) = stream.into_split();
+        let (read, writer): (
+            Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+        ) = match dial(addr, None).await {
+            Conn::Plain(tcp) => {
+                let (read, write) = tcp.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            Conn::Tls(tls, _) => {
+                let (read, write) = tokio::io::split(*tls);
+                (Box::new(read), Box::new(write))
+            }
+        };
         let mut reader = Some(BufReader::new(read));
         let answered = Arc::new(AtomicU64::new(0));
         if pipelined {
@@ -543,7 +639,7 @@ impl Publisher {
 
     /// Waits until every pipelined publish is answered (a publish still in the socket when
     /// the connection closes is never made).
-    async fn finish(&self) {
+    async fn finish(&mut self) {
         if self.reader.is_some() {
             return;
         }
@@ -584,7 +680,7 @@ impl Publisher {
 }
 
 /// Reads one publish answer, asserting it is a 200; false once the connection is closed.
-async fn read_answer(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> bool {
+async fn read_answer(reader: &mut Reader) -> bool {
     let mut status = String::new();
     if reader.read_line(&mut status).await.unwrap_or(0) == 0 {
         return false;
@@ -663,10 +759,10 @@ async fn connect_subscriber(
     topic: &str,
     websocket: bool,
     mercure: Option<&str>,
-) -> TcpStream {
+) -> Conn {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.bind(SocketAddr::new(source.into(), 0)).expect("bind source address");
-    let mut stream = socket.connect(addr).await.expect("connect subscriber");
+    let mut stream = dial(addr, Some(socket)).await;
     let request = if let Some(selector) = mercure {
         let selector: String = form_urlencoded::byte_serialize(selector.as_bytes()).collect();
         format!(
@@ -684,14 +780,18 @@ async fn connect_subscriber(
             "GET /sse?topic={topic} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
         )
     };
-    stream.write_all(request.as_bytes()).await.expect("send subscribe");
+    match &mut stream {
+        Conn::Plain(tcp) => tcp.write_all(request.as_bytes()).await,
+        Conn::Tls(tls, _) => tls.write_all(request.as_bytes()).await,
+    }
+    .expect("send subscribe");
     stream
 }
 
 /// Reads a chunked SSE stream, checking every event's sequence number and recording latency.
 /// The thread's subscribers share one read buffer: each reads only when its socket is ready.
 async fn read_stream(
-    stream: TcpStream,
+    mut stream: Conn,
     index: usize,
     streams: &RefCell<Vec<Stream>>,
     latency: &RefCell<Latency>,
@@ -705,14 +805,24 @@ async fn read_stream(
     };
     let mut pongs = Vec::new();
     loop {
-        let ready = stream.readable().await;
-        let mut buf = buffer.borrow_mut();
-        let n = match ready.and_then(|()| stream.try_read(&mut buf)) {
-            Ok(0) => 0,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => 0,
+        let n = match &mut stream {
+            Conn::Plain(tcp) => {
+                let ready = tcp.readable().await;
+                let mut buf = buffer.borrow_mut();
+                match ready.and_then(|()| tcp.try_read(&mut buf)) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => 0,
+                }
+            }
+            Conn::Tls(tls, own) => {
+                let n = tls.read(own).await.unwrap_or(0);
+                // Processed from the thread's buffer, like a plain read, with no await between.
+                buffer.borrow_mut()[..n].copy_from_slice(&own[..n]);
+                n
+            }
         };
+        let buf = buffer.borrow_mut();
         if n == 0 {
             let mut streams = streams.borrow_mut();
             if !shared.stop.load(Ordering::Acquire) {
@@ -742,7 +852,9 @@ async fn read_stream(
         }
         if !pongs.is_empty() {
             // Liveness answers are tiny; a full socket just means the next ping is answered.
-            let _ = stream.try_write(&pongs);
+            if let Conn::Plain(tcp) = &stream {
+                let _ = tcp.try_write(&pongs);
+            }
             pongs.clear();
         }
         let delivered = s.received - before;
