@@ -82,13 +82,17 @@ async fn h2_stream(send: &mut H2, target: &str) -> hyper::body::Incoming {
     response.into_body()
 }
 
-async fn h2_publish(send: &mut H2, topic: &str, data: &'static str) {
+/// Publishes over an h2 connection; the event's id.
+async fn h2_publish(send: &mut H2, topic: &str, data: &'static str) -> String {
     let request = Request::post(format!("/publish?topic={topic}"))
         .header("host", "localhost")
         .body(Full::new(Bytes::from_static(data.as_bytes())))
         .unwrap();
     let response = send.send_request(request).await.expect("response");
     assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    answer["id"].as_str().expect("an id").to_owned()
 }
 
 async fn h2_get(send: &mut H2, target: &str) -> String {
@@ -179,13 +183,7 @@ async fn websockets_run_over_tls() {
         .expect("WSS handshake");
     let mut send = h2(connect(&server, &[root], &[b"h2"]).await).await;
     wait_subscriptions(&mut send, 1).await;
-    let answer = Request::post("/publish?topic=t")
-        .header("host", "localhost")
-        .body(Full::new(Bytes::from_static(b"over wss")))
-        .unwrap();
-    let answer = send.send_request(answer).await.unwrap().into_body().collect().await.unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(&answer.to_bytes()).unwrap();
-    let id = answer["id"].as_str().unwrap().to_owned();
+    let id = h2_publish(&mut send, "t", "over wss").await;
     let frame = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
     let json: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
     assert_eq!((json["id"].as_str(), json["data"].as_str()), (Some(id.as_str()), Some("over wss")));

@@ -3,7 +3,7 @@
 //! Tokens are verified by the same code as crier's own ([`super::token::verify_claims`]);
 //! only the keys and the claim differ.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
@@ -133,13 +133,7 @@ fn verify(
 ) -> Result<MercureGrant, TokenError> {
     let keys = keys.ok_or(TokenError::Algorithm)?;
     let claims: Claims = token::verify_claims(token, keys, validations)?;
-    let expires_at = match claims.exp {
-        None => None,
-        Some(exp) if exp.is_finite() && exp >= 0.0 => {
-            Some(UNIX_EPOCH + Duration::from_secs_f64(exp.min(u32::MAX as f64 * 4.0)))
-        }
-        Some(_) => return Err(TokenError::Claims),
-    };
+    let expires_at = claims.exp.map(token::expiry).transpose()?;
     let claim = claims.namespaced.or(claims.mercure).unwrap_or_default();
     Ok(MercureGrant {
         publish: claim.publish,

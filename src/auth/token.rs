@@ -258,11 +258,16 @@ fn reason(kind: &ErrorKind) -> TokenError {
     }
 }
 
-fn grant(claims: Claims) -> Result<Grant, TokenError> {
-    if !claims.exp.is_finite() || claims.exp < 0.0 {
+/// The instant of an `exp` claim (seconds since the epoch, possibly fractional).
+pub(super) fn expiry(exp: f64) -> Result<SystemTime, TokenError> {
+    if !exp.is_finite() || exp < 0.0 {
         return Err(TokenError::Claims);
     }
-    let expires_at = UNIX_EPOCH + Duration::from_secs_f64(claims.exp.min(u32::MAX as f64 * 4.0));
+    Ok(UNIX_EPOCH + Duration::from_secs_f64(exp.min(u32::MAX as f64 * 4.0)))
+}
+
+fn grant(claims: Claims) -> Result<Grant, TokenError> {
+    let expires_at = expiry(claims.exp)?;
     let selectors = |items: &[String]| {
         Selectors::parse(items.iter().map(String::as_str)).map_err(|_| TokenError::Claims)
     };

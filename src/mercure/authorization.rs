@@ -16,24 +16,20 @@ const TOKEN_PARAM: &str = "authorization";
 /// The cookie a token may come in.
 const TOKEN_COOKIE: &str = "mercureAuthorization";
 
-/// Why a request was refused.
+/// A refused request: no token where one is needed, or a token that does not verify or allow
+/// the request (the reference hub answers them all alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refused {
-    /// No token where one is needed, or a token that does not verify or allow the request.
-    Unauthorized,
-}
+pub(super) struct Unauthorized;
 
-impl Refused {
+impl Unauthorized {
     /// The answer: `401 Unauthorized`.
     pub(super) fn response(self) -> Response<ResponseBody> {
-        match self {
-            Refused::Unauthorized => text(StatusCode::UNAUTHORIZED, "Unauthorized"),
-        }
+        text(StatusCode::UNAUTHORIZED, "Unauthorized")
     }
 }
 
 /// What a request's token grants, if it was verified.
-pub(super) type Authorized = Result<MercureGrant, Refused>;
+pub(super) type Authorized = Result<MercureGrant, Unauthorized>;
 
 impl MercureEdge {
     /// A subscriber's grant: its token's, or none (public updates only) without a subscriber
@@ -45,14 +41,14 @@ impl MercureEdge {
         }
         match self.token(req)? {
             None if self.config.anonymous => Ok(MercureGrant::default()),
-            None => Err(Refused::Unauthorized),
+            None => Err(Unauthorized),
             Some((token, _)) => self.authority.verify_subscriber(&token).map_err(|reason| {
                 if !quiet {
                     self.metrics.auth_failed(reason);
                     let reason = reason.as_str();
                     tracing::debug!(reason, "a Mercure subscriber's token was refused");
                 }
-                Refused::Unauthorized
+                Unauthorized
             }),
         }
     }
@@ -63,25 +59,25 @@ impl MercureEdge {
     pub(super) fn authorize_publisher<B>(&self, req: &Request<B>, local: bool) -> Authorized {
         if !self.authority.has_publisher_key() {
             if !local {
-                return Err(Refused::Unauthorized);
+                return Err(Unauthorized);
             }
             return Ok(MercureGrant {
                 publish: Some(vec!["*".to_owned()]),
                 ..MercureGrant::default()
             });
         }
-        let Some((token, source)) = self.token(req)? else { return Err(Refused::Unauthorized) };
+        let Some((token, source)) = self.token(req)? else { return Err(Unauthorized) };
         if source == TokenSource::Cookie && !self.origin_may_publish(req.headers()) {
             tracing::debug!("a Mercure publish with a cookie came from an origin not allowed");
-            return Err(Refused::Unauthorized);
+            return Err(Unauthorized);
         }
         let grant = self.authority.verify_publisher(&token).map_err(|reason| {
             self.metrics.auth_failed(reason);
             tracing::debug!(reason = reason.as_str(), "a Mercure publisher's token was refused");
-            Refused::Unauthorized
+            Unauthorized
         })?;
         if grant.publish.is_none() {
-            return Err(Refused::Unauthorized);
+            return Err(Unauthorized);
         }
         Ok(grant)
     }
@@ -90,13 +86,13 @@ impl MercureEdge {
     fn token<'a, B>(
         &self,
         req: &'a Request<B>,
-    ) -> Result<Option<(std::borrow::Cow<'a, str>, TokenSource)>, Refused> {
+    ) -> Result<Option<(std::borrow::Cow<'a, str>, TokenSource)>, Unauthorized> {
         let headers = req.headers();
         let found = request_token_from(headers, req.uri().query(), TOKEN_PARAM, TOKEN_COOKIE);
         if headers.contains_key(header::AUTHORIZATION)
             && found.as_ref().is_none_or(|(_, source)| *source != TokenSource::Header)
         {
-            return Err(Refused::Unauthorized);
+            return Err(Unauthorized);
         }
         Ok(found)
     }
@@ -126,9 +122,9 @@ impl MercureEdge {
 
 /// `scheme://host[:port]` of a URL.
 fn referer_origin(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    (!scheme.is_empty() && !authority.is_empty()).then(|| format!("{scheme}://{authority}"))
+    // A URI's fragment is not a request target's: drop it before parsing.
+    let uri: http::Uri = url.split('#').next()?.parse().ok()?;
+    Some(format!("{}://{}", uri.scheme()?, uri.authority()?))
 }
 
 #[cfg(test)]

@@ -30,11 +30,11 @@ use crate::auth::{MercureAuthority, MercureKey, MercureKeyError};
 use crate::codec::mercure::Record;
 use crate::event::{Event, EventId, TopicName, Wire};
 use crate::http::{ApiError, ErrorCode, Gate, ResponseBody, read_body};
-use crate::hub::{Hub, PublishError, PublishOptions, ReaderRequest, SubscribeError, Ticket};
+use crate::hub::{Hub, PublishError, ReaderRequest, SubscribeError};
 use crate::metrics::Metrics;
 use crate::registry::ConnectionCloser;
 use crate::sse::{EventFilter, MercureDialect, SseStream, SseWriter, StreamTiming};
-use authorization::Refused;
+use authorization::Unauthorized;
 pub(crate) use presence::Presence;
 use selector::{Selector, SelectorStore, any_matches_update};
 
@@ -217,7 +217,7 @@ impl MercureEdge {
         closer: Arc<dyn ConnectionCloser>,
         quiet: bool,
     ) -> Result<(HeaderMap, SseWriter), Response<ResponseBody>> {
-        let grant = self.authorize_subscriber(req, quiet).map_err(Refused::response)?;
+        let grant = self.authorize_subscriber(req, quiet).map_err(Unauthorized::response)?;
         let query = req.uri().query().unwrap_or("");
         let mut topics = Vec::new();
         let mut query_last_event_id = None;
@@ -298,11 +298,16 @@ impl MercureEdge {
     /// publisher may reuse ids: the oldest never skips an update the client has not seen); an
     /// unknown id replays nothing and names the last update held (or `earliest`, if none).
     fn find_resume(&self, requested: &str) -> (Option<EventId>, String) {
+        if requested == EARLIEST {
+            // Before the oldest event held: the resume starts at the oldest.
+            let start = self.hub.head(self.log.as_str()).map(|head| EventId { seq: 0, ..head });
+            return (start, EARLIEST.to_owned());
+        }
         let mut found = None;
         let mut last: Option<(EventId, Box<str>)> = None;
         let head = self.hub.visit_held(self.log.as_str(), |event: &Event| {
             let Some(update) = event.frames.mercure_update() else { return true };
-            if requested != EARLIEST && *update.id == *requested {
+            if *update.id == *requested {
                 found = Some(event.id);
                 return false;
             }
@@ -310,10 +315,6 @@ impl MercureEdge {
             true
         });
         let Some(head) = head else { return (None, EARLIEST.to_owned()) };
-        if requested == EARLIEST {
-            // Before the oldest event held: the resume starts at the oldest.
-            return (Some(EventId { epoch: head.epoch, seq: 0 }), EARLIEST.to_owned());
-        }
         match (found, last) {
             (Some(id), _) => (Some(id), requested.to_owned()),
             (None, Some((id, update_id))) => (Some(id), update_id.into()),
@@ -341,7 +342,7 @@ impl MercureEdge {
             let covered = |topic: &String| selectors.iter().any(|s| s.matches(topic));
             let wildcard = claim.iter().any(|s| s == "*");
             if !wildcard && !form.topics.iter().all(covered) {
-                return Refused::Unauthorized.response();
+                return Unauthorized.response();
             }
         }
         if let Err((status, message)) = form.validate() {
@@ -377,9 +378,7 @@ impl MercureEdge {
 
     /// Appends a record to the log (through Redis in cluster mode).
     async fn publish_record(&self, record: &Record<'_>) -> Result<(), PublishError> {
-        let options =
-            PublishOptions { idempotency_key: None, ticket: Some(Arc::new(Ticket::default())) };
-        self.hub.publish_with(&self.log, None, record.to_event_data(), options).await.map(|_| ())
+        self.hub.publish(&self.log, None, record.to_event_data()).await.map(|_| ())
     }
 }
 

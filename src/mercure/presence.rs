@@ -54,14 +54,10 @@ struct SubscriptionList<'a> {
     subscriptions: Vec<Subscription>,
 }
 
-/// A departure to announce.
-enum Announcement {
-    Left(Vec<Subscription>),
-}
-
 /// The node's side of active subscriptions.
 pub(crate) struct Presence {
-    announcements: mpsc::UnboundedSender<Announcement>,
+    /// The subscriptions of departed subscribers, to announce.
+    departures: mpsc::UnboundedSender<Vec<Subscription>>,
 }
 
 /// Held by a subscriber's stream: announces its departure when dropped.
@@ -73,7 +69,7 @@ pub(crate) struct Departure {
 impl Drop for Departure {
     fn drop(&mut self) {
         let left = std::mem::take(&mut self.subscriptions);
-        let _ = self.presence.announcements.send(Announcement::Left(left));
+        let _ = self.presence.departures.send(left);
     }
 }
 
@@ -81,9 +77,9 @@ impl Presence {
     /// Starts the node's announcer, which also keeps the node in the cluster's roster and
     /// announces the end of the subscriptions of nodes that died.
     pub(crate) fn start(hub: Arc<Hub>) -> Arc<Self> {
-        let (announcements, queue) = mpsc::unbounded_channel();
+        let (departures, queue) = mpsc::unbounded_channel();
         tokio::spawn(announce(hub, queue));
-        Arc::new(Presence { announcements })
+        Arc::new(Presence { departures })
     }
 
     /// Records a new subscriber to `selectors` (its token's `payload` with it) and announces
@@ -137,14 +133,14 @@ async fn record(hub: &Hub, subscriptions: &[Subscription], active: bool) {
 
 /// The announcer: records and announces departures; every heartbeat,
 /// keeps the node in the roster and announces the departure of the subscribers of dead nodes.
-async fn announce(hub: Arc<Hub>, mut queue: mpsc::UnboundedReceiver<Announcement>) {
+async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Vec<Subscription>>) {
     let log = TopicName::mercure_log();
     let mut beat = tokio::time::interval(Roster::HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            left = queue.recv() => {
-                let Some(Announcement::Left(subscriptions)) = left else { return };
+            left = departures.recv() => {
+                let Some(subscriptions) = left else { return };
                 record(&hub, &subscriptions, false).await;
                 for subscription in subscriptions {
                     publish(&hub, &log, subscription, false).await;

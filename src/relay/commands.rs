@@ -142,6 +142,22 @@ impl Connection {
         }
     }
 
+    /// Sends `calls` (made by `calls`) of `script`; if Redis had lost the script, loads it and
+    /// sends them all again. For calls that may run twice (reads), or a batch of one: a call
+    /// refused for a missing script did not run.
+    pub(super) async fn send_script(
+        &mut self,
+        script: &redis::Script,
+        calls: impl Fn() -> Vec<Cmd>,
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        let answers = self.send(calls()).await?;
+        if !answers.iter().any(|a| a.as_ref().is_err_and(is_no_script)) {
+            return Ok(answers);
+        }
+        self.load(script).await?;
+        self.send(calls()).await
+    }
+
     /// Loads `script` into Redis's script cache (on every master of a cluster).
     pub(super) async fn load(&mut self, script: &redis::Script) -> RedisResult<()> {
         match self {

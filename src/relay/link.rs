@@ -27,7 +27,7 @@ use metrics::Gauge;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::commands::{self, Commands};
+use super::commands::Commands;
 use super::scripts::{self, CHANNEL_PATTERN};
 use super::{Backoff, Cause, RelayError, RelayMetrics, Shared};
 use crate::codec::envelope::{self, Envelope};
@@ -297,11 +297,7 @@ impl Link {
                     })
                     .collect()
             };
-            let mut answers = conn.send(calls()).await.map_err(failed)?;
-            if answers.iter().any(|a| a.as_ref().is_err_and(commands::is_no_script)) {
-                conn.load(&self.script).await.map_err(failed)?;
-                answers = conn.send(calls()).await.map_err(failed)?;
-            }
+            let answers = conn.send_script(&self.script, calls).await.map_err(failed)?;
             for (name, answer) in batch.iter().zip(answers) {
                 let state = answer
                     .map_err(failed)

@@ -21,7 +21,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::{Cmd, Script, Value};
 
-use super::commands::{self, Commands};
+use super::commands::Commands;
 use super::{Cause, RelayError};
 
 /// How often a node beats.
@@ -164,11 +164,7 @@ impl RedisRoster {
     async fn send_script(&self, script: &Script, call: Cmd) -> Result<Value, RelayError> {
         let failed = |e: redis::RedisError| RelayError::Call(Cause::new(e));
         let mut conn = self.pool.get().await?;
-        let mut answers = conn.send(vec![call.clone()]).await.map_err(failed)?;
-        if answers.first().is_some_and(|a| a.as_ref().is_err_and(commands::is_no_script)) {
-            conn.load(script).await.map_err(failed)?;
-            answers = conn.send(vec![call]).await.map_err(failed)?;
-        }
+        let mut answers = conn.send_script(script, || vec![call.clone()]).await.map_err(failed)?;
         answers.pop().ok_or(RelayError::Answer("no answer"))?.map_err(failed)
     }
 

@@ -52,6 +52,14 @@ pub(crate) struct MercureDialect {
 /// The opening and heartbeat comment of a Mercure stream.
 const MERCURE_COMMENT: &[u8] = b":\n";
 
+/// What every writer is made of, whatever its dialect.
+struct Parts<'a> {
+    subscription: Subscription,
+    timing: StreamTiming,
+    metrics: &'a Arc<Metrics>,
+    expires_in: Option<Duration>,
+}
+
 /// The writer of one SSE stream: yields what to send next.
 pub(crate) struct SseWriter {
     subscription: Subscription,
@@ -87,12 +95,10 @@ impl SseWriter {
         metrics: &Arc<Metrics>,
         expires_in: Option<Duration>,
     ) -> Self {
-        let StreamTiming { retry, heartbeat: heartbeat_every, write_delay } = timing;
-        let open = metrics.open_connection(Transport::Sse);
         let start = subscription.start_positions();
         let mut cursor = (start.len() > 1).then(|| start.clone());
         let mut opening = ChunkBuilder::with_capacity(256);
-        opening.push_copy(&sse::preface(retry.as_millis() as u64));
+        opening.push_copy(&sse::preface(timing.retry.as_millis() as u64));
         let gaps = subscription.gaps();
         if !gaps.is_empty() {
             // One notice for all topics, whose id is where the stream starts: the start
@@ -102,21 +108,8 @@ impl SseWriter {
         }
         drop(gaps);
         let opening = opening.finish(Some((metrics.clone(), Transport::Sse)));
-        let now = Instant::now();
-        SseWriter {
-            subscription,
-            metrics: metrics.clone(),
-            _open: open,
-            opening: Some(opening),
-            cursor,
-            heartbeat_every,
-            write_delay,
-            last_write: now,
-            heartbeat: Box::pin(tokio::time::sleep_until(now + heartbeat_every)),
-            expiry: expires_in.map(|left| Box::pin(tokio::time::sleep_until(now + left))),
-            mercure: None,
-            ended: false,
-        }
+        let parts = Parts { subscription, timing, metrics, expires_in };
+        SseWriter::build(parts, opening, cursor, None)
     }
 
     /// The writer of a Mercure subscriber's stream of the Mercure log (see [`MercureDialect`]).
@@ -127,11 +120,34 @@ impl SseWriter {
         expires_in: Option<Duration>,
         dialect: MercureDialect,
     ) -> Self {
-        let mut writer = SseWriter::new(subscription, timing, metrics, expires_in);
-        writer.opening = Some(Chunk::from_bytes(Bytes::from_static(MERCURE_COMMENT)));
-        writer.cursor = None;
-        writer.mercure = Some(Box::new(dialect));
-        writer
+        let opening = Chunk::from_bytes(Bytes::from_static(MERCURE_COMMENT));
+        let parts = Parts { subscription, timing, metrics, expires_in };
+        SseWriter::build(parts, opening, None, Some(Box::new(dialect)))
+    }
+
+    fn build(
+        parts: Parts<'_>,
+        opening: Chunk,
+        cursor: Option<Vec<EventId>>,
+        mercure: Option<Box<MercureDialect>>,
+    ) -> Self {
+        let Parts { subscription, timing, metrics, expires_in } = parts;
+        let StreamTiming { heartbeat: heartbeat_every, write_delay, .. } = timing;
+        let now = Instant::now();
+        SseWriter {
+            subscription,
+            metrics: metrics.clone(),
+            _open: metrics.open_connection(Transport::Sse),
+            opening: Some(opening),
+            cursor,
+            heartbeat_every,
+            write_delay,
+            last_write: now,
+            heartbeat: Box::pin(tokio::time::sleep_until(now + heartbeat_every)),
+            expiry: expires_in.map(|left| Box::pin(tokio::time::sleep_until(now + left))),
+            mercure,
+            ended: false,
+        }
     }
 
     /// The next chunk to write: the opening, everything published since the last chunk, or a
