@@ -73,7 +73,8 @@ struct Args {
     /// Only measure idle memory: connect, measure, disconnect.
     #[arg(long)]
     idle_only: bool,
-    /// How subscribers connect: `sse`, `ws` (WebSocket, JSON frames), `mercure-exact` or
+    /// How subscribers connect: `sse`, `ws` (WebSocket, JSON frames), `ws-raw` (WebSocket,
+    /// `format=raw`: the bare data), `mercure-exact` or
     /// `mercure-template` (the Mercure hub, with an exact topic or a URI template).
     #[arg(long, default_value = "sse")]
     transport: String,
@@ -283,8 +284,8 @@ enum Conn {
 struct Shared {
     /// Timestamps in payloads are nanoseconds since this instant.
     origin: Instant,
-    /// Subscribers use WebSocket rather than SSE.
-    websocket: bool,
+    /// Subscribers use WebSocket rather than SSE, with this `format`.
+    websocket: Option<&'static str>,
     /// Subscribers use the Mercure hub, with this selector.
     mercure: Option<&'static str>,
     /// Payload size of every event.
@@ -348,7 +349,11 @@ fn run(args: &Args, subscribers: usize) {
     let topic = format!("bench-{}", std::process::id());
     let shared = Arc::new(Shared {
         origin: Instant::now(),
-        websocket: args.transport == "ws",
+        websocket: match args.transport.as_str() {
+            "ws" => Some("json"),
+            "ws-raw" => Some("raw"),
+            _ => None,
+        },
         mercure: match args.transport.as_str() {
             "mercure-exact" => Some(MERCURE_TOPIC),
             "mercure-template" => Some(MERCURE_TEMPLATE),
@@ -757,7 +762,7 @@ async fn connect_subscriber(
     addr: SocketAddr,
     source: std::net::Ipv4Addr,
     topic: &str,
-    websocket: bool,
+    websocket: Option<&str>,
     mercure: Option<&str>,
 ) -> Conn {
     let socket = TcpSocket::new_v4().expect("socket");
@@ -769,9 +774,9 @@ async fn connect_subscriber(
             "GET /.well-known/mercure?topic={selector} HTTP/1.1\r\nHost: bench\r\n\
              Accept: text/event-stream\r\n\r\n"
         )
-    } else if websocket {
+    } else if let Some(format) = websocket {
         format!(
-            "GET /ws?topic={topic}&format=json HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n\
+            "GET /ws?topic={topic}&format={format} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         )
@@ -798,8 +803,8 @@ async fn read_stream(
     buffer: &RefCell<Vec<u8>>,
     shared: &Shared,
 ) {
-    let mut decoder = if shared.websocket {
-        Decoder::Ws(WsDecoder::default())
+    let mut decoder = if let Some(format) = shared.websocket {
+        Decoder::Ws(WsDecoder { raw: format == "raw", ..WsDecoder::default() })
     } else {
         Decoder::Sse(StreamDecoder { payload: shared.payload, ..StreamDecoder::default() })
     };
@@ -870,9 +875,14 @@ enum Decoder {
 }
 
 /// Reads WebSocket frames: each JSON event's sequence number (from its id) and send timestamp
-/// (the first 20 digits of its data); answers pings.
+/// (the first 20 digits of its data); answers pings. Raw frames carry no id: their sequence
+/// numbers are counted, so only losses (not reordering) show.
 #[derive(Default)]
 struct WsDecoder {
+    /// `format=raw`: each text frame is bare data.
+    raw: bool,
+    /// Raw frames seen.
+    raw_seen: u64,
     head_done: bool,
     /// Unparsed bytes: the response head, or a frame cut by a read.
     carry: Vec<u8>,
@@ -895,7 +905,21 @@ impl WsDecoder {
             self.carry.extend_from_slice(bytes);
         }
         let data: &[u8] = if carried { &self.carry } else { bytes };
-        let used = ws_frames(data, &mut on_event, pongs);
+        let used = if self.raw {
+            let seen = &mut self.raw_seen;
+            let mut on_data = |payload: &[u8]| {
+                *seen += 1;
+                on_event(*seen, parse_u64(&payload[..payload.len().min(20)]));
+            };
+            ws_frames(data, &mut on_data, pongs)
+        } else {
+            let mut on_data = |payload: &[u8]| {
+                if let Some((seq, ts)) = json_event(payload) {
+                    on_event(seq, ts);
+                }
+            };
+            ws_frames(data, &mut on_data, pongs)
+        };
         if carried {
             self.carry.drain(..used);
         } else {
@@ -904,8 +928,9 @@ impl WsDecoder {
     }
 }
 
-/// Handles the complete frames at the start of `data`; returns the bytes they took.
-fn ws_frames(data: &[u8], on_event: &mut impl FnMut(u64, u64), pongs: &mut Vec<u8>) -> usize {
+/// Handles the complete frames at the start of `data` (text payloads to `on_text`); returns the
+/// bytes they took.
+fn ws_frames(data: &[u8], on_text: &mut impl FnMut(&[u8]), pongs: &mut Vec<u8>) -> usize {
     let mut pos = 0;
     while data.len() - pos >= 2 {
         let (len, header) = match data[pos + 1] & 0x7f {
@@ -925,11 +950,7 @@ fn ws_frames(data: &[u8], on_event: &mut impl FnMut(u64, u64), pongs: &mut Vec<u
         }
         let payload = &data[pos + header..pos + header + len];
         match data[pos] & 0x0f {
-            0x1 => {
-                if let Some((seq, ts)) = json_event(payload) {
-                    on_event(seq, ts);
-                }
-            }
+            0x1 => on_text(payload),
             0x9 => {
                 // A masked pong with the ping's payload (a zero mask keeps it as is).
                 pongs.extend_from_slice(&[0x8A, 0x80 | payload.len() as u8, 0, 0, 0, 0]);

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use support::redis::RedisServer;
 use support::ws::{self, Ws};
 use support::{SseClient, TestServer, metric, publish, publish_ok, request, wait_until, whatwg};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A node of the cluster behind `redis`, once its link to Redis is up.
 async fn node(redis: &RedisServer, extra: &[&str]) -> TestServer {
@@ -298,8 +299,12 @@ async fn redis_restarted_empty_gives_subscribers_a_gap_notice() {
     let (a, b) = (node(&redis, &[]).await, node(&redis, &[]).await);
     let mut sse_b = SseClient::connect(b.addr, "/sse?topic=t", &[]).await;
     let mut ws_a = ws::connect(a.addr, "/ws?topic=t").await;
+    let mut raw_b = ws::connect(b.addr, "/ws?topic=t&format=raw").await;
     for i in 0..5 {
         a.publish("t", &format!("old {i}")).await;
+    }
+    for i in 0..5 {
+        assert_eq!(ws::next(&mut raw_b).await, Message::text(format!("old {i}")));
     }
     let old = sse_b.events(5).await;
     let old_last = old.last().unwrap().last_event_id.clone();
@@ -321,6 +326,16 @@ async fn redis_restarted_empty_gives_subscribers_a_gap_notice() {
         (frame["event"].as_str(), frame["id"].as_str()),
         (Some("crier.gap"), Some(notice.last_event_id.as_str()))
     );
+    // A raw stream, which has no frame for the notice, is closed with it as the reason.
+    match ws::next(&mut raw_b).await {
+        Message::Close(Some(close)) => {
+            assert_eq!(u16::from(close.code), 4010);
+            let reason: Value = serde_json::from_str(&close.reason).unwrap();
+            assert_eq!(reason["reason"], "epoch");
+            assert_eq!(reason["resumed_after"], notice.last_event_id.as_str());
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
 
     let new = a.publish("t", "new").await;
     assert_ne!(new.split('-').next(), old_last.split('-').next(), "a new epoch");

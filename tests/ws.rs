@@ -512,3 +512,128 @@ async fn a_proxied_remote_client_may_subscribe_but_not_publish() {
     let reply = command(&mut local, json!({"op":"publish","topic":"t","data":"y","ref":2})).await;
     assert_eq!(reply["op"], "ok", "{reply}");
 }
+
+/// The close frame the server ends `ws` with: its code and reason.
+async fn next_close(ws: &mut support::ws::Ws) -> (u16, String) {
+    match next(ws).await {
+        Message::Close(Some(frame)) => (u16::from(frame.code), frame.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_json_streams_a_reply_has_op_and_an_event_never_does() {
+    let server = TestServer::start(&[]).await;
+    let mut ws = connect(server.addr, "/ws?topic=t").await;
+    // Data shaped like a reply is still an event: its frame has `topic` and `id`, no `op`.
+    let lookalike = r#"{"op":"ok","ref":1}"#;
+    let id = server.publish("t", lookalike).await;
+    let event = next_json(&mut ws).await;
+    assert_eq!(event, json!({"topic":"t","id":id,"event":null,"data":lookalike}));
+    assert!(event.get("op").is_none());
+    let reply = command(&mut ws, json!({"op":"subscribe","topic":"u","ref":1})).await;
+    assert!(reply.get("op").is_some() && reply.get("id").is_none(), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_stream_carries_only_events_and_runs_commands_without_replies() {
+    let server = TestServer::start(&[]).await;
+    let mut raw = connect(server.addr, "/ws?format=raw").await;
+    let send = |command: Value| Message::text(command.to_string());
+    raw.send(send(json!({"op":"subscribe","topic":"t","ref":1}))).await.unwrap();
+    raw.send(send(json!({"op":"ping","ref":2}))).await.unwrap();
+    raw.send(send(json!({"op":"publish","topic":"t","data":"from the socket","ref":3})))
+        .await
+        .unwrap();
+    // Had any command been answered, its reply would come before the event.
+    assert_eq!(next(&mut raw).await, Message::text("from the socket"));
+    // Data shaped like a reply arrives as data, and nothing else does.
+    let lookalike = r#"{"op":"ok","ref":1,"topic":"t"}"#;
+    server.publish("t", lookalike).await;
+    assert_eq!(next(&mut raw).await, Message::text(lookalike));
+    raw.send(send(json!({"op":"unsubscribe","topic":"t"}))).await.unwrap();
+    raw.send(send(json!({"op":"subscribe","topic":"u"}))).await.unwrap();
+    server.wait_subscriptions(1).await;
+    server.publish("t", "unsubscribed").await;
+    server.publish("u", "subscribed").await;
+    assert_eq!(next(&mut raw).await, Message::text("subscribed"));
+    // A refused command ends the stream: 1008, the error reply as the reason.
+    raw.send(send(json!({"op":"subscribe","topic":"a b","ref":7}))).await.unwrap();
+    let (code, reason) = next_close(&mut raw).await;
+    assert_eq!(code, 1008);
+    let reason: Value = serde_json::from_str(&reason).expect("the reason is JSON");
+    assert_eq!(
+        (reason["op"].as_str(), reason["error"].as_str()),
+        (Some("error"), Some("bad_topic"))
+    );
+    assert_eq!(reason["ref"], 7);
+    // So does a binary message, which is no command.
+    let mut raw = connect(server.addr, "/ws?topic=t&format=raw").await;
+    raw.send(Message::binary(vec![1u8, 2])).await.unwrap();
+    let (code, reason) = next_close(&mut raw).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (
+            1008,
+            r#"{"op":"error","error":"bad_command","detail":"commands are JSON text messages"}"#
+        )
+    );
+    // The other streams are served on.
+    let mut json = connect(server.addr, "/ws?topic=t").await;
+    let id = server.publish("t", "after").await;
+    assert_eq!(next_json(&mut json).await["id"], id.as_str());
+    server.wait_metric(r#"crier_ws_closes_total{code="1008"}"#, 2.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_command_the_server_cannot_carry_out_now_closes_with_1013() {
+    let server = TestServer::start(&["--max-topics", "1"]).await;
+    server.publish("held", "x").await;
+    let mut raw = connect(server.addr, "/ws?format=raw").await;
+    let subscribe = json!({"op":"subscribe","topic":"one-too-many","ref":"s"});
+    raw.send(Message::text(subscribe.to_string())).await.unwrap();
+    let (code, reason) = next_close(&mut raw).await;
+    assert_eq!(code, 1013);
+    let reason: Value = serde_json::from_str(&reason).expect("the reason is JSON");
+    assert_eq!(
+        (reason["error"].as_str(), reason["ref"].as_str()),
+        (Some("topic_limit"), Some("s"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_stream_closes_with_4010_at_a_gap_and_resumes_exactly_from_its_reason() {
+    let server = TestServer::start(&["--history", "4"]).await;
+    let ids: Vec<String> = futures_ids(&server, "t", 6).await;
+    // An exact resume replays as on JSON streams.
+    let mut raw =
+        connect(server.addr, &format!("/ws?topic=t&format=raw&last_event_id={}", ids[3])).await;
+    assert_eq!(next(&mut raw).await, Message::text("e4"));
+    assert_eq!(next(&mut raw).await, Message::text("e5"));
+    // From an id the history no longer holds: closed before any event, the gap as the reason.
+    let path = format!("/ws?topic=t&format=raw&last_event_id={}", ids[0]);
+    let mut raw = connect(server.addr, &path).await;
+    let (code, reason) = next_close(&mut raw).await;
+    assert_eq!(code, 4010);
+    let gap: Value = serde_json::from_str(&reason).expect("the reason is JSON");
+    assert_eq!(gap["topic"], "t");
+    assert_eq!(gap["reason"], "expired");
+    assert_eq!(gap["last_event_id"], ids[0].as_str());
+    assert_eq!(gap["missed"], 1);
+    // Resuming after the position it names gives what the topic holds, exactly.
+    let resumed_after = gap["resumed_after"].as_str().unwrap();
+    assert_eq!(resumed_after, ids[1].as_str());
+    let path = format!("/ws?topic=t&format=raw&last_event_id={resumed_after}");
+    let mut raw = connect(server.addr, &path).await;
+    for i in 2..6 {
+        assert_eq!(next(&mut raw).await, Message::text(format!("e{i}")));
+    }
+    // The same by command.
+    let mut raw = connect(server.addr, "/ws?format=raw").await;
+    let subscribe = json!({"op":"subscribe","topic":"t","last_event_id":ids[0]});
+    raw.send(Message::text(subscribe.to_string())).await.unwrap();
+    let (code, reason) = next_close(&mut raw).await;
+    assert_eq!(code, 4010);
+    assert_eq!(serde_json::from_str::<Value>(&reason).unwrap()["resumed_after"], ids[1].as_str());
+    server.wait_metric(r#"crier_ws_closes_total{code="4010"}"#, 2.0).await;
+}

@@ -38,6 +38,46 @@ pub(crate) fn notice(gaps: &[TopicGap<'_>], id: EventId) -> Event {
     Event::new(topic, id, Some(name), data, frames, [0; Wire::COUNT])
 }
 
+/// What a `format=raw` WebSocket closes with in place of `notice`, which it has no frame for (a
+/// client could not tell it from an event): the notice's first gap as JSON, leaving out what
+/// does not fit in `max` bytes: the id asked for first (the client sent it), then the count
+/// lost, then the topic.
+pub(crate) fn close_reason(notice: &Event, max: usize) -> String {
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Part {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_event_id: Option<String>,
+        resumed_after: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        missed: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Notice {
+        gaps: Vec<Part>,
+    }
+    let Ok(Notice { gaps }) = serde_json::from_slice::<Notice>(notice.data.bytes()) else {
+        return r#"{"reason":"unknown"}"#.to_owned();
+    };
+    let Some(mut part) = gaps.into_iter().next() else {
+        return r#"{"reason":"unknown"}"#.to_owned();
+    };
+    let json = |part: &Part| serde_json::to_string(part).expect("strings and numbers serialize");
+    let mut reason = json(&part);
+    let leave_out: [fn(&mut Part); 3] =
+        [|p| p.last_event_id = None, |p| p.missed = None, |p| p.topic = None];
+    for leave_out in leave_out {
+        if reason.len() <= max {
+            break;
+        }
+        leave_out(&mut part);
+        reason = json(&part);
+    }
+    reason
+}
+
 fn notice_json(gaps: &[TopicGap<'_>]) -> String {
     #[derive(serde::Serialize)]
     struct Json<'a> {
@@ -82,5 +122,36 @@ mod tests {
         );
         let frame = super::super::ws::event_frame(&notice, Wire::WsRaw);
         assert_eq!(&frame[2..], json.as_bytes());
+        assert_eq!(
+            close_reason(&notice, 123),
+            r#"{"topic":"news","reason":"expired","last_event_id":"100-3","resumed_after":"100-9","missed":6}"#
+        );
+    }
+
+    #[test]
+    fn a_close_reason_leaves_out_what_does_not_fit() {
+        let id = |seq| EventId { epoch: Epoch::from_u64((1 << 40) - 1).unwrap(), seq };
+        let topic = TopicName::new(&"t".repeat(200)).unwrap();
+        let requested = id(u64::MAX - 9);
+        let gap = Gap { reason: GapReason::Expired, requested, missed: Some(u64::MAX / 2) };
+        let resumed_after = id(u64::MAX);
+        let part = TopicGap { topic: &topic, gap: &gap, resumed_after };
+        let notice = notice(&[part], resumed_after);
+        let reason = close_reason(&notice, 123);
+        assert!(reason.len() <= 123, "{reason}");
+        let fields: serde_json::Value = serde_json::from_str(&reason).unwrap();
+        assert_eq!(
+            fields,
+            serde_json::json!({"reason":"expired","resumed_after":resumed_after.to_string()})
+        );
+        // With a short topic, the topic stays, and what else fits.
+        let short = TopicName::new("news").unwrap();
+        let notice = super::notice(&[TopicGap { topic: &short, ..part }], resumed_after);
+        let reason = close_reason(&notice, 123);
+        assert!(reason.len() <= 123, "{reason}");
+        let fields: serde_json::Value = serde_json::from_str(&reason).unwrap();
+        assert_eq!(fields["topic"], "news");
+        assert_eq!(fields["missed"], u64::MAX / 2);
+        assert!(fields.get("last_event_id").is_none());
     }
 }

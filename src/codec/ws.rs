@@ -25,6 +25,9 @@ pub(crate) const OP_PONG: u8 = 0xA;
 /// Largest payload of a control frame.
 pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 
+/// Largest close reason: a close frame's payload less its code.
+pub(crate) const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
+
 /// Length of the header of an unmasked frame carrying `payload_len` bytes.
 pub(crate) fn header_len(payload_len: usize) -> usize {
     match payload_len {
@@ -65,7 +68,7 @@ pub(crate) fn encode(opcode: u8, payload: &[u8]) -> Bytes {
 /// A close frame with `code` and as much of `reason` as fits, cut at a character boundary so
 /// the reason stays UTF-8.
 pub(crate) fn close(code: u16, reason: &str) -> Bytes {
-    let reason = truncate_to_char_boundary(reason, MAX_CONTROL_PAYLOAD - 2);
+    let reason = truncate_to_char_boundary(reason, MAX_CLOSE_REASON);
     let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.to_be_bytes());
     payload.extend_from_slice(reason.as_bytes());

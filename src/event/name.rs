@@ -138,6 +138,11 @@ impl EventName {
         EventName(Arc::from(GAP_EVENT))
     }
 
+    /// Whether this is the name of the `crier.gap` notice (no publisher may use it).
+    pub(crate) fn is_gap(&self) -> bool {
+        &*self.0 == GAP_EVENT
+    }
+
     /// The name as a string.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -183,5 +188,7 @@ mod tests {
         assert_eq!(EventName::new("crier.gap"), Err(NameError::Reserved));
         assert!(EventName::new("crier").is_ok());
         assert_eq!(EventName::gap().as_str(), "crier.gap");
+        assert!(EventName::gap().is_gap());
+        assert!(!EventName::new("crier-gap").unwrap().is_gap());
     }
 }

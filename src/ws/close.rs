@@ -15,10 +15,14 @@ impl CloseCode {
     pub(crate) const PROTOCOL_ERROR: Self = CloseCode(1002);
     /// 1007: a text message or close reason was not UTF-8.
     pub(crate) const INVALID_PAYLOAD: Self = CloseCode(1007);
-    /// 1008: policy: the client kept sending commands over its rate limit.
+    /// 1008: policy: the client kept sending commands over its rate limit, or (on a
+    /// `format=raw` stream, which has no replies) a command was refused.
     pub(crate) const POLICY: Self = CloseCode(1008);
     /// 1009: a message over `--max-message-bytes`.
     pub(crate) const MESSAGE_TOO_BIG: Self = CloseCode(1009);
+    /// 1013: try again later: a command on a `format=raw` stream that the server could not
+    /// carry out for now (Redis unreachable, the node's topic limit).
+    pub(crate) const TRY_AGAIN_LATER: Self = CloseCode(1013);
     /// 4000: the peer answered nothing (not even a pong) for two heartbeat intervals.
     pub(crate) const HEARTBEAT_TIMEOUT: Self = CloseCode(4000);
     /// 4001: the token the connection was opened or last authenticated with expired, and no
@@ -27,6 +31,9 @@ impl CloseCode {
     /// 4008: slow consumer: the client fell further behind than `--client-queue-bytes` or the
     /// topic's log allow, and was evicted. It may reconnect and resume.
     pub(crate) const SLOW_CONSUMER: Self = CloseCode(4008);
+    /// 4010: a gap on a `format=raw` stream, which has no frame for the `crier.gap` notice:
+    /// the reason is the gap as JSON, with the position to resume after.
+    pub(crate) const GAP: Self = CloseCode(4010);
 
     /// The code with this number, if it is in the range codes are drawn from (1000–4999).
     pub(crate) fn from_u16(code: u16) -> Option<Self> {

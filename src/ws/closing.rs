@@ -6,6 +6,7 @@
 //! or [`CLOSE_GRACE`] has passed. Either way the server closes the TCP connection first
 //! (§7.1.1).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,7 +27,7 @@ pub(super) enum Closing {
     Queued {
         /// The code to send, or `None` for an empty close frame (the answer to one).
         frame_code: Option<CloseCode>,
-        reason: &'static str,
+        reason: Cow<'static, str>,
         code: CloseCode,
         deadline: Instant,
         /// The client closed too (or broke the protocol): read nothing more.
@@ -44,11 +45,17 @@ pub(super) enum Closing {
 impl Closing {
     /// Starts a close with `code`, unless one has started. `peer_done`: read nothing more (the
     /// client broke the protocol), whichever close goes out.
-    pub(super) fn begin(&mut self, code: CloseCode, reason: &'static str, peer_done: bool) {
+    pub(super) fn begin(
+        &mut self,
+        code: CloseCode,
+        reason: impl Into<Cow<'static, str>>,
+        peer_done: bool,
+    ) {
         match self {
             Closing::Open => {
                 let deadline = Instant::now() + CLOSE_GRACE;
                 let frame_code = Some(code);
+                let reason = reason.into();
                 *self = Closing::Queued { frame_code, reason, code, deadline, peer_done };
             }
             Closing::Queued { peer_done: done, .. } | Closing::Writing { peer_done: done, .. } => {
@@ -67,7 +74,7 @@ impl Closing {
                 let deadline = Instant::now() + CLOSE_GRACE;
                 *self = Closing::Queued {
                     frame_code: code,
-                    reason: "",
+                    reason: Cow::Borrowed(""),
                     code: code.unwrap_or(CloseCode::NORMAL),
                     deadline,
                     peer_done: true,
@@ -95,7 +102,7 @@ impl Closing {
             Closing::Queued { frame_code, reason, code, deadline, peer_done } => {
                 *self = Closing::Writing { code, deadline, peer_done };
                 Some(match frame_code {
-                    Some(code) => ws::close(code.as_u16(), reason),
+                    Some(code) => ws::close(code.as_u16(), &reason),
                     None => ws::encode(OP_CLOSE, &[]),
                 })
             }

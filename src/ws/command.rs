@@ -183,8 +183,26 @@ impl<'a> Reply<'a> {
 
     /// The reply as a text frame.
     pub(crate) fn frame(&self) -> Bytes {
-        let json = serde_json::to_vec(self).expect("strings and JSON values serialize to JSON");
-        encode(OP_TEXT, &json)
+        encode(OP_TEXT, self.json().as_bytes())
+    }
+
+    /// The reply as the reason of a close frame, at most `max` bytes of JSON: the detail is
+    /// left out if it does not fit, then the `ref`.
+    pub(crate) fn close_reason(mut self, max: usize) -> String {
+        let mut reason = self.json();
+        if reason.len() > max {
+            self.detail = None;
+            reason = self.json();
+        }
+        if reason.len() > max {
+            self.reference = None;
+            reason = self.json();
+        }
+        reason
+    }
+
+    fn json(&self) -> String {
+        serde_json::to_string(self).expect("strings and JSON values serialize to JSON")
     }
 }
 
@@ -246,5 +264,25 @@ mod tests {
         let refused = ApiError::new(ErrorCode::BadTopic, "nope");
         let error = Reply::error(None, &refused).frame();
         assert_eq!(&error[2..], br#"{"op":"error","error":"bad_topic","detail":"nope"}"#);
+    }
+
+    #[test]
+    fn a_close_reason_leaves_out_the_detail_then_the_ref_to_fit() {
+        let reference = Value::from("r");
+        let short = ApiError::new(ErrorCode::BadTopic, "nope");
+        assert_eq!(
+            Reply::error(Some(&reference), &short).close_reason(123),
+            r#"{"op":"error","ref":"r","error":"bad_topic","detail":"nope"}"#
+        );
+        let long = ApiError::new(ErrorCode::BadTopic, "x".repeat(100));
+        assert_eq!(
+            Reply::error(Some(&reference), &long).close_reason(123),
+            r#"{"op":"error","ref":"r","error":"bad_topic"}"#
+        );
+        let long_ref = Value::from("r".repeat(100));
+        assert_eq!(
+            Reply::error(Some(&long_ref), &long).close_reason(123),
+            r#"{"op":"error","error":"bad_topic"}"#
+        );
     }
 }

@@ -79,7 +79,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         let open = metrics.open_connection(Transport::Ws);
         let decoder = Decoder::new(handler.max_message());
         let mut outbox = Outbox::default();
-        handler.open(&mut outbox);
+        let mut closing = Closing::Open;
+        if let Err(ending) = handler.open(&mut outbox) {
+            closing.begin(ending.code, ending.reason, false);
+        }
         let liveness = Liveness::new(heartbeat, now);
         let timer_at = liveness.next_wakeup();
         Connection {
@@ -92,7 +95,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             decoder,
             out: None,
             outbox,
-            closing: Closing::Open,
+            closing,
             liveness,
             write_delay,
             // As if events were last written a delay ago: the first ones go out at once.
@@ -195,7 +198,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             self.handle_inbound(item);
             // A command answered at once (a single node) leaves nothing waiting.
             if self.handler.is_busy() {
-                self.handler.poll_busy(cx, &mut self.outbox);
+                self.poll_busy(cx);
             }
         }
         if self.closing.reads() { pos } else { buf.len() }
@@ -214,16 +217,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             // Once a close has begun, messages are read and dropped.
             Inbound::Message(_) if !self.closing.is_open() => {}
             Inbound::Message(message) => {
-                if let Err(broken) = self.handler.on_message(message, &mut self.outbox) {
-                    self.closing.begin(broken.code, broken.reason, false);
+                if let Err(ending) = self.handler.on_message(message, &mut self.outbox) {
+                    self.end(ending);
                 }
             }
         }
     }
 
+    /// Drives the command the handler waits on; returns whether it finished.
+    fn poll_busy(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.handler.poll_busy(cx, &mut self.outbox) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(ending)) => {
+                self.end(ending);
+                true
+            }
+        }
+    }
+
+    /// The handler ends the connection: close after what is queued.
+    fn end(&mut self, ending: Violation) {
+        tracing::debug!(code = %ending.code, reason = %ending.reason, "closing a WebSocket");
+        self.closing.begin(ending.code, ending.reason, false);
+    }
+
     /// A client broke the protocol: close with the violation's code and read nothing more.
     fn fail(&mut self, violation: Violation) {
-        tracing::debug!(code = %violation.code, reason = violation.reason, "closing a WebSocket");
+        tracing::debug!(code = %violation.code, reason = %violation.reason, "closing a WebSocket");
         self.closing.begin(violation.code, violation.reason, true);
     }
 
@@ -277,13 +298,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         self.events_due = (now < due).then_some(due);
         if self.closing.is_open() && self.events_due.is_none() {
             match self.handler.poll_events(cx, MAX_CHUNK_BYTES, &mut chunk) {
-                Poll::Ready(Polled::Closed(Closed::Evicted)) => {
+                Poll::Ready(Err(ending)) => self.end(ending),
+                Poll::Ready(Ok(Polled::Closed(Closed::Evicted))) => {
                     self.closing.begin(CloseCode::SLOW_CONSUMER, "slow consumer", false);
                 }
-                Poll::Ready(Polled::Closed(Closed::Shutdown)) => {
+                Poll::Ready(Ok(Polled::Closed(Closed::Shutdown))) => {
                     self.closing.begin(CloseCode::GOING_AWAY, "server shutting down", false);
                 }
-                Poll::Ready(Polled::Events) => self.events_taken = now,
+                Poll::Ready(Ok(Polled::Events)) => self.events_taken = now,
                 Poll::Pending => {}
             }
         }
@@ -358,7 +380,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Connection<IO> {
             if this.handler.is_evicted() {
                 this.closing.begin(CloseCode::SLOW_CONSUMER, "slow consumer", false);
             }
-            let answered = this.handler.is_busy() && this.handler.poll_busy(cx, &mut this.outbox);
+            let answered = this.handler.is_busy() && this.poll_busy(cx);
             if answered {
                 // Frames that arrived behind the command are handled before anything new.
                 this.partial_ready = !this.partial.is_empty();

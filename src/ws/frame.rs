@@ -2,6 +2,7 @@
 //! payloads unmasked here, with every check a server must make on what a client sends.
 //! Outbound frames are in [`crate::codec::ws`].
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use tungstenite::protocol::frame::FrameHeader;
@@ -41,18 +42,23 @@ pub(crate) struct Head {
     mask: [u8; 4],
 }
 
-/// Why a client's frame ends the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why the server ends a connection: a rule the client broke, or something a `format=raw`
+/// stream has no frame to say (a refused command, a gap).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Violation {
     /// The close code to send.
     pub(crate) code: CloseCode,
-    /// The reason, for the close frame and logs.
-    pub(crate) reason: &'static str,
+    /// The reason, for the close frame and logs (cut to fit a close frame).
+    pub(crate) reason: Cow<'static, str>,
 }
 
 impl Violation {
+    pub(crate) fn new(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        Violation { code, reason: reason.into() }
+    }
+
     fn protocol(reason: &'static str) -> Self {
-        Violation { code: CloseCode::PROTOCOL_ERROR, reason }
+        Violation::new(CloseCode::PROTOCOL_ERROR, reason)
     }
 }
 
@@ -91,7 +97,7 @@ pub(crate) fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>,
         return Err(Violation::protocol("control frame payload over 125 bytes"));
     }
     if !control && payload_len > max_payload as u64 {
-        return Err(Violation { code: CloseCode::MESSAGE_TOO_BIG, reason: "message too big" });
+        return Err(Violation::new(CloseCode::MESSAGE_TOO_BIG, "message too big"));
     }
     Ok(Some(Head {
         fin: header.is_final,
@@ -141,10 +147,10 @@ pub(crate) fn parse_close(payload: &[u8]) -> Result<Option<CloseCode>, Violation
                 .filter(|code| code.may_be_sent_by_peer())
                 .ok_or(Violation::protocol("invalid close code"))?;
             if std::str::from_utf8(reason).is_err() {
-                return Err(Violation {
-                    code: CloseCode::INVALID_PAYLOAD,
-                    reason: "close reason is not UTF-8",
-                });
+                return Err(Violation::new(
+                    CloseCode::INVALID_PAYLOAD,
+                    "close reason is not UTF-8",
+                ));
             }
             Ok(Some(code))
         }

@@ -50,13 +50,15 @@ pub(super) trait Handler: Send {
     /// Largest message the connection accepts (larger: close 1009).
     fn max_message(&self) -> usize;
 
-    /// Frames to send first, when the connection starts.
-    fn open(&mut self, out: &mut Outbox) {
+    /// Frames to send first, when the connection starts; an error if the connection must
+    /// close before anything else is sent.
+    fn open(&mut self, out: &mut Outbox) -> Result<(), Violation> {
         let _ = out;
+        Ok(())
     }
 
-    /// A complete message from the client; an error if the client broke a rule and the
-    /// connection must close.
+    /// A complete message from the client; an error if the connection must close (the client
+    /// broke a rule, or its command failed where no reply can say so).
     fn on_message(&mut self, message: Message, out: &mut Outbox) -> Result<(), Violation>;
 
     /// Whether the handler waits on something (a command waiting for Redis): the connection
@@ -65,19 +67,21 @@ pub(super) trait Handler: Send {
         false
     }
 
-    /// Drives what the handler waits on; whether it finished (its reply is in `out`).
-    fn poll_busy(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> bool {
+    /// Drives what the handler waits on: ready when it finished (its reply is in `out`), with
+    /// an error if the connection must close.
+    fn poll_busy(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> Poll<Result<(), Violation>> {
         let _ = (cx, out);
-        false
+        Poll::Pending
     }
 
-    /// Adds the events due (about `budget` bytes) to `chunk`, or registers for a wakeup.
+    /// Adds the events due (about `budget` bytes) to `chunk`, or registers for a wakeup; an
+    /// error if the connection must close after what `chunk` holds.
     fn poll_events(
         &mut self,
         cx: &mut Context<'_>,
         budget: usize,
         chunk: &mut ChunkBuilder,
-    ) -> Poll<Polled> {
+    ) -> Poll<Result<Polled, Violation>> {
         let _ = (cx, budget, chunk);
         Poll::Pending
     }

@@ -32,7 +32,7 @@ struct Partial {
 }
 
 fn invalid_utf8() -> Violation {
-    Violation { code: CloseCode::INVALID_PAYLOAD, reason: "text message is not UTF-8" }
+    Violation::new(CloseCode::INVALID_PAYLOAD, "text message is not UTF-8")
 }
 
 /// Checks the UTF-8 of `buf[*checked..]`, allowing a sequence cut at the end unless `fin`.
@@ -68,14 +68,14 @@ impl Assembler {
         max: usize,
     ) -> Result<Option<Message>, Violation> {
         match (kind, self.partial.as_mut()) {
-            (Kind::Text | Kind::Binary, Some(_)) => Err(Violation {
-                code: CloseCode::PROTOCOL_ERROR,
-                reason: "new message before the previous one ended",
-            }),
-            (Kind::Continuation, None) => Err(Violation {
-                code: CloseCode::PROTOCOL_ERROR,
-                reason: "continuation frame without a message to continue",
-            }),
+            (Kind::Text | Kind::Binary, Some(_)) => Err(Violation::new(
+                CloseCode::PROTOCOL_ERROR,
+                "new message before the previous one ended",
+            )),
+            (Kind::Continuation, None) => Err(Violation::new(
+                CloseCode::PROTOCOL_ERROR,
+                "continuation frame without a message to continue",
+            )),
             (Kind::Text | Kind::Binary, None) => {
                 let text = kind == Kind::Text;
                 if fin {
@@ -98,10 +98,7 @@ impl Assembler {
             }
             (Kind::Continuation, Some(partial)) => {
                 if partial.buf.len() + payload.len() > max {
-                    return Err(Violation {
-                        code: CloseCode::MESSAGE_TOO_BIG,
-                        reason: "message too big",
-                    });
+                    return Err(Violation::new(CloseCode::MESSAGE_TOO_BIG, "message too big"));
                 }
                 partial.buf.extend_from_slice(payload);
                 if partial.text {

@@ -1,6 +1,10 @@
 //! `/ws`: a subscription driven by commands. Events of the topics followed go out framed once
 //! per format; each command is rate-limited, carried out, and answered in order (a command
 //! waiting for Redis holds back the ones after it).
+//!
+//! A `format=raw` stream carries nothing but event data: any frame of its own could be taken
+//! for an event. Its commands are carried out without a reply; a refused command, or a gap,
+//! closes it with a code and the JSON a reply or notice would have held as the reason.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -19,8 +23,9 @@ use super::handler::{Handler, Outbox};
 use super::message::Message;
 use crate::auth::Access;
 use crate::chunk::ChunkBuilder;
+use crate::codec::ws::MAX_CLOSE_REASON;
 use crate::codec::{gap, ws};
-use crate::event::{EventData, EventId, EventName, IdempotencyKey, TopicName, Wire};
+use crate::event::{Event, EventData, EventId, EventName, IdempotencyKey, TopicName, Wire};
 use crate::http::{ApiError, ErrorCode, Gate};
 use crate::hub::{
     Hub, Polled, PublishError, PublishOptions, Published, SubscribeError, Subscription,
@@ -95,20 +100,51 @@ impl Subscriber {
             self.strikes += 1;
             if self.strikes > MAX_STRIKES {
                 let reason = "command rate limit exceeded";
-                return Err(Violation { code: CloseCode::POLICY, reason });
+                return Err(Violation::new(CloseCode::POLICY, reason));
             }
             let detail = format!("at most {} commands per second", self.setup.commands_per_sec);
             let refused = ApiError::new(ErrorCode::RateLimited, detail);
-            out.push(Reply::error(reference.as_ref(), &refused).frame());
-            return Ok(());
+            return self.refuse(reference.as_ref(), &refused, out);
         }
         self.strikes = 0;
-        match command.and_then(|command| self.execute(command, reference.as_ref(), out)) {
-            Ok(None) => {}
-            Ok(Some(wait)) => self.in_flight = Some(InFlight { reference, wait }),
-            Err(refused) => out.push(Reply::error(reference.as_ref(), &refused).frame()),
+        match command.map_err(Refusal::from).and_then(|c| self.execute(c, reference.as_ref(), out))
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => {
+                self.in_flight = Some(InFlight { reference, wait });
+                Ok(())
+            }
+            Err(Refusal::Command(refused)) => self.refuse(reference.as_ref(), &refused, out),
+            Err(Refusal::Gap(ending)) => Err(ending),
         }
-        Ok(())
+    }
+
+    /// Sends `reply`, where replies are sent (not on a `format=raw` stream).
+    fn reply(&self, reply: Reply<'_>, out: &mut Outbox) {
+        if self.setup.wire != Wire::WsRaw {
+            out.push(reply.frame());
+        }
+    }
+
+    /// Answers a refused command with an error reply; a `format=raw` stream closes instead,
+    /// 1008 (or 1013 for a refusal of the server's making), with the reply as the reason.
+    fn refuse(
+        &self,
+        reference: Option<&Value>,
+        refused: &ApiError,
+        out: &mut Outbox,
+    ) -> Result<(), Violation> {
+        let reply = Reply::error(reference, refused);
+        if self.setup.wire != Wire::WsRaw {
+            out.push(reply.frame());
+            return Ok(());
+        }
+        let code = if refused.code.status().is_server_error() {
+            CloseCode::TRY_AGAIN_LATER
+        } else {
+            CloseCode::POLICY
+        };
+        Err(Violation::new(code, reply.close_reason(MAX_CLOSE_REASON)))
     }
 
     /// Carries out a command: answered into `out` at once, or waiting.
@@ -117,25 +153,25 @@ impl Subscriber {
         command: Command,
         reference: Option<&Value>,
         out: &mut Outbox,
-    ) -> Result<Option<Wait>, ApiError> {
+    ) -> Result<Option<Wait>, Refusal> {
         match command {
-            Command::Ping => out.push(Reply::ok(reference).frame()),
+            Command::Ping => self.reply(Reply::ok(reference), out),
             Command::Unsubscribe { topic } => {
                 if !self.setup.subscription.remove_topic(&topic) {
                     let detail = format!("not subscribed to {topic:?}");
-                    return Err(ApiError::new(ErrorCode::NotSubscribed, detail));
+                    return Err(ApiError::new(ErrorCode::NotSubscribed, detail).into());
                 }
-                out.push(Reply::ok(reference).topic(&topic).frame());
+                self.reply(Reply::ok(reference).topic(&topic), out);
             }
             Command::Auth { token } => {
                 if !self.setup.gate.has_keys() {
                     let detail = "the server checks no tokens: no key is configured";
-                    return Err(ApiError::new(ErrorCode::BadCommand, detail));
+                    return Err(ApiError::new(ErrorCode::BadCommand, detail).into());
                 }
                 let grant = self.setup.gate.verify(self.setup.client, &token)?;
                 self.setup.access = self.setup.access.renewed(grant);
                 self.expiry = self.setup.access.expires_in().map(|left| Instant::now() + left);
-                out.push(Reply::ok(reference).frame());
+                self.reply(Reply::ok(reference), out);
             }
             Command::Subscribe { topic, last_event_id } => {
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
@@ -189,17 +225,46 @@ impl Subscriber {
         resume: Option<EventId>,
         reference: Option<&Value>,
         out: &mut Outbox,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Refusal> {
         let added = self.setup.subscription.add_topic(&self.setup.hub, name.clone(), resume)?;
         let position = added.position.to_string();
-        out.push(Reply::ok(reference).topic(name.as_str()).position(position).frame());
+        self.reply(Reply::ok(reference).topic(name.as_str()).position(position), out);
         if let Some(lost) = added.gap {
             let part = gap::TopicGap { topic: &name, gap: &lost, resumed_after: added.position };
-            let notice = gap::notice(&[part], added.position);
-            out.push(ws::event_frame(&notice, self.setup.wire).clone());
+            self.notify_gap(&gap::notice(&[part], added.position), out).map_err(Refusal::Gap)?;
         }
         Ok(())
     }
+
+    /// Sends a `crier.gap` notice; a `format=raw` stream closes instead (4010), the notice's
+    /// gap as the reason.
+    fn notify_gap(&self, notice: &Event, out: &mut Outbox) -> Result<(), Violation> {
+        if self.setup.wire == Wire::WsRaw {
+            return Err(raw_gap(notice));
+        }
+        out.push(ws::event_frame(notice, self.setup.wire).clone());
+        Ok(())
+    }
+}
+
+/// How a command ends other than well: refused, or carried out on a stream that must then close.
+enum Refusal {
+    /// The command was refused: an error reply.
+    Command(ApiError),
+    /// The command was carried out, but the stream must close (a gap on a `format=raw`
+    /// stream).
+    Gap(Violation),
+}
+
+impl<E: Into<ApiError>> From<E> for Refusal {
+    fn from(refused: E) -> Self {
+        Refusal::Command(refused.into())
+    }
+}
+
+/// How a `format=raw` stream ends in place of the `crier.gap` notice.
+fn raw_gap(notice: &Event) -> Violation {
+    Violation::new(CloseCode::GAP, gap::close_reason(notice, MAX_CLOSE_REASON))
 }
 
 impl Handler for Subscriber {
@@ -208,11 +273,11 @@ impl Handler for Subscriber {
     }
 
     /// One `crier.gap` frame per topic whose resume (in the URL) was not exact.
-    fn open(&mut self, out: &mut Outbox) {
+    fn open(&mut self, out: &mut Outbox) -> Result<(), Violation> {
         for part in self.setup.subscription.gaps() {
-            let notice = gap::notice(&[part], part.resumed_after);
-            out.push(ws::event_frame(&notice, self.setup.wire).clone());
+            self.notify_gap(&gap::notice(&[part], part.resumed_after), out)?;
         }
+        Ok(())
     }
 
     fn on_message(&mut self, message: Message, out: &mut Outbox) -> Result<(), Violation> {
@@ -221,8 +286,7 @@ impl Handler for Subscriber {
             Message::Binary(_) => {
                 let refused =
                     ApiError::new(ErrorCode::BadCommand, "commands are JSON text messages");
-                out.push(Reply::error(None, &refused).frame());
-                Ok(())
+                self.refuse(None, &refused, out)
             }
         }
     }
@@ -231,15 +295,15 @@ impl Handler for Subscriber {
         self.in_flight.is_some()
     }
 
-    fn poll_busy(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> bool {
-        let Some(mut in_flight) = self.in_flight.take() else { return false };
+    fn poll_busy(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> Poll<Result<(), Violation>> {
+        let Some(mut in_flight) = self.in_flight.take() else { return Poll::Ready(Ok(())) };
         let reference = in_flight.reference.as_ref();
         let result = match &mut in_flight.wait {
             Wait::Publish { topic, published } => match published.as_mut().poll(cx) {
                 Poll::Pending => None,
                 Poll::Ready(Ok(done)) => {
                     let reply = Reply::ok(reference).topic(topic).id(done.id.to_string());
-                    out.push(reply.replayed(done.replayed).frame());
+                    self.reply(reply.replayed(done.replayed), out);
                     Some(Ok(()))
                 }
                 Poll::Ready(Err(e)) => Some(Err(e.into())),
@@ -253,14 +317,13 @@ impl Handler for Subscriber {
         match result {
             None => {
                 self.in_flight = Some(in_flight);
-                false
+                Poll::Pending
             }
-            Some(result) => {
-                if let Err(refused) = result {
-                    out.push(Reply::error(reference, &refused).frame());
-                }
-                true
+            Some(Ok(())) => Poll::Ready(Ok(())),
+            Some(Err(Refusal::Command(refused))) => {
+                Poll::Ready(self.refuse(reference, &refused, out))
             }
+            Some(Err(Refusal::Gap(ending))) => Poll::Ready(Err(ending)),
         }
     }
 
@@ -269,12 +332,24 @@ impl Handler for Subscriber {
         cx: &mut Context<'_>,
         budget: usize,
         chunk: &mut ChunkBuilder,
-    ) -> Poll<Polled> {
+    ) -> Poll<Result<Polled, Violation>> {
         let wire = self.setup.wire;
-        self.setup.subscription.poll_events(cx, budget, |_, event| {
-            chunk.events += 1;
-            chunk.push_frame(ws::event_frame(event, wire), 0);
-        })
+        // A raw stream ends at a gap: the events before it go out, then the close.
+        let mut gap = None;
+        let polled = self.setup.subscription.poll_events(cx, budget, |_, event| {
+            if wire == Wire::WsRaw && event.name.as_ref().is_some_and(EventName::is_gap) {
+                gap.get_or_insert_with(|| raw_gap(event));
+                return;
+            }
+            if gap.is_none() {
+                chunk.events += 1;
+                chunk.push_frame(ws::event_frame(event, wire), 0);
+            }
+        });
+        match gap {
+            Some(ending) => Poll::Ready(Err(ending)),
+            None => polled.map(Ok),
+        }
     }
 
     /// The subscription hands over what is published, then reports the shutdown.

@@ -59,6 +59,14 @@ impl TestServer {
         .await;
     }
 
+    /// Waits until the sample `series` (exact name and labels) reads `value`.
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        wait_until(&format!("{series} = {value}"), || async {
+            metric(&self.metrics().await, series) == Some(value)
+        })
+        .await;
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         let response = request(self.addr, "GET", "/metrics", &[], b"").await;
