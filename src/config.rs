@@ -189,8 +189,9 @@ pub struct Config {
     #[arg(long, env = "CRIER_NEW_STREAMS_PER_SEC", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub new_streams_per_sec: u32,
 
-    /// Publishes (HTTP and WebSocket) one principal may make per second (and in a burst): a
-    /// token's `sub`, else the client address. More are answered 429 with Retry-After.
+    /// Publishes (HTTP, WebSocket and Mercure) one principal may make per second (and in a
+    /// burst): a token's `sub`, else the client address. More are answered 429 with
+    /// Retry-After.
     #[arg(long, env = "CRIER_PUBLISHES_PER_SEC", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub publishes_per_sec: u32,
 
@@ -352,6 +353,7 @@ impl Config {
             anonymous: self.mercure_anonymous,
             publish_origins: self.publish_origins.clone(),
             subscriptions: self.mercure_subscriptions,
+            publish_timeout: self.publish_timeout,
         }
     }
 

@@ -628,3 +628,29 @@ async fn head_answers_the_streams_headers_and_topics_are_form_decoded() {
     publish(server.addr, &[("topic", "a b"), ("data", "space")]).await;
     assert_eq!(sub.next_event().await.data, "space");
 }
+
+#[tokio::test]
+async fn publishes_are_held_to_the_publish_rate_of_their_address() {
+    let server = hub(&["--publishes-per-sec", "2"]).await;
+    let auth = bearer(&publisher());
+    let fields = [("topic", "https://example.com/t"), ("data", "x")];
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = post(server.addr, &[("Authorization", &auth)], &fields).await;
+        statuses.push(response.status);
+        if response.status == 429 {
+            assert!(response.header("content-type").unwrap().starts_with("text/plain"));
+            assert_eq!(response.text(), "more than 2 publishes per second\n");
+            assert!(response.header("retry-after").is_some());
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    // The address's bucket is the same for crier's own publishes.
+    let crier = support::publish(server.addr, "t", None, b"x", None).await;
+    assert_eq!(crier.status, 429, "{}", crier.text());
+    let metrics = server.metrics().await;
+    assert_eq!(
+        support::metric(&metrics, r#"crier_rejections_total{reason="publish_rate"}"#),
+        Some(2.0)
+    );
+}

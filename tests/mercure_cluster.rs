@@ -166,6 +166,31 @@ async fn every_nodes_subscriptions_are_listed_and_a_dead_nodes_are_ended_by_the_
     let on_a = listed_on(a.addr).await;
     assert!(on_a.contains(&subscriber_id), "{on_a:?}");
     assert_eq!(on_a.len(), 2, "{on_a:?}");
+    // C shuts down cleanly: it announces its own subscriber's departure as its stream ends,
+    // long before a survivor would take it for dead (20 s of silence).
+    let mut c = node(&redis, &["--mercure-subscriptions"]).await;
+    let on_c = subscribe(
+        c.addr,
+        &["https://example.com/c"],
+        &[("Authorization", &bearer(&subscriber(&["*"])))],
+    )
+    .await;
+    let arrived: Value = serde_json::from_str(&watch.next_event().await.data).unwrap();
+    assert_eq!(arrived["active"], true);
+    let subscriber_on_c = arrived["subscriber"].as_str().unwrap().to_owned();
+    let stopped = Instant::now();
+    c.signal("TERM");
+    let left = watch.next_event_within(Duration::from_secs(10)).await;
+    let left: Value = serde_json::from_str(&left.data).unwrap();
+    assert_eq!(
+        (left["active"].as_bool(), left["subscriber"].as_str()),
+        (Some(false), Some(subscriber_on_c.as_str()))
+    );
+    let status = tokio::time::timeout(support::WAIT, c.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "C exited with {status}");
+    eprintln!("C's departure announced {:?} after SIGTERM", stopped.elapsed());
+    drop(on_c);
+    assert!(!listed_on(a.addr).await.contains(&subscriber_on_c));
     // B dies without a word: within 30 s A no longer lists its subscriber and announces it left.
     let killed = Instant::now();
     b.child.kill().await.expect("kill B");
@@ -179,4 +204,33 @@ async fn every_nodes_subscriptions_are_listed_and_a_dead_nodes_are_ended_by_the_
     assert!(killed.elapsed() < Duration::from_secs(30), "{:?}", killed.elapsed());
     let on_a = listed_on(a.addr).await;
     assert!(!on_a.contains(&subscriber_id), "{on_a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_redis_does_not_take_in_time_is_refused_with_retry_after() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, &["--publish-timeout", "300ms"]).await;
+    publish(a.addr, &[("topic", "https://example.com/t"), ("data", "before")]).await;
+
+    let pid = redis.pid().expect("redis-server runs") as i32;
+    // SAFETY: signalling a child process of this test.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let sent = Instant::now();
+    let auth = bearer(&mercure::publisher());
+    let fields = [("topic", "https://example.com/t"), ("data", "frozen")];
+    let response = mercure::post(a.addr, &[("Authorization", &auth)], &fields).await;
+    let waited = sent.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+
+    assert_eq!(response.status, 503, "{}", response.text());
+    assert_eq!(response.text(), "Service Unavailable\n");
+    assert_eq!(response.header("retry-after").as_deref(), Some("1"));
+    // Answered at the timeout, not when Redis came back.
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+    wait_until("the node to take publishes again", || async {
+        let fields = [("topic", "https://example.com/t"), ("data", "after")];
+        mercure::post(a.addr, &[("Authorization", &auth)], &fields).await.status == 200
+    })
+    .await;
 }

@@ -208,13 +208,23 @@ impl Gate {
     /// Admits one more publish by whoever `access` and `client` say: 429 past
     /// `--publishes-per-sec`.
     pub(crate) fn admit_publish(&self, access: &Access, client: IpAddr) -> Result<(), ApiError> {
-        let principal = match access.subject() {
+        self.admit_publish_by(access.subject(), client)
+    }
+
+    /// Admits one more publish by `subject` (a token's `sub`), else by `client`: 429 past
+    /// `--publishes-per-sec`.
+    pub(crate) fn admit_publish_by(
+        &self,
+        subject: Option<&str>,
+        client: IpAddr,
+    ) -> Result<(), ApiError> {
+        let principal = match subject {
             Some(subject) => Principal::Subject(subject.into()),
             None => Principal::Client(ClientKey::of(client)),
         };
         self.publishes.take(&principal, Instant::now()).map_err(|wait| {
             self.metrics.rejected(Rejection::PublishRate);
-            tracing::debug!(%client, subject = ?access.subject(), "publish over the rate limit");
+            tracing::debug!(%client, ?subject, "publish over the rate limit");
             let detail = format!("more than {} publishes per second", self.rates.publishes_per_sec);
             ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
         })

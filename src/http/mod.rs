@@ -13,5 +13,5 @@ pub(crate) use body::{ChunkStream, ResponseBody, StreamError, read_body};
 pub(crate) use cors::CorsPolicy;
 pub(crate) use credentials::{Admitted, Gate, Rates, TokenSource, request_token_from};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
-pub(crate) use peer::TrustedProxies;
+pub(crate) use peer::{Client, TrustedProxies};
 pub(crate) use query::{PublishQuery, StreamQuery};

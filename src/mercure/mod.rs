@@ -29,8 +29,8 @@ use hyper::body::Incoming;
 use crate::auth::{MercureAuthority, MercureKey, MercureKeyError};
 use crate::codec::mercure::Record;
 use crate::event::{Event, EventId, TopicName, Wire};
-use crate::http::{ApiError, ErrorCode, Gate, ResponseBody, read_body};
-use crate::hub::{Hub, PublishError, ReaderRequest, SubscribeError};
+use crate::http::{ApiError, Client, ErrorCode, Gate, ResponseBody, read_body};
+use crate::hub::{Hub, PublishError, PublishOptions, ReaderRequest, SubscribeError, Ticket};
 use crate::metrics::Metrics;
 use crate::registry::ConnectionCloser;
 use crate::sse::{EventFilter, MercureDialect, SseStream, SseWriter, StreamTiming};
@@ -66,6 +66,9 @@ pub(crate) struct MercureConfig {
     pub(crate) publish_origins: Vec<String>,
     /// Publish subscription events and serve the subscriptions API.
     pub(crate) subscriptions: bool,
+    /// Longest a publish may wait to be accepted (`--publish-timeout`), its body's upload not
+    /// counted.
+    pub(crate) publish_timeout: Duration,
 }
 
 impl MercureConfig {
@@ -120,6 +123,14 @@ impl MercureEdge {
         }))
     }
 
+    /// Announces the departure of the subscribers whose streams have ended (at shutdown,
+    /// once they all have).
+    pub(crate) async fn flush_departures(&self) {
+        if let Some(presence) = &self.presence {
+            presence.flush().await;
+        }
+    }
+
     /// Answers a request to the hub or its subscriptions API.
     pub(crate) async fn respond(
         &self,
@@ -142,7 +153,7 @@ impl MercureEdge {
                 }
                 self.subscribe(&req, closer).await
             }
-            Method::POST => self.publish(req, client.local).await,
+            Method::POST => self.publish(req, client).await,
             _ => {
                 let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
                 answer
@@ -323,11 +334,15 @@ impl MercureEdge {
     }
 
     /// `POST /.well-known/mercure`: publishes an update and answers its id.
-    async fn publish(&self, req: Request<Incoming>, local: bool) -> Response<ResponseBody> {
-        let grant = match self.authorize_publisher(&req, local) {
+    async fn publish(&self, req: Request<Incoming>, client: Client) -> Response<ResponseBody> {
+        let grant = match self.authorize_publisher(&req, client.local) {
             Ok(grant) => grant,
             Err(refused) => return refused.response(),
         };
+        // Held to crier's publish rate per address (Mercure tokens name no publisher).
+        if let Err(refused) = self.gate.admit_publish_by(None, client.ip) {
+            return api_error_text(&refused);
+        }
         let body =
             match read_body(req, self.max_event_bytes, self.body_timeout, &self.metrics).await {
                 Ok(body) => body,
@@ -366,19 +381,42 @@ impl MercureEdge {
                 );
                 response
             }
-            Err(PublishError::TooLarge { .. }) => {
+            Err(Some(PublishError::TooLarge { .. })) => {
                 text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "a Mercure update could not be published");
-                text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+            Err(failed) => {
+                match failed {
+                    Some(e) => {
+                        tracing::warn!(error = %e, "a Mercure update could not be published")
+                    }
+                    None => tracing::warn!(
+                        timeout = ?self.config.publish_timeout,
+                        "a Mercure update was not accepted in time"
+                    ),
+                }
+                let mut answer = text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+                answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                answer
             }
         }
     }
 
-    /// Appends a record to the log (through Redis in cluster mode).
-    async fn publish_record(&self, record: &Record<'_>) -> Result<(), PublishError> {
-        self.hub.publish(&self.log, None, record.to_event_data()).await.map(|_| ())
+    /// Appends a record to the log (through Redis in cluster mode), within
+    /// `--publish-timeout`: `Err(None)` if it was not accepted in time (then, unless it had
+    /// been sent to Redis already, it is withdrawn and never published).
+    async fn publish_record(&self, record: &Record<'_>) -> Result<(), Option<PublishError>> {
+        let ticket = Arc::new(Ticket::default());
+        let options = PublishOptions { idempotency_key: None, ticket: Some(ticket.clone()) };
+        let publish = self.hub.publish_with(&self.log, None, record.to_event_data(), options);
+        match tokio::time::timeout(self.config.publish_timeout, publish).await {
+            Ok(published) => published.map(|_| ()).map_err(Some),
+            Err(_) => {
+                if !ticket.withdraw() {
+                    tracing::warn!("a Mercure update timed out after it was sent to Redis");
+                }
+                Err(None)
+            }
+        }
     }
 }
 

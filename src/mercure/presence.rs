@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{MercureEdge, SUBSCRIPTIONS_PATH, selector::Selector, text};
 use crate::codec::mercure::Record;
@@ -57,7 +57,15 @@ struct SubscriptionList<'a> {
 /// The node's side of active subscriptions.
 pub(crate) struct Presence {
     /// The subscriptions of departed subscribers, to announce.
-    departures: mpsc::UnboundedSender<Vec<Subscription>>,
+    departures: mpsc::UnboundedSender<Announcement>,
+}
+
+/// What the announcer is asked to do, in order.
+enum Announcement {
+    /// Record and announce the end of these subscriptions.
+    Left(Vec<Subscription>),
+    /// Say when everything asked before is done.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Held by a subscriber's stream: announces its departure when dropped.
@@ -69,7 +77,7 @@ pub(crate) struct Departure {
 impl Drop for Departure {
     fn drop(&mut self) {
         let left = std::mem::take(&mut self.subscriptions);
-        let _ = self.presence.departures.send(left);
+        let _ = self.presence.departures.send(Announcement::Left(left));
     }
 }
 
@@ -113,6 +121,16 @@ impl Presence {
         }
         (Departure { presence: self.clone(), subscriptions }, last)
     }
+
+    /// Waits until every departure so far is recorded and announced: at shutdown, once the
+    /// streams have ended, so the node announces its own subscribers' departure rather than
+    /// leaving it to a survivor after the node is taken for dead.
+    pub(crate) async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.departures.send(Announcement::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
 }
 
 /// Adds `subscriptions` to the roster (`active`) or removes them.
@@ -133,19 +151,24 @@ async fn record(hub: &Hub, subscriptions: &[Subscription], active: bool) {
 
 /// The announcer: records and announces departures; every heartbeat,
 /// keeps the node in the roster and announces the departure of the subscribers of dead nodes.
-async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Vec<Subscription>>) {
+async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Announcement>) {
     let log = TopicName::mercure_log();
     let mut beat = tokio::time::interval(Roster::HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            left = departures.recv() => {
-                let Some(subscriptions) = left else { return };
-                record(&hub, &subscriptions, false).await;
-                for subscription in subscriptions {
-                    publish(&hub, &log, subscription, false).await;
+            asked = departures.recv() => match asked {
+                None => return,
+                Some(Announcement::Left(subscriptions)) => {
+                    record(&hub, &subscriptions, false).await;
+                    for subscription in subscriptions {
+                        publish(&hub, &log, subscription, false).await;
+                    }
                 }
-            }
+                Some(Announcement::Flush(done)) => {
+                    let _ = done.send(());
+                }
+            },
             _ = beat.tick() => {
                 let roster = hub.roster();
                 if let Err(e) = roster.beat().await {

@@ -236,6 +236,9 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// How often subscribers whose writers stopped reading are looked for and evicted.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Longest shutdown waits for the Mercure departures to be announced (Redis may be away).
+const DEPARTURES_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `listener` until `shutdown` resolves, then drains (see the module docs).
 pub async fn serve(
     listener: TcpListener,
@@ -312,6 +315,14 @@ pub async fn serve(
         );
         tracker.kill_all();
         tracker.wait_empty().await;
+    }
+    if let Some(mercure) = &app.mercure {
+        // The streams have ended: their subscribers' departure is announced by this node now,
+        // not by a survivor once this node is taken for dead.
+        let flushed = tokio::time::timeout(DEPARTURES_TIMEOUT, mercure.flush_departures()).await;
+        if flushed.is_err() {
+            tracing::warn!("shutdown: Mercure departures not all announced in time");
+        }
     }
     upkeep.abort();
     sweeper.abort();
