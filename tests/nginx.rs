@@ -1,6 +1,7 @@
 //! crier behind a real nginx configured with the project's `nginx/` files: two nodes joined
 //! through a real Redis act as one through the proxy (SSE and WebSocket unbuffered, heartbeats,
-//! publishing), a client whose node goes away resumes on the other, and the shipped whole
+//! publishing, the largest event and one byte more), a client whose node goes away resumes on
+//! the other, the shipped body limit is crier's default event limit, and the shipped whole
 //! configuration passes `nginx -t`.
 
 mod support;
@@ -80,16 +81,21 @@ async fn two_nodes_behind_nginx_act_as_one() {
         let response = response.await;
         assert_eq!(response.status, 200, "{claimed}: {}", response.text());
     }
-    let mut last = String::new();
     for expected in ["forged", "forwarded"] {
-        let event = sse.next_event().await;
-        assert_eq!(event.data, expected);
+        assert_eq!(sse.next_event().await.data, expected);
         assert_eq!(ws::next_json(&mut socket).await["data"], expected);
-        last = event.last_event_id;
     }
 
-    // A publish over nginx's body limit gets crier's JSON error, not nginx's HTML page.
-    let oversized = vec![b'x'; 65 << 10];
+    // An event as large as crier takes passes nginx; one byte more gets crier's JSON error,
+    // not nginx's HTML page.
+    let largest = vec![b'x'; 64 << 10];
+    let response = publish(proxy.addr, "t", None, &largest, None).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let event = sse.next_event().await;
+    assert_eq!(event.data.len(), largest.len());
+    let last = event.last_event_id;
+    assert_eq!(ws::next_json(&mut socket).await["data"].as_str().map(str::len), Some(64 << 10));
+    let oversized = vec![b'x'; (64 << 10) + 1];
     let response = publish(proxy.addr, "t", None, &oversized, None).await;
     assert_eq!(response.status, 413, "{}", response.text());
     assert_eq!(response.header("content-type").as_deref(), Some("application/json"));
@@ -142,4 +148,29 @@ fn the_shipped_configuration_passes_nginx_t() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("test is successful"), "{stderr}");
+}
+
+/// The shipped `client_max_body_size` for `/publish` is crier's default `--max-event-bytes`:
+/// change one, and this fails until the other follows.
+#[test]
+fn the_shipped_body_limit_is_criers_default_event_limit() {
+    use clap::Parser as _;
+    let locations = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/crier-locations.conf"),
+    )
+    .expect("nginx/crier-locations.conf");
+    let limit = locations
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("client_max_body_size "))
+        .and_then(|value| value.strip_suffix(';'))
+        .expect("a client_max_body_size line");
+    let bytes: usize = match limit.strip_suffix(['k', 'K']) {
+        Some(kib) => kib.parse::<usize>().expect("a size") << 10,
+        None => match limit.strip_suffix(['m', 'M']) {
+            Some(mib) => mib.parse::<usize>().expect("a size") << 20,
+            None => limit.parse().expect("a size"),
+        },
+    };
+    let defaults = crier::Config::try_parse_from(["crier"]).expect("the defaults parse");
+    assert_eq!(bytes, defaults.max_event_bytes, "client_max_body_size {limit}");
 }
