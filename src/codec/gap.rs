@@ -58,10 +58,9 @@ pub(crate) fn close_reason(notice: &Event, max: usize) -> String {
     struct Notice {
         gaps: Vec<Part>,
     }
-    let Ok(Notice { gaps }) = serde_json::from_slice::<Notice>(notice.data.bytes()) else {
-        return r#"{"reason":"unknown"}"#.to_owned();
-    };
-    let Some(mut part) = gaps.into_iter().next() else {
+    // Every notice is built by `notice`, with at least one gap.
+    let first = serde_json::from_slice::<Notice>(notice.data.bytes()).ok();
+    let Some(mut part) = first.and_then(|notice| notice.gaps.into_iter().next()) else {
         return r#"{"reason":"unknown"}"#.to_owned();
     };
     let json = |part: &Part| serde_json::to_string(part).expect("strings and numbers serialize");

@@ -233,6 +233,12 @@ impl Hub {
         self.sequencer.is_ready()
     }
 
+    /// Whether publishes go through Redis, where one may wait in a queue that a
+    /// [`Ticket`] can withdraw it from.
+    pub(crate) fn is_relayed(&self) -> bool {
+        matches!(self.sequencer, Sequencer::Relay(_))
+    }
+
     /// Who holds what, node by node (see [`Roster`]).
     pub(crate) fn roster(&self) -> &Roster {
         &self.roster

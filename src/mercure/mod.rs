@@ -405,13 +405,14 @@ impl MercureEdge {
     /// `--publish-timeout`: `Err(None)` if it was not accepted in time (then, unless it had
     /// been sent to Redis already, it is withdrawn and never published).
     async fn publish_record(&self, record: &Record<'_>) -> Result<(), Option<PublishError>> {
-        let ticket = Arc::new(Ticket::default());
-        let options = PublishOptions { idempotency_key: None, ticket: Some(ticket.clone()) };
+        // Only a cluster publish waits in a queue it can be withdrawn from.
+        let ticket = self.hub.is_relayed().then(|| Arc::new(Ticket::default()));
+        let options = PublishOptions { idempotency_key: None, ticket: ticket.clone() };
         let publish = self.hub.publish_with(&self.log, None, record.to_event_data(), options);
         match tokio::time::timeout(self.config.publish_timeout, publish).await {
             Ok(published) => published.map(|_| ()).map_err(Some),
             Err(_) => {
-                if !ticket.withdraw() {
+                if ticket.is_some_and(|ticket| !ticket.withdraw()) {
                     tracing::warn!("a Mercure update timed out after it was sent to Redis");
                 }
                 Err(None)
