@@ -59,7 +59,7 @@ impl MercureGrant {
 }
 
 #[derive(Deserialize)]
-struct Claims {
+struct MercureClaims {
     #[serde(default)]
     exp: Option<f64>,
     #[serde(default)]
@@ -132,7 +132,7 @@ fn verify(
     validations: &Validations,
 ) -> Result<MercureGrant, TokenError> {
     let keys = keys.ok_or(TokenError::Algorithm)?;
-    let claims: Claims = token::verify_claims(token, keys, validations)?;
+    let claims: MercureClaims = token::verify_claims(token, keys, validations)?;
     let expires_at = claims.exp.map(token::expiry).transpose()?;
     let claim = claims.namespaced.or(claims.mercure).unwrap_or_default();
     Ok(MercureGrant {

@@ -105,7 +105,7 @@ pub(crate) struct Grant {
 
 /// The claims crier reads (`exp`, `nbf`, `iss` and `aud` are checked by `jsonwebtoken`).
 #[derive(Deserialize)]
-struct Claims {
+struct CrierClaims {
     exp: f64,
     #[serde(default)]
     sub: Option<String>,
@@ -184,7 +184,7 @@ pub(crate) fn verify(
     keys: &KeySet,
     validations: &Validations,
 ) -> Result<Grant, TokenError> {
-    grant(verify_claims::<Claims>(token, keys, validations)?)
+    grant(verify_claims::<CrierClaims>(token, keys, validations)?)
 }
 
 /// Verifies `token` with `keys` and reads its claims as `C`: the one verification crier's
@@ -266,7 +266,7 @@ pub(super) fn expiry(exp: f64) -> Result<SystemTime, TokenError> {
     Ok(UNIX_EPOCH + Duration::from_secs_f64(exp.min(u32::MAX as f64 * 4.0)))
 }
 
-fn grant(claims: Claims) -> Result<Grant, TokenError> {
+fn grant(claims: CrierClaims) -> Result<Grant, TokenError> {
     let expires_at = expiry(claims.exp)?;
     let selectors = |items: &[String]| {
         Selectors::parse(items.iter().map(String::as_str)).map_err(|_| TokenError::Claims)

@@ -55,11 +55,11 @@ pub(crate) fn close_reason(notice: &Event, max: usize) -> String {
         missed: Option<u64>,
     }
     #[derive(serde::Deserialize)]
-    struct Notice {
+    struct NoticeData {
         gaps: Vec<Part>,
     }
     // Every notice is built by `notice`, with at least one gap.
-    let first = serde_json::from_slice::<Notice>(notice.data.bytes()).ok();
+    let first = serde_json::from_slice::<NoticeData>(notice.data.bytes()).ok();
     let Some(mut part) = first.and_then(|notice| notice.gaps.into_iter().next()) else {
         return r#"{"reason":"unknown"}"#.to_owned();
     };
@@ -87,7 +87,7 @@ fn notice_json(gaps: &[TopicGap<'_>]) -> String {
         missed: Option<u64>,
     }
     #[derive(serde::Serialize)]
-    struct Notice<'a> {
+    struct NoticeJson<'a> {
         gaps: Vec<Json<'a>>,
     }
     let gaps = gaps
@@ -100,7 +100,7 @@ fn notice_json(gaps: &[TopicGap<'_>]) -> String {
             missed: g.gap.missed,
         })
         .collect();
-    serde_json::to_string(&Notice { gaps }).expect("strings and numbers serialize to JSON")
+    serde_json::to_string(&NoticeJson { gaps }).expect("strings and numbers serialize to JSON")
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::event::{EventData, EventId, EventName, Frames, TopicName};
 #[derive(Debug)]
 pub(crate) enum Draft {
     /// An event of crier's own API.
-    Crier { sse: sse::Body, ws: ws::FrameLens },
+    Crier { sse: sse::SseBody, ws: ws::FrameLens },
     /// An update of the Mercure log, whose frame carries its own id, not the log's.
     Mercure(Frames),
 }

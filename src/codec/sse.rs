@@ -14,12 +14,12 @@ use crate::event::{Cursor, EventData, EventId, EventName, MAX_EVENT_ID_LEN};
 pub(crate) const ID_LINE_OVERHEAD: usize = b"id: \n".len();
 
 /// Room left in front of an encoded body for its `id:` line, which is only known once the
-/// publisher holds the topic's order (see [`Body::finish`]).
+/// publisher holds the topic's order (see [`SseBody::finish`]).
 const ID_HEADROOM: usize = ID_LINE_OVERHEAD + MAX_EVENT_ID_LEN;
 
 /// An event body (everything after the `id:` line) with room in front for the id line.
 #[derive(Debug)]
-pub(crate) struct Body {
+pub(crate) struct SseBody {
     buf: BytesMut,
 }
 
@@ -27,7 +27,7 @@ pub(crate) struct Body {
 ///
 /// This is the expensive part of encoding and needs no id, so publishers run it before they
 /// take a topic's order.
-pub(crate) fn encode_body(name: Option<&EventName>, data: &EventData) -> Body {
+pub(crate) fn encode_body(name: Option<&EventName>, data: &EventData) -> SseBody {
     let payload = data.bytes();
     let data_len = match data {
         EventData::Text(_) => {
@@ -58,7 +58,7 @@ pub(crate) fn encode_body(name: Option<&EventName>, data: &EventData) -> Body {
         }
     }
     buf.put_u8(b'\n');
-    Body { buf }
+    SseBody { buf }
 }
 
 /// Length of the padded base64 text of `len` bytes.
@@ -87,7 +87,7 @@ pub(crate) fn put_data_lines(buf: &mut BytesMut, text: &[u8]) {
     }
 }
 
-impl Body {
+impl SseBody {
     /// Writes the `id:` line in front of the body and freezes the frame; returns it with the
     /// length of its `id:` line.
     pub(crate) fn finish(self, id: EventId) -> (Bytes, usize) {

@@ -76,13 +76,13 @@ where
 
 /// A response body.
 pub(crate) struct ResponseBody {
-    kind: Kind,
+    kind: Content,
     /// Kept until the body is dropped (written out, or its connection gone): the server's
     /// count of requests in flight on the connection.
     held: Option<Box<dyn Send + Sync>>,
 }
 
-enum Kind {
+enum Content {
     /// A complete body known up front (sent with `Content-Length`).
     Full { chunk: Option<Chunk> },
     /// A stream polled chunk by chunk.
@@ -93,17 +93,17 @@ impl ResponseBody {
     /// A complete body.
     pub(crate) fn full(bytes: Bytes) -> Self {
         let chunk = (!bytes.is_empty()).then(|| Chunk::from_bytes(bytes));
-        ResponseBody { kind: Kind::Full { chunk }, held: None }
+        ResponseBody { kind: Content::Full { chunk }, held: None }
     }
 
     /// An empty body.
     pub(crate) fn empty() -> Self {
-        ResponseBody { kind: Kind::Full { chunk: None }, held: None }
+        ResponseBody { kind: Content::Full { chunk: None }, held: None }
     }
 
     /// A stream.
     pub(crate) fn stream(stream: impl ChunkStream + 'static) -> Self {
-        ResponseBody { kind: Kind::Stream(Box::new(stream)), held: None }
+        ResponseBody { kind: Content::Stream(Box::new(stream)), held: None }
     }
 
     /// The same body, keeping `guard` until it is dropped.
@@ -122,24 +122,24 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Chunk>, StreamError>>> {
         match &mut self.get_mut().kind {
-            Kind::Full { chunk } => Poll::Ready(chunk.take().map(|c| Ok(Frame::data(c)))),
-            Kind::Stream(stream) => stream.poll_chunk(cx).map(|c| c.map(|c| c.map(Frame::data))),
+            Content::Full { chunk } => Poll::Ready(chunk.take().map(|c| Ok(Frame::data(c)))),
+            Content::Stream(stream) => stream.poll_chunk(cx).map(|c| c.map(|c| c.map(Frame::data))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full { chunk } => chunk.is_none(),
-            Kind::Stream(stream) => stream.is_ended(),
+            Content::Full { chunk } => chunk.is_none(),
+            Content::Stream(stream) => stream.is_ended(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { chunk } => {
+            Content::Full { chunk } => {
                 SizeHint::with_exact(chunk.as_ref().map_or(0, |c| c.remaining() as u64))
             }
-            Kind::Stream(_) => SizeHint::default(),
+            Content::Stream(_) => SizeHint::default(),
         }
     }
 }

@@ -162,11 +162,11 @@ impl ApiError {
     /// The JSON body.
     pub(crate) fn body(&self) -> String {
         #[derive(serde::Serialize)]
-        struct Body<'a> {
+        struct ErrorBody<'a> {
             error: &'a str,
             detail: &'a str,
         }
-        let body = Body { error: self.code.as_str(), detail: &self.detail };
+        let body = ErrorBody { error: self.code.as_str(), detail: &self.detail };
         serde_json::to_string(&body).expect("two strings serialize to JSON")
     }
 

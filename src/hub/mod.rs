@@ -4,7 +4,7 @@
 //! single node directly, in cluster mode through Redis and the relay. The hub asks the same
 //! things of both, so no caller needs to know which mode the node runs in.
 //!
-//! A [`Subscription`] is one client's reader: the topics it follows in canonical (sorted)
+//! A [`Subscription`] is one subscriber's reading: the topics it follows in canonical (sorted)
 //! order, its cursor on each topic's log, and the gaps its resume could not avoid. Its writer
 //! calls [`Subscription::poll_events`] to take what was published since. Dropping it
 //! unsubscribes from every topic.
@@ -24,7 +24,7 @@ use crate::event::{
     Cursor, Event, EventData, EventId, EventName, IdError, IdempotencyKey, TopicName, Wire,
 };
 use crate::metrics::{EvictReason, Metrics, Rejection, Transport};
-use crate::registry::{Client, Closed, ConnectionCloser, Registry, TopicLimit};
+use crate::registry::{Closed, ConnectionCloser, Registry, Subscriber, TopicLimit};
 pub use crate::relay::Ticket;
 use crate::relay::{RelayConfig, RelayError, RelayStartError};
 use sequencer::Sequencer;
@@ -51,7 +51,7 @@ fn release_free_memory() {
 pub struct HubConfig {
     /// Events retained per topic for resume.
     pub history: usize,
-    /// How far (in bytes of its own wire format) a client may fall behind a topic before it is
+    /// How far (in bytes of its own wire format) a subscriber may fall behind a topic before it is
     /// evicted.
     pub client_queue_bytes: usize,
     /// Largest event payload accepted.
@@ -336,12 +336,12 @@ impl Hub {
             .collect();
         self.sequencer.prepare(&wanted).await?;
 
-        let client = self.client(wire, closer);
-        let mut subscription = Subscription::new(client, wanted.len(), self.metrics.clone());
+        let subscriber = self.subscriber(wire, closer);
+        let mut subscription = Subscription::new(subscriber, wanted.len(), self.metrics.clone());
         for (name, resume) in wanted {
             subscription.start_on(&self.sequencer, &name, resume)?;
         }
-        // Pairs with the fence in `shutdown`: either its scan closes this client, or we see it.
+        // Pairs with the fence in `shutdown`: either its scan closes this subscriber, or we see it.
         fence(Ordering::SeqCst);
         if self.is_draining() {
             subscription.close(Closed::Shutdown);
@@ -349,8 +349,8 @@ impl Hub {
         Ok(subscription)
     }
 
-    fn client(&self, wire: Wire, closer: Option<Arc<dyn ConnectionCloser>>) -> Arc<Client> {
-        Arc::new(Client::new(self.config.client_queue_bytes, wire, closer))
+    fn subscriber(&self, wire: Wire, closer: Option<Arc<dyn ConnectionCloser>>) -> Arc<Subscriber> {
+        Arc::new(Subscriber::new(self.config.client_queue_bytes, wire, closer))
     }
 
     /// Makes sure this node can add `topic`, resuming after `last_event_id`, to a live
@@ -369,7 +369,7 @@ impl Hub {
         }
     }
 
-    /// Starts draining: refuses new subscriptions and closes every client for shutdown, so each
+    /// Starts draining: refuses new subscriptions and closes every subscriber for shutdown, so each
     /// stream ends once it has written what is already published.
     pub fn shutdown(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -392,10 +392,10 @@ impl Hub {
     }
 
     fn sweep_topics(&self) -> crate::registry::Swept {
-        let swept = self.registry.sweep(|subscriber| {
-            let evicted = subscriber.client.close(Closed::Evicted);
+        let swept = self.registry.sweep(|reader| {
+            let evicted = reader.subscriber.close(Closed::Evicted);
             if evicted {
-                let transport = Transport::of(subscriber.client.wire());
+                let transport = Transport::of(reader.subscriber.wire());
                 self.metrics.evicted(transport, EvictReason::SlowConsumer);
             }
             evicted

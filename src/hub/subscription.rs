@@ -12,17 +12,17 @@ use super::sequencer::Sequencer;
 use crate::codec::gap::TopicGap;
 use crate::event::{Event, EventId, Gap, TopicName};
 use crate::metrics::{EvictReason, Metrics, Transport};
-use crate::registry::{Client, Closed, SlotId, Subscriber, Topic};
+use crate::registry::{Closed, Reader, SlotId, Subscriber, Topic};
 
 struct SubscribedTopic {
     topic: Arc<Topic>,
     slot: SlotId,
-    subscriber: Arc<Subscriber>,
+    reader: Arc<Reader>,
     /// Where the subscription started.
     start: EventId,
     /// Sequence number of the last event taken.
     cursor: u64,
-    /// The topic's stream length at the cursor, in the client's wire format.
+    /// The topic's stream length at the cursor, in the subscriber's wire format.
     cursor_end: u64,
 }
 
@@ -40,14 +40,14 @@ pub(crate) struct Added {
 pub enum Polled {
     /// Events were handed to the sink.
     Events,
-    /// Nothing more will come: the client was closed (after everything published before a
+    /// Nothing more will come: the subscriber was closed (after everything published before a
     /// shutdown was taken).
     Closed(Closed),
 }
 
-/// One client's subscription to one or more topics.
+/// One subscriber's subscription to one or more topics: its reader on each.
 pub struct Subscription {
-    client: Arc<Client>,
+    subscriber: Arc<Subscriber>,
     topics: Vec<SubscribedTopic>,
     /// What the resume lost on some topics: (index in `topics`, gap).
     gaps: Vec<(u16, Gap)>,
@@ -59,9 +59,9 @@ pub struct Subscription {
 impl Subscription {
     /// An empty subscription with room for `topics` topics (so a stream's per-connection
     /// state is no larger than it needs).
-    pub(super) fn new(client: Arc<Client>, topics: usize, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(subscriber: Arc<Subscriber>, topics: usize, metrics: Arc<Metrics>) -> Self {
         let topics = Vec::with_capacity(topics);
-        Subscription { client, topics, gaps: Vec::new(), next_topic: 0, metrics }
+        Subscription { subscriber, topics, gaps: Vec::new(), next_topic: 0, metrics }
     }
 
     /// Subscribes to one more of the topics the subscription starts with; records its gap, if
@@ -90,7 +90,7 @@ impl Subscription {
         // the next lookup finds (or makes) the current one.
         let (topic, start) = loop {
             let topic = sequencer.topic(name)?;
-            if let Ok(start) = topic.subscribe(&self.client, topic_index, resume) {
+            if let Ok(start) = topic.subscribe(&self.subscriber, topic_index, resume) {
                 break (topic, start);
             }
         };
@@ -98,7 +98,7 @@ impl Subscription {
         self.topics.push(SubscribedTopic {
             topic,
             slot: start.slot,
-            subscriber: start.subscriber,
+            reader: start.reader,
             start: start.position,
             cursor: start.position.seq,
             cursor_end: start.position_end,
@@ -136,7 +136,7 @@ impl Subscription {
             return false;
         };
         let removed = self.topics.swap_remove(index);
-        removed.topic.unsubscribe(removed.slot, &removed.subscriber);
+        removed.topic.unsubscribe(removed.slot, &removed.reader);
         self.metrics.subscriptions.decrement(1);
         self.next_topic = 0;
         true
@@ -165,18 +165,18 @@ impl Subscription {
             .collect()
     }
 
-    /// Whether the client was closed, and why.
+    /// Whether the subscriber was closed, and why.
     pub(crate) fn closed(&self) -> Option<Closed> {
-        self.client.closed()
+        self.subscriber.closed()
     }
 
-    /// Stops delivery (see [`Client::close`]).
+    /// Stops delivery (see [`Subscriber::close`]).
     pub(crate) fn close(&self, why: Closed) {
-        self.client.close(why);
+        self.subscriber.close(why);
     }
 
     /// Hands `sink` every event published after the cursors (about `budget` bytes of the
-    /// client's wire format at most), oldest first per topic, with the index of its topic; or
+    /// subscriber's wire format at most), oldest first per topic, with the index of its topic; or
     /// parks the task until there is more.
     ///
     /// A subscription whose next event the log no longer holds is evicted here rather than
@@ -188,12 +188,12 @@ impl Subscription {
         budget: usize,
         mut sink: impl FnMut(u16, &Event),
     ) -> Poll<Polled> {
-        self.client.register(cx.waker());
-        let closed = self.client.closed();
+        self.subscriber.register(cx.waker());
+        let closed = self.subscriber.closed();
         if closed == Some(Closed::Evicted) {
             return Poll::Ready(Polled::Closed(Closed::Evicted));
         }
-        let wire = self.client.wire();
+        let wire = self.subscriber.wire();
         let mut moving = Vec::new();
         loop {
             let mut taken = 0;
@@ -216,13 +216,13 @@ impl Subscription {
                             lapped = true;
                             break;
                         };
-                        sink(t.subscriber.topic_index, event);
+                        sink(t.reader.topic_index, event);
                         t.cursor += 1;
                         t.cursor_end = event.stream_end(wire);
                         taken = taken_before + (t.cursor_end - before_end) as usize;
                     }
                     if t.cursor != before {
-                        t.subscriber.set_position(t.cursor, t.cursor_end);
+                        t.reader.set_position(t.cursor, t.cursor_end);
                         // Frames are never empty, but a step must count even if one were.
                         taken = taken.max(taken_before + 1);
                     }
@@ -236,7 +236,7 @@ impl Subscription {
                 taken += self.move_over(index, &mut sink);
             }
             if lapped {
-                if self.client.close(Closed::Evicted) {
+                if self.subscriber.close(Closed::Evicted) {
                     self.metrics.evicted(Transport::of(wire), EvictReason::SlowConsumer);
                 }
                 return Poll::Ready(Polled::Closed(Closed::Evicted));
@@ -250,7 +250,7 @@ impl Subscription {
             // Park, then look once more: an event published before we registered must not
             // wait for the next one.
             for t in &self.topics {
-                t.topic.register_waiter(&t.subscriber);
+                t.topic.register_waiter(&t.reader);
             }
             if self
                 .topics
@@ -268,25 +268,27 @@ impl Subscription {
     fn move_over(&mut self, index: usize, sink: &mut impl FnMut(u16, &Event)) -> usize {
         let t = &mut self.topics[index];
         let Some(next) = t.topic.successor() else { return 0 };
-        let topic_index = t.subscriber.topic_index;
+        let topic_index = t.reader.topic_index;
         let topic = next.topic.clone();
         let guard = epoch::pin();
-        let Ok(start) = topic.subscribe_after(&self.client, topic_index, next.start.seq, &guard)
+        let Ok(start) =
+            topic.subscribe_after(&self.subscriber, topic_index, next.start.seq, &guard)
         else {
             // The new copy was dropped before this reader came over (it stalled for longer
             // than a topic may stay idle): it reconnects and resumes.
-            if self.client.close(Closed::Evicted) {
-                self.metrics.evicted(Transport::of(self.client.wire()), EvictReason::SlowConsumer);
+            if self.subscriber.close(Closed::Evicted) {
+                self.metrics
+                    .evicted(Transport::of(self.subscriber.wire()), EvictReason::SlowConsumer);
             }
             return 0;
         };
         drop(guard);
         let notice = next.notice.clone();
-        t.topic.unsubscribe(t.slot, &t.subscriber);
+        t.topic.unsubscribe(t.slot, &t.reader);
         *t = SubscribedTopic {
             topic,
             slot: start.slot,
-            subscriber: start.subscriber,
+            reader: start.reader,
             start: t.start,
             cursor: start.position.seq,
             cursor_end: start.position_end,
@@ -294,7 +296,7 @@ impl Subscription {
         match notice {
             Some(notice) => {
                 sink(topic_index, &notice);
-                notice.frames.len(self.client.wire())
+                notice.frames.len(self.subscriber.wire())
             }
             None => 0,
         }
@@ -304,7 +306,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         for t in &self.topics {
-            t.topic.unsubscribe(t.slot, &t.subscriber);
+            t.topic.unsubscribe(t.slot, &t.reader);
         }
         self.metrics.subscriptions.decrement(self.topics.len() as f64);
     }
@@ -315,7 +317,7 @@ impl std::fmt::Debug for Subscription {
         let topics: Vec<&TopicName> = self.topics.iter().map(|t| t.topic.name()).collect();
         f.debug_struct("Subscription")
             .field("topics", &topics)
-            .field("client", &self.client)
+            .field("subscriber", &self.subscriber)
             .finish_non_exhaustive()
     }
 }

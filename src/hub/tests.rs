@@ -59,8 +59,8 @@ fn readers_of_a_replaced_copy_finish_it_then_get_the_notice_then_the_new_copy() 
             (id(new_epoch, 2).to_string(), None),
         ]
     );
-    assert_eq!(old.subscribers().len(), 0, "moved off the old copy");
-    assert_eq!(new.subscribers().len(), 1);
+    assert_eq!(old.readers().len(), 0, "moved off the old copy");
+    assert_eq!(new.readers().len(), 1);
     hub.registry.prune_retired();
     assert_eq!(hub.registry.topics().len(), 1);
 

@@ -9,7 +9,7 @@ use futures_util::FutureExt as _;
 use crate::codec::{Draft, ws};
 use crate::event::{Event, EventData, EventId, EventName, GapReason, TopicName, Wire};
 use crate::hub::{Hub, HubConfig, Polled, ReaderRequest, Subscription};
-use crate::mercure::selector::Selector;
+use crate::mercure::selector::MercureSelector;
 use crate::metrics::Metrics;
 use crate::registry::{Closed, MIN_LOG_EVENTS};
 use crate::server::first_request::{FirstRequest, classify};
@@ -19,7 +19,7 @@ use crate::server::first_request::{FirstRequest, classify};
 /// remembered answer is its first. Data that is not a record decodes to no update; a record's
 /// frame is whole, and carries its id on one line.
 pub fn check_mercure(selector: &str, topic: &str, bytes: &[u8]) {
-    let compiled = Selector::compile(selector);
+    let compiled = MercureSelector::compile(selector);
     assert!(compiled.matches(selector), "{selector:?} matches itself");
     let first = compiled.matches(topic);
     assert_eq!(compiled.matches(topic), first, "a remembered answer is the first");
@@ -181,7 +181,7 @@ pub enum TopicOp {
     },
 }
 
-struct Reader {
+struct ModelReader {
     subscription: Subscription,
     /// The position it started after.
     start: u64,
@@ -190,7 +190,7 @@ struct Reader {
     evicted: bool,
 }
 
-impl Reader {
+impl ModelReader {
     fn last(&self) -> u64 {
         self.received.last().copied().unwrap_or(self.start)
     }
@@ -235,7 +235,7 @@ pub fn check_topic_ops(history: usize, ops: impl IntoIterator<Item = TopicOp>) {
     let log_capacity = history.max(MIN_LOG_EVENTS) as u64;
     let mut head = 0u64;
     let mut epoch = None;
-    let mut readers: Vec<Reader> = Vec::new();
+    let mut readers: Vec<ModelReader> = Vec::new();
     for op in ops {
         match op {
             TopicOp::Publish { size } => {
@@ -267,7 +267,12 @@ pub fn check_topic_ops(history: usize, ops: impl IntoIterator<Item = TopicOp>) {
                 assert_eq!(subscription.start_positions()[0].seq, start);
                 let gap = subscription.gaps().first().map(|g| (g.gap.reason, g.gap.missed));
                 assert_eq!(gap, missed.map(|m| (GapReason::Expired, Some(m))));
-                readers.push(Reader { subscription, start, received: Vec::new(), evicted: false });
+                readers.push(ModelReader {
+                    subscription,
+                    start,
+                    received: Vec::new(),
+                    evicted: false,
+                });
             }
             TopicOp::Unsubscribe { which } if !readers.is_empty() => {
                 let mut gone = readers.swap_remove(usize::from(which) % readers.len());

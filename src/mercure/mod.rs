@@ -36,7 +36,7 @@ use crate::registry::ConnectionCloser;
 use crate::sse::{EventFilter, MercureDialect, SseStream, SseWriter, StreamTiming};
 use authorization::Unauthorized;
 pub(crate) use presence::Presence;
-use selector::{Selector, SelectorStore, any_matches_update};
+use selector::{MercureSelector, SelectorStore, any_matches_update};
 
 /// The path of the hub.
 pub(crate) const HUB_PATH: &str = "/.well-known/mercure";
@@ -429,8 +429,8 @@ fn before_expiry(left: Duration) -> Duration {
 /// A Mercure subscriber's rule: the updates one of whose topics one of its selectors matches,
 /// and, for a private update, one of its token's `mercure.subscribe` selectors too.
 struct SubscriberFilter {
-    selectors: Vec<Arc<Selector>>,
-    private: Vec<Arc<Selector>>,
+    selectors: Vec<Arc<MercureSelector>>,
+    private: Vec<Arc<MercureSelector>>,
     /// Announces that the subscriber left when the stream ends.
     _departure: Option<presence::Departure>,
 }

@@ -17,7 +17,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MercureEdge, SUBSCRIPTIONS_PATH, selector::Selector, text};
+use super::{MercureEdge, SUBSCRIPTIONS_PATH, selector::MercureSelector, text};
 use crate::codec::mercure::Record;
 use crate::event::{EventId, TopicName};
 use crate::http::ResponseBody;
@@ -28,7 +28,7 @@ const CONTEXT: &str = "https://mercure.rocks/";
 
 /// A subscription, as announced and listed.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-struct Subscription {
+struct ActiveSubscription {
     #[serde(rename = "@context", default, skip_serializing_if = "Option::is_none")]
     context: Option<String>,
     id: String,
@@ -51,7 +51,7 @@ struct SubscriptionList<'a> {
     kind: &'static str,
     #[serde(rename = "lastEventID")]
     last_event_id: &'a str,
-    subscriptions: Vec<Subscription>,
+    subscriptions: Vec<ActiveSubscription>,
 }
 
 /// The node's side of active subscriptions.
@@ -63,7 +63,7 @@ pub(crate) struct Presence {
 /// What the announcer is asked to do, in order.
 enum Announcement {
     /// Record and announce the end of these subscriptions.
-    Left(Vec<Subscription>),
+    Left(Vec<ActiveSubscription>),
     /// Say when everything asked before is done.
     Flush(oneshot::Sender<()>),
 }
@@ -71,7 +71,7 @@ enum Announcement {
 /// Held by a subscriber's stream: announces its departure when dropped.
 pub(crate) struct Departure {
     presence: Arc<Presence>,
-    subscriptions: Vec<Subscription>,
+    subscriptions: Vec<ActiveSubscription>,
 }
 
 impl Drop for Departure {
@@ -101,9 +101,9 @@ impl Presence {
     ) -> (Departure, Option<EventId>) {
         let subscriber = format!("urn:uuid:{}", uuid::Uuid::now_v7());
         let escaped_subscriber = query_escape(&subscriber);
-        let subscriptions: Vec<Subscription> = selectors
+        let subscriptions: Vec<ActiveSubscription> = selectors
             .iter()
-            .map(|selector| Subscription {
+            .map(|selector| ActiveSubscription {
                 context: None,
                 id: format!("{SUBSCRIPTIONS_PATH}/{}/{escaped_subscriber}", query_escape(selector)),
                 kind: "Subscription".to_owned(),
@@ -134,7 +134,7 @@ impl Presence {
 }
 
 /// Adds `subscriptions` to the roster (`active`) or removes them.
-async fn record(hub: &Hub, subscriptions: &[Subscription], active: bool) {
+async fn record(hub: &Hub, subscriptions: &[ActiveSubscription], active: bool) {
     let roster = hub.roster();
     for s in subscriptions {
         let recorded = if active {
@@ -178,7 +178,7 @@ async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Announc
                 match roster.take_dead().await {
                     Ok(dead) => {
                         for value in dead {
-                            if let Ok(subscription) = serde_json::from_str::<Subscription>(&value) {
+                            if let Ok(subscription) = serde_json::from_str::<ActiveSubscription>(&value) {
                                 publish(&hub, &log, subscription, false).await;
                             }
                         }
@@ -195,7 +195,7 @@ async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Announc
 async fn publish(
     hub: &Hub,
     log: &TopicName,
-    mut subscription: Subscription,
+    mut subscription: ActiveSubscription,
     active: bool,
 ) -> Option<EventId> {
     subscription.context = Some(CONTEXT.to_owned());
@@ -254,10 +254,10 @@ impl MercureEdge {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
             }
         };
-        let requested = topic.as_deref().map(Selector::compile);
-        let mut subscriptions: Vec<Subscription> = values
+        let requested = topic.as_deref().map(MercureSelector::compile);
+        let mut subscriptions: Vec<ActiveSubscription> = values
             .iter()
-            .filter_map(|value| serde_json::from_str::<Subscription>(value).ok())
+            .filter_map(|value| serde_json::from_str::<ActiveSubscription>(value).ok())
             .filter(|s| requested.as_ref().is_none_or(|selector| selector.matches(&s.topic)))
             .filter(|s| subscriber.as_ref().is_none_or(|wanted| *wanted == s.subscriber))
             .collect();

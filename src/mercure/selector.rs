@@ -27,7 +27,7 @@ const RECENT_UPDATES: usize = 256;
 const MAX_IDLE_SELECTORS: usize = 16 << 10;
 
 /// A compiled topic selector.
-pub(crate) struct Selector {
+pub(crate) struct MercureSelector {
     text: Box<str>,
     matcher: Matcher,
 }
@@ -47,7 +47,7 @@ enum Matcher {
     },
 }
 
-impl Selector {
+impl MercureSelector {
     /// Compiles `text`. Text that is not a valid template is an exact topic.
     pub(crate) fn compile(text: &str) -> Self {
         let matcher = if text == "*" {
@@ -64,7 +64,7 @@ impl Selector {
         } else {
             Matcher::Exact
         };
-        Selector { text: text.into(), matcher }
+        MercureSelector { text: text.into(), matcher }
     }
 
     /// Whether `topic` matches: `*` matches every topic, any selector matches itself, a
@@ -92,13 +92,13 @@ impl Selector {
     }
 }
 
-impl std::fmt::Debug for Selector {
+impl std::fmt::Debug for MercureSelector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Selector").field(&self.text).finish()
+        f.debug_tuple("MercureSelector").field(&self.text).finish()
     }
 }
 
-impl Selector {
+impl MercureSelector {
     /// Whether one of `update`'s topics matches, remembered for the update (by its serial).
     pub(crate) fn matches_update(&self, update: &MercureUpdate) -> bool {
         let Matcher::Template { recent_updates, .. } = &self.matcher else {
@@ -116,19 +116,22 @@ impl Selector {
 }
 
 /// Whether one of `update`'s topics matches one of `selectors`.
-pub(crate) fn any_matches_update(selectors: &[Arc<Selector>], update: &MercureUpdate) -> bool {
+pub(crate) fn any_matches_update(
+    selectors: &[Arc<MercureSelector>],
+    update: &MercureUpdate,
+) -> bool {
     selectors.iter().any(|selector| selector.matches_update(update))
 }
 
 /// The node's compiled selectors, shared by every subscriber and token that names them.
 #[derive(Default)]
 pub(crate) struct SelectorStore {
-    compiled: Mutex<HashMap<Box<str>, Weak<Selector>>>,
+    compiled: Mutex<HashMap<Box<str>, Weak<MercureSelector>>>,
 }
 
 impl SelectorStore {
     /// The compiled `text`, compiled now if no one holds it.
-    pub(crate) fn get(&self, text: &str) -> Arc<Selector> {
+    pub(crate) fn get(&self, text: &str) -> Arc<MercureSelector> {
         let mut compiled = self.compiled.lock();
         if let Some(selector) = compiled.get(text).and_then(Weak::upgrade) {
             return selector;
@@ -136,13 +139,13 @@ impl SelectorStore {
         if compiled.len() >= MAX_IDLE_SELECTORS {
             compiled.retain(|_, selector| selector.strong_count() > 0);
         }
-        let selector = Arc::new(Selector::compile(text));
+        let selector = Arc::new(MercureSelector::compile(text));
         compiled.insert(text.into(), Arc::downgrade(&selector));
         selector
     }
 
     /// Every one of `texts`, compiled.
-    pub(crate) fn get_all<S: AsRef<str>>(&self, texts: &[S]) -> Vec<Arc<Selector>> {
+    pub(crate) fn get_all<S: AsRef<str>>(&self, texts: &[S]) -> Vec<Arc<MercureSelector>> {
         texts.iter().map(|text| self.get(text.as_ref())).collect()
     }
 }
@@ -268,7 +271,7 @@ mod tests {
     use super::*;
 
     fn matches(selector: &str, topic: &str) -> bool {
-        Selector::compile(selector).matches(topic)
+        MercureSelector::compile(selector).matches(topic)
     }
 
     #[test]
@@ -338,7 +341,7 @@ mod tests {
     #[test]
     fn invalid_templates_are_exact_topics() {
         for text in ["{", "a{b", "{}", "{=x}", "a}b{c}", "{v:0}", "{v:x}", "{.}"] {
-            let selector = Selector::compile(text);
+            let selector = MercureSelector::compile(text);
             assert!(matches!(selector.matcher, Matcher::Exact), "{text}");
             assert!(selector.matches(text));
         }

@@ -27,30 +27,30 @@
 //!   re-reads the head; a publisher advances the head and then takes the waiter list. The
 //!   waiter list's lock orders the two, so either the writer sees the new head or the
 //!   publisher sees the waiter.
-//! - **Bounded lag, eviction.** A subscriber may fall behind by at most its client's byte
-//!   budget (`--client-queue-bytes`, counted in the bytes of the client's own wire format) and
+//! - **Bounded lag, eviction.** A subscriber may fall behind by at most its byte budget
+//!   (`--max-lag-bytes`, counted in the bytes of the subscriber's own wire format) and
 //!   at most the events the log holds (`--history`, at least [`MIN_LOG_EVENTS`]). A writer that
 //!   finds its next event already overwritten is evicted on the spot (never a silent gap); the
 //!   hub's sweeper evicts subscribers whose writers stopped reading (a stalled socket) once they
-//!   exceed either bound. Eviction closes the client and its connection; nobody else is
+//!   exceed either bound. Eviction closes the subscriber and its connection; nobody else is
 //!   affected, and memory stays bounded by the log.
 //! - **Resume without gap or duplicate.** A new subscription starts with its cursor at the
 //!   requested position (or the head), and its writer reads from the log after it: the replay
 //!   and the live stream are the same read, so nothing is skipped or repeated. A position the
 //!   log no longer covers, or from another epoch, starts at the oldest retained event with a
 //!   [`Gap`](crate::event::Gap) to report.
-//! - **Closing.** A client closes once: for eviction (nothing more is written) or for shutdown
+//! - **Closing.** A subscriber closes once: for eviction (nothing more is written) or for shutdown
 //!   (its writer sends what is already published, then ends the stream). Dropping a
 //!   subscription removes it from every topic's set and waiter list; memory a scan may still be
 //!   reading is reclaimed by epochs.
 //!
 //! The test `the_contract_in_one_walk` below goes through these steps on one topic.
 
-mod client;
 mod history;
 mod lifecycle;
+mod readers;
 mod reclaim;
-mod subscribers;
+mod subscriber;
 mod topic;
 
 use std::borrow::Borrow;
@@ -68,9 +68,9 @@ use crate::event::{Epoch, Event, EventId, TopicName};
 use lifecycle::Lifecycle;
 use topic::Reap;
 
-pub use client::Closed;
-pub(crate) use client::{Client, ConnectionCloser};
-pub(crate) use subscribers::{SlotId, Subscriber};
+pub(crate) use readers::{Reader, SlotId};
+pub use subscriber::Closed;
+pub(crate) use subscriber::{ConnectionCloser, Subscriber};
 pub(crate) use topic::{Successor, Topic, Unpublished};
 
 /// Most idle topics dropped per sweep, so one sweep after a flood stays short.
@@ -266,7 +266,7 @@ impl Registry {
 
     /// Forgets replaced copies that nobody reads any more.
     pub(crate) fn prune_retired(&self) {
-        self.retired.lock().retain(|topic| !topic.subscribers().is_empty());
+        self.retired.lock().retain(|topic| !topic.readers().is_empty());
     }
 
     /// Every current topic, at some moment during the call.
@@ -286,10 +286,10 @@ impl Registry {
 
     /// Calls `evict` for every subscriber lagging past its bounds (see [`Topic::sweep`]),
     /// visiting only topics with subscribers; then drops the topics idle for too long.
-    pub(crate) fn sweep(&self, mut evict: impl FnMut(&Subscriber) -> bool) -> Swept {
+    pub(crate) fn sweep(&self, mut evict: impl FnMut(&Reader) -> bool) -> Swept {
         let now = self.lifecycle.tick();
         let mut swept = Swept::default();
-        let mut count = |subscriber: &Subscriber| swept.evicted += usize::from(evict(subscriber));
+        let mut count = |reader: &Reader| swept.evicted += usize::from(evict(reader));
         self.prune_retired();
         for topic in self.lifecycle.active() {
             topic.sweep(&mut count);
@@ -371,21 +371,21 @@ mod tests {
             .expect("a live topic")
     }
 
-    fn client() -> Arc<Client> {
-        Arc::new(Client::new(1 << 20, Wire::Sse, None))
+    fn subscriber() -> Arc<Subscriber> {
+        Arc::new(Subscriber::new(1 << 20, Wire::Sse, None))
     }
 
     #[test]
     fn the_contract_in_one_walk() {
         let registry = Registry::new(100);
         let topic = registry.topic_or_create(&TopicName::new("news").unwrap()).unwrap().0;
-        let start = topic.subscribe(&client(), 0, None).unwrap();
+        let start = topic.subscribe(&subscriber(), 0, None).unwrap();
         let event = publish(&topic, "hi");
         assert_eq!(event.id.seq, start.position.seq + 1, "the next event follows the start");
         let guard = epoch::pin();
         assert_eq!(topic.event(event.id.seq, &guard).map(|e| e.id), Some(event.id));
-        assert!(topic.unsubscribe(start.slot, &start.subscriber));
-        assert!(topic.subscribers().is_empty());
+        assert!(topic.unsubscribe(start.slot, &start.reader));
+        assert!(topic.readers().is_empty());
     }
 
     /// What a writer reads after `after` up to the head, or `None` if it was lapped.
@@ -401,33 +401,33 @@ mod tests {
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         let ids: Vec<_> = (0..8).map(|i| publish(&topic, &i.to_string()).id).collect();
 
-        let start = topic.subscribe(&client(), 0, Some(ids[5])).unwrap();
+        let start = topic.subscribe(&subscriber(), 0, Some(ids[5])).unwrap();
         assert_eq!((start.position, start.gap.as_ref()), (ids[5], None));
         assert_eq!(read_after(&topic, start.position.seq), Some(vec![7, 8]));
-        topic.unsubscribe(start.slot, &start.subscriber);
+        topic.unsubscribe(start.slot, &start.reader);
 
-        let start = topic.subscribe(&client(), 0, Some(ids[0])).unwrap();
+        let start = topic.subscribe(&subscriber(), 0, Some(ids[0])).unwrap();
         assert_eq!(start.position.seq, 3, "history keeps 5: the oldest is 4");
         assert_eq!(
             start.gap,
             Some(Gap { reason: GapReason::Expired, requested: ids[0], missed: Some(2) })
         );
         assert_eq!(read_after(&topic, 3), Some(vec![4, 5, 6, 7, 8]));
-        topic.unsubscribe(start.slot, &start.subscriber);
+        topic.unsubscribe(start.slot, &start.reader);
 
         let foreign =
             EventId { epoch: Epoch::from_u64(topic.epoch().as_u64() ^ 1).unwrap(), seq: 3 };
-        let start = topic.subscribe(&client(), 0, Some(foreign)).unwrap();
+        let start = topic.subscribe(&subscriber(), 0, Some(foreign)).unwrap();
         assert_eq!(start.gap.as_ref().map(|g| g.reason), Some(GapReason::Epoch));
         assert_eq!(start.position.seq, 3);
-        topic.unsubscribe(start.slot, &start.subscriber);
+        topic.unsubscribe(start.slot, &start.reader);
 
         let future = EventId { epoch: topic.epoch(), seq: 100 };
-        let start = topic.subscribe(&client(), 0, Some(future)).unwrap();
+        let start = topic.subscribe(&subscriber(), 0, Some(future)).unwrap();
         assert_eq!(start.gap.as_ref().map(|g| g.reason), Some(GapReason::Unknown));
         assert_eq!(start.position.seq, 8);
 
-        let fresh = topic.subscribe(&client(), 0, None).unwrap();
+        let fresh = topic.subscribe(&subscriber(), 0, None).unwrap();
         assert_eq!((fresh.position.seq, fresh.gap.as_ref()), (8, None));
         assert_eq!(fresh.position_end, last_sse_end(&topic));
     }
@@ -438,7 +438,7 @@ mod tests {
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         let first = publish(&topic, "a");
         publish(&topic, "b");
-        let start = topic.subscribe(&client(), 0, Some(first.id)).unwrap();
+        let start = topic.subscribe(&subscriber(), 0, Some(first.id)).unwrap();
         assert_eq!(start.gap.as_ref().and_then(|g| g.missed), Some(1));
         assert_eq!(start.position.seq, 2);
         for i in 0..MIN_LOG_EVENTS {
@@ -462,8 +462,8 @@ mod tests {
     fn sweep_finds_subscribers_beyond_their_budget_or_the_log() {
         let registry = Registry::new(100);
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
-        let small = Arc::new(Client::new(300, Wire::Sse, None));
-        let big = client();
+        let small = Arc::new(Subscriber::new(300, Wire::Sse, None));
+        let big = subscriber();
         let small_start = topic.subscribe(&small, 0, None).unwrap();
         let big_start = topic.subscribe(&big, 1, None).unwrap();
         let swept = |topic: &Topic| {
@@ -477,7 +477,7 @@ mod tests {
         assert_eq!(swept(&topic), [0], "over 300 bytes behind");
         // A writer that keeps up reports its position and is left alone.
         let head = topic.head().seq;
-        small_start.subscriber.set_position(head, last_sse_end(&topic));
+        small_start.reader.set_position(head, last_sse_end(&topic));
         assert!(swept(&topic).is_empty());
         for _ in 0..150 {
             publish(&topic, "y");
@@ -493,13 +493,13 @@ mod tests {
     }
 
     #[test]
-    fn lag_is_counted_in_each_clients_own_wire_bytes() {
+    fn lag_is_counted_in_each_subscribers_own_wire_bytes() {
         let registry = Registry::new(100);
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         // Two events of 100 bytes: 240 bytes of SSE, 520 of JSON, 204 of raw frames.
         let budget = 400;
-        let clients = Wire::ALL.map(|wire| Arc::new(Client::new(budget, wire, None)));
-        let starts = clients.each_ref().map(|c| topic.subscribe(c, 0, None).unwrap());
+        let subscribers = Wire::ALL.map(|wire| Arc::new(Subscriber::new(budget, wire, None)));
+        let starts = subscribers.each_ref().map(|c| topic.subscribe(c, 0, None).unwrap());
         for _ in 0..2 {
             publish(&topic, &"q".repeat(100));
         }
@@ -508,7 +508,7 @@ mod tests {
         let ends = Wire::ALL.map(|wire| head.stream_end(wire));
         assert_eq!(ends, [240, 520, 204]);
         let mut evicted = Vec::new();
-        topic.sweep(|s| evicted.push(s.client.wire()));
+        topic.sweep(|s| evicted.push(s.subscriber.wire()));
         assert_eq!(evicted, [Wire::WsJson], "only the JSON reader is over its budget");
         drop(starts);
     }
@@ -526,18 +526,18 @@ mod tests {
         }
         let registry = Registry::new(10);
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
-        let client = client();
+        let subscriber = subscriber();
         let count = Arc::new(Count(AtomicUsize::new(0)));
-        client.register(&Waker::from(count.clone()));
-        let start = topic.subscribe(&client, 0, None).unwrap();
-        topic.register_waiter(&start.subscriber);
-        topic.register_waiter(&start.subscriber);
+        subscriber.register(&Waker::from(count.clone()));
+        let start = topic.subscribe(&subscriber, 0, None).unwrap();
+        topic.register_waiter(&start.reader);
+        topic.register_waiter(&start.reader);
         publish(&topic, "a");
         publish(&topic, "b");
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake per parking");
         // A writer registers its waker on every poll.
-        client.register(&Waker::from(count.clone()));
-        topic.register_waiter(&start.subscriber);
+        subscriber.register(&Waker::from(count.clone()));
+        topic.register_waiter(&start.reader);
         publish(&topic, "c");
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
@@ -573,7 +573,7 @@ mod tests {
         let (new, created) = registry.topic_or_create(&name).unwrap();
         assert!(created);
         assert_ne!(new.epoch(), old.epoch(), "ids are never issued twice");
-        let start = new.subscribe(&client(), 0, Some(first.id)).unwrap();
+        let start = new.subscribe(&subscriber(), 0, Some(first.id)).unwrap();
         assert_eq!(start.gap.map(|g| g.reason), Some(GapReason::Epoch));
     }
 
@@ -581,14 +581,14 @@ mod tests {
     fn a_topic_is_kept_while_it_has_subscribers_or_events() {
         let registry = short_lived(30, usize::MAX);
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
-        let start = topic.subscribe(&client(), 0, None).unwrap();
+        let start = topic.subscribe(&subscriber(), 0, None).unwrap();
         let until = std::time::Instant::now() + std::time::Duration::from_millis(120);
         while std::time::Instant::now() < until {
             assert_eq!(registry.sweep(|_| false).reaped, 0);
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(registry.lifecycle_counts().0, 1, "an active topic");
-        topic.unsubscribe(start.slot, &start.subscriber);
+        topic.unsubscribe(start.slot, &start.reader);
         // Events keep it too: each publish stamps it.
         for i in 0..10 {
             publish(&topic, &i.to_string());
@@ -603,10 +603,10 @@ mod tests {
         let registry = Registry::new(10);
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
         for _ in 0..1000 {
-            let start = topic.subscribe(&client(), 0, None).unwrap();
-            topic.register_waiter(&start.subscriber);
+            let start = topic.subscribe(&subscriber(), 0, None).unwrap();
+            topic.register_waiter(&start.reader);
             assert_eq!(topic.parked(), 1);
-            topic.unsubscribe(start.slot, &start.subscriber);
+            topic.unsubscribe(start.slot, &start.reader);
             assert_eq!(topic.parked(), 0, "the waiter list lets go of who left");
         }
     }
@@ -631,10 +631,10 @@ mod tests {
             registry.topic_or_create(&TopicName::new(&format!("idle{i}")).unwrap()).unwrap();
         }
         let busy = registry.topic_or_create(&TopicName::new("busy").unwrap()).unwrap().0;
-        let start = busy.subscribe(&client(), 0, None).unwrap();
+        let start = busy.subscribe(&subscriber(), 0, None).unwrap();
         registry.sweep(|_| false);
         assert_eq!(registry.lifecycle_counts(), (1, 1001));
-        busy.unsubscribe(start.slot, &start.subscriber);
+        busy.unsubscribe(start.slot, &start.reader);
         registry.sweep(|_| false);
         assert_eq!(registry.lifecycle_counts().0, 0, "settled into the idle queue");
     }
@@ -661,7 +661,7 @@ mod tests {
                     for i in 0..5_000 {
                         let start = loop {
                             let topic = registry.topic_or_create(&name).unwrap().0;
-                            if let Ok(start) = topic.subscribe(&client(), 0, None) {
+                            if let Ok(start) = topic.subscribe(&subscriber(), 0, None) {
                                 break (topic, start);
                             }
                         };
@@ -672,7 +672,7 @@ mod tests {
                         if i % 2 == 0 {
                             publish(&topic, "x");
                         }
-                        topic.unsubscribe(start.slot, &start.subscriber);
+                        topic.unsubscribe(start.slot, &start.reader);
                     }
                 })
             })
@@ -700,14 +700,14 @@ mod tests {
             .collect();
         for _ in 0..200 {
             let resume_at = topic.head();
-            let start = topic.subscribe(&client(), 0, Some(resume_at)).unwrap();
+            let start = topic.subscribe(&subscriber(), 0, Some(resume_at)).unwrap();
             assert_eq!(start.position, resume_at);
             std::thread::yield_now();
             let got = read_after(&topic, start.position.seq).expect("history covers the run");
             let expected: Vec<u64> =
                 (resume_at.seq + 1..=resume_at.seq + got.len() as u64).collect();
             assert_eq!(got, expected);
-            topic.unsubscribe(start.slot, &start.subscriber);
+            topic.unsubscribe(start.slot, &start.reader);
         }
         for p in publishers {
             p.join().unwrap();

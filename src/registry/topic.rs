@@ -11,10 +11,10 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 use super::MIN_LOG_EVENTS;
-use super::client::{Client, Closed};
 use super::history::History;
 use super::lifecycle::Lifecycle;
-use super::subscribers::{SlotId, Subscriber, SubscriberSet};
+use super::readers::{Reader, ReaderSet, SlotId};
+use super::subscriber::{Closed, Subscriber};
 use crate::event::{
     Epoch, Event, EventData, EventId, EventName, Frames, Gap, GapReason, TopicName, Wire,
 };
@@ -32,11 +32,11 @@ pub(crate) struct Topic {
     head_end: [AtomicU64; Wire::COUNT],
     /// Recent events by sequence number: what writers read and resume replays.
     log: History,
-    subscribers: SubscriberSet,
+    readers: ReaderSet,
     /// Writers parked until the next event, each at the key it keeps (so an unsubscribe takes
     /// its own out at once, and a quiet topic holds no one who left). Allocated when a writer
     /// first parks, freed when the topic goes idle: most topics never have one.
-    waiters: Mutex<Option<Box<Slab<Arc<Subscriber>>>>>,
+    waiters: Mutex<Option<Box<Slab<Arc<Reader>>>>>,
     /// Set once, in cluster mode, when this copy of the topic is replaced (its history of
     /// record lost or out of reach): nothing is appended after, and readers move on.
     successor: OnceLock<Box<Successor>>,
@@ -104,11 +104,11 @@ pub(crate) struct Discontinuity {
 pub(crate) struct TopicStart {
     /// Its slot, for unsubscribing.
     pub(crate) slot: SlotId,
-    /// Its entry in the topic's subscriber set.
-    pub(crate) subscriber: Arc<Subscriber>,
+    /// Its entry in the topic's reader set.
+    pub(crate) reader: Arc<Reader>,
     /// The position it starts after: the first event it receives is the next one.
     pub(crate) position: EventId,
-    /// The topic's stream length at `position`, in the client's wire format.
+    /// The topic's stream length at `position`, in the subscriber's wire format.
     pub(crate) position_end: u64,
     /// Set when the requested position cannot be resumed exactly.
     pub(crate) gap: Option<Gap>,
@@ -130,7 +130,7 @@ impl Topic {
             head: AtomicU64::new(base),
             head_end: Default::default(),
             log: History::new(history_limit.max(MIN_LOG_EVENTS), history_limit),
-            subscribers: SubscriberSet::new(),
+            readers: ReaderSet::new(),
             waiters: Mutex::new(None),
             successor: OnceLock::new(),
             last_active: AtomicU64::new(lifecycle.now()),
@@ -161,9 +161,9 @@ impl Topic {
         EventId { epoch: self.epoch, seq: self.head.load(Ordering::SeqCst) }
     }
 
-    /// The subscriber set.
-    pub(crate) fn subscribers(&self) -> &SubscriberSet {
-        &self.subscribers
+    /// The reader set.
+    pub(crate) fn readers(&self) -> &ReaderSet {
+        &self.readers
     }
 
     /// Assigns the next id, finishes the event's frames with it (`frames`, called under the
@@ -240,9 +240,9 @@ impl Topic {
                 _ => return,
             }
         };
-        for (_, subscriber) in waiters {
-            subscriber.waiting.store(false, Ordering::Release);
-            subscriber.client.wake();
+        for (_, reader) in waiters {
+            reader.waiting.store(false, Ordering::Release);
+            reader.subscriber.wake();
         }
     }
 
@@ -260,21 +260,21 @@ impl Topic {
         self.log.get(seq, guard)
     }
 
-    /// Parks `subscriber`'s writer until the next event: the caller must re-read the head
+    /// Parks `reader`'s writer until the next event: the caller must re-read the head
     /// afterwards and not sleep if it moved.
-    pub(crate) fn register_waiter(&self, subscriber: &Arc<Subscriber>) {
-        if !subscriber.waiting.swap(true, Ordering::AcqRel) {
+    pub(crate) fn register_waiter(&self, reader: &Arc<Reader>) {
+        if !reader.waiting.swap(true, Ordering::AcqRel) {
             let mut waiters = self.waiters.lock();
-            let key = waiters.get_or_insert_default().insert(subscriber.clone());
-            subscriber.waiter_key.store(key, Ordering::Relaxed);
+            let key = waiters.get_or_insert_default().insert(reader.clone());
+            reader.waiter_key.store(key, Ordering::Relaxed);
         }
     }
 
-    /// Registers `client` as a subscriber, starting after `resume` if given (or at the oldest
+    /// Registers a reader for `subscriber`, starting after `resume` if given (or at the oldest
     /// retained event with a gap if that position is gone), else after the head.
     pub(crate) fn subscribe(
         self: &Arc<Self>,
-        client: &Arc<Client>,
+        subscriber: &Arc<Subscriber>,
         topic_index: u16,
         resume: Option<EventId>,
     ) -> Result<TopicStart, Reaped> {
@@ -295,27 +295,26 @@ impl Topic {
             }
             Some(requested) => (requested.seq, None),
         };
-        let mut start = self.subscribe_after(client, topic_index, cursor, &guard)?;
+        let mut start = self.subscribe_after(subscriber, topic_index, cursor, &guard)?;
         start.gap = gap;
         Ok(start)
     }
 
-    /// Registers `client` as a subscriber whose next event is `after + 1`, whatever the log
+    /// Registers a reader for `subscriber` whose next event is `after + 1`, whatever the log
     /// holds: for readers moving over from a replaced copy, which were told what they lost.
     pub(crate) fn subscribe_after(
         self: &Arc<Self>,
-        client: &Arc<Client>,
+        subscriber: &Arc<Subscriber>,
         topic_index: u16,
         after: u64,
         guard: &Guard,
     ) -> Result<TopicStart, Reaped> {
-        let position_end = self.stream_end_at(after, client.wire(), guard);
-        let subscriber =
-            Arc::new(Subscriber::new(client.clone(), topic_index, after, position_end));
-        let slot = self.subscribers.insert(subscriber.clone());
+        let position_end = self.stream_end_at(after, subscriber.wire(), guard);
+        let reader = Arc::new(Reader::new(subscriber.clone(), topic_index, after, position_end));
+        let slot = self.readers.insert(reader.clone());
         // Inserted, then checked; the reaper marks, then counts (see `reap_if_idle`).
         if self.reaped.load(Ordering::SeqCst) {
-            self.subscribers.remove(slot);
+            self.readers.remove(slot);
             return Err(Reaped);
         }
         if !self.active.swap(true, Ordering::SeqCst) {
@@ -323,7 +322,7 @@ impl Topic {
         }
         Ok(TopicStart {
             slot,
-            subscriber,
+            reader,
             position: EventId { epoch: self.epoch, seq: after },
             position_end,
             gap: None,
@@ -371,17 +370,17 @@ impl Topic {
 
     /// Removes a subscription made by [`Topic::subscribe`], and its writer from the waiters:
     /// nothing of it stays, whether or not the topic ever publishes again.
-    pub(crate) fn unsubscribe(&self, slot: SlotId, subscriber: &Arc<Subscriber>) -> bool {
-        let removed = self.subscribers.remove(slot);
-        if subscriber.waiting.load(Ordering::Acquire) {
+    pub(crate) fn unsubscribe(&self, slot: SlotId, reader: &Arc<Reader>) -> bool {
+        let removed = self.readers.remove(slot);
+        if reader.waiting.load(Ordering::Acquire) {
             let mut waiters = self.waiters.lock();
-            let key = subscriber.waiter_key.load(Ordering::Relaxed);
+            let key = reader.waiter_key.load(Ordering::Relaxed);
             // The key may be stale (the list was taken by a publish since): check who is there.
             if let Some(parked) = waiters.as_deref_mut()
-                && parked.get(key).is_some_and(|parked| Arc::ptr_eq(parked, subscriber))
+                && parked.get(key).is_some_and(|parked| Arc::ptr_eq(parked, reader))
             {
                 parked.remove(key);
-                subscriber.waiting.store(false, Ordering::Release);
+                reader.waiting.store(false, Ordering::Release);
             }
         }
         self.last_active.store(self.lifecycle.now(), Ordering::Relaxed);
@@ -391,13 +390,13 @@ impl Topic {
     /// Moves the topic from the active set to the idle queue if it has no subscriber left;
     /// for the sweeper, which visits active topics.
     pub(super) fn settle(self: &Arc<Self>) {
-        if !self.subscribers.is_empty() {
+        if !self.readers.is_empty() {
             return;
         }
         self.active.store(false, Ordering::SeqCst);
         // A subscriber that arrived meanwhile either saw the flag cleared (and re-adds the
         // topic to the active set) or is counted here.
-        if !self.subscribers.is_empty() {
+        if !self.readers.is_empty() {
             self.active.store(true, Ordering::SeqCst);
             return;
         }
@@ -407,7 +406,7 @@ impl Topic {
             self.lifecycle.activate(self);
             return;
         }
-        self.subscribers.release_if_empty();
+        self.readers.release_if_empty();
         {
             let mut waiters = self.waiters.lock();
             if waiters.as_ref().is_some_and(|parked| parked.is_empty()) {
@@ -456,35 +455,35 @@ impl Topic {
         }
         self.reaped.store(true, Ordering::SeqCst);
         // A subscriber inserts, then checks the mark; we mark, then count.
-        if !self.subscribers.is_empty() || self.active.load(Ordering::SeqCst) {
+        if !self.readers.is_empty() || self.active.load(Ordering::SeqCst) {
             self.reaped.store(false, Ordering::SeqCst);
             return Reap::Active;
         }
         Reap::Reaped
     }
 
-    /// Calls `evict` for every subscriber that lags beyond its client's byte budget (in its
+    /// Calls `evict` for every reader that lags beyond its subscriber's byte budget (in its
     /// own wire format) or beyond what the log holds (its writer has stopped reading).
-    pub(crate) fn sweep(&self, mut evict: impl FnMut(&Subscriber)) {
+    pub(crate) fn sweep(&self, mut evict: impl FnMut(&Reader)) {
         let head = self.head.load(Ordering::Acquire);
         let head_end = self.head_end.each_ref().map(|end| end.load(Ordering::Relaxed));
         let capacity = self.log.capacity() as u64;
-        self.subscribers.for_each(&epoch::pin(), |subscriber| {
-            let (cursor, cursor_end) = subscriber.position();
-            let wire = subscriber.client.wire();
+        self.readers.for_each(&epoch::pin(), |reader| {
+            let (cursor, cursor_end) = reader.position();
+            let wire = reader.subscriber.wire();
             let lag_bytes = head_end[wire.index()].saturating_sub(cursor_end);
-            if lag_bytes > subscriber.client.lag_limit() as u64
+            if lag_bytes > reader.subscriber.lag_limit() as u64
                 || head.saturating_sub(cursor) > capacity
             {
-                evict(subscriber);
+                evict(reader);
             }
         });
     }
 
-    /// Closes every subscriber's client.
+    /// Closes the subscriber of every reader.
     pub(crate) fn close_subscribers(&self, why: Closed) {
-        self.subscribers.for_each(&epoch::pin(), |subscriber| {
-            subscriber.client.close(why);
+        self.readers.for_each(&epoch::pin(), |reader| {
+            reader.subscriber.close(why);
         });
     }
 }
@@ -494,7 +493,7 @@ impl std::fmt::Debug for Topic {
         f.debug_struct("Topic")
             .field("name", &self.name)
             .field("head", &self.head())
-            .field("subscribers", &self.subscribers.len())
+            .field("readers", &self.readers.len())
             .finish_non_exhaustive()
     }
 }

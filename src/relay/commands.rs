@@ -43,7 +43,7 @@ pub(super) struct ClusterConnections {
 }
 
 /// A connection to send on.
-pub(super) enum Connection {
+pub(super) enum RedisConnection {
     Standalone(deadpool_redis::Connection),
     Cluster(ClusterConnection),
 }
@@ -81,19 +81,19 @@ impl Commands {
 
     /// A connection: from the pool (checked with a ping if it was idle), or the next cluster
     /// connection.
-    pub(super) async fn get(&self) -> Result<Connection, RelayError> {
+    pub(super) async fn get(&self) -> Result<RedisConnection, RelayError> {
         match self {
             Commands::Standalone(pool) => pool
                 .get()
                 .await
-                .map(Connection::Standalone)
+                .map(RedisConnection::Standalone)
                 .map_err(|e| RelayError::Connect(Cause::new(e))),
             Commands::Cluster(cluster) => {
                 let ClusterConnections { client, connections, next } = &**cluster;
                 let turn = next.fetch_add(1, Ordering::Relaxed) % connections.len();
                 let mut shared = connections[turn].lock().await;
                 if let Some(connection) = &*shared {
-                    return Ok(Connection::Cluster(connection.clone()));
+                    return Ok(RedisConnection::Cluster(connection.clone()));
                 }
                 let connection =
                     tokio::time::timeout(CLUSTER_CALL_TIMEOUT, client.get_async_connection())
@@ -104,18 +104,18 @@ impl Commands {
                         })?
                         .map_err(|e| RelayError::Connect(Cause::new(e)))?;
                 *shared = Some(connection.clone());
-                Ok(Connection::Cluster(connection))
+                Ok(RedisConnection::Cluster(connection))
             }
         }
     }
 }
 
-impl Connection {
+impl RedisConnection {
     /// Sends `calls` and returns one result per call, in order. `Err` when the connection
     /// failed as a whole (nothing can be said about any call).
     pub(super) async fn send(&mut self, calls: Vec<Cmd>) -> RedisResult<Vec<RedisResult<Value>>> {
         match self {
-            Connection::Standalone(conn) => {
+            RedisConnection::Standalone(conn) => {
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
                 for call in calls {
@@ -130,7 +130,7 @@ impl Connection {
                     })
                     .collect())
             }
-            Connection::Cluster(conn) => {
+            RedisConnection::Cluster(conn) => {
                 let conn: &ClusterConnection = conn;
                 let results = join_all(calls.into_iter().map(|call| {
                     let mut conn = conn.clone();
@@ -161,8 +161,8 @@ impl Connection {
     /// Loads `script` into Redis's script cache (on every master of a cluster).
     pub(super) async fn load(&mut self, script: &redis::Script) -> RedisResult<()> {
         match self {
-            Connection::Standalone(conn) => script.prepare_invoke().load_async(conn).await?,
-            Connection::Cluster(conn) => script.prepare_invoke().load_async(conn).await?,
+            RedisConnection::Standalone(conn) => script.prepare_invoke().load_async(conn).await?,
+            RedisConnection::Cluster(conn) => script.prepare_invoke().load_async(conn).await?,
         };
         Ok(())
     }

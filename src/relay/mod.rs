@@ -119,7 +119,7 @@ impl Cause {
     }
 
     fn message(message: impl Into<String>) -> Self {
-        Cause(Arc::new(Message(message.into())))
+        Cause(Arc::new(TextCause(message.into())))
     }
 }
 
@@ -138,7 +138,7 @@ impl StdError for Cause {
 /// A cause known only as text (a pool's or a timeout's).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Message(String);
+struct TextCause(String);
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]

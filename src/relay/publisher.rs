@@ -16,7 +16,7 @@ use bytes::Bytes;
 use redis::{Cmd, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::commands::{self, Commands, Connection};
+use super::commands::{self, Commands, RedisConnection};
 use super::scripts::{self, TopicKeys};
 use super::{Cause, RelayError, Shared, Ticket};
 use crate::codec::envelope;
@@ -75,8 +75,8 @@ struct Worker {
 impl Worker {
     async fn run(self) {
         // The connection, when it was last used, and the link it was taken under.
-        type Held = (Connection, Instant, u64);
-        let mut connection: Option<Held> = None;
+        type Checkout = (RedisConnection, Instant, u64);
+        let mut connection: Option<Checkout> = None;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             // Whoever holds the queue takes everything waiting; the others wait their turn, so
@@ -96,7 +96,7 @@ impl Worker {
             // pings it before handing it out again: a Redis restart does not fail the next
             // publish.
             let links = self.shared.links.load(Ordering::Acquire);
-            let fresh = |(_, used, link): &Held| used.elapsed() < MAX_IDLE && *link == links;
+            let fresh = |(_, used, link): &Checkout| used.elapsed() < MAX_IDLE && *link == links;
             let conn = match connection.take().filter(fresh) {
                 Some((conn, _, _)) => conn,
                 None => match self.pool.get().await {
@@ -136,7 +136,7 @@ impl Worker {
     /// Sends `batch`; one result per job, in order, and whether the connection is still good.
     async fn send(
         &self,
-        conn: &mut Connection,
+        conn: &mut RedisConnection,
         batch: &[PublishJob],
     ) -> redis::RedisResult<(Vec<Result<(EventId, bool), RelayError>>, bool)> {
         let mut results: Vec<Option<Result<(EventId, bool), RelayError>>> = vec![None; batch.len()];

@@ -160,7 +160,9 @@ where
             if hub.is_draining() {
                 session.start_shutdown();
             }
-            let drain = |session: Pin<&mut crate::ws::Session>| session.get_mut().start_shutdown();
+            let drain = |session: Pin<&mut crate::ws::UpgradedConnection>| {
+                session.get_mut().start_shutdown()
+            };
             super::conn::ControlledConnection::new(session, control, drain).await;
             tracker.remove(key);
         });

@@ -1,7 +1,7 @@
 //! What a WebSocket connection is for, behind one trait: the connection does the protocol (IO,
 //! framing, heartbeats, closing) and asks its [`Handler`] what to do with each message and what
-//! to send. Two handlers: [`Echo`] (`/ws/echo`) here, and the subscriber (`/ws`) in
-//! [`super::subscriber`].
+//! to send. Two handlers: [`Echo`] (`/ws/echo`) here, and the session (`/ws`) in
+//! [`super::session`].
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll};

@@ -5,7 +5,7 @@
 //! `101`, a [`Connection`] owns the socket and runs the protocol: reading and decoding
 //! ([`inbound`], [`message`]), writing, the heartbeat ([`liveness`]) and the close handshake
 //! ([`closing`]). What the connection is for is its handler ([`handler`]): the echo, or a
-//! subscriber ([`subscriber`]) driven by [`command`]s. Events are framed once per format
+//! session ([`session`]): a subscription driven by [`command`]s. Events are framed once per format
 //! ([`crate::codec::ws`]) and every subscriber writes the same bytes: server frames are
 //! unmasked.
 //!
@@ -22,7 +22,7 @@ pub(crate) mod handshake;
 pub(crate) mod inbound;
 mod liveness;
 pub(crate) mod message;
-mod subscriber;
+mod session;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -38,12 +38,12 @@ use crate::http::{ApiError, ErrorCode, Gate, ResponseBody, StreamQuery};
 use crate::hub::{Hub, ReaderRequest};
 use crate::metrics::Metrics;
 use handler::{Echo, Handler};
-use subscriber::{Subscriber, SubscriberSetup};
+use session::{Session, SessionSetup};
 
 pub(crate) use connection::Connection;
 
 /// A WebSocket connection on an upgraded HTTP connection.
-pub(crate) type Session = Connection<TokioIo<Upgraded>>;
+pub(crate) type UpgradedConnection = Connection<TokioIo<Upgraded>>;
 
 /// The knobs of WebSocket connections.
 #[derive(Clone, Debug)]
@@ -80,7 +80,7 @@ pub(crate) struct Upgrade {
 impl Upgrade {
     /// Waits for the upgraded socket and sets the connection up on it; `None` if the upgrade
     /// failed (the client went away).
-    pub(crate) async fn connect(self) -> Option<Session> {
+    pub(crate) async fn connect(self) -> Option<UpgradedConnection> {
         let upgraded = match self.on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -129,7 +129,7 @@ impl WsEdge {
         }
         let request = ReaderRequest::new(query.topics, query.last_event_id, wire);
         let subscription = self.hub.subscribe(request).await?;
-        let handler = Box::new(Subscriber::new(SubscriberSetup {
+        let handler = Box::new(Session::new(SessionSetup {
             hub: self.hub.clone(),
             subscription,
             wire,

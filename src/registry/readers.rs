@@ -1,7 +1,7 @@
-//! The subscriber set of one topic: a growable array of slots that publishers scan without a
-//! lock while subscribers come and go.
+//! The readers of one topic: a growable array of slots that publishers scan without a lock
+//! while subscribers come and go.
 //!
-//! Each slot holds a pointer to a [`Subscriber`] or null. Subscribe and unsubscribe serialize on
+//! Each slot holds a pointer to a [`Reader`] or null. Subscribe and unsubscribe serialize on
 //! a writer mutex that publishers never take: subscribe fills a free slot (reusing freed ones
 //! first, so the scanned range stays dense), unsubscribe nulls its slot. Both are O(1) amortised;
 //! growth doubles the array and copies the pointers once. Memory is reclaimed with epochs
@@ -15,15 +15,16 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 use parking_lot::Mutex;
 
-use super::client::Client;
 use super::reclaim::defer_release;
+use super::subscriber::Subscriber;
 
-/// One subscription: which client, which of its topics this is, and how far it has read.
+/// A subscriber's reader of one topic: which subscriber, which of its topics this is, and how
+/// far it has read.
 #[derive(Debug)]
-pub(crate) struct Subscriber {
-    /// The client.
-    pub(crate) client: Arc<Client>,
-    /// Index of this topic in the client's topic list.
+pub(crate) struct Reader {
+    /// The subscriber.
+    pub(crate) subscriber: Arc<Subscriber>,
+    /// Index of this topic in the subscriber's topic list.
     pub(crate) topic_index: u16,
     /// In the topic's waiter list and not yet woken.
     pub(super) waiting: AtomicBool,
@@ -36,12 +37,17 @@ pub(crate) struct Subscriber {
     cursor_end: AtomicU64,
 }
 
-impl Subscriber {
-    /// A subscription of `client` starting after event `cursor`, whose stream length is
+impl Reader {
+    /// A reader for `subscriber` starting after event `cursor`, whose stream length is
     /// `cursor_end`.
-    pub(crate) fn new(client: Arc<Client>, topic_index: u16, cursor: u64, cursor_end: u64) -> Self {
-        Subscriber {
-            client,
+    pub(crate) fn new(
+        subscriber: Arc<Subscriber>,
+        topic_index: u16,
+        cursor: u64,
+        cursor_end: u64,
+    ) -> Self {
+        Reader {
+            subscriber,
             topic_index,
             waiting: AtomicBool::new(false),
             waiter_key: AtomicUsize::new(usize::MAX),
@@ -67,8 +73,8 @@ impl Subscriber {
 pub(crate) struct SlotId(u32);
 
 struct Slots {
-    /// Each non-null entry is an `Arc<Subscriber>` the array owns (from `Arc::into_raw`).
-    entries: Box<[AtomicPtr<Subscriber>]>,
+    /// Each non-null entry is an `Arc<Reader>` the array owns (from `Arc::into_raw`).
+    entries: Box<[AtomicPtr<Reader>]>,
 }
 
 impl Slots {
@@ -77,10 +83,10 @@ impl Slots {
     }
 }
 
-/// The subscribers of one topic. Small while empty (most topics, most of the time): the slot
+/// The readers of one topic. Small while empty (most topics, most of the time): the slot
 /// array and the free list are allocated by the first subscribe and freed by
-/// [`SubscriberSet::release_if_empty`].
-pub(crate) struct SubscriberSet {
+/// [`ReaderSet::release_if_empty`].
+pub(crate) struct ReaderSet {
     /// The slot array; replaced (never mutated in size) when it grows.
     slots: Atomic<Slots>,
     /// One past the highest slot ever used: publishers scan `0..high_water`.
@@ -95,10 +101,10 @@ pub(crate) struct SubscriberSet {
 
 const FIRST_CAPACITY: usize = 4;
 
-impl SubscriberSet {
+impl ReaderSet {
     /// An empty set; the slot array is allocated on the first subscribe.
     pub(crate) fn new() -> Self {
-        SubscriberSet {
+        ReaderSet {
             slots: Atomic::null(),
             high_water: AtomicU32::new(0),
             len: AtomicU32::new(0),
@@ -116,8 +122,8 @@ impl SubscriberSet {
         self.len.load(Ordering::SeqCst) == 0
     }
 
-    /// Adds a subscriber. The entry is visible to scans when this returns.
-    pub(crate) fn insert(&self, subscriber: Arc<Subscriber>) -> SlotId {
+    /// Adds a reader. The entry is visible to scans when this returns.
+    pub(crate) fn insert(&self, reader: Arc<Reader>) -> SlotId {
         let guard = epoch::pin();
         let mut writer = self.writer.lock();
         let index = match writer.as_mut().and_then(|free| free.pop()) {
@@ -131,7 +137,7 @@ impl SubscriberSet {
         if index >= capacity {
             slots = self.grow(slots, (capacity * 2).max(FIRST_CAPACITY), &guard);
         }
-        let entry = Arc::into_raw(subscriber).cast_mut();
+        let entry = Arc::into_raw(reader).cast_mut();
         // SAFETY: as above; after `grow` the array is non-null and longer than `index`.
         let array = unsafe { slots.deref() };
         array.entries[index].store(entry, Ordering::Release);
@@ -169,7 +175,7 @@ impl SubscriberSet {
         new
     }
 
-    /// Removes the subscriber in `slot`; returns whether it was still there.
+    /// Removes the reader in `slot`; returns whether it was still there.
     pub(crate) fn remove(&self, slot: SlotId) -> bool {
         let guard = epoch::pin();
         let mut writer = self.writer.lock();
@@ -197,12 +203,12 @@ impl SubscriberSet {
         true
     }
 
-    /// Frees the slot array and the free list if there is no subscriber: a topic that had
-    /// subscribers holds nothing for them once idle.
+    /// Frees the slot array and the free list if there is no reader: a topic that had
+    /// readers holds nothing for them once idle.
     pub(crate) fn release_if_empty(&self) {
         let guard = epoch::pin();
         let mut writer = self.writer.lock();
-        // Under the writer lock, no subscriber means every slot is null.
+        // Under the writer lock, no reader means every slot is null.
         if self.len.load(Ordering::SeqCst) != 0 {
             return;
         }
@@ -216,11 +222,11 @@ impl SubscriberSet {
         }
     }
 
-    /// Calls `f` with every subscriber present when the scan reaches its slot.
+    /// Calls `f` with every reader present when the scan reaches its slot.
     ///
     /// Never blocks: concurrent subscribes may or may not be seen, concurrent unsubscribes may
     /// still be seen once.
-    pub(crate) fn for_each(&self, guard: &Guard, mut f: impl FnMut(&Subscriber)) {
+    pub(crate) fn for_each(&self, guard: &Guard, mut f: impl FnMut(&Reader)) {
         let high_water = self.high_water.load(Ordering::Acquire) as usize;
         let slots = self.slots.load(Ordering::Acquire, guard);
         // SAFETY: loaded under `guard`, so the array outlives this scan.
@@ -231,20 +237,20 @@ impl SubscriberSet {
             let entry = cell.load(Ordering::Acquire);
             // SAFETY: a non-null entry was published with Release by `insert` and is freed only
             // after `guard` is released.
-            if let Some(subscriber) = unsafe { entry.as_ref() } {
-                f(subscriber);
+            if let Some(reader) = unsafe { entry.as_ref() } {
+                f(reader);
             }
         }
     }
 }
 
-impl Default for SubscriberSet {
+impl Default for ReaderSet {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Drop for SubscriberSet {
+impl Drop for ReaderSet {
     fn drop(&mut self) {
         // SAFETY: `&mut self` means no publisher or writer is using the set; older arrays were
         // handed to the collector already.
@@ -270,12 +276,12 @@ mod tests {
     use crate::event::Wire;
     use std::collections::HashSet;
 
-    fn subscriber(tag: u16) -> Arc<Subscriber> {
-        let client = Arc::new(Client::new(1 << 20, Wire::Sse, None));
-        Arc::new(Subscriber::new(client, tag, 0, 0))
+    fn reader(tag: u16) -> Arc<Reader> {
+        let subscriber = Arc::new(Subscriber::new(1 << 20, Wire::Sse, None));
+        Arc::new(Reader::new(subscriber, tag, 0, 0))
     }
 
-    fn seen(set: &SubscriberSet) -> Vec<u16> {
+    fn seen(set: &ReaderSet) -> Vec<u16> {
         let mut tags = Vec::new();
         set.for_each(&epoch::pin(), |s| tags.push(s.topic_index));
         tags.sort_unstable();
@@ -284,13 +290,13 @@ mod tests {
 
     #[test]
     fn insert_remove_reuses_slots() {
-        let set = SubscriberSet::new();
-        let ids: Vec<_> = (0..10).map(|i| set.insert(subscriber(i))).collect();
+        let set = ReaderSet::new();
+        let ids: Vec<_> = (0..10).map(|i| set.insert(reader(i))).collect();
         assert_eq!(seen(&set), (0..10).collect::<Vec<_>>());
         assert!(set.remove(ids[3]));
         assert!(!set.remove(ids[3]), "removing twice is a no-op");
         assert_eq!(set.len(), 9);
-        let again = set.insert(subscriber(99));
+        let again = set.insert(reader(99));
         assert_eq!(again, ids[3], "a freed slot is reused before the array grows");
         assert_eq!(set.high_water.load(Ordering::Relaxed), 10);
         assert!(seen(&set).contains(&99));
@@ -298,8 +304,8 @@ mod tests {
 
     #[test]
     fn concurrent_churn_never_loses_a_stable_subscriber() {
-        let set = Arc::new(SubscriberSet::new());
-        let stable: Vec<_> = (0..64).map(|i| set.insert(subscriber(i))).collect();
+        let set = Arc::new(ReaderSet::new());
+        let stable: Vec<_> = (0..64).map(|i| set.insert(reader(i))).collect();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let churners: Vec<_> = (0..2)
             .map(|t| {
@@ -307,8 +313,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut n = 0u32;
                     while !stop.load(Ordering::Relaxed) {
-                        let ids: Vec<_> =
-                            (0..50).map(|_| set.insert(subscriber(1000 + t))).collect();
+                        let ids: Vec<_> = (0..50).map(|_| set.insert(reader(1000 + t))).collect();
                         for id in ids {
                             assert!(set.remove(id));
                         }
@@ -327,7 +332,7 @@ mod tests {
                 tags
             };
             for i in 0..64u16 {
-                assert!(tags.contains(&i), "stable subscriber {i} missed during churn");
+                assert!(tags.contains(&i), "stable reader {i} missed during churn");
             }
         }
         stop.store(true, Ordering::Relaxed);

@@ -1,8 +1,8 @@
-//! A client of the registry: one subscriber connection's shared state, the part publishers,
-//! the sweeper and shutdown touch. Its position on each topic lives in its [`Subscriber`]
+//! A subscriber as the registry sees it: one stream's shared state, the part publishers,
+//! the sweeper and shutdown touch. Its position on each topic lives in its [`Reader`]
 //! entries; its writer owns everything else.
 //!
-//! [`Subscriber`]: super::Subscriber
+//! [`Reader`]: super::Reader
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -12,16 +12,16 @@ use atomic_waker::AtomicWaker;
 
 use crate::event::Wire;
 
-/// Why a client stopped receiving events.
+/// Why a subscriber stopped receiving events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Closed {
     /// The server is shutting down: the writer sends what is already published, then ends.
     Shutdown,
-    /// The client fell too far behind and was evicted: nothing more is sent.
+    /// The subscriber fell too far behind and was evicted: nothing more is sent.
     Evicted,
 }
 
-/// Closes the connection that serves a client, so an evicted client is dropped even while its
+/// Closes the connection that serves a subscriber, so an evicted one is dropped even while its
 /// socket is too full for its writer to run.
 pub(crate) trait ConnectionCloser: Send + Sync {
     /// Closes the connection as soon as possible, without flushing.
@@ -33,27 +33,33 @@ const SHUTDOWN: u8 = 1;
 const EVICTED: u8 = 2;
 
 /// One subscriber connection, as seen by publishers, the sweeper and shutdown.
-pub(crate) struct Client {
+pub(crate) struct Subscriber {
     /// `OPEN`, `SHUTDOWN` or `EVICTED`; only ever moves away from `OPEN`.
     state: AtomicU8,
     /// The writer's task, woken when a topic it waits on gets an event, or on close.
     waker: AtomicWaker,
     /// The wire format the connection reads events in: its lag is counted in those bytes.
     wire: Wire,
-    /// Most bytes of `wire` the client may lag behind a topic before it is evicted.
+    /// Most bytes of `wire` the subscriber may lag behind a topic before it is evicted.
     lag_limit: usize,
-    /// Called once when the client is evicted.
+    /// Called once when the subscriber is evicted.
     closer: Option<Arc<dyn ConnectionCloser>>,
 }
 
-impl Client {
-    /// A client reading `wire` that may lag `lag_limit` bytes of it behind a topic.
+impl Subscriber {
+    /// A subscriber reading `wire` that may lag `lag_limit` bytes of it behind a topic.
     pub(crate) fn new(
         lag_limit: usize,
         wire: Wire,
         closer: Option<Arc<dyn ConnectionCloser>>,
     ) -> Self {
-        Client { state: AtomicU8::new(OPEN), waker: AtomicWaker::new(), wire, lag_limit, closer }
+        Subscriber {
+            state: AtomicU8::new(OPEN),
+            waker: AtomicWaker::new(),
+            wire,
+            lag_limit,
+            closer,
+        }
     }
 
     /// The wire format the connection reads events in.
@@ -61,7 +67,7 @@ impl Client {
         self.wire
     }
 
-    /// Most bytes of its own wire format the client may lag behind a topic.
+    /// Most bytes of its own wire format the subscriber may lag behind a topic.
     pub(crate) fn lag_limit(&self) -> usize {
         self.lag_limit
     }
@@ -83,7 +89,7 @@ impl Client {
         true
     }
 
-    /// Whether the client was closed, and why.
+    /// Whether the subscriber was closed, and why.
     pub(crate) fn closed(&self) -> Option<Closed> {
         match self.state.load(Ordering::Acquire) {
             OPEN => None,
@@ -92,7 +98,7 @@ impl Client {
         }
     }
 
-    /// Registers the writer's task for [`Client::wake`].
+    /// Registers the writer's task for [`Subscriber::wake`].
     pub(crate) fn register(&self, waker: &Waker) {
         self.waker.register(waker);
     }
@@ -103,9 +109,9 @@ impl Client {
     }
 }
 
-impl std::fmt::Debug for Client {
+impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
+        f.debug_struct("Subscriber")
             .field("wire", &self.wire)
             .field("closed", &self.closed())
             .finish_non_exhaustive()
@@ -135,17 +141,17 @@ mod tests {
     fn the_first_close_wins_and_eviction_closes_the_connection() {
         let connection = Arc::new(Flag::default());
         let woken = Arc::new(Flag::default());
-        let client = Client::new(100, Wire::Sse, Some(connection.clone()));
-        client.register(&Waker::from(woken.clone()));
-        assert!(client.close(Closed::Evicted));
+        let subscriber = Subscriber::new(100, Wire::Sse, Some(connection.clone()));
+        subscriber.register(&Waker::from(woken.clone()));
+        assert!(subscriber.close(Closed::Evicted));
         assert!(woken.0.load(Ordering::SeqCst), "closing wakes the writer");
         assert!(connection.0.load(Ordering::SeqCst), "eviction closes the connection");
-        assert!(!client.close(Closed::Shutdown));
-        assert_eq!(client.closed(), Some(Closed::Evicted));
+        assert!(!subscriber.close(Closed::Shutdown));
+        assert_eq!(subscriber.closed(), Some(Closed::Evicted));
 
         let connection = Arc::new(Flag::default());
-        let client = Client::new(100, Wire::Sse, Some(connection.clone()));
-        assert!(client.close(Closed::Shutdown));
+        let subscriber = Subscriber::new(100, Wire::Sse, Some(connection.clone()));
+        assert!(subscriber.close(Closed::Shutdown));
         assert!(!connection.0.load(Ordering::SeqCst), "shutdown lets the stream drain");
     }
 }

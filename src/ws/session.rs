@@ -39,7 +39,7 @@ const MAX_STRIKES: u32 = 50;
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What the handler of a `/ws` connection needs to know.
-pub(super) struct SubscriberSetup {
+pub(super) struct SessionSetup {
     /// The hub commands act on.
     pub(super) hub: Arc<Hub>,
     /// The topics followed from the start.
@@ -58,19 +58,19 @@ pub(super) struct SubscriberSetup {
     pub(super) max_message: usize,
 }
 
-/// The handler of a `/ws` connection.
-pub(super) struct Subscriber {
-    setup: SubscriberSetup,
+/// A `/ws` connection's session: its commands, carried out over its subscription.
+pub(super) struct Session {
+    setup: SessionSetup,
     /// When the client's token runs out.
     expiry: Option<Instant>,
     bucket: TokenBucket,
     strikes: u32,
     /// A command waiting (for Redis, in cluster mode); later ones wait behind it.
-    in_flight: Option<InFlight>,
+    in_flight: Option<PendingCommand>,
 }
 
 /// A command waiting, with the `ref` to echo in its reply.
-struct InFlight {
+struct PendingCommand {
     reference: Option<Value>,
     wait: Wait,
 }
@@ -87,11 +87,11 @@ enum Wait {
     },
 }
 
-impl Subscriber {
-    pub(super) fn new(setup: SubscriberSetup) -> Self {
+impl Session {
+    pub(super) fn new(setup: SessionSetup) -> Self {
         let bucket = TokenBucket::per_second(setup.commands_per_sec);
         let expiry = setup.access.expires_in().map(|left| Instant::now() + left);
-        Subscriber { setup, expiry, bucket, strikes: 0, in_flight: None }
+        Session { setup, expiry, bucket, strikes: 0, in_flight: None }
     }
 
     fn on_command(&mut self, text: &[u8], out: &mut Outbox) -> Result<(), Violation> {
@@ -111,7 +111,7 @@ impl Subscriber {
         {
             Ok(None) => Ok(()),
             Ok(Some(wait)) => {
-                self.in_flight = Some(InFlight { reference, wait });
+                self.in_flight = Some(PendingCommand { reference, wait });
                 Ok(())
             }
             Err(Refusal::Command(refused)) => self.refuse(reference.as_ref(), &refused, out),
@@ -267,7 +267,7 @@ fn raw_gap(notice: &Event) -> Violation {
     Violation::new(CloseCode::GAP, gap::close_reason(notice, MAX_CLOSE_REASON))
 }
 
-impl Handler for Subscriber {
+impl Handler for Session {
     fn max_message(&self) -> usize {
         self.setup.max_message
     }
