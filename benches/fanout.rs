@@ -67,7 +67,7 @@ struct Args {
     /// Threads reading the subscriber connections.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-    /// Extra flag for the server (repeatable), e.g. --server-arg=--client-queue-bytes=4MiB.
+    /// Extra flag for the server (repeatable), e.g. --server-arg=--max-lag-bytes=4MiB.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
     /// Only measure idle memory: connect, measure, disconnect.

@@ -9,13 +9,13 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use crier::internals::{
-    EventData, Hub, HubConfig, Metrics, ReaderRequest, Subscription, TopicName, Wire,
+    EventData, Hub, HubConfig, Metrics, Subscription, SubscriptionRequest, TopicName, Wire,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 
 fn hub() -> Hub {
-    let config = HubConfig { client_queue_bytes: 1 << 30, history: 1000, ..HubConfig::default() };
+    let config = HubConfig { max_lag_bytes: 1 << 30, history: 1000, ..HubConfig::default() };
     Hub::local(config, Arc::new(Metrics::new()))
 }
 
@@ -31,7 +31,7 @@ fn publish(hub: &Hub, topic: &TopicName) {
 
 /// Subscribes on a single node, where it completes at once.
 fn subscribe(hub: &Hub, topic: &TopicName) -> Subscription {
-    let request = ReaderRequest::new(vec![topic.clone()], None, Wire::Sse);
+    let request = SubscriptionRequest::new(vec![topic.clone()], None, Wire::Sse);
     let subscription = hub.subscribe(request).now_or_never();
     subscription.expect("a local subscribe is immediate").expect("subscribed")
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use crier::internals::{
-    EventData, Hub, HubConfig, Metrics, Polled, ReaderRequest, RelayConfig, TopicName, Wire,
+    EventData, Hub, HubConfig, Metrics, Polled, RelayConfig, SubscriptionRequest, TopicName, Wire,
 };
 use support::redis::RedisCluster;
 use support::{Redis, process_cpu_seconds};
@@ -148,7 +148,7 @@ async fn run(args: &Args, nodes: usize) {
     // One subscriber per node, to every topic: counts events and checks each topic's order.
     let mut subscribers = Vec::new();
     for hub in &hubs {
-        let request = ReaderRequest::new(topics.clone(), None, Wire::Sse);
+        let request = SubscriptionRequest::new(topics.clone(), None, Wire::Sse);
         let mut subscription = hub.subscribe(request).await.expect("subscribe");
         let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let task = tokio::spawn({

@@ -27,12 +27,16 @@ pub struct Config {
     pub heartbeat: Duration,
 
     /// How far, in bytes of its own stream (SSE frames, or WebSocket frames in its format), one
-    /// subscriber may fall behind a topic (its queue). A subscriber that falls further behind,
-    /// or behind the events the topic's log holds (--history), is disconnected and resumes from
-    /// history. The events are shared, so a slow subscriber costs no memory of its own beyond
-    /// the chunk being written.
-    #[arg(long, env = "CRIER_CLIENT_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
-    pub client_queue_bytes: usize,
+    /// subscriber may fall behind a topic. A subscriber that falls further behind, or behind
+    /// the events the topic's log holds (--history), is disconnected and resumes from history.
+    /// The events are shared, so a slow subscriber costs no memory of its own beyond the chunk
+    /// being written: this bounds lag, not a queue.
+    #[arg(long, env = "CRIER_MAX_LAG_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_lag_bytes: usize,
+
+    /// The old name of --max-lag-bytes (it bounds no queue), kept working with a warning.
+    #[arg(long = "client-queue-bytes", env = "CRIER_CLIENT_QUEUE_BYTES", hide = true, value_parser = parse_bytes, conflicts_with = "max_lag_bytes")]
+    pub client_queue_bytes: Option<usize>,
 
     /// Events per topic a resume (Last-Event-ID) may replay. The topic's log keeps at least 64
     /// whatever this says, so this also bounds how far a live subscriber may lag. 0 disables
@@ -62,9 +66,15 @@ pub struct Config {
     #[arg(long, env = "CRIER_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = parse_positive_duration)]
     pub idempotency_window: Duration,
 
-    /// Most topics one stream may subscribe to.
-    #[arg(long, env = "CRIER_MAX_TOPICS_PER_CONNECTION", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
-    pub max_topics_per_connection: u16,
+    /// Most topics one stream may subscribe to: an SSE stream, a WebSocket (with its
+    /// `subscribe` commands); over HTTP/2, each stream of a connection on its own.
+    #[arg(long, env = "CRIER_MAX_TOPICS_PER_STREAM", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_topics_per_stream: u16,
+
+    /// The old name of --max-topics-per-stream (the limit is per stream, not per connection),
+    /// kept working with a warning.
+    #[arg(long = "max-topics-per-connection", env = "CRIER_MAX_TOPICS_PER_CONNECTION", hide = true, value_parser = clap::value_parser!(u16).range(1..), conflicts_with = "max_topics_per_stream")]
+    pub max_topics_per_connection: Option<u16>,
 
     /// On SIGTERM/SIGINT, how long `/readyz` answers 503 `draining` while the server goes on
     /// serving and accepting, so a load balancer takes the node out of rotation before it
@@ -259,7 +269,18 @@ pub struct Config {
 
     /// Mercure hub: origins a publish may come from when its token is in the
     /// `mercureAuthorization` cookie, comma-separated (`*`: any).
-    #[arg(long, env = "CRIER_PUBLISH_ORIGINS", value_delimiter = ',')]
+    #[arg(long, env = "CRIER_MERCURE_PUBLISH_ORIGINS", value_delimiter = ',')]
+    pub mercure_publish_origins: Vec<String>,
+
+    /// The old name of --mercure-publish-origins (the list is the Mercure hub's), kept working
+    /// with a warning.
+    #[arg(
+        long = "publish-origins",
+        env = "CRIER_PUBLISH_ORIGINS",
+        hide = true,
+        value_delimiter = ',',
+        conflicts_with = "mercure_publish_origins"
+    )]
     pub publish_origins: Vec<String>,
 
     /// Serve TLS with this PEM certificate chain (with --tls-key); ALPN offers h2 and
@@ -316,6 +337,28 @@ impl Config {
         Ok(self)
     }
 
+    /// Moves the values given under a flag's old name to the flag, and says which old names
+    /// were used, each in a warning to log once.
+    pub(crate) fn take_deprecated_names(&mut self) -> Vec<String> {
+        let mut used = Vec::new();
+        let mut warn = |old: &str, new: &str| {
+            used.push(format!("--{old} is deprecated and will be removed: use --{new}"));
+        };
+        if let Some(bytes) = self.client_queue_bytes.take() {
+            self.max_lag_bytes = bytes;
+            warn("client-queue-bytes", "max-lag-bytes");
+        }
+        if let Some(topics) = self.max_topics_per_connection.take() {
+            self.max_topics_per_stream = topics;
+            warn("max-topics-per-connection", "max-topics-per-stream");
+        }
+        if !self.publish_origins.is_empty() {
+            self.mercure_publish_origins = std::mem::take(&mut self.publish_origins);
+            warn("publish-origins", "mercure-publish-origins");
+        }
+        used
+    }
+
     /// The credentials' share of the configuration.
     pub(crate) fn auth(&self) -> AuthConfig {
         AuthConfig {
@@ -351,9 +394,8 @@ impl Config {
                 "SUBSCRIBER",
             ),
             anonymous: self.mercure_anonymous,
-            publish_origins: self.publish_origins.clone(),
+            publish_origins: self.mercure_publish_origins.clone(),
             subscriptions: self.mercure_subscriptions,
-            publish_timeout: self.publish_timeout,
         }
     }
 
@@ -377,9 +419,9 @@ impl Config {
     pub fn hub(&self) -> HubConfig {
         HubConfig {
             history: self.history,
-            client_queue_bytes: self.client_queue_bytes,
+            max_lag_bytes: self.max_lag_bytes,
             max_event_bytes: self.max_event_bytes,
-            max_topics_per_stream: usize::from(self.max_topics_per_connection),
+            max_topics_per_stream: usize::from(self.max_topics_per_stream),
             topic_idle_ttl: self.topic_idle_ttl,
             max_topics: usize::try_from(self.max_topics).unwrap_or(usize::MAX),
             idempotency_window: self.idempotency_window,
@@ -436,7 +478,8 @@ mod tests {
         let c = Config::try_parse_from(["crier"]).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.heartbeat, Duration::from_secs(15));
-        assert_eq!(c.client_queue_bytes, 1 << 20);
+        assert_eq!(c.max_lag_bytes, 1 << 20);
+        assert_eq!(c.max_topics_per_stream, 64);
         assert_eq!(c.history, 1000);
         assert_eq!(c.max_event_bytes, 64 << 10);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
@@ -457,20 +500,23 @@ mod tests {
             "crier",
             "--heartbeat",
             "250ms",
-            "--client-queue-bytes",
+            "--max-lag-bytes",
             "64KiB",
             "--log-format",
             "json",
         ])
         .unwrap();
         assert_eq!(c.heartbeat, Duration::from_millis(250));
-        assert_eq!(c.client_queue_bytes, 65536);
+        assert_eq!(c.max_lag_bytes, 65536);
         assert_eq!(c.log_format, LogFormat::Json);
         for bad in [
             &["--heartbeat", "0s"][..],
             &["--heartbeat", "soon"],
-            &["--client-queue-bytes", "lots"],
+            &["--max-lag-bytes", "lots"],
+            &["--max-lag-bytes", "0"],
             &["--client-queue-bytes", "0"],
+            &["--max-lag-bytes", "1MiB", "--client-queue-bytes", "2MiB"],
+            &["--max-topics-per-stream", "0"],
             &["--listen", "localhost"],
             &["--history", "-1"],
             &["--log-format", "xml"],
@@ -488,5 +534,29 @@ mod tests {
             let parsed = Config::try_parse_from(args).and_then(Config::checked);
             assert!(parsed.is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn old_flag_names_still_work_and_are_named_once_for_a_warning() {
+        let mut c = Config::try_parse_from([
+            "crier",
+            "--client-queue-bytes",
+            "64KiB",
+            "--max-topics-per-connection",
+            "7",
+            "--publish-origins",
+            "https://a.example,https://b.example",
+        ])
+        .unwrap();
+        let used = c.take_deprecated_names();
+        assert_eq!(used.len(), 3, "{used:?}");
+        assert!(used[0].contains("--client-queue-bytes") && used[0].contains("--max-lag-bytes"));
+        assert_eq!(c.max_lag_bytes, 65536);
+        assert_eq!(c.max_topics_per_stream, 7);
+        assert_eq!(c.mercure_publish_origins, ["https://a.example", "https://b.example"]);
+        assert!(c.take_deprecated_names().is_empty(), "each is named once");
+        let mut current = Config::try_parse_from(["crier", "--max-lag-bytes", "2MiB"]).unwrap();
+        assert!(current.take_deprecated_names().is_empty());
+        assert_eq!(current.max_lag_bytes, 2 << 20);
     }
 }

@@ -9,29 +9,61 @@
 //! resumes from the log with no gap and no duplicate. Beside its own API, crier is a Mercure
 //! hub (`/.well-known/mercure`) over one log of Mercure updates relayed like any topic.
 //!
-//! The layers, from the bottom up; each imports only from layers below it:
+//! # Words
+//!
+//! One word, one thing, across the crate:
+//!
+//! - **topic**: a named, ordered log of events ([`TopicName`](event::TopicName), the
+//!   registry's `Topic`); an **internal log** is one with a name no client can give (`~…`),
+//!   kept by an edge (the Mercure hub's), and a **pinned** topic is never dropped for being
+//!   idle.
+//! - **event**: one publish, with its id and its **frames**, the bytes it is sent as in each
+//!   wire format, encoded once.
+//! - **subscriber**: one open stream (SSE or WebSocket) as publishers, the sweeper and shutdown
+//!   see it: its wire format, how far it may lag (`--max-lag-bytes`), whether it was closed.
+//! - **reader**: a subscriber's place in one topic, its **cursor** there; the composite id a
+//!   stream of several topics sends is a cursor too.
+//! - **subscription**: a subscriber's readers of all its topics, owned by its **writer** (the
+//!   code that turns them into frames on the socket), asked for by a `SubscriptionRequest`.
+//! - **session**: a `/ws` connection's command loop over its subscription.
+//! - **peer**: who a request comes from: an address (read through `--trusted-proxies`) and
+//!   whether it is local. The **remote** address is the connection's other end (a proxy,
+//!   behind one).
+//! - **admission**: what every request to a gated endpoint passes, on every door (the fast
+//!   path, hyper); its output, `Admitted`, is the peer, what its token allows (`Access`) and
+//!   its CORS headers.
+//! - **publish policy**: what every publish passes, whichever edge it comes from: rates, the
+//!   publishes in flight, the timeout; its `PublishPermit` is the way into the hub.
+//! - **route**: the endpoint a path names, computed once per request.
+//!
+//! # Layers
+//!
+//! From the bottom up; each imports only from layers below it, the edges reach the core
+//! through the hub, and the core (event, registry, hub) names no edge:
 //!
 //! ```text
 //! event                names, ids, data, the Event with its frames (imports nothing of the crate)
 //! codec                SSE frames, WebSocket frames, the crier.gap notice, the relay envelope,
-//!                      the Mercure record and frame
-//! registry             sharded topics, each a log that writers follow, subscribers, eviction
+//!                      the Mercure log's record and frame
+//! registry             sharded topics, each a log that readers follow, subscribers, eviction
 //! metrics, chunk,      metric handles and guards; write buffers and the vectored-write loop;
 //! limits, auth         token buckets; keys, tokens, what a token allows (no HTTP)
 //! relay                cluster mode: Redis assigns ids, a link appends to the registry
 //! hub                  publish / subscribe over one sequencer seam (local, or the relay)
-//! http                 response body, error codes, query parsing, who a request is from and
-//!                      where its token comes from
-//! sse, ws              the edges: a request in, a stream or a connection out
+//! http                 routes, the one admission, the one publish policy, response body, error
+//!                      codes, query parsing, who a request is from, where its token comes from
+//! sse, ws              the edges: an admitted request in, a stream or a connection out
 //! mercure              the Mercure hub: selectors, its authorization, resume by Mercure id,
-//!                      active subscriptions (over the sse writer)
-//! config, server       flags; accept, route, tower layers, sessions, shutdown (knows every edge)
+//!                      active subscriptions (over the sse writer's plain dialect)
+//! config, server       flags; building the app, accepting, the fast path, hyper and the tower
+//!                      stack, shutdown (knows every edge)
 //! ```
 //!
-//! A publish, on a single node: `server` (tower stack) ─▶ `hub::Hub::publish` ─▶ the local
-//! sequencer: `codec` encodes, the `registry` topic assigns the id and appends, parked writers
-//! wake ─▶ each `sse`/`ws` writer takes what follows its cursor into a `chunk` ─▶ one vectored
-//! write. In cluster mode the sequencer is the `relay`: a Lua script in Redis assigns the id and
+//! A publish, on a single node: an edge (`POST /publish`, a WebSocket command, a Mercure
+//! update) ─▶ the publish policy ─▶ `hub::Hub::publish_with` ─▶ the local sequencer: `codec`
+//! encodes, the `registry` topic assigns the id and appends, parked writers wake ─▶ each
+//! `sse`/`ws` writer takes what follows its cursor into a `chunk` ─▶ one vectored write. In
+//! cluster mode the sequencer is the `relay`: a Lua script in Redis assigns the id and
 //! publishes the envelope, and the relay's Pub/Sub link appends what arrives to the topic's log
 //! on every node, the publishing one included.
 

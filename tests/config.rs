@@ -1,7 +1,12 @@
 //! The command line of the real binary: defaults shown in `--help`, every flag readable from a
-//! `CRIER_*` variable, and a bad value refused with a clear message and exit status 64.
+//! `CRIER_*` variable, a bad value refused with a clear message and exit status 64, and a
+//! renamed flag still taken under its old name, with one warning.
+
+mod support;
 
 use std::process::Command;
+
+use support::{CrierProcess, SseClient, publish_ok, wait_until};
 
 fn crier() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_crier"));
@@ -19,10 +24,14 @@ fn help_lists_every_flag_with_its_default_and_variable() {
     let output = crier().arg("--help").output().expect("run crier --help");
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
+    for old_name in ["--client-queue-bytes", "--max-topics-per-connection", "--publish-origins"] {
+        assert!(!help.contains(&format!("{old_name} ")), "{old_name} is an alias, not listed");
+    }
     for (flag, env, default) in [
         ("--listen", "CRIER_LISTEN", "127.0.0.1:8080"),
         ("--heartbeat", "CRIER_HEARTBEAT", "15s"),
-        ("--client-queue-bytes", "CRIER_CLIENT_QUEUE_BYTES", "1MiB"),
+        ("--max-lag-bytes", "CRIER_MAX_LAG_BYTES", "1MiB"),
+        ("--max-topics-per-stream", "CRIER_MAX_TOPICS_PER_STREAM", "64"),
         ("--history", "CRIER_HISTORY", "1000"),
         ("--max-event-bytes", "CRIER_MAX_EVENT_BYTES", "64KiB"),
         ("--shutdown-timeout", "CRIER_SHUTDOWN_TIMEOUT", "10s"),
@@ -44,7 +53,9 @@ fn help_lists_every_flag_with_its_default_and_variable() {
 fn bad_values_exit_64_with_a_clear_message() {
     for (args, env, mentions) in [
         (&["--heartbeat", "soon"][..], None, "--heartbeat"),
+        (&["--max-lag-bytes", "lots"], None, "--max-lag-bytes"),
         (&["--client-queue-bytes", "lots"], None, "--client-queue-bytes"),
+        (&["--max-lag-bytes", "1MiB", "--client-queue-bytes", "2MiB"], None, "--max-lag-bytes"),
         (&["--listen", "nowhere"], None, "--listen"),
         (&["--log-format", "xml"], None, "--log-format"),
         (&["--no-such-flag"], None, "--no-such-flag"),
@@ -77,4 +88,34 @@ fn an_address_in_use_exits_with_a_clear_error() {
     assert_eq!(output.status.code(), Some(71));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+}
+
+#[tokio::test]
+async fn old_flag_names_still_work_and_each_logs_one_warning() {
+    // The old variable, as a deployment's unit file would still set it.
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_crier"));
+    command.env("CRIER_MAX_TOPICS_PER_CONNECTION", "1");
+    let args = ["--client-queue-bytes", "64KiB", "--publish-origins", "https://app.example"];
+    let server = CrierProcess::spawn_command(command, &args).await;
+    let warnings = |flag: &str| {
+        let log = server.log.lock().expect("log");
+        log.iter().filter(|line| line.contains("deprecated") && line.contains(flag)).count()
+    };
+    wait_until("the warnings", || async {
+        ["--client-queue-bytes", "--max-topics-per-connection", "--publish-origins"]
+            .iter()
+            .all(|flag| warnings(flag) > 0)
+    })
+    .await;
+    assert_eq!(warnings("--client-queue-bytes"), 1);
+    assert_eq!(warnings("--max-topics-per-connection"), 1);
+    assert!(server.log.lock().expect("log").iter().any(|l| l.contains("--max-lag-bytes")));
+
+    // The old names' values are the ones in force: one topic per stream.
+    let refused = support::request(server.addr, "GET", "/sse?topic=a&topic=b", &[], b"").await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "too_many_topics");
+    let mut stream = SseClient::connect(server.addr, "/sse?topic=a", &[]).await;
+    publish_ok(server.addr, "a", None, b"x", None).await;
+    assert_eq!(stream.next_event().await.data, "x");
 }

@@ -1,4 +1,4 @@
-//! `--client-queue-bytes` bounds each subscriber's lag in the bytes of its own stream: SSE
+//! `--max-lag-bytes` bounds each subscriber's lag in the bytes of its own stream: SSE
 //! frames, WebSocket JSON frames or WebSocket raw frames, whose sizes differ for the same event.
 
 mod support;
@@ -26,8 +26,7 @@ async fn each_subscriber_lags_in_its_own_wire_bytes() {
     // With a minute's write delay, writers take the first event and then nothing more for the
     // rest of the test: each subscriber's lag grows with every publish, by its own frame size.
     let budget = BUDGET.to_string();
-    let server =
-        TestServer::start(&["--client-queue-bytes", &budget, "--write-delay", "60s"]).await;
+    let server = TestServer::start(&["--max-lag-bytes", &budget, "--write-delay", "60s"]).await;
     let _json = support::ws::connect(server.addr, "/ws?topic=t").await;
     let _raw = support::ws::connect(server.addr, "/ws?topic=t&format=raw").await;
     let _sse = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;

@@ -1,7 +1,9 @@
 //! The source tree keeps its shape: the top-level modules of `src/` import each other only
-//! downwards, along the layers the README's "Layout" section draws, and no source file grows
-//! past 600 lines of non-test code. Reads `src/` as text: every `crate::<module>` path in code
-//! (comments and test modules aside) is an arrow from the file's top-level module.
+//! downwards, along the layers the README's "Layout" section draws; the edges reach the core
+//! through the hub alone, and the core names no edge; no type name is defined twice; and no
+//! source file grows past 600 lines of non-test code. Reads `src/` as text: every
+//! `crate::<module>` path in code (comments and test modules aside) is an arrow from the
+//! file's top-level module.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -20,25 +22,26 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("relay", &["event", "codec", "registry", "metrics"]),
     ("hub", &["event", "codec", "registry", "metrics", "relay"]),
     ("http", &["event", "limits", "auth", "metrics", "hub", "chunk"]),
-    ("sse", &["event", "codec", "registry", "metrics", "chunk", "auth", "hub", "http"]),
-    ("ws", &["event", "codec", "registry", "metrics", "chunk", "limits", "auth", "hub", "http"]),
-    (
-        "mercure",
-        &["event", "codec", "registry", "metrics", "chunk", "limits", "auth", "hub", "http", "sse"],
-    ),
+    ("sse", &["event", "codec", "metrics", "chunk", "auth", "hub", "http"]),
+    ("ws", &["event", "codec", "metrics", "chunk", "limits", "auth", "hub", "http"]),
+    ("mercure", &["event", "codec", "metrics", "chunk", "limits", "auth", "hub", "http", "sse"]),
     ("config", &["auth", "hub", "relay", "http", "mercure"]),
     (
         "server",
-        &[
-            "event", "registry", "metrics", "limits", "auth", "hub", "http", "sse", "ws",
-            "mercure", "config",
-        ],
+        &["event", "metrics", "limits", "auth", "hub", "http", "sse", "ws", "mercure", "config"],
     ),
     (
         "internals",
         &["event", "codec", "registry", "metrics", "relay", "hub", "server", "ws", "mercure"],
     ),
 ];
+
+/// The edges and the server: they reach the core through the hub, never the registry.
+const ABOVE_THE_HUB: &[&str] = &["http", "sse", "ws", "mercure", "config", "server"];
+
+/// The core: it knows no edge, so none of it names the Mercure hub (what the hub needs is a
+/// general mechanism there, such as a pinned topic, an internal log or a plain SSE stream).
+const CORE: &[&str] = &["event", "registry", "hub"];
 
 /// Longest a source file may be, in lines of non-test code.
 const MAX_CODE_LINES: usize = 600;
@@ -49,6 +52,8 @@ struct SourceFile {
     module: Option<String>,
     /// Its lines up to its test module, comments included.
     code: Vec<String>,
+    /// All of it, tests included.
+    text: String,
 }
 
 fn source_files() -> Vec<SourceFile> {
@@ -77,7 +82,7 @@ fn source_files() -> Vec<SourceFile> {
                     .take_while(|line| !is_test_file && *line != "#[cfg(test)]")
                     .map(str::to_owned)
                     .collect();
-                files.push(SourceFile { path, module, code });
+                files.push(SourceFile { path, module, code, text });
             }
         }
     }
@@ -211,4 +216,84 @@ fn no_source_file_is_over_600_lines_of_code() {
         .map(|file| format!("{}: {} lines", file.path.display(), file.code.len()))
         .collect();
     assert!(long.is_empty(), "files over {MAX_CODE_LINES} lines of code:\n{}", long.join("\n"));
+}
+
+#[test]
+fn the_edges_reach_the_core_through_the_hub_only() {
+    let graph = graph();
+    for module in ABOVE_THE_HUB {
+        let imports = graph.get(*module).cloned().unwrap_or_default();
+        assert!(!imports.contains("registry"), "{module} imports the registry; use the hub");
+    }
+}
+
+#[test]
+fn the_core_knows_no_edge() {
+    let mut named = Vec::new();
+    for file in source_files() {
+        if !file.module.as_deref().is_some_and(|m| CORE.contains(&m)) {
+            continue;
+        }
+        for (number, line) in file.text.lines().enumerate() {
+            if line.to_ascii_lowercase().contains("mercure") {
+                named.push(format!("{}:{}: {}", file.path.display(), number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(named.is_empty(), "the core names the Mercure hub:\n{}", named.join("\n"));
+}
+
+/// The name a line defines, if it defines a type: a struct, enum, union or trait, or a type
+/// alias of a module (an associated type, `type Output = …` in an impl, is none).
+fn defined_type(line: &str) -> Option<&str> {
+    let indented = line.starts_with(' ');
+    let code = line.trim_start();
+    let (public, code) = if let Some(rest) = code.strip_prefix("pub(") {
+        (true, rest.split_once(')')?.1.trim_start())
+    } else if let Some(rest) = code.strip_prefix("pub ") {
+        (true, rest.trim_start())
+    } else {
+        (false, code)
+    };
+    let (keyword, rest) = code.split_once(' ')?;
+    let name = rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next()?;
+    let is_type = match keyword {
+        "struct" | "enum" | "union" | "trait" => true,
+        "type" => public || !indented,
+        _ => false,
+    };
+    (is_type && name.starts_with(|c: char| c.is_ascii_uppercase())).then_some(name)
+}
+
+#[test]
+fn the_definition_reader_reads_types_not_associated_types() {
+    assert_eq!(defined_type("pub(crate) struct Peer {"), Some("Peer"));
+    assert_eq!(defined_type("    struct Local<'a> {"), Some("Local"));
+    assert_eq!(defined_type("pub enum Closed {"), Some("Closed"));
+    assert_eq!(defined_type("pub(crate) type Stack = x;"), Some("Stack"));
+    assert_eq!(defined_type("    type Output = F::Output;"), None);
+    assert_eq!(defined_type("    type Error = Infallible;"), None);
+    assert_eq!(defined_type("// a struct Foo in a comment"), None);
+    assert_eq!(defined_type("let structure = 1;"), None);
+}
+
+#[test]
+fn no_type_name_is_defined_twice() {
+    // tower's habit: every middleware names its future `ResponseFuture`, in its own module.
+    const ALLOWED: &[&str] = &["ResponseFuture"];
+    let mut defined: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for file in source_files() {
+        for (number, line) in file.text.lines().enumerate() {
+            if let Some(name) = defined_type(line) {
+                let place = format!("{}:{}", file.path.display(), number + 1);
+                defined.entry(name.to_owned()).or_default().push(place);
+            }
+        }
+    }
+    let twice: Vec<String> = defined
+        .into_iter()
+        .filter(|(name, places)| places.len() > 1 && !ALLOWED.contains(&name.as_str()))
+        .map(|(name, places)| format!("{name}: {}", places.join(", ")))
+        .collect();
+    assert!(twice.is_empty(), "type names defined twice:\n{}", twice.join("\n"));
 }

@@ -321,7 +321,7 @@ async fn a_stream_ends_before_its_token_expires() {
 
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_evicted() {
-    let server = hub(&["--mercure-anonymous", "--client-queue-bytes", "64KiB"]).await;
+    let server = hub(&["--mercure-anonymous", "--max-lag-bytes", "64KiB"]).await;
     let stalled = support::stalled_connection(
         server.addr,
         &format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", target(&["*"], &[])),
@@ -344,7 +344,7 @@ async fn a_subscriber_that_stops_reading_is_evicted() {
 
 #[tokio::test]
 async fn cookie_publishes_must_come_from_a_publish_origin() {
-    let server = hub(&["--publish-origins", "https://app.example"]).await;
+    let server = hub(&["--mercure-publish-origins", "https://app.example"]).await;
     let cookie = format!("mercureAuthorization={}", publisher());
     let fields = [("topic", "t"), ("data", "x")];
     let from =

@@ -43,7 +43,7 @@ async fn sigterm_drains_streams_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_accepting_and_bounds_the_drain_by_the_timeout() {
     let mut server =
-        CrierProcess::spawn(&["--shutdown-timeout", "2s", "--client-queue-bytes", "64MiB"]).await;
+        CrierProcess::spawn(&["--shutdown-timeout", "2s", "--max-lag-bytes", "64MiB"]).await;
     // A subscriber that never reads keeps its stream from ever draining.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

@@ -24,7 +24,7 @@ async fn a_stalled_subscriber_is_evicted_while_a_healthy_one_gets_everything() {
 }
 
 async fn stalled_subscriber_is_evicted(via_hyper: bool) {
-    let server = TestServer::start(&["--client-queue-bytes", "256KiB"]).await;
+    let server = TestServer::start(&["--max-lag-bytes", "256KiB"]).await;
     let mut stalled = stalled_subscriber(server.addr, "t", via_hyper).await;
     let mut healthy = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
     server.wait_subscriptions(2).await;
@@ -66,7 +66,7 @@ async fn stalled_subscriber_is_evicted(via_hyper: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_memory_stays_bounded_under_a_stalled_subscriber() {
-    let server = CrierProcess::spawn(&["--client-queue-bytes", "256KiB", "--history", "10"]).await;
+    let server = CrierProcess::spawn(&["--max-lag-bytes", "256KiB", "--history", "10"]).await;
     let _stalled = stalled_subscriber(server.addr, "t", false).await;
     wait_until("the subscriber to be registered", || async {
         let text = support::request(server.addr, "GET", "/metrics", &[], b"").await.text();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use crier::internals::{Hub, HubConfig, Metrics, ReaderRequest, TopicName, Wire};
+use crier::internals::{Hub, HubConfig, Metrics, SubscriptionRequest, TopicName, Wire};
 use futures_util::FutureExt as _;
 
 /// Counts the bytes of live allocations, as malloc chunks: the request plus an 8-byte header,
@@ -55,7 +55,7 @@ fn live() -> isize {
 fn touch(hub: &Hub, name: &str) {
     let topics = vec![TopicName::new(name).expect("a valid name")];
     let subscription = hub
-        .subscribe(ReaderRequest::new(topics, None, Wire::Sse))
+        .subscribe(SubscriptionRequest::new(topics, None, Wire::Sse))
         .now_or_never()
         .expect("a single node subscribes at once")
         .expect("subscribed");

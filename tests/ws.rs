@@ -379,7 +379,7 @@ async fn shutdown_closes_websockets_with_1001_after_published_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_websocket_is_evicted_with_4008_while_a_healthy_one_gets_everything() {
-    let server = TestServer::start(&["--client-queue-bytes", "256KiB"]).await;
+    let server = TestServer::start(&["--max-lag-bytes", "256KiB"]).await;
     let handshake = format!(
         "GET /ws?topic=t&format=raw HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n{CONNECTION}\r\n{VERSION}\r\n{KEY}\r\n\r\n"
     );

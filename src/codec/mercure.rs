@@ -1,15 +1,56 @@
-//! Mercure updates on the wire: the record an update is stored and relayed as (JSON, the data
-//! of an event of the Mercure log, so Redis and the relay carry it like any event), and the SSE
-//! frame a Mercure subscriber gets, as the reference hub writes it: `event:` if the update has
-//! a type, `retry:` if it has one, `id:`, then one `data:` line per line of its data.
+//! Mercure updates on the wire: the log they are kept in (an internal log, [`log`]), the record
+//! an update is stored and relayed as (JSON, the data of an event of that log, so Redis and the
+//! relay carry it like any event), the SSE frame a Mercure subscriber gets, as the reference hub
+//! writes it (`event:` if the update has a type, `retry:` if it has one, `id:`, then one
+//! `data:` line per line of its data), and the [`MercureUpdate`] attached to the frame for
+//! readers to decide by.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::sse::put_data_lines;
-use crate::event::{EventData, MercureUpdate};
+use crate::event::{Attachment, EventData, TopicName};
+
+/// The internal log every Mercure update goes to, in one order for the whole hub.
+const LOG: &str = "mercure";
+
+/// The name of the Mercure log (`~mercure`).
+pub(crate) fn log() -> TopicName {
+    TopicName::internal(LOG).expect("a valid topic name")
+}
+
+/// Whether `topic` is the Mercure log, whose events are framed here.
+pub(crate) fn is_log(topic: &TopicName) -> bool {
+    topic.as_str().strip_prefix('~') == Some(LOG)
+}
+
+/// The routing part of a Mercure update, as a subscriber's writer sees it: what decides who
+/// receives it (its topics, whether it is private) and the id a Mercure client resumes by.
+/// Read once, when the update is appended to the log, and shared by every reader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MercureUpdate {
+    /// Unique in the process, never reused: what a selector remembers its last answer by.
+    pub(crate) serial: u64,
+    /// The update's id: the publisher's, or the one the hub drew.
+    pub(crate) id: Box<str>,
+    /// Its topics, canonical first.
+    pub(crate) topics: Box<[Box<str>]>,
+    /// Only subscribers whose `mercure.subscribe` claim matches one of its topics receive it.
+    pub(crate) private: bool,
+}
+
+/// The next update's serial.
+static SERIALS: AtomicU64 = AtomicU64::new(1);
+
+impl MercureUpdate {
+    /// A serial no other update of this process has.
+    pub(crate) fn next_serial() -> u64 {
+        SERIALS.fetch_add(1, Ordering::Relaxed)
+    }
+}
 
 /// A Mercure update as the log stores it.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,10 +82,10 @@ impl Record<'_> {
     }
 }
 
-/// The SSE frame of an event of the Mercure log, and what its readers filter by; an empty
-/// frame and no update if the data is not a record (nothing crier wrote), which no reader
-/// delivers.
-pub(crate) fn decode(data: &EventData) -> (Bytes, Option<Box<MercureUpdate>>) {
+/// The SSE frame of an event of the Mercure log, and what its readers filter by (a
+/// [`MercureUpdate`]); an empty frame and nothing attached if the data is not a record (nothing
+/// crier wrote), which no reader delivers.
+pub(crate) fn decode(data: &EventData) -> (Bytes, Option<Attachment>) {
     let Ok(record) = serde_json::from_slice::<Record<'_>>(data.bytes()) else {
         return (Bytes::new(), None);
     };
@@ -101,6 +142,7 @@ mod tests {
               data: line \"three\"\ndata: four\n\n"
         );
         let update = update.unwrap();
+        let update = update.downcast_ref::<MercureUpdate>().unwrap();
         assert_eq!(&*update.id, "urn:uuid:1");
         assert_eq!(update.topics.len(), 2);
         assert!(update.private);
@@ -113,6 +155,8 @@ mod tests {
             data: "".into(),
         };
         assert_eq!(&decode(&plain.to_event_data()).0[..], b"id: x\ndata: \n\n");
-        assert_eq!(decode(&EventData::from(String::from("not json"))).1, None);
+        assert!(decode(&EventData::from(String::from("not json"))).1.is_none());
+        assert!(is_log(&log()) && log().as_str() == "~mercure");
+        assert!(!is_log(&TopicName::new("mercure").unwrap()));
     }
 }

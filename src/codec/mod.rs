@@ -1,6 +1,7 @@
 //! Wire formats, a leaf that imports only [`event`](crate::event): SSE frames ([`sse`]), outbound
-//! WebSocket frames ([`ws`]), the `crier.gap` notice ([`gap`]) and the relay envelope between
-//! nodes ([`envelope`]).
+//! WebSocket frames ([`ws`]), the `crier.gap` notice ([`gap`]), the relay envelope between
+//! nodes ([`envelope`]), and the framing of the one internal log that has its own, the Mercure
+//! hub's ([`mercure`]).
 //!
 //! An event is encoded once per format and shared by every subscriber. Publishing encodes a
 //! [`Draft`] before it takes the topic's order and finishes it with the id under the order, in a
@@ -20,16 +21,17 @@ use crate::event::{EventData, EventId, EventName, Frames, TopicName};
 pub(crate) enum Draft {
     /// An event of crier's own API.
     Crier { sse: sse::SseBody, ws: ws::FrameLens },
-    /// An update of the Mercure log, whose frame carries its own id, not the log's.
-    Mercure(Frames),
+    /// An event of a log with a framing of its own (the Mercure log's), whose frame carries
+    /// that framing's id, not the log's.
+    Own(Frames),
 }
 
 impl Draft {
     /// Encodes what does not depend on the id.
     pub(crate) fn new(topic: &TopicName, name: Option<&EventName>, data: &EventData) -> Self {
-        if topic.is_mercure_log() {
+        if mercure::is_log(topic) {
             let (frame, update) = mercure::decode(data);
-            return Draft::Mercure(Frames::mercure(frame, update));
+            return Draft::Own(Frames::sse_only(frame, update));
         }
         Draft::Crier { sse: sse::encode_body(name, data), ws: ws::FrameLens::of(topic, name, data) }
     }
@@ -42,7 +44,7 @@ impl Draft {
                 let (ws_json, ws_raw) = ws.with_id(sse_id_line - sse::ID_LINE_OVERHEAD);
                 Frames::new(sse, sse_id_line, ws_json, ws_raw)
             }
-            Draft::Mercure(frames) => frames,
+            Draft::Own(frames) => frames,
         }
     }
 }

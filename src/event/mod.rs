@@ -4,9 +4,9 @@
 
 mod id;
 mod idempotency;
-mod mercure;
 mod name;
 
+use std::any::Any;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -15,7 +15,6 @@ use bytes::Bytes;
 pub use id::{Cursor, Epoch, EventId, IdError};
 pub(crate) use id::{Gap, GapReason, MAX_EVENT_ID_LEN};
 pub use idempotency::IdempotencyKey;
-pub(crate) use mercure::MercureUpdate;
 pub use name::{EventName, NameError, TopicName};
 
 /// UTF-8 text in shared bytes, checked once when made.
@@ -142,7 +141,6 @@ impl Wire {
 /// The frames of one event, one per wire format. The SSE frame is built when the event is
 /// published; each WebSocket frame by the first writer that needs it, then shared by every
 /// other. Every frame's length is known from the start.
-#[derive(Debug)]
 pub struct Frames {
     /// The complete SSE frame, `id:` line first.
     sse: Bytes,
@@ -153,27 +151,32 @@ pub struct Frames {
     ws: [OnceLock<Bytes>; 2],
     /// The WebSocket frames' lengths, JSON then raw.
     ws_lens: [usize; 2],
-    /// For an update of the Mercure log, what its readers filter by (the SSE frame is then
-    /// the Mercure frame).
-    mercure: Option<Box<MercureUpdate>>,
+    /// For an event of a log with a framing of its own, what that framing read from the data
+    /// for the log's readers to decide by: read once, when the event is appended.
+    attachment: Option<Attachment>,
 }
+
+/// What a log's own framing attaches to an event.
+pub(crate) type Attachment = Box<dyn Any + Send + Sync>;
 
 impl Frames {
     /// Frames whose SSE frame is `sse` (its `id:` line `sse_id_line` bytes long) and whose
     /// WebSocket frames, when encoded, will be `ws_json_len` and `ws_raw_len` bytes long.
     pub fn new(sse: Bytes, sse_id_line: usize, ws_json_len: usize, ws_raw_len: usize) -> Self {
         let ws_lens = [ws_json_len, ws_raw_len];
-        Frames { sse, sse_id_line, ws: Default::default(), ws_lens, mercure: None }
+        Frames { sse, sse_id_line, ws: Default::default(), ws_lens, attachment: None }
     }
 
-    /// The frames of a Mercure update: only the SSE frame, which is the Mercure one.
-    pub fn mercure(sse: Bytes, update: Option<Box<MercureUpdate>>) -> Self {
-        Frames { sse, sse_id_line: 0, ws: Default::default(), ws_lens: [0, 0], mercure: update }
+    /// The frames of an event of a log with a framing of its own, read only as SSE: `sse` is
+    /// the whole frame (its id is the log's framing's, not crier's), and `attachment` what the
+    /// log's readers decide by.
+    pub(crate) fn sse_only(sse: Bytes, attachment: Option<Attachment>) -> Self {
+        Frames { sse, sse_id_line: 0, ws: Default::default(), ws_lens: [0, 0], attachment }
     }
 
-    /// The Mercure update these are the frames of, if the event is one (and could be read).
-    pub fn mercure_update(&self) -> Option<&MercureUpdate> {
-        self.mercure.as_deref()
+    /// What the log's framing attached to the event, if it is a `T`.
+    pub(crate) fn attachment<T: Any>(&self) -> Option<&T> {
+        self.attachment.as_deref().and_then(|attached| attached.downcast_ref())
     }
 
     /// The complete SSE frame, `id:` line first.
@@ -208,6 +211,16 @@ impl Frames {
             Wire::WsJson => self.ws_lens[0],
             Wire::WsRaw => self.ws_lens[1],
         }
+    }
+}
+
+impl fmt::Debug for Frames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frames")
+            .field("sse", &self.sse)
+            .field("ws_lens", &self.ws_lens)
+            .field("attachment", &self.attachment.is_some())
+            .finish_non_exhaustive()
     }
 }
 

@@ -14,9 +14,9 @@ pub(crate) const RESERVED_EVENT_PREFIX: &str = "crier.";
 /// The name of the notice a stream gets when it could not resume exactly.
 const GAP_EVENT: &str = "crier.gap";
 
-/// The topic holding the Mercure hub's log of updates. `~` is outside the alphabet of topic
-/// names, so no client of crier's own API can name it: the log holds private updates.
-pub(crate) const MERCURE_LOG: &str = "~mercure";
+/// What the names of the server's own logs start with: `~` is outside the alphabet of topic
+/// names, so no client can name one (an edge's log may hold what only that edge may show).
+const INTERNAL_PREFIX: char = '~';
 
 /// Why a topic or event name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,20 +83,20 @@ impl TopicName {
         &self.0
     }
 
-    /// The topic of the Mercure hub's log of updates.
-    pub fn mercure_log() -> Self {
-        TopicName(Arc::from(MERCURE_LOG))
-    }
-
-    /// Whether this is the Mercure hub's log, which is never dropped for idleness.
-    pub fn is_mercure_log(&self) -> bool {
-        &*self.0 == MERCURE_LOG
+    /// The name of one of the server's own logs: `~` then `name` (itself a valid topic name),
+    /// which no client can give. Such a log is stored and relayed like any topic.
+    pub(crate) fn internal(name: &str) -> Result<Self, NameError> {
+        validate_name(name)?;
+        Ok(TopicName(Arc::from(format!("{INTERNAL_PREFIX}{name}"))))
     }
 
     /// A topic name read back from the node's own storage (Redis): a client's topic name, or
-    /// the Mercure log's.
+    /// an internal log's.
     pub(crate) fn stored(name: &str) -> Result<Self, NameError> {
-        if name == MERCURE_LOG { Ok(Self::mercure_log()) } else { Self::new(name) }
+        match name.strip_prefix(INTERNAL_PREFIX) {
+            Some(internal) => Self::internal(internal),
+            None => Self::new(name),
+        }
     }
 }
 
@@ -178,8 +178,12 @@ mod tests {
         assert_eq!(TopicName::new("a b"), Err(NameError::BadByte { byte: ' ', index: 1 }));
         assert_eq!(TopicName::new("añ"), Err(NameError::BadByte { byte: 'ñ', index: 1 }));
         assert!(TopicName::new("a\nb").is_err());
-        assert!(TopicName::new(MERCURE_LOG).is_err(), "no client may name the Mercure log");
-        assert!(TopicName::stored(MERCURE_LOG).unwrap().is_mercure_log());
+        let log = TopicName::internal("log").unwrap();
+        assert_eq!(log.as_str(), "~log");
+        assert!(TopicName::new(log.as_str()).is_err(), "no client may name an internal log");
+        assert_eq!(TopicName::stored("~log"), Ok(log));
+        assert!(TopicName::stored("~a b").is_err());
+        assert_eq!(TopicName::stored("a").unwrap().as_str(), "a");
     }
 
     #[test]

@@ -76,7 +76,7 @@ where
 
 /// A response body.
 pub(crate) struct ResponseBody {
-    kind: Content,
+    content: Content,
     /// Kept until the body is dropped (written out, or its connection gone): the server's
     /// count of requests in flight on the connection.
     held: Option<Box<dyn Send + Sync>>,
@@ -93,17 +93,27 @@ impl ResponseBody {
     /// A complete body.
     pub(crate) fn full(bytes: Bytes) -> Self {
         let chunk = (!bytes.is_empty()).then(|| Chunk::from_bytes(bytes));
-        ResponseBody { kind: Content::Full { chunk }, held: None }
+        ResponseBody { content: Content::Full { chunk }, held: None }
     }
 
     /// An empty body.
     pub(crate) fn empty() -> Self {
-        ResponseBody { kind: Content::Full { chunk: None }, held: None }
+        ResponseBody { content: Content::Full { chunk: None }, held: None }
     }
 
     /// A stream.
     pub(crate) fn stream(stream: impl ChunkStream + 'static) -> Self {
-        ResponseBody { kind: Content::Stream(Box::new(stream)), held: None }
+        ResponseBody { content: Content::Stream(Box::new(stream)), held: None }
+    }
+
+    /// The whole body, if it is a complete one (not a stream).
+    pub(crate) fn into_full(self) -> Option<Bytes> {
+        match self.content {
+            Content::Full { chunk } => Some(
+                chunk.map_or_else(Bytes::new, |mut chunk| chunk.copy_to_bytes(chunk.remaining())),
+            ),
+            Content::Stream(_) => None,
+        }
     }
 
     /// The same body, keeping `guard` until it is dropped.
@@ -121,21 +131,21 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Chunk>, StreamError>>> {
-        match &mut self.get_mut().kind {
+        match &mut self.get_mut().content {
             Content::Full { chunk } => Poll::Ready(chunk.take().map(|c| Ok(Frame::data(c)))),
             Content::Stream(stream) => stream.poll_chunk(cx).map(|c| c.map(|c| c.map(Frame::data))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
+        match &self.content {
             Content::Full { chunk } => chunk.is_none(),
             Content::Stream(stream) => stream.is_ended(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
+        match &self.content {
             Content::Full { chunk } => {
                 SizeHint::with_exact(chunk.as_ref().map_or(0, |c| c.remaining() as u64))
             }

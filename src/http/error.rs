@@ -49,7 +49,7 @@ error_codes! {
     BadFormat = (BAD_REQUEST, "bad_format"),
     /// An id crier did not issue, or a cursor for another set of topics.
     BadLastEventId = (BAD_REQUEST, "bad_last_event_id"),
-    /// More topics than `--max-topics-per-connection`.
+    /// More topics than `--max-topics-per-stream`.
     TooManyTopics = (BAD_REQUEST, "too_many_topics"),
     /// Not a valid WebSocket handshake.
     BadHandshake = (BAD_REQUEST, "bad_handshake"),
@@ -104,8 +104,6 @@ error_codes! {
     ShuttingDown = (SERVICE_UNAVAILABLE, "shutting_down"),
     /// `/readyz` while the server is draining.
     Draining = (SERVICE_UNAVAILABLE, "draining"),
-    /// The server failed.
-    Internal = (INTERNAL_SERVER_ERROR, "internal"),
 }
 
 /// A request or command refused, with what was wrong.

@@ -1,17 +1,29 @@
-//! What every HTTP-facing part shares, below the edges and the server: the response body, the
-//! one table of error codes (with their statuses, for HTTP errors and WebSocket command errors
-//! alike), the query parsing, and who a request comes from and what its token allows.
+//! What every HTTP-facing part shares, below the edges and the server: the routing table, the
+//! one admission every gated request passes and the one policy every publish passes, the
+//! response body, the one table of error codes (with their statuses, for HTTP errors and
+//! WebSocket command errors alike), the query parsing, and who a request comes from and where
+//! its token comes from.
 
+mod admission;
 mod body;
 mod cors;
 mod credentials;
 mod error;
 mod peer;
+mod publish_policy;
 mod query;
+mod route;
 
+pub(crate) use admission::{
+    Admission, AdmissionRequest, Admitted, CorsHeaders, Refused, StreamRates,
+};
 pub(crate) use body::{ChunkStream, ResponseBody, StreamError, read_body};
 pub(crate) use cors::CorsPolicy;
-pub(crate) use credentials::{Admitted, Gate, Rates, TokenSource, request_token_from};
+pub(crate) use credentials::{TokenSource, request_token_from};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
-pub(crate) use peer::{Client, TrustedProxies};
+pub(crate) use peer::{Peer, TrustedProxies};
+pub(crate) use publish_policy::{PublishLimits, PublishPolicy};
 pub(crate) use query::{PublishQuery, StreamQuery};
+pub(crate) use route::{
+    GatedRoute, MERCURE_HUB_PATH, MERCURE_SUBSCRIPTIONS_PATH, OpenRoute, Route, Routes,
+};

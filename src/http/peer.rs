@@ -1,5 +1,6 @@
-//! Who a request comes from: the client's address, read from `X-Forwarded-For` only when the
-//! peer is a trusted proxy (`--trusted-proxies`), and whether it is local.
+//! Who a request comes from, its [`Peer`]: the address of the connection's other end, or the
+//! one read from `X-Forwarded-For` when that end is a trusted proxy (`--trusted-proxies`), and
+//! whether it is local.
 
 use std::net::IpAddr;
 
@@ -10,10 +11,11 @@ use ipnet::IpNet;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TrustedProxies(Vec<IpNet>);
 
-/// The client a request comes from.
+/// Who a request comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Client {
-    /// Its address: the peer's, or the one the trusted proxies forwarded for.
+pub(crate) struct Peer {
+    /// Its address: the connection's other end's, or the one the trusted proxies forwarded
+    /// for.
     pub(crate) ip: IpAddr,
     /// On this host and not behind a proxy of another host: what development mode (no key
     /// configured) lets publish.
@@ -29,16 +31,16 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client of a request from `peer`. Each proxy appends the address it got the request
-    /// from, so the hops are read from the right: the client is the rightmost hop that is not
-    /// a trusted proxy (the hops left of it are whatever that client claimed). A peer that is
-    /// not trusted is the client, whatever it sends.
-    pub(crate) fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Client {
-        let peer = peer.to_canonical();
-        let mut client = peer;
-        // Whether the hops name the client, rather than stopping at one that is no address.
+    /// Who a request from `remote` comes from. Each proxy appends the address it got the
+    /// request from, so the hops are read from the right: the peer is the rightmost hop that
+    /// is not a trusted proxy (the hops left of it are whatever that peer claimed). A remote
+    /// end that is not trusted is the peer, whatever it sends.
+    pub(crate) fn peer(&self, remote: IpAddr, headers: &HeaderMap) -> Peer {
+        let remote = remote.to_canonical();
+        let mut peer = remote;
+        // Whether the hops name the peer, rather than stopping at one that is no address.
         let mut known = true;
-        if self.trusts(peer) {
+        if self.trusts(remote) {
             let hops = headers
                 .get_all("x-forwarded-for")
                 .iter()
@@ -47,13 +49,13 @@ impl TrustedProxies {
             for hop in hops {
                 match parse_hop(hop) {
                     Some(ip) => {
-                        client = ip;
+                        peer = ip;
                         if !self.trusts(ip) {
                             break;
                         }
                     }
                     // Garbage: the proxy that appended it is the last address known, and the
-                    // client is not known to be anyone in particular.
+                    // peer is not known to be anyone in particular.
                     None => {
                         known = false;
                         break;
@@ -61,7 +63,7 @@ impl TrustedProxies {
                 }
             }
         }
-        Client { ip: client, local: known && peer.is_loopback() && client.is_loopback() }
+        Peer { ip: peer, local: known && remote.is_loopback() && peer.is_loopback() }
     }
 }
 
@@ -95,7 +97,7 @@ mod tests {
     fn the_client_is_the_rightmost_untrusted_hop() {
         let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
         let client =
-            |peer: &str, hops: &[&'static str]| proxies.client(ip(peer), &forwarded(hops)).ip;
+            |peer: &str, hops: &[&'static str]| proxies.peer(ip(peer), &forwarded(hops)).ip;
         assert_eq!(client("10.0.0.1", &["203.0.113.9"]), ip("203.0.113.9"));
         assert_eq!(client("10.0.0.1", &["198.51.100.1, 203.0.113.9"]), ip("203.0.113.9"));
         assert_eq!(client("10.0.0.1", &["203.0.113.9, 10.0.0.2"]), ip("203.0.113.9"));
@@ -117,7 +119,7 @@ mod tests {
         let loopback =
             TrustedProxies::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]);
         let local =
-            |peer: &str, hops: &[&'static str]| loopback.client(ip(peer), &forwarded(hops)).local;
+            |peer: &str, hops: &[&'static str]| loopback.peer(ip(peer), &forwarded(hops)).local;
         assert!(local("127.0.0.1", &[]));
         assert!(local("::1", &[]));
         assert!(local("127.0.0.1", &["127.0.0.1"]));
@@ -127,6 +129,6 @@ mod tests {
         assert!(!local("127.0.0.1", &["unknown"]));
         assert!(!local("192.0.2.7", &[]));
         let nobody = TrustedProxies::default();
-        assert!(nobody.client(ip("127.0.0.1"), &forwarded(&["192.0.2.1"])).local, "not believed");
+        assert!(nobody.peer(ip("127.0.0.1"), &forwarded(&["192.0.2.1"])).local, "not believed");
     }
 }

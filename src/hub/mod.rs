@@ -24,11 +24,13 @@ use crate::event::{
     Cursor, Event, EventData, EventId, EventName, IdError, IdempotencyKey, TopicName, Wire,
 };
 use crate::metrics::{EvictReason, Metrics, Rejection, Transport};
-use crate::registry::{Closed, ConnectionCloser, Registry, Subscriber, TopicLimit};
+use crate::registry::{Registry, Subscriber, TopicLimit};
 pub use crate::relay::Ticket;
 use crate::relay::{RelayConfig, RelayError, RelayStartError};
 use sequencer::Sequencer;
 
+pub(crate) use crate::registry::Closed;
+pub(crate) use crate::registry::ConnectionCloser;
 pub(crate) use roster::Roster;
 pub use subscription::{Polled, Subscription};
 
@@ -53,7 +55,7 @@ pub struct HubConfig {
     pub history: usize,
     /// How far (in bytes of its own wire format) a subscriber may fall behind a topic before it is
     /// evicted.
-    pub client_queue_bytes: usize,
+    pub max_lag_bytes: usize,
     /// Largest event payload accepted.
     pub max_event_bytes: usize,
     /// Most topics one stream may follow.
@@ -97,7 +99,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             history: 1000,
-            client_queue_bytes: 1 << 20,
+            max_lag_bytes: 1 << 20,
             max_event_bytes: 64 << 10,
             max_topics_per_stream: 64,
             topic_idle_ttl: Duration::from_secs(600),
@@ -164,26 +166,26 @@ pub enum SubscribeError {
     TopicLimit(#[from] TopicLimit),
 }
 
-/// What a new reader asks for.
-pub struct ReaderRequest {
+/// What a new subscription asks for.
+pub struct SubscriptionRequest {
     /// The topics, in any order, duplicates allowed.
     topics: Vec<TopicName>,
     /// Where to resume: an event id for one topic, a cursor for several.
     last_event_id: Option<String>,
-    /// The wire format the reader is sent; its lag is counted in those bytes.
+    /// The wire format the subscriber is sent; its lag is counted in those bytes.
     wire: Wire,
-    /// Told to drop the reader's connection if it is evicted.
+    /// Told to drop the subscriber's connection if it is evicted.
     closer: Option<Arc<dyn ConnectionCloser>>,
 }
 
-impl ReaderRequest {
-    /// A reader of `topics` in `wire`, resuming after `last_event_id` if given (an event id
-    /// for one topic, a cursor for several).
+impl SubscriptionRequest {
+    /// A subscription to `topics` in `wire`, resuming after `last_event_id` if given (an event
+    /// id for one topic, a cursor for several).
     pub fn new(topics: Vec<TopicName>, last_event_id: Option<String>, wire: Wire) -> Self {
-        ReaderRequest { topics, last_event_id, wire, closer: None }
+        SubscriptionRequest { topics, last_event_id, wire, closer: None }
     }
 
-    /// Has `closer` drop the reader's connection if the reader is evicted.
+    /// Has `closer` drop the subscriber's connection if it is evicted.
     pub(crate) fn closed_by(mut self, closer: Arc<dyn ConnectionCloser>) -> Self {
         self.closer = Some(closer);
         self
@@ -244,6 +246,12 @@ impl Hub {
         &self.roster
     }
 
+    /// Keeps `topic` whoever follows it: never dropped for idleness, its keys in Redis kept
+    /// fresh in cluster mode. For a log of record beyond its readers (an edge's own log).
+    pub(crate) fn pin(&self, topic: TopicName) {
+        self.registry.pin(topic);
+    }
+
     /// The hub's limits.
     pub fn config(&self) -> &HubConfig {
         &self.config
@@ -297,10 +305,13 @@ impl Hub {
         published
     }
 
-    /// Subscribes a new reader to `request.topics`, resuming after `request.last_event_id` if
+    /// Subscribes a new subscriber to `request.topics`, resuming after `request.last_event_id` if
     /// given. In cluster mode, topics the node has not seen and positions it has not reached
     /// yet are read from Redis first.
-    pub async fn subscribe(&self, request: ReaderRequest) -> Result<Subscription, SubscribeError> {
+    pub async fn subscribe(
+        &self,
+        request: SubscriptionRequest,
+    ) -> Result<Subscription, SubscribeError> {
         let subscribed = self.start_subscription(request).await;
         if let Err(SubscribeError::TopicLimit(_)) = subscribed {
             self.metrics.rejected(Rejection::TopicLimit);
@@ -310,9 +321,9 @@ impl Hub {
 
     async fn start_subscription(
         &self,
-        request: ReaderRequest,
+        request: SubscriptionRequest,
     ) -> Result<Subscription, SubscribeError> {
-        let ReaderRequest { mut topics, last_event_id, wire, closer } = request;
+        let SubscriptionRequest { mut topics, last_event_id, wire, closer } = request;
         topics.sort_unstable();
         topics.dedup();
         if topics.len() > self.config.max_topics_per_stream {
@@ -350,7 +361,7 @@ impl Hub {
     }
 
     fn subscriber(&self, wire: Wire, closer: Option<Arc<dyn ConnectionCloser>>) -> Arc<Subscriber> {
-        Arc::new(Subscriber::new(self.config.client_queue_bytes, wire, closer))
+        Arc::new(Subscriber::new(self.config.max_lag_bytes, wire, closer))
     }
 
     /// Makes sure this node can add `topic`, resuming after `last_event_id`, to a live

@@ -1,6 +1,6 @@
-//! Who holds what, node by node: entries (a Mercure subscriber's subscriptions) that any node
-//! can list for the whole cluster, and that the survivors take over when a node dies. On a
-//! single node they are a map in memory; in cluster mode they live in Redis
+//! Who holds what, node by node: entries (what a node's subscribers hold, for presence) that
+//! any node can list for the whole cluster, and that the survivors take over when a node dies.
+//! On a single node they are a map in memory; in cluster mode they live in Redis
 //! ([`RedisRoster`]).
 
 use std::collections::BTreeMap;

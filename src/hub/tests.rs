@@ -14,7 +14,7 @@ fn append(topic: &Topic, id: EventId, s: &str) {
 }
 
 fn subscribe(hub: &Hub, topic: &TopicName, last_event_id: Option<String>) -> Subscription {
-    let request = ReaderRequest::new(vec![topic.clone()], last_event_id, Wire::Sse);
+    let request = SubscriptionRequest::new(vec![topic.clone()], last_event_id, Wire::Sse);
     hub.subscribe(request).now_or_never().expect("a local subscribe is immediate").unwrap()
 }
 

@@ -8,7 +8,7 @@ use futures_util::FutureExt as _;
 
 use crate::codec::{Draft, ws};
 use crate::event::{Event, EventData, EventId, EventName, GapReason, TopicName, Wire};
-use crate::hub::{Hub, HubConfig, Polled, ReaderRequest, Subscription};
+use crate::hub::{Hub, HubConfig, Polled, Subscription, SubscriptionRequest};
 use crate::mercure::selector::MercureSelector;
 use crate::metrics::Metrics;
 use crate::registry::{Closed, MIN_LOG_EVENTS};
@@ -31,6 +31,9 @@ pub fn check_mercure(selector: &str, topic: &str, bytes: &[u8]) {
     match update {
         None => assert!(frame.is_empty()),
         Some(update) => {
+            let update = update
+                .downcast_ref::<crate::codec::mercure::MercureUpdate>()
+                .expect("a Mercure record decodes to a Mercure update");
             assert!(frame.ends_with(b"\n\n"), "a frame ends with a blank line");
             if !update.id.contains(['\r', '\n']) {
                 let line = format!("id: {}\n", update.id);
@@ -229,7 +232,7 @@ impl ModelReader {
 /// many were missed), then receives every later event once, in order, unless it falls further
 /// behind than the log holds, in which case it is evicted.
 pub fn check_topic_ops(history: usize, ops: impl IntoIterator<Item = TopicOp>) {
-    let config = HubConfig { history, client_queue_bytes: usize::MAX, ..HubConfig::default() };
+    let config = HubConfig { history, max_lag_bytes: usize::MAX, ..HubConfig::default() };
     let hub = Hub::local(config, Arc::new(Metrics::new()));
     let topic = TopicName::new("t").expect("valid");
     let log_capacity = history.max(MIN_LOG_EVENTS) as u64;
@@ -252,7 +255,7 @@ pub fn check_topic_ops(history: usize, ops: impl IntoIterator<Item = TopicOp>) {
                     seq: head.saturating_sub(u64::from(back)),
                 });
                 let resume = requested.map(|id| id.to_string());
-                let request = ReaderRequest::new(vec![topic.clone()], resume, Wire::Sse);
+                let request = SubscriptionRequest::new(vec![topic.clone()], resume, Wire::Sse);
                 let subscription = hub
                     .subscribe(request)
                     .now_or_never()

@@ -18,7 +18,7 @@ pub use crate::event::{
     TopicName, Wire,
 };
 pub use crate::hub::{
-    Hub, HubConfig, Polled, PublishOptions, Published, ReaderRequest, Subscription, Ticket,
+    Hub, HubConfig, Polled, PublishOptions, Published, Subscription, SubscriptionRequest, Ticket,
 };
 pub use crate::metrics::Metrics;
 pub use crate::registry::Closed;

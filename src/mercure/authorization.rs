@@ -1,8 +1,8 @@
 //! Who may publish and subscribe to the Mercure hub, as the reference hub decides: the token
 //! comes from `Authorization: Bearer`, else the `authorization` query parameter, else the
 //! `mercureAuthorization` cookie; a publish carrying it in a cookie must come from one of
-//! `--publish-origins` (a page elsewhere cannot publish with the user's cookie). An invalid
-//! token is refused even where no token would be accepted.
+//! `--mercure-publish-origins` (a page elsewhere cannot publish with the user's cookie). An
+//! invalid token is refused even where no token would be accepted.
 
 use http::{HeaderMap, Request, Response, StatusCode, header};
 
@@ -33,9 +33,8 @@ pub(super) type Authorized = Result<MercureGrant, Unauthorized>;
 
 impl MercureEdge {
     /// A subscriber's grant: its token's, or none (public updates only) without a subscriber
-    /// key or, in anonymous mode, without a token. A refused token is counted and logged
-    /// unless `quiet` (a first look whose refusal is answered, and counted, later).
-    pub(super) fn authorize_subscriber<B>(&self, req: &Request<B>, quiet: bool) -> Authorized {
+    /// key or, in anonymous mode, without a token. A refused token is counted and logged.
+    pub(super) fn authorize_subscriber<B>(&self, req: &Request<B>) -> Authorized {
         if !self.authority.has_subscriber_key() {
             return Ok(MercureGrant::default());
         }
@@ -43,11 +42,9 @@ impl MercureEdge {
             None if self.config.anonymous => Ok(MercureGrant::default()),
             None => Err(Unauthorized),
             Some((token, _)) => self.authority.verify_subscriber(&token).map_err(|reason| {
-                if !quiet {
-                    self.metrics.auth_failed(reason);
-                    let reason = reason.as_str();
-                    tracing::debug!(reason, "a Mercure subscriber's token was refused");
-                }
+                self.metrics.auth_failed(reason);
+                let reason = reason.as_str();
+                tracing::debug!(reason, "a Mercure subscriber's token was refused");
                 Unauthorized
             }),
         }
@@ -97,7 +94,8 @@ impl MercureEdge {
         Ok(found)
     }
 
-    /// Whether the `Origin` (else the origin of the `Referer`) is one of `--publish-origins`.
+    /// Whether the `Origin` (else the origin of the `Referer`) is one of
+    /// `--mercure-publish-origins`.
     fn origin_may_publish(&self, headers: &HeaderMap) -> bool {
         let origin = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
             Some(origin) => origin.to_owned(),

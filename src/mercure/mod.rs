@@ -1,6 +1,6 @@
 //! The Mercure hub: `/.well-known/mercure` speaks the Mercure protocol as the open-source hub
 //! v0.24 does, next to crier's own API, over one ordered log of Mercure updates (the topic
-//! [`TopicName::mercure_log`]) that is stored and relayed like any topic, so a cluster of
+//! [`crate::codec::mercure::log`]) that is stored and relayed like any topic, so a cluster of
 //! nodes is one hub.
 //!
 //! - **Publish** (`POST`, form-encoded): the update (its topics, data, id, type, retry, and
@@ -18,7 +18,6 @@ mod authorization;
 mod presence;
 pub(crate) mod selector;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,22 +26,21 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 
 use crate::auth::{MercureAuthority, MercureKey, MercureKeyError};
-use crate::codec::mercure::Record;
+use crate::codec::mercure::{MercureUpdate, Record};
 use crate::event::{Event, EventId, TopicName, Wire};
-use crate::http::{ApiError, Client, ErrorCode, Gate, ResponseBody, read_body};
-use crate::hub::{Hub, PublishError, PublishOptions, ReaderRequest, SubscribeError, Ticket};
+use crate::http::{
+    Admitted, ApiError, ErrorCode, MERCURE_SUBSCRIPTIONS_PATH, PublishPolicy, ResponseBody,
+    read_body,
+};
+use crate::hub::{ConnectionCloser, Hub, SubscribeError, SubscriptionRequest};
 use crate::metrics::Metrics;
-use crate::registry::ConnectionCloser;
-use crate::sse::{EventFilter, MercureDialect, SseStream, SseWriter, StreamTiming};
+use crate::sse::{EventFilter, SseWriter, StreamTiming};
 use authorization::Unauthorized;
 pub(crate) use presence::Presence;
 use selector::{MercureSelector, SelectorStore, any_matches_update};
 
-/// The path of the hub.
-pub(crate) const HUB_PATH: &str = "/.well-known/mercure";
-
 /// The path of the subscriptions API, and the prefix of its topics.
-pub(crate) const SUBSCRIPTIONS_PATH: &str = "/.well-known/mercure/subscriptions";
+const SUBSCRIPTIONS_PATH: &str = MERCURE_SUBSCRIPTIONS_PATH;
 
 /// A topic holding this is the hub's own (subscription events): publishers may not use it.
 const RESERVED_TOPIC_PART: &str = "/.well-known/mercure";
@@ -66,9 +64,6 @@ pub(crate) struct MercureConfig {
     pub(crate) publish_origins: Vec<String>,
     /// Publish subscription events and serve the subscriptions API.
     pub(crate) subscriptions: bool,
-    /// Longest a publish may wait to be accepted (`--publish-timeout`), its body's upload not
-    /// counted.
-    pub(crate) publish_timeout: Duration,
 }
 
 impl MercureConfig {
@@ -87,8 +82,8 @@ pub(crate) struct MercureEdge {
     config: MercureConfig,
     selectors: SelectorStore,
     presence: Option<Arc<Presence>>,
-    /// Who a request comes from, and how many streams it may open.
-    gate: Arc<Gate>,
+    /// What every publish goes through.
+    publishing: Arc<PublishPolicy>,
     log: TopicName,
     max_event_bytes: usize,
     body_timeout: Duration,
@@ -100,13 +95,16 @@ impl MercureEdge {
         config: MercureConfig,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
-        gate: Arc<Gate>,
+        publishing: Arc<PublishPolicy>,
         timing: StreamTiming,
         body_timeout: Duration,
     ) -> Result<Arc<Self>, MercureKeyError> {
         let authority =
             MercureAuthority::new(config.publisher_key.as_ref(), config.subscriber_key.as_ref())?;
         let max_event_bytes = hub.config().max_event_bytes;
+        let log = crate::codec::mercure::log();
+        // The log is the hub's history, whoever follows it.
+        hub.pin(log.clone());
         let presence = config.subscriptions.then(|| Presence::start(hub.clone()));
         Ok(Arc::new(MercureEdge {
             hub,
@@ -116,8 +114,8 @@ impl MercureEdge {
             config,
             selectors: SelectorStore::default(),
             presence,
-            gate,
-            log: TopicName::mercure_log(),
+            publishing,
+            log,
             max_event_bytes,
             body_timeout,
         }))
@@ -131,29 +129,17 @@ impl MercureEdge {
         }
     }
 
-    /// Answers a request to the hub or its subscriptions API.
+    /// Answers an admitted request to the hub: a subscribe (`GET`, `HEAD`) or a publish
+    /// (`POST`).
     pub(crate) async fn respond(
         &self,
         req: Request<Incoming>,
         closer: Arc<dyn ConnectionCloser>,
-        peer: SocketAddr,
+        admitted: &Admitted,
     ) -> Response<ResponseBody> {
-        let client = self.gate.client(peer.ip(), req.headers());
-        let path = req.uri().path();
-        if path != HUB_PATH {
-            return match &self.presence {
-                Some(_) if path.starts_with(SUBSCRIPTIONS_PATH) => self.subscriptions(&req).await,
-                _ => text(StatusCode::NOT_FOUND, "404 page not found"),
-            };
-        }
         match *req.method() {
-            Method::GET | Method::HEAD => {
-                if let Err(refused) = self.gate.admit_stream(client, false) {
-                    return api_error_text(&refused);
-                }
-                self.subscribe(&req, closer).await
-            }
-            Method::POST => self.publish(req, client).await,
+            Method::GET | Method::HEAD => self.subscribe(&req, closer).await,
+            Method::POST => self.publish(req, admitted).await,
             _ => {
                 let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
                 answer
@@ -164,6 +150,17 @@ impl MercureEdge {
         }
     }
 
+    /// Answers a request to the subscriptions API (a 404 unless `--mercure-subscriptions`).
+    pub(crate) async fn respond_subscriptions(
+        &self,
+        req: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        match &self.presence {
+            Some(_) => self.subscriptions(&req).await,
+            None => text(StatusCode::NOT_FOUND, "404 page not found"),
+        }
+    }
+
     /// `GET /.well-known/mercure?topic=…`: the subscriber is registered before the headers
     /// are sent, so an update published once they arrive is delivered.
     async fn subscribe(
@@ -171,7 +168,7 @@ impl MercureEdge {
         req: &Request<Incoming>,
         closer: Arc<dyn ConnectionCloser>,
     ) -> Response<ResponseBody> {
-        match self.open(req, closer, false).await {
+        match self.open(req, closer).await {
             Ok((headers, writer)) => {
                 let mut response = Response::new(ResponseBody::stream(writer));
                 response.headers_mut().extend(headers);
@@ -181,54 +178,14 @@ impl MercureEdge {
         }
     }
 
-    /// The stream for the first request of a dedicated HTTP/1.1 connection (`GET` with
-    /// `query` and the stream's `headers`), written on the socket without hyper; if the
-    /// request is refused, the socket comes back so hyper can answer it with the error.
-    pub(crate) async fn fast_path(
-        &self,
-        closer: Arc<dyn ConnectionCloser>,
-        query: Option<&str>,
-        headers: HeaderMap,
-        extra_head: &str,
-        io: tokio::net::TcpStream,
-    ) -> Result<SseStream, tokio::net::TcpStream> {
-        let target = match query {
-            Some(query) => format!("{HUB_PATH}?{query}"),
-            None => HUB_PATH.to_owned(),
-        };
-        let Ok(mut req) = Request::get(target).body(()) else { return Err(io) };
-        *req.headers_mut() = headers;
-        // Quiet: a refusal is answered (and counted) by hyper, from the same request.
-        match self.open(&req, closer, true).await {
-            Ok((headers, writer)) => {
-                let mut head = String::from("HTTP/1.1 200 OK\r\n");
-                for (name, value) in &headers {
-                    head.push_str(name.as_str());
-                    head.push_str(": ");
-                    head.push_str(&String::from_utf8_lossy(value.as_bytes()));
-                    head.push_str("\r\n");
-                }
-                head.push_str("transfer-encoding: chunked\r\n");
-                head.push_str(extra_head);
-                head.push_str(&format!(
-                    "date: {}\r\n\r\n",
-                    httpdate::fmt_http_date(std::time::SystemTime::now())
-                ));
-                Ok(SseStream::new(io, Bytes::from(head), writer))
-            }
-            Err(_) => Err(io),
-        }
-    }
-
-    /// Subscribes the client of `req` and makes its stream: the response headers and the
-    /// writer, or the refusal (counted unless `quiet`).
-    async fn open<B>(
+    /// Subscribes the client of an admitted `GET` and makes its stream, whichever way it is
+    /// served: the response headers and the writer, or the refusal.
+    pub(crate) async fn open<B>(
         &self,
         req: &Request<B>,
         closer: Arc<dyn ConnectionCloser>,
-        quiet: bool,
     ) -> Result<(HeaderMap, SseWriter), Response<ResponseBody>> {
-        let grant = self.authorize_subscriber(req, quiet).map_err(Unauthorized::response)?;
+        let grant = self.authorize_subscriber(req).map_err(Unauthorized::response)?;
         let query = req.uri().query().unwrap_or("");
         let mut topics = Vec::new();
         let mut query_last_event_id = None;
@@ -278,16 +235,17 @@ impl MercureEdge {
                 (position, Some(resumed_from))
             }
         };
-        let request =
-            ReaderRequest::new(vec![self.log.clone()], resume.map(|id| id.to_string()), Wire::Sse)
-                .closed_by(closer);
+        let request = SubscriptionRequest::new(
+            vec![self.log.clone()],
+            resume.map(|id| id.to_string()),
+            Wire::Sse,
+        )
+        .closed_by(closer);
         let subscription = self.hub.subscribe(request).await.map_err(|e| unavailable(&e))?;
 
-        let filter = SubscriberFilter { selectors, private, _departure: departure };
-        let dialect = MercureDialect { filter: Box::new(filter) };
+        let filter = Box::new(SubscriberFilter { selectors, private, _departure: departure });
         let expires_in = grant.expires_in().map(before_expiry);
-        let writer =
-            SseWriter::mercure(subscription, self.timing, &self.metrics, expires_in, dialect);
+        let writer = SseWriter::plain(subscription, self.timing, &self.metrics, expires_in, filter);
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(
@@ -317,7 +275,7 @@ impl MercureEdge {
         let mut found = None;
         let mut last: Option<(EventId, Box<str>)> = None;
         let head = self.hub.visit_held(self.log.as_str(), |event: &Event| {
-            let Some(update) = event.frames.mercure_update() else { return true };
+            let Some(update) = event.frames.attachment::<MercureUpdate>() else { return true };
             if *update.id == *requested {
                 found = Some(event.id);
                 return false;
@@ -333,20 +291,21 @@ impl MercureEdge {
         }
     }
 
-    /// `POST /.well-known/mercure`: publishes an update and answers its id.
-    async fn publish(&self, req: Request<Incoming>, client: Client) -> Response<ResponseBody> {
-        let grant = match self.authorize_publisher(&req, client.local) {
+    /// `POST /.well-known/mercure`: publishes an update and answers its id. Held to the
+    /// publish policy by address (Mercure tokens name no publisher).
+    async fn publish(&self, req: Request<Incoming>, admitted: &Admitted) -> Response<ResponseBody> {
+        let grant = match self.authorize_publisher(&req, admitted.peer.local) {
             Ok(grant) => grant,
             Err(refused) => return refused.response(),
         };
-        // Held to crier's publish rate per address (Mercure tokens name no publisher).
-        if let Err(refused) = self.gate.admit_publish_by(None, client.ip) {
-            return api_error_text(&refused);
-        }
+        let permit = match self.publishing.admit(admitted.peer, None, &self.log) {
+            Ok(permit) => permit,
+            Err(refused) => return refusal(&refused),
+        };
         let body =
             match read_body(req, self.max_event_bytes, self.body_timeout, &self.metrics).await {
                 Ok(body) => body,
-                Err(e) => return api_error_text(&e),
+                Err(e) => return refusal(&e),
             };
         let form = match Form::parse(&body) {
             Ok(form) => form,
@@ -372,8 +331,8 @@ impl MercureEdge {
             retry: form.retry,
             data: form.data.as_str().into(),
         };
-        match self.publish_record(&record).await {
-            Ok(()) => {
+        match permit.publish(self.log.clone(), None, record.to_event_data(), None).await {
+            Ok(_) => {
                 let mut response = Response::new(ResponseBody::full(Bytes::from(id)));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -381,41 +340,14 @@ impl MercureEdge {
                 );
                 response
             }
-            Err(Some(PublishError::TooLarge { .. })) => {
+            Err(refused) if refused.code == ErrorCode::TooLarge => {
                 text(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
             }
-            Err(failed) => {
-                match failed {
-                    Some(e) => {
-                        tracing::warn!(error = %e, "a Mercure update could not be published")
-                    }
-                    None => tracing::warn!(
-                        timeout = ?self.config.publish_timeout,
-                        "a Mercure update was not accepted in time"
-                    ),
-                }
+            Err(refused) => {
+                tracing::warn!(error = %refused.detail, "a Mercure update was not published");
                 let mut answer = text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
                 answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 answer
-            }
-        }
-    }
-
-    /// Appends a record to the log (through Redis in cluster mode), within
-    /// `--publish-timeout`: `Err(None)` if it was not accepted in time (then, unless it had
-    /// been sent to Redis already, it is withdrawn and never published).
-    async fn publish_record(&self, record: &Record<'_>) -> Result<(), Option<PublishError>> {
-        // Only a cluster publish waits in a queue it can be withdrawn from.
-        let ticket = self.hub.is_relayed().then(|| Arc::new(Ticket::default()));
-        let options = PublishOptions { idempotency_key: None, ticket: ticket.clone() };
-        let publish = self.hub.publish_with(&self.log, None, record.to_event_data(), options);
-        match tokio::time::timeout(self.config.publish_timeout, publish).await {
-            Ok(published) => published.map(|_| ()).map_err(Some),
-            Err(_) => {
-                if ticket.is_some_and(|ticket| !ticket.withdraw()) {
-                    tracing::warn!("a Mercure update timed out after it was sent to Redis");
-                }
-                Err(None)
             }
         }
     }
@@ -437,7 +369,7 @@ struct SubscriberFilter {
 
 impl EventFilter for SubscriberFilter {
     fn admits(&mut self, event: &Event) -> bool {
-        let Some(update) = event.frames.mercure_update() else { return false };
+        let Some(update) = event.frames.attachment::<MercureUpdate>() else { return false };
         any_matches_update(&self.selectors, update)
             && (!update.private || any_matches_update(&self.private, update))
     }
@@ -522,8 +454,9 @@ fn text(status: StatusCode, message: &str) -> Response<ResponseBody> {
     response
 }
 
-/// A refusal of crier's own (body too large or late, a rate) as plain text.
-fn api_error_text(error: &ApiError) -> Response<ResponseBody> {
+/// A refusal of crier's own (admission's, the publish policy's, a body too large or late) as
+/// plain text, as the hub answers everything.
+pub(crate) fn refusal(error: &ApiError) -> Response<ResponseBody> {
     let mut answer = text(error.code.status(), &error.detail);
     if let Some(wait) = error.retry_after_secs()
         && let Ok(value) = HeaderValue::from_str(&wait.to_string())

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{MercureEdge, SUBSCRIPTIONS_PATH, selector::MercureSelector, text};
-use crate::codec::mercure::Record;
+use crate::codec::mercure::{MercureUpdate, Record};
 use crate::event::{EventId, TopicName};
 use crate::http::ResponseBody;
 use crate::hub::{Hub, Roster};
@@ -114,7 +114,7 @@ impl Presence {
             })
             .collect();
         record(hub, &subscriptions, true).await;
-        let log = TopicName::mercure_log();
+        let log = crate::codec::mercure::log();
         let mut last = None;
         for subscription in &subscriptions {
             last = publish(hub, &log, subscription.clone(), true).await.or(last);
@@ -152,7 +152,7 @@ async fn record(hub: &Hub, subscriptions: &[ActiveSubscription], active: bool) {
 /// The announcer: records and announces departures; every heartbeat,
 /// keeps the node in the roster and announces the departure of the subscribers of dead nodes.
 async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Announcement>) {
-    let log = TopicName::mercure_log();
+    let log = crate::codec::mercure::log();
     let mut beat = tokio::time::interval(Roster::HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -235,7 +235,7 @@ impl MercureEdge {
         };
         if self.authority.has_subscriber_key() {
             let request_uri = req.uri().path_and_query().map_or(req.uri().path(), |p| p.as_str());
-            let allowed = match self.authorize_subscriber(req, false) {
+            let allowed = match self.authorize_subscriber(req) {
                 Ok(grant) => grant.subscribe.as_deref().is_some_and(|claim| {
                     claim.iter().any(|s| self.selectors.get(s).matches(request_uri))
                 }),
@@ -314,7 +314,7 @@ impl MercureEdge {
     fn last_event_id(&self) -> String {
         let mut last = None;
         self.hub.visit_held(self.log.as_str(), |event| {
-            if let Some(update) = event.frames.mercure_update() {
+            if let Some(update) = event.frames.attachment::<MercureUpdate>() {
                 last = Some(update.id.clone());
             }
             true

@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::event::MercureUpdate;
+use crate::codec::mercure::MercureUpdate;
 
 /// Topics a template remembers its answer for (then it forgets them all at once).
 const MAX_REMEMBERED: usize = 4096;

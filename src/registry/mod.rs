@@ -144,6 +144,8 @@ pub(crate) struct Registry {
     /// reachable for shutdown and the sweeper until they have none.
     retired: Mutex<Vec<Arc<Topic>>>,
     lifecycle: Arc<Lifecycle>,
+    /// The names of the topics kept whoever follows them ([`Registry::pin`]).
+    pinned: RwLock<Vec<TopicName>>,
     /// Topics in the map.
     count: AtomicUsize,
     max_topics: usize,
@@ -169,6 +171,7 @@ impl Registry {
             next_epoch: AtomicU64::new(Epoch::random().as_u64()),
             retired: Mutex::new(Vec::new()),
             lifecycle: Arc::new(Lifecycle::new(idle_ttl)),
+            pinned: RwLock::new(Vec::new()),
             count: AtomicUsize::new(0),
             max_topics,
         }
@@ -186,8 +189,26 @@ impl Registry {
     /// A copy of topic `name` in `epoch` whose next event is `base + 1`, for the relay to
     /// fill and [`Registry::install`].
     pub(crate) fn new_topic(&self, name: TopicName, epoch: Epoch, base: u64) -> Arc<Topic> {
+        let pinned = self.pinned.read().contains(&name);
         let lifecycle = self.lifecycle.clone();
-        Arc::new(Topic::new(name, epoch, base, self.history_limit, lifecycle))
+        let topic = Topic::new(name, epoch, base, self.history_limit, lifecycle);
+        if pinned {
+            topic.pin();
+        }
+        Arc::new(topic)
+    }
+
+    /// Keeps topic `name` (every copy of it, now and later) whoever follows it: it is never
+    /// dropped for idleness, and in cluster mode its keys in Redis are kept fresh. For a log
+    /// that is the history of something beyond its own readers (an edge's log of record).
+    pub(crate) fn pin(&self, name: TopicName) {
+        let mut pinned = self.pinned.write();
+        if let Some(topic) = self.topic(name.as_str()) {
+            topic.pin();
+        }
+        if !pinned.contains(&name) {
+            pinned.push(name);
+        }
     }
 
     /// Topics held.
@@ -335,14 +356,16 @@ impl Registry {
         swept
     }
 
-    /// The names of the topics with subscribers, at some moment during the call.
+    /// The names of the topics with subscribers, and of the pinned ones held, at some moment
+    /// during the call.
     pub(crate) fn followed_topics(&self) -> Vec<TopicName> {
         let mut followed: Vec<TopicName> =
             self.lifecycle.active().iter().map(|topic| topic.name().clone()).collect();
-        // The Mercure log is kept whoever follows it (see `Topic::queue_idle`).
-        let log = TopicName::mercure_log();
-        if self.topic(log.as_str()).is_some() && !followed.contains(&log) {
-            followed.push(log);
+        // Pinned topics are kept whoever follows them.
+        for name in self.pinned.read().iter() {
+            if self.topic(name.as_str()).is_some() && !followed.contains(name) {
+                followed.push(name.clone());
+            }
         }
         followed
     }
@@ -599,6 +622,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_topic_is_kept_however_long_it_is_idle() {
+        let registry = short_lived(20, usize::MAX);
+        let log = TopicName::internal("log").unwrap();
+        let (early, late) = (TopicName::new("early").unwrap(), TopicName::new("idle").unwrap());
+        registry.topic_or_create(&early).unwrap();
+        // Pinned before it exists, or once it does.
+        registry.pin(log.clone());
+        registry.pin(early.clone());
+        registry.topic_or_create(&log).unwrap();
+        registry.topic_or_create(&late).unwrap();
+        sweep_until(&registry, "the idle topic to go", |_| registry.topic("idle").is_none());
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert_eq!(registry.sweep(|_| false).reaped, 0);
+        assert!(registry.topic("~log").is_some() && registry.topic("early").is_some());
+        let mut followed = registry.followed_topics();
+        followed.sort();
+        assert_eq!(followed, [early, log.clone()], "kept fresh in Redis as if followed");
+        // A copy made later (cluster mode) is pinned too.
+        let copy = registry.new_topic(log.clone(), registry.next_epoch(), 0);
+        registry.install(copy, EventId { epoch: registry.next_epoch(), seq: 0 }, None);
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        registry.sweep(|_| false);
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert_eq!(registry.sweep(|_| false).reaped, 0);
+        assert!(registry.topic("~log").is_some());
+    }
+
+    #[test]
     fn unsubscribing_takes_a_parked_writer_out_of_the_waiters() {
         let registry = Registry::new(10);
         let topic = registry.topic_or_create(&TopicName::new("t").unwrap()).unwrap().0;
@@ -654,11 +705,19 @@ mod tests {
                 reaped
             })
         };
+        // Now and then both workers stay away together for longer than the idle time, so the
+        // sweeper drops the topic between their uses however the threads are scheduled.
+        let pause = Arc::new(std::sync::Barrier::new(2));
         let workers: Vec<_> = (0..2)
             .map(|_| {
-                let (registry, name) = (registry.clone(), name.clone());
+                let (registry, name, pause) = (registry.clone(), name.clone(), pause.clone());
                 std::thread::spawn(move || {
                     for i in 0..5_000 {
+                        if i % 1_000 == 999 {
+                            pause.wait();
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                            pause.wait();
+                        }
                         let start = loop {
                             let topic = registry.topic_or_create(&name).unwrap().0;
                             if let Ok(start) = topic.subscribe(&subscriber(), 0, None) {

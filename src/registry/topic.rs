@@ -50,6 +50,8 @@ pub(crate) struct Topic {
     idle_queued: AtomicBool,
     /// Dropped from the registry: nothing may be published to or subscribe to this copy.
     reaped: AtomicBool,
+    /// Kept whoever follows it, never dropped for idleness ([`Registry::pin`](super::Registry::pin)).
+    pinned: AtomicBool,
 }
 
 /// A publish to a copy dropped for idleness while the caller held it, handed back to be
@@ -138,7 +140,13 @@ impl Topic {
             active: AtomicBool::new(false),
             idle_queued: AtomicBool::new(false),
             reaped: AtomicBool::new(false),
+            pinned: AtomicBool::new(false),
         }
+    }
+
+    /// Keeps the topic whoever follows it: it is never dropped for idleness.
+    pub(super) fn pin(&self) {
+        self.pinned.store(true, Ordering::SeqCst);
     }
 
     /// The epoch of the topic's ids.
@@ -429,8 +437,7 @@ impl Topic {
 
     /// Puts the topic in the idle queue (once), to be looked at when its idle time is up.
     pub(super) fn queue_idle(self: &Arc<Self>) {
-        // The Mercure log is the hub's history, whoever follows it: it is kept.
-        if self.name.is_mercure_log() {
+        if self.pinned.load(Ordering::SeqCst) {
             return;
         }
         if !self.idle_queued.swap(true, Ordering::SeqCst) {
@@ -450,7 +457,10 @@ impl Topic {
         // Publishers stamp the topic under the order: holding it, the stamp is final.
         let _order = self.order.lock();
         let deadline_ms = self.last_active.load(Ordering::Relaxed) + self.lifecycle.idle_ttl_ms();
-        if now_ms < deadline_ms || self.successor.get().is_some() {
+        if now_ms < deadline_ms
+            || self.successor.get().is_some()
+            || self.pinned.load(Ordering::SeqCst)
+        {
             return Reap::NotYet { deadline_ms };
         }
         self.reaped.store(true, Ordering::SeqCst);

@@ -1,5 +1,5 @@
-//! The cluster's roster: which nodes are alive, and the entries each one holds (a Mercure
-//! subscriber's subscriptions), kept in Redis so any node can list every node's entries and
+//! The cluster's roster: which nodes are alive, and the entries each one holds (what its
+//! subscribers hold, for presence), kept in Redis so any node can list every node's entries and
 //! the survivors learn what a node that died held.
 //!
 //! All under the hash tag `{crier:roster}`, so each script touches one Redis Cluster slot:

@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use slab::Slab;
 use tokio::sync::Notify;
 
-use crate::registry::ConnectionCloser;
+use crate::hub::ConnectionCloser;
 
 /// Requests in flight on one hyper connection, and how many have finished: what its idle
 /// timeout (`--idle-timeout`) goes by, without reading the clock per request.

@@ -1,12 +1,15 @@
 //! Reads the first request head of a connection to decide who serves it: an HTTP/1.1
-//! `GET /sse` goes to the SSE fast path, everything else (HTTP/2 prior knowledge included) to
-//! hyper, which is handed the bytes read so far as if nothing had been consumed.
+//! `GET /sse` or `GET` of the Mercure hub goes to the fast path, with its route; everything
+//! else (HTTP/2 prior knowledge included) to hyper, which is handed the bytes read so far as if
+//! nothing had been consumed.
 
 use std::io;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+
+use crate::http::{GatedRoute, MERCURE_HUB_PATH};
 
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -21,12 +24,13 @@ pub(crate) enum FirstRequest {
     /// after it.
     EventStream {
         /// Which endpoint.
-        endpoint: StreamEndpoint,
+        route: StreamRoute,
         /// The query string, if any.
         query: Option<String>,
         /// The headers a stream reads: `Last-Event-ID`, where a token may come from
-        /// (`Authorization`, `Cookie`), who the client is (`X-Forwarded-For`) and the page's
-        /// origin (`Origin`, for CORS).
+        /// (`Authorization`, `Cookie`), who the client is (`X-Forwarded-For`), the page's
+        /// origin (`Origin`, for CORS) and whether the client keeps the connection
+        /// (`Connection`, for a refusal).
         headers: HeaderMap,
     },
     /// Anything else: hyper serves it, starting with the bytes read so far.
@@ -39,11 +43,21 @@ pub(crate) enum FirstRequest {
 
 /// The endpoints a dedicated stream connection may be for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StreamEndpoint {
+pub(crate) enum StreamRoute {
     /// crier's `/sse`.
     Sse,
     /// The Mercure hub's subscribe.
     Mercure,
+}
+
+impl StreamRoute {
+    /// The gated endpoint it is.
+    pub(crate) fn gated(self) -> GatedRoute {
+        match self {
+            StreamRoute::Sse => GatedRoute::Sse,
+            StreamRoute::Mercure => GatedRoute::Mercure,
+        }
+    }
 }
 
 /// Reads from `io` into `buf` until the first request head is complete or clearly not an SSE
@@ -96,9 +110,9 @@ pub(crate) fn classify(buf: &[u8], max_head: usize) -> Option<FirstRequest> {
         h.name.eq_ignore_ascii_case("transfer-encoding")
             || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
     });
-    let endpoint = match path {
-        "/sse" => StreamEndpoint::Sse,
-        crate::mercure::HUB_PATH => StreamEndpoint::Mercure,
+    let route = match path {
+        "/sse" => StreamRoute::Sse,
+        MERCURE_HUB_PATH => StreamRoute::Mercure,
         _ => return Some(FirstRequest::Other),
     };
     if request.method != Some("GET") || request.version != Some(1) || has_body || len != buf.len() {
@@ -118,12 +132,12 @@ pub(crate) fn classify(buf: &[u8], max_head: usize) -> Option<FirstRequest> {
             Err(_) => return Some(FirstRequest::Other),
         }
     }
-    Some(FirstRequest::EventStream { endpoint, query: query.map(str::to_owned), headers })
+    Some(FirstRequest::EventStream { route, query: query.map(str::to_owned), headers })
 }
 
-/// The headers an SSE stream reads, lowercase.
-const STREAM_HEADERS: [&str; 5] =
-    ["last-event-id", "authorization", "cookie", "x-forwarded-for", "origin"];
+/// The headers a stream reads, lowercase (`connection`: whether a refusal closes it).
+const STREAM_HEADERS: [&str; 6] =
+    ["last-event-id", "authorization", "cookie", "x-forwarded-for", "origin", "connection"];
 
 #[cfg(test)]
 mod tests {
@@ -140,8 +154,8 @@ mod tests {
         if let Some(id) = id {
             headers.insert("last-event-id", HeaderValue::from_static(id));
         }
-        let endpoint = StreamEndpoint::Sse;
-        Some(FirstRequest::EventStream { endpoint, query: query.map(str::to_owned), headers })
+        let route = StreamRoute::Sse;
+        Some(FirstRequest::EventStream { route, query: query.map(str::to_owned), headers })
     }
 
     #[test]
@@ -165,12 +179,12 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
         assert!(headers.get("user-agent").is_none(), "only what a stream reads is kept");
         assert_eq!(classify_(b"GET /sse HTTP/1.1\r\n\r\n"), sse(None, None));
-        let Some(FirstRequest::EventStream { endpoint, .. }) =
+        let Some(FirstRequest::EventStream { route, .. }) =
             classify_(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\n\r\n")
         else {
             panic!("a Mercure stream request");
         };
-        assert_eq!(endpoint, StreamEndpoint::Mercure);
+        assert_eq!(route, StreamRoute::Mercure);
         for other in [
             &b"GET /sse?topic=a HTTP/1.0\r\n\r\n"[..],
             b"HEAD /sse?topic=a HTTP/1.1\r\n\r\n",

@@ -1,5 +1,10 @@
-//! The routing table and the service that dispatches each request to its endpoint: the
-//! streaming ones (SSE, WebSocket) to their edges, the others to their services.
+//! The requests the tower stack carries, and the service at its end that dispatches each to its
+//! endpoint: the streaming ones (SSE, WebSocket, the Mercure hub) to their edges, the others to
+//! their handlers.
+//!
+//! A request enters the stack as a [`Routed`] (its route computed once from its path, and the
+//! connection it came on) and reaches the router as a [`Dispatch`]: a gated endpoint comes with
+//! what admission found ([`Endpoint::Gated`]), so no endpoint can be reached without it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,90 +14,63 @@ use std::task::{Context, Poll};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use tower::{Service, ServiceExt as _};
+use tower::Service;
 
 use super::ConnInfo;
-use super::conn::Tracker;
-use super::layers::error_response;
-use crate::http::{Admitted, ApiError, ErrorCode, ResponseBody, json_response};
+use super::conn::{ControlledConnection, Tracker};
+use super::publish::{self, BodyLimits};
+use crate::http::{
+    Admitted, ApiError, ErrorCode, GatedRoute, OpenRoute, PublishPolicy, Refused, ResponseBody,
+    Route, json_response,
+};
 use crate::hub::Hub;
 use crate::limits::ConnectionSlot;
 use crate::mercure::MercureEdge;
 use crate::metrics::Metrics;
 use crate::sse::SseEdge;
-use crate::ws::{Upgrade, WsEdge};
+use crate::ws::{Upgrade, UpgradedConnection, WsEdge};
 
-/// An endpoint, by path; its name is the `route` label of `crier_http_requests_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Route {
-    Page,
-    Publish,
-    Sse,
-    Ws,
-    WsEcho,
-    Healthz,
-    Readyz,
-    Metrics,
-    Mercure,
-    NotFound,
+/// A request entering the stack: its route and the connection it came on.
+pub(crate) struct Routed<B = Incoming> {
+    pub(crate) route: Route,
+    pub(crate) conn: ConnInfo,
+    pub(crate) request: Request<B>,
 }
 
-impl Route {
-    /// The endpoint serving `path`.
-    pub(crate) fn of(path: &str) -> Route {
-        match path {
-            "/" => Route::Page,
-            "/publish" => Route::Publish,
-            "/sse" => Route::Sse,
-            "/ws" => Route::Ws,
-            "/ws/echo" => Route::WsEcho,
-            "/healthz" => Route::Healthz,
-            "/readyz" => Route::Readyz,
-            "/metrics" => Route::Metrics,
-            crate::mercure::HUB_PATH => Route::Mercure,
-            path if path.starts_with(crate::mercure::SUBSCRIPTIONS_PATH) => Route::Mercure,
-            _ => Route::NotFound,
-        }
-    }
-
-    /// The label value.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Route::Page => "page",
-            Route::Publish => "publish",
-            Route::Sse => "sse",
-            Route::Ws => "ws",
-            Route::WsEcho => "ws_echo",
-            Route::Healthz => "healthz",
-            Route::Readyz => "readyz",
-            Route::Metrics => "metrics",
-            Route::Mercure => "mercure",
-            Route::NotFound => "not_found",
-        }
-    }
+/// A request past admission, for the router.
+pub(crate) struct Dispatch<B = Incoming> {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) conn: ConnInfo,
+    pub(crate) request: Request<B>,
 }
 
-/// Dispatches requests; `P` serves publishes.
+/// The endpoint a request is for, with what it takes.
+pub(crate) enum Endpoint {
+    /// A gated endpoint, and the request's admission.
+    Gated(GatedRoute, Admitted),
+    /// An open one.
+    Open(OpenRoute),
+}
+
+/// Dispatches requests to their endpoints.
 #[derive(Clone)]
-pub(crate) struct Router<P> {
+pub(crate) struct Router {
     pub(super) hub: Arc<Hub>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) sse: Arc<SseEdge>,
     pub(super) ws: Arc<WsEdge>,
     pub(super) tracker: Arc<Tracker>,
-    pub(super) publish: P,
+    /// What every publish passes.
+    pub(super) publishing: Arc<PublishPolicy>,
+    /// The bounds of a publish's body.
+    pub(super) publish_body: BodyLimits,
     /// The Mercure hub, when it is on.
     pub(super) mercure: Option<Arc<MercureEdge>>,
     /// The shutdown signal came (`--drain-delay`): not ready, still serving.
     pub(super) leaving: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl<P> Service<Request<Incoming>> for Router<P>
-where
-    P: Service<Request<Incoming>, Response = Response<ResponseBody>> + Clone + Send + 'static,
-    P::Error: Into<super::layers::BoxError>,
-    P::Future: Send,
-{
+impl Service<Dispatch> for Router {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
@@ -101,50 +79,52 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, dispatch: Dispatch) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.route(req).await.unwrap_or_else(ApiError::into_response)) })
+        Box::pin(async move {
+            Ok(this.dispatch(dispatch).await.unwrap_or_else(ApiError::into_response))
+        })
     }
 }
 
-impl<P> Router<P>
-where
-    P: Service<Request<Incoming>, Response = Response<ResponseBody>> + Clone + Send + 'static,
-    P::Error: Into<super::layers::BoxError>,
-    P::Future: Send,
-{
-    async fn route(self, mut req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
-        let Some(conn) = req.extensions().get::<ConnInfo>().cloned() else {
-            tracing::error!("a request reached the router without its connection");
-            return Err(ApiError::new(ErrorCode::Internal, "the server failed to answer"));
-        };
-        match Route::of(req.uri().path()) {
-            Route::Publish => self.publish.oneshot(req).await.map_err(|e| error_response(e.into())),
-            Route::Sse => self.sse.respond(conn.control, &req, &gated(&req)?.access).await,
-            Route::Ws => {
-                let Admitted { access, client } = gated(&req)?.clone();
-                let client = client.ip;
-                let (response, upgrade) = self.ws.accept(&mut req, access, client).await?;
+impl Router {
+    async fn dispatch(self, dispatch: Dispatch) -> Result<Response<ResponseBody>, ApiError> {
+        let Dispatch { endpoint, conn, mut request } = dispatch;
+        match endpoint {
+            Endpoint::Gated(GatedRoute::Publish, admitted) => {
+                Ok(publish::respond(request, &admitted, &self.publishing, self.publish_body).await)
+            }
+            Endpoint::Gated(GatedRoute::Sse, admitted) => {
+                self.sse.respond(conn.control, &request, &admitted.access).await
+            }
+            Endpoint::Gated(GatedRoute::Ws, admitted) => {
+                let (response, upgrade) = self.ws.accept(&mut request, admitted).await?;
                 self.spawn_session(upgrade, conn.slot);
                 Ok(response)
             }
-            Route::WsEcho => {
-                let (response, upgrade) = self.ws.accept_echo(&mut req)?;
-                self.spawn_session(upgrade, conn.slot);
-                Ok(response)
-            }
-            Route::Page => only_get(&req, || Ok(super::page::response())),
-            Route::Healthz => {
-                only_get(&req, || Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#.into())))
-            }
-            Route::Readyz => only_get(&req, || self.readyz()),
-            Route::Metrics => only_get(&req, || Ok(self.render_metrics())),
-            Route::Mercure => match &self.mercure {
+            Endpoint::Gated(GatedRoute::Mercure, admitted) => match &self.mercure {
                 // Boxed: the hub's future is large, and every request's future would carry it.
-                Some(mercure) => Ok(Box::pin(mercure.respond(req, conn.control, conn.peer)).await),
-                None => Err(ApiError::not_found(req.uri().path())),
+                Some(mercure) => {
+                    Ok(Box::pin(mercure.respond(request, conn.control, &admitted)).await)
+                }
+                None => Err(ApiError::not_found(request.uri().path())),
             },
-            Route::NotFound => Err(ApiError::not_found(req.uri().path())),
+            Endpoint::Open(OpenRoute::WsEcho) => {
+                let (response, upgrade) = self.ws.accept_echo(&mut request)?;
+                self.spawn_session(upgrade, conn.slot);
+                Ok(response)
+            }
+            Endpoint::Open(OpenRoute::MercureSubscriptions) => match &self.mercure {
+                Some(mercure) => Ok(Box::pin(mercure.respond_subscriptions(request)).await),
+                None => Err(ApiError::not_found(request.uri().path())),
+            },
+            Endpoint::Open(OpenRoute::Page) => only_get(&request, || Ok(super::page::response())),
+            Endpoint::Open(OpenRoute::Healthz) => only_get(&request, || {
+                Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()))
+            }),
+            Endpoint::Open(OpenRoute::Readyz) => only_get(&request, || self.readyz()),
+            Endpoint::Open(OpenRoute::Metrics) => only_get(&request, || Ok(self.render_metrics())),
+            Endpoint::Open(OpenRoute::NotFound) => Err(ApiError::not_found(request.uri().path())),
         }
     }
 
@@ -160,10 +140,8 @@ where
             if hub.is_draining() {
                 session.start_shutdown();
             }
-            let drain = |session: Pin<&mut crate::ws::UpgradedConnection>| {
-                session.get_mut().start_shutdown()
-            };
-            super::conn::ControlledConnection::new(session, control, drain).await;
+            let drain = |session: Pin<&mut UpgradedConnection>| session.get_mut().start_shutdown();
+            ControlledConnection::new(session, control, drain).await;
             tracker.remove(key);
         });
     }
@@ -190,12 +168,17 @@ where
     }
 }
 
-/// What the gate ([`super::layers::Authenticate`]) put in the request's extensions.
-fn gated(req: &Request<Incoming>) -> Result<&Admitted, ApiError> {
-    req.extensions().get::<Admitted>().ok_or_else(|| {
-        tracing::error!("a stream request reached the router without passing the gate");
-        ApiError::new(ErrorCode::Internal, "the server failed to answer")
-    })
+/// The answer to a request admission refused, as its endpoint answers: the Mercure hub in
+/// plain text, as the reference hub does, crier's own endpoints with their JSON error; with the
+/// CORS headers that let a page read it. The same on the fast path and through hyper.
+pub(crate) fn refusal(route: GatedRoute, refused: Refused) -> Response<ResponseBody> {
+    let Refused { error, cors } = refused;
+    let mut response = match route {
+        GatedRoute::Mercure => crate::mercure::refusal(&error),
+        GatedRoute::Publish | GatedRoute::Sse | GatedRoute::Ws => error.into_response(),
+    };
+    cors.apply(&mut response);
+    response
 }
 
 fn only_get<B>(

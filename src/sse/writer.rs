@@ -1,8 +1,12 @@
 //! The SSE connection writer, whichever way the stream reaches the socket: it turns what the
-//! client's subscription reads from its topics' logs into [`Chunk`]s — everything published
-//! since the last wakeup as one chunk, written with one vectored write — opens with the preface
-//! and gap notice, heartbeats when quiet, and ends (shutdown) or aborts (eviction) when the
-//! client is closed.
+//! subscription reads from its topics' logs into [`Chunk`]s — everything published since the
+//! last wakeup as one chunk, written with one vectored write — opens with the preface and gap
+//! notice, heartbeats when quiet, and ends (shutdown) or aborts (eviction) when the subscriber
+//! is closed.
+//!
+//! Two dialects: crier's own (`retry:` preface, `crier.gap` and `crier.expired` notices), and
+//! plain SSE as a standard hub writes it, for a stream that filters a log by a rule of its own
+//! (the Mercure hub's subscribers are the first).
 //!
 //! Through hyper, the response body hands chunks to hyper; the [`stream`](super::stream) fast
 //! path writes them to the socket itself.
@@ -19,9 +23,8 @@ use crate::chunk::{Chunk, ChunkBuilder, MAX_CHUNK_BYTES};
 use crate::codec::{gap, sse};
 use crate::event::{Event, EventId};
 use crate::http::{ChunkStream, StreamError};
-use crate::hub::{Polled, Subscription};
+use crate::hub::{Closed, Polled, Subscription};
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
-use crate::registry::Closed;
 
 /// The timing knobs of a stream.
 #[derive(Clone, Copy, Debug)]
@@ -41,16 +44,16 @@ pub(crate) trait EventFilter: Send {
     fn admits(&mut self, event: &Event) -> bool;
 }
 
-/// The SSE stream of a Mercure subscriber, as the reference hub writes it: no `retry:`
-/// preface, `:` comments as heartbeats, no crier notices (a resume that was not exact is told
-/// by the `Last-Event-ID` response header), and a plain end when the token expires.
-pub(crate) struct MercureDialect {
-    /// Decides which updates of the log the subscriber receives.
-    pub(crate) filter: Box<dyn EventFilter>,
+/// A stream in plain SSE, as a standard hub writes it: no `retry:` preface, a bare `:` comment
+/// to open and as the heartbeat, no notice of crier's (a resume that was not exact is for the
+/// caller to tell some other way), a plain end when the token expires; and only the events its
+/// filter admits.
+struct Plain {
+    filter: Box<dyn EventFilter>,
 }
 
-/// The opening and heartbeat comment of a Mercure stream.
-const MERCURE_COMMENT: &[u8] = b":\n";
+/// The opening and heartbeat comment of a plain stream.
+const PLAIN_COMMENT: &[u8] = b":\n";
 
 /// What every writer is made of, whatever its dialect.
 struct Parts<'a> {
@@ -79,8 +82,8 @@ pub(crate) struct SseWriter {
     heartbeat: Pin<Box<Sleep>>,
     /// Fires when the token the stream was opened with expires.
     expiry: Option<Pin<Box<Sleep>>>,
-    /// A Mercure subscriber's stream.
-    mercure: Option<Box<MercureDialect>>,
+    /// Set for a stream in plain SSE; crier's dialect otherwise.
+    plain: Option<Box<Plain>>,
     ended: bool,
 }
 
@@ -112,24 +115,25 @@ impl SseWriter {
         SseWriter::build(parts, opening, cursor, None)
     }
 
-    /// The writer of a Mercure subscriber's stream of the Mercure log (see [`MercureDialect`]).
-    pub(crate) fn mercure(
+    /// The writer of a stream in plain SSE that delivers the events `filter` admits (see
+    /// [`Plain`]); with `expires_in`, it ends that long from now.
+    pub(crate) fn plain(
         subscription: Subscription,
         timing: StreamTiming,
         metrics: &Arc<Metrics>,
         expires_in: Option<Duration>,
-        dialect: MercureDialect,
+        filter: Box<dyn EventFilter>,
     ) -> Self {
-        let opening = Chunk::from_bytes(Bytes::from_static(MERCURE_COMMENT));
+        let opening = Chunk::from_bytes(Bytes::from_static(PLAIN_COMMENT));
         let parts = Parts { subscription, timing, metrics, expires_in };
-        SseWriter::build(parts, opening, None, Some(Box::new(dialect)))
+        SseWriter::build(parts, opening, None, Some(Box::new(Plain { filter })))
     }
 
     fn build(
         parts: Parts<'_>,
         opening: Chunk,
         cursor: Option<Vec<EventId>>,
-        mercure: Option<Box<MercureDialect>>,
+        plain: Option<Box<Plain>>,
     ) -> Self {
         let Parts { subscription, timing, metrics, expires_in } = parts;
         let StreamTiming { heartbeat: heartbeat_every, write_delay, .. } = timing;
@@ -145,7 +149,7 @@ impl SseWriter {
             last_write: now,
             heartbeat: Box::pin(tokio::time::sleep_until(now + heartbeat_every)),
             expiry: expires_in.map(|left| Box::pin(tokio::time::sleep_until(now + left))),
-            mercure,
+            plain,
             ended: false,
         }
     }
@@ -170,7 +174,7 @@ impl SseWriter {
             && expiry.as_mut().poll(cx).is_ready()
         {
             self.ended = true;
-            if self.mercure.is_some() {
+            if self.plain.is_some() {
                 return Poll::Ready(None);
             }
             return Poll::Ready(Some(Ok(Chunk::from_bytes(Bytes::from_static(sse::EXPIRED)))));
@@ -192,7 +196,7 @@ impl SseWriter {
         loop {
             let mut chunk = ChunkBuilder::with_capacity(0);
             let cursor = &mut self.cursor;
-            let mut filter = self.mercure.as_mut().map(|dialect| &mut dialect.filter);
+            let mut filter = self.plain.as_mut().map(|plain| &mut plain.filter);
             let polled =
                 self.subscription.poll_events(cx, MAX_CHUNK_BYTES, |topic_index, event| {
                     if let Some(filter) = filter.as_mut()
@@ -235,7 +239,7 @@ impl SseWriter {
             if now >= due {
                 self.last_write = now;
                 self.heartbeat.as_mut().reset(now + self.heartbeat_every);
-                let comment = if self.mercure.is_some() { MERCURE_COMMENT } else { sse::HEARTBEAT };
+                let comment = if self.plain.is_some() { PLAIN_COMMENT } else { sse::HEARTBEAT };
                 let heartbeat = Chunk::from_bytes(Bytes::from_static(comment));
                 return Poll::Ready(Some(Ok(heartbeat)));
             }

@@ -27,9 +27,9 @@ use super::inbound::{Decoder, Inbound};
 use super::liveness::{Due, Liveness};
 use crate::chunk::{Chunk, ChunkBuilder, MAX_CHUNK_BYTES, poll_write_buf};
 use crate::codec::ws::{self, OP_PING, OP_PONG};
+use crate::hub::Closed;
 use crate::hub::Polled;
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
-use crate::registry::Closed;
 
 /// Bytes waiting to be written beyond which the connection stops reading.
 pub(crate) const MAX_PENDING: usize = 1 << 20;

@@ -9,8 +9,9 @@
 //! ([`crate::codec::ws`]) and every subscriber writes the same bytes: server frames are
 //! unmasked.
 //!
-//! The edge takes what it needs and nothing more: the hub, the metrics and its limits. The
-//! server spawns and tracks the connections it hands back.
+//! The edge takes what it needs and nothing more: the hub, the metrics, its limits, the
+//! admission (for its commands' tokens and new topics) and the publish policy. The server
+//! spawns and tracks the connections it hands back.
 
 mod close;
 mod closing;
@@ -24,7 +25,6 @@ mod liveness;
 pub(crate) mod message;
 mod session;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,10 +32,11 @@ use http::Request;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
-use crate::auth::Access;
 use crate::event::Wire;
-use crate::http::{ApiError, ErrorCode, Gate, ResponseBody, StreamQuery};
-use crate::hub::{Hub, ReaderRequest};
+use crate::http::{
+    Admission, Admitted, ApiError, ErrorCode, PublishPolicy, ResponseBody, StreamQuery,
+};
+use crate::hub::{Hub, SubscriptionRequest};
 use crate::metrics::Metrics;
 use handler::{Echo, Handler};
 use session::{Session, SessionSetup};
@@ -62,8 +63,10 @@ pub(crate) struct WsLimits {
 pub(crate) struct WsEdge {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    /// Verifies the tokens of `auth` commands.
-    gate: Arc<Gate>,
+    /// Verifies the tokens of `auth` commands and counts the topics they create.
+    admission: Arc<Admission>,
+    /// What every publish command goes through.
+    publishing: Arc<PublishPolicy>,
     limits: WsLimits,
     /// Origins allowed to open WebSockets; empty allows any.
     allowed_origins: Vec<String>,
@@ -98,22 +101,22 @@ impl WsEdge {
     pub(crate) fn new(
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
-        gate: Arc<Gate>,
+        admission: Arc<Admission>,
+        publishing: Arc<PublishPolicy>,
         limits: WsLimits,
         allowed_origins: Vec<String>,
     ) -> Self {
-        WsEdge { hub, metrics, gate, limits, allowed_origins }
+        WsEdge { hub, metrics, admission, publishing, limits, allowed_origins }
     }
 
-    /// Answers a WebSocket handshake on `/ws` from `client`, who may do what `access` says:
-    /// the `101`, and the connection to run once the socket is handed over. Every topic of
-    /// the URL must be one the client may follow.
+    /// Answers an admitted WebSocket handshake on `/ws`: the `101`, and the connection to run
+    /// once the socket is handed over. Every topic of the URL must be one the peer may follow.
     pub(crate) async fn accept<B>(
         &self,
         req: &mut Request<B>,
-        access: Access,
-        client: IpAddr,
+        admitted: Admitted,
     ) -> Result<(http::Response<ResponseBody>, Upgrade), ApiError> {
+        let Admitted { peer, access, .. } = admitted;
         let accept = self.validate(req)?;
         let query = StreamQuery::parse(req.uri().query(), None)?;
         let wire = match query.format.as_deref() {
@@ -127,14 +130,15 @@ impl WsEdge {
         for topic in &query.topics {
             access.check_subscribe(topic.as_str())?;
         }
-        let request = ReaderRequest::new(query.topics, query.last_event_id, wire);
+        let request = SubscriptionRequest::new(query.topics, query.last_event_id, wire);
         let subscription = self.hub.subscribe(request).await?;
         let handler = Box::new(Session::new(SessionSetup {
             hub: self.hub.clone(),
             subscription,
             wire,
-            gate: self.gate.clone(),
-            client,
+            admission: self.admission.clone(),
+            publishing: self.publishing.clone(),
+            peer,
             access,
             commands_per_sec: self.limits.commands_per_sec,
             max_message: self.limits.max_message,

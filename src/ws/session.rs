@@ -7,7 +7,6 @@
 //! closes it with a code and the JSON a reply or notice would have held as the reason.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,12 +25,9 @@ use crate::chunk::ChunkBuilder;
 use crate::codec::ws::MAX_CLOSE_REASON;
 use crate::codec::{gap, ws};
 use crate::event::{Event, EventData, EventId, EventName, IdempotencyKey, TopicName, Wire};
-use crate::http::{ApiError, ErrorCode, Gate};
-use crate::hub::{
-    Hub, Polled, PublishError, PublishOptions, Published, SubscribeError, Subscription,
-};
+use crate::http::{Admission, ApiError, ErrorCode, Peer, PublishPolicy};
+use crate::hub::{Closed, Hub, Polled, Published, SubscribeError, Subscription};
 use crate::limits::TokenBucket;
-use crate::registry::Closed;
 
 /// Rejected commands in a row after which the client is disconnected (1008).
 const MAX_STRIKES: u32 = 50;
@@ -46,10 +42,12 @@ pub(super) struct SessionSetup {
     pub(super) subscription: Subscription,
     /// How events are framed: [`Wire::WsJson`] or [`Wire::WsRaw`].
     pub(super) wire: Wire,
-    /// Verifies the tokens of `auth` commands.
-    pub(super) gate: Arc<Gate>,
-    /// Who the client is, for its publish rate and the log of a refused token.
-    pub(super) client: IpAddr,
+    /// Verifies the tokens of `auth` commands and counts the topics `subscribe` creates.
+    pub(super) admission: Arc<Admission>,
+    /// What every `publish` goes through.
+    pub(super) publishing: Arc<PublishPolicy>,
+    /// Who the client is, for its rates and the log of a refused token.
+    pub(super) peer: Peer,
     /// What the client may do: publish, follow private topics; replaced by each `auth`.
     pub(super) access: Access,
     /// Commands admitted per second (and burst).
@@ -77,8 +75,8 @@ struct PendingCommand {
 
 /// What a command waits for.
 enum Wait {
-    /// The hub taking a published event.
-    Publish { topic: String, published: Boxed<Result<Published, PublishError>> },
+    /// The publish policy answering a publish (within `--publish-timeout`).
+    Publish { topic: String, published: Boxed<Result<Published, ApiError>> },
     /// The node making sure it can serve the topic, before subscribing to it.
     Subscribe {
         name: TopicName,
@@ -164,11 +162,11 @@ impl Session {
                 self.reply(Reply::ok(reference).topic(&topic), out);
             }
             Command::Auth { token } => {
-                if !self.setup.gate.has_keys() {
+                if !self.setup.admission.has_keys() {
                     let detail = "the server checks no tokens: no key is configured";
                     return Err(ApiError::new(ErrorCode::BadCommand, detail).into());
                 }
-                let grant = self.setup.gate.verify(self.setup.client, &token)?;
+                let grant = self.setup.admission.verify(self.setup.peer.ip, &token)?;
                 self.setup.access = self.setup.access.renewed(grant);
                 self.expiry = self.setup.access.expires_in().map(|left| Instant::now() + left);
                 self.reply(Reply::ok(reference), out);
@@ -176,7 +174,7 @@ impl Session {
             Command::Subscribe { topic, last_event_id } => {
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
                 self.setup.access.check_subscribe(name.as_str())?;
-                self.setup.gate.admit_topics(self.setup.client, [name.as_str()], false)?;
+                self.setup.admission.admit_topics(self.setup.peer.ip, [name.as_str()])?;
                 let resume = last_event_id
                     .map(|id| id.parse::<EventId>().map_err(SubscribeError::from))
                     .transpose()?;
@@ -186,8 +184,6 @@ impl Session {
             Command::Publish { topic, event, data, binary, idempotency_key } => {
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
                 self.setup.access.check_publish(name.as_str())?;
-                self.setup.gate.admit_publish(&self.setup.access, self.setup.client)?;
-                self.setup.gate.admit_topics(self.setup.client, [name.as_str()], false)?;
                 let event = event
                     .map(|e| EventName::new(&e).map_err(|err| ApiError::bad_event_name(&e, err)))
                     .transpose()?;
@@ -207,10 +203,9 @@ impl Session {
                             .map_err(|e| ApiError::new(ErrorCode::BadIdempotencyKey, e.to_string()))
                     })
                     .transpose()?;
-                let options = PublishOptions { idempotency_key, ticket: None };
-                let hub = self.setup.hub.clone();
-                let published =
-                    Box::pin(async move { hub.publish_with(&name, event, data, options).await });
+                let subject = self.setup.access.subject();
+                let permit = self.setup.publishing.admit(self.setup.peer, subject, &name)?;
+                let published = Box::pin(permit.publish(name, event, data, idempotency_key));
                 return Ok(Some(Wait::Publish { topic, published }));
             }
         }

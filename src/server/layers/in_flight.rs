@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{Request, Response};
+use http::Response;
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -26,9 +26,9 @@ impl<S> CountInFlight<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for CountInFlight<S>
+impl<S, R> Service<R> for CountInFlight<S>
 where
-    S: Service<Request<B>, Response = Response<ResponseBody>>,
+    S: Service<R, Response = Response<ResponseBody>>,
 {
     type Response = Response<ResponseBody>;
     type Error = S::Error;
@@ -38,7 +38,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: R) -> Self::Future {
         let in_flight = Some(self.activity.enter());
         ResponseFuture { response: self.inner.call(request), in_flight }
     }

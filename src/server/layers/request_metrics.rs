@@ -1,17 +1,18 @@
-//! Counts every answered request in `crier_http_requests_total{route,status}`, the route named
-//! by the routing table ([`Route`]).
+//! Counts every answered request in `crier_http_requests_total{route,status}`, by the route
+//! the request carries (computed once, when it entered the stack).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{Request, Response};
+use http::Response;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::http::Route;
 use crate::metrics::Metrics;
-use crate::server::router::Route;
+use crate::server::router::Routed;
 
 /// Applies [`RequestMetrics`] to a service.
 #[derive(Clone)]
@@ -44,9 +45,9 @@ pub(crate) struct RequestMetrics<S> {
     metrics: Arc<Metrics>,
 }
 
-impl<S, B, RB> Service<Request<B>> for RequestMetrics<S>
+impl<S, B, RB> Service<Routed<B>> for RequestMetrics<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Routed<B>, Response = Response<RB>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -56,8 +57,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let route = Route::of(request.uri().path());
+    fn call(&mut self, request: Routed<B>) -> Self::Future {
+        let route = request.route;
         ResponseFuture { response: self.inner.call(request), route, metrics: self.metrics.clone() }
     }
 }

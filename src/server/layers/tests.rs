@@ -1,20 +1,25 @@
 use std::convert::Infallible;
 use std::future::{Ready, ready};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt as _};
 
 use super::*;
+use crate::auth::{AuthConfig, Authority};
+use crate::http::{Admission, CorsPolicy, GatedRoute, OpenRoute, ResponseBody, Route, Routes};
+use crate::http::{StreamRates, TrustedProxies};
+use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
+use crate::server::ConnInfo;
+use crate::server::router::{Dispatch, Endpoint, Routed};
 
 /// A service answering `status`, or never (`None`).
 #[derive(Clone)]
-struct Answer(Option<StatusCode>);
+struct Canned(Option<StatusCode>);
 
-impl<B> Service<Request<B>> for Answer {
+impl<R> Service<R> for Canned {
     type Response = Response<()>;
     type Error = Infallible;
     type Future = futures_util::future::Either<
@@ -26,7 +31,7 @@ impl<B> Service<Request<B>> for Answer {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _: Request<B>) -> Self::Future {
+    fn call(&mut self, _: R) -> Self::Future {
         match self.0 {
             Some(status) => {
                 let mut response = Response::new(());
@@ -38,52 +43,24 @@ impl<B> Service<Request<B>> for Answer {
     }
 }
 
-fn request(path: &str) -> Request<()> {
-    Request::builder().uri(path).body(()).unwrap()
-}
-
-#[tokio::test]
-async fn shedding_refuses_past_the_limit_at_once_and_counts() {
-    let metrics = Metrics::new();
-    let layer = ShedLayer::new(1, metrics.shed_requests("publish"));
-    let mut stuck = layer.layer(Answer(None));
-    let mut quick = layer.layer(Answer(Some(StatusCode::OK)));
-    let held = stuck.call(request("/publish"));
-    let refused = quick.call(request("/publish")).await.unwrap_err();
-    assert!(refused.is::<Overloaded>(), "{refused}");
-    assert_eq!(error_response(refused).code, crate::http::ErrorCode::Overloaded);
-    assert!(metrics.render().contains("crier_shed_requests_total{route=\"publish\"} 1"));
-    drop(held);
-    let admitted = quick.call(request("/publish")).await.unwrap();
-    assert_eq!(admitted.status(), StatusCode::OK, "the place is free once the first is done");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_request_past_its_timeout_fails_with_elapsed() {
-    let layer = TimeoutLayer::new(Duration::from_millis(300));
-    let started = tokio::time::Instant::now();
-    let error = layer.layer(Answer(None)).oneshot(request("/publish")).await.unwrap_err();
-    assert_eq!(started.elapsed(), Duration::from_millis(300));
-    let answer = error_response(error);
-    assert_eq!(answer.code, crate::http::ErrorCode::Unavailable);
-    let response = answer.into_response();
-    assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
-    let quick = layer.layer(Answer(Some(StatusCode::OK))).oneshot(request("/")).await;
-    assert_eq!(quick.unwrap().status(), StatusCode::OK);
+fn routed(target: &str) -> Routed<()> {
+    let request = Request::builder().uri(target).body(()).unwrap();
+    let route = Routes { mercure: false }.of(request.uri().path());
+    Routed { route, conn: ConnInfo::test(), request }
 }
 
 #[test]
-fn answers_are_counted_by_route_and_status() {
+fn answers_are_counted_by_the_route_they_carry_and_their_status() {
     let metrics = Arc::new(Metrics::new());
     let layer = RequestMetricsLayer::new(metrics.clone());
     let mut cx = Context::from_waker(Waker::noop());
     for (path, status) in [("/healthz", 200), ("/publish", 413), ("/nowhere", 404)] {
-        let mut service = layer.layer(Answer(Some(StatusCode::from_u16(status).unwrap())));
-        let mut answer = std::pin::pin!(service.call(request(path)));
+        let mut service = layer.layer(Canned(Some(StatusCode::from_u16(status).unwrap())));
+        let mut answer = std::pin::pin!(service.call(routed(path)));
         assert!(answer.as_mut().poll(&mut cx).is_ready());
     }
-    let mut never = layer.layer(Answer(None));
-    let mut pending = std::pin::pin!(never.call(request("/readyz")));
+    let mut never = layer.layer(Canned(None));
+    let mut pending = std::pin::pin!(never.call(routed("/readyz")));
     assert!(pending.as_mut().poll(&mut cx).is_pending());
     let text = metrics.render();
     for line in [
@@ -94,4 +71,69 @@ fn answers_are_counted_by_route_and_status() {
         assert!(text.lines().any(|l| l == line), "missing {line} in {text}");
     }
     assert!(!text.contains(r#"route="readyz""#), "counted only once answered");
+}
+
+/// Records the endpoint of every request it is handed, and answers 200.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Service<Dispatch<()>> for Recorder {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dispatch: Dispatch<()>) -> Self::Future {
+        let seen = match dispatch.endpoint {
+            Endpoint::Gated(route, admitted) => format!("{route:?} from {}", admitted.peer.ip),
+            Endpoint::Open(route) => format!("{route:?}"),
+        };
+        self.0.lock().unwrap().push(seen);
+        ready(Ok(Response::new(ResponseBody::empty())))
+    }
+}
+
+#[tokio::test]
+async fn only_admitted_requests_reach_gated_endpoints_and_their_answers_carry_cors() {
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::local(HubConfig::default(), metrics.clone()));
+    let authority = Arc::new(Authority::new(AuthConfig::default()).unwrap());
+    let rates = StreamRates { new_streams_per_sec: 1, new_topics_per_sec: 100 };
+    let cors = CorsPolicy::new(&["https://app.example".to_owned()]);
+    let admission =
+        Admission::new(authority, TrustedProxies::default(), cors, metrics.clone(), rates, hub);
+    let recorder = Recorder::default();
+    let admit = AdmitLayer::new(Arc::new(admission)).layer(recorder.clone());
+    let request = |path: &str, method: Method| {
+        let mut routed = routed(path);
+        *routed.request.method_mut() = method;
+        routed.request.headers_mut().insert("origin", "https://app.example".parse().unwrap());
+        routed
+    };
+
+    let first = admit.clone().oneshot(request("/sse?topic=a", Method::GET)).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["access-control-allow-origin"], "https://app.example");
+    // One new stream per second from this address: the second is refused, never dispatched.
+    let refused = admit.clone().oneshot(request("/sse?topic=a", Method::GET)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["access-control-allow-origin"], "https://app.example");
+    let mut preflight = request("/publish", Method::OPTIONS);
+    preflight
+        .request
+        .headers_mut()
+        .insert("access-control-request-method", "POST".parse().unwrap());
+    let answered = admit.clone().oneshot(preflight).await.unwrap();
+    assert_eq!(answered.status(), StatusCode::NO_CONTENT);
+    let open = admit.clone().oneshot(request("/healthz", Method::GET)).await.unwrap();
+    assert!(open.headers().get("access-control-allow-origin").is_none());
+
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        [format!("{:?} from 127.0.0.1", GatedRoute::Sse), format!("{:?}", OpenRoute::Healthz)]
+    );
+    assert_eq!(routed("/ws").route, Route::Gated(GatedRoute::Ws));
 }

@@ -1,0 +1,267 @@
+//! The one door every publish goes through, whichever edge it comes from (`POST /publish`, a
+//! WebSocket `publish` command, a Mercure update), in two steps:
+//!
+//! 1. [`PublishPolicy::admit`]: the publisher's rate (`--publishes-per-sec`, counted for its
+//!    token's subject, else its address; 429), the topics it may have the node create
+//!    (`--new-topics-per-sec`; 429), and a place among the publishes in flight
+//!    (`--max-concurrent-publishes`; 503 `overloaded` at once, never a queue). The
+//!    [`PublishPermit`] it gives holds the place, so an edge takes it before it reads a body.
+//! 2. [`PublishPermit::publish`]: the event goes to the hub (its idempotency key with it) and
+//!    is answered within `--publish-timeout`. A cluster publish still queued for Redis then is
+//!    withdrawn (503 `unavailable`: nothing was published); one Redis has, but did not answer
+//!    for, is `outcome_unknown` (503: retry with the same idempotency key to find out).
+//!
+//! Every refusal is counted where it is made (`crier_rejections_total`,
+//! `crier_shed_requests_total{route="publish"}`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use metrics::Counter;
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+use super::admission::Admission;
+use super::error::{ApiError, ErrorCode};
+use super::peer::Peer;
+use crate::event::{EventData, EventName, IdempotencyKey, TopicName};
+use crate::hub::{Hub, PublishOptions, Published, Ticket};
+use crate::limits::{ClientKey, RateTable};
+use crate::metrics::{Metrics, Rejection};
+
+/// Who a publish rate is counted for: the token's subject, else the peer's address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Principal {
+    Subject(Box<str>),
+    Address(ClientKey),
+}
+
+/// The limits of [`PublishPolicy`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PublishLimits {
+    /// Publishes per principal per second (and in a burst).
+    pub(crate) per_sec: u32,
+    /// Publishes in flight at once.
+    pub(crate) max_in_flight: usize,
+    /// Longest a publish may wait to be accepted.
+    pub(crate) timeout: Duration,
+}
+
+/// Every publish's limits, and the way into the hub.
+pub(crate) struct PublishPolicy {
+    hub: Arc<Hub>,
+    /// Counts new topics, as for streams.
+    admission: Arc<Admission>,
+    limits: PublishLimits,
+    rates: RateTable<Principal>,
+    in_flight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    /// `crier_shed_requests_total{route="publish"}`.
+    shed: Counter,
+}
+
+/// A publish admitted, holding its place among those in flight until it is answered.
+#[must_use = "a permit holds a place among the publishes in flight"]
+pub(crate) struct PublishPermit {
+    policy: Arc<PublishPolicy>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl PublishPolicy {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        admission: Arc<Admission>,
+        limits: PublishLimits,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(PublishPolicy {
+            hub,
+            admission,
+            rates: RateTable::per_second(limits.per_sec),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            shed: metrics.shed_requests("publish"),
+            metrics,
+            limits,
+        })
+    }
+
+    /// Admits a publish to `topic` by `peer`, whose token names `subject` (if any): its rate,
+    /// the new topic it may create, and a place in flight.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        peer: Peer,
+        subject: Option<&str>,
+        topic: &TopicName,
+    ) -> Result<PublishPermit, ApiError> {
+        let principal = match subject {
+            Some(subject) => Principal::Subject(subject.into()),
+            None => Principal::Address(ClientKey::of(peer.ip)),
+        };
+        self.rates.take(&principal, Instant::now()).map_err(|wait| {
+            self.metrics.rejected(Rejection::PublishRate);
+            tracing::debug!(peer = %peer.ip, ?subject, "publish over the rate limit");
+            let detail = format!("more than {} publishes per second", self.limits.per_sec);
+            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
+        })?;
+        self.admission.admit_topics(peer.ip, [topic.as_str()])?;
+        let place = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            self.shed.increment(1);
+            let detail = format!(
+                "more than {} publishes are in flight; retry later",
+                self.limits.max_in_flight
+            );
+            ApiError::new(ErrorCode::Overloaded, detail)
+        })?;
+        Ok(PublishPermit { policy: self.clone(), _place: place })
+    }
+
+    /// The metrics publishes are counted in.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Forgets the principals whose buckets are full again.
+    pub(crate) fn prune(&self) {
+        self.rates.prune(Instant::now());
+    }
+}
+
+impl PublishPermit {
+    /// Publishes the event and answers with its id, within `--publish-timeout`; the place in
+    /// flight is held until then.
+    pub(crate) async fn publish(
+        self,
+        topic: TopicName,
+        name: Option<EventName>,
+        data: EventData,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Published, ApiError> {
+        let policy = &self.policy;
+        // Only a cluster publish waits in a queue it can be withdrawn from.
+        let ticket = policy.hub.is_relayed().then(|| Arc::new(Ticket::default()));
+        let options = PublishOptions { idempotency_key, ticket: ticket.clone() };
+        let publishing = policy.hub.publish_with(&topic, name, data, options);
+        match Deadline::new(publishing, policy.limits.timeout).await {
+            Ok(published) => Ok(published?),
+            // Withdrawn if still queued for Redis (then nothing is published), else only Redis
+            // knows.
+            Err(elapsed) if ticket.is_some_and(|ticket| !ticket.withdraw()) => {
+                tracing::debug!(%topic, ?elapsed, "a publish Redis has did not get its answer in time");
+                let detail = "the event was sent to Redis and no answer came in time: it may have \
+                              been published; retry with the same Idempotency-Key to find out";
+                Err(ApiError::new(ErrorCode::OutcomeUnknown, detail))
+            }
+            Err(elapsed) => {
+                let detail = format!("no answer within {elapsed:?}; retry later");
+                Err(ApiError::new(ErrorCode::Unavailable, detail))
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// A future's answer, or how long it was waited for once that is too long. The timer is
+    /// armed only if the answer is not ready at once, so a publish answered on its first poll
+    /// (a single node's) reads no clock and never touches the timer wheel.
+    struct Deadline<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        after: Duration,
+    }
+}
+
+impl<F> Deadline<F> {
+    fn new(inner: F, after: Duration) -> Self {
+        Deadline { inner, sleep: None, after }
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    type Output = Result<F::Output, Duration>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(answer) = this.inner.poll(cx) {
+            return Poll::Ready(Ok(answer));
+        }
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep(*this.after)));
+        }
+        match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(*this.after)),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthConfig, Authority};
+    use crate::http::{StreamRates, TrustedProxies};
+    use crate::hub::HubConfig;
+
+    fn policy(per_sec: u32, max_in_flight: usize) -> (Arc<PublishPolicy>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::local(HubConfig::default(), metrics.clone()));
+        let authority = Arc::new(Authority::new(AuthConfig::default()).unwrap());
+        let rates = StreamRates { new_streams_per_sec: 100, new_topics_per_sec: 100 };
+        let proxies = TrustedProxies::default();
+        let admission =
+            Arc::new(Admission::new(authority, proxies, None, metrics.clone(), rates, hub.clone()));
+        let limits = PublishLimits { per_sec, max_in_flight, timeout: Duration::from_secs(1) };
+        (PublishPolicy::new(hub, admission, limits, metrics.clone()), metrics)
+    }
+
+    fn peer(last: u8) -> Peer {
+        Peer { ip: std::net::IpAddr::from([192, 0, 2, last]), local: false }
+    }
+
+    #[tokio::test]
+    async fn a_permit_holds_a_place_until_its_publish_is_answered() {
+        let (policy, metrics) = policy(100, 1);
+        let topic = TopicName::new("t").unwrap();
+        let held = policy.admit(peer(1), None, &topic).unwrap();
+        let shed = policy.admit(peer(2), None, &topic).err().unwrap();
+        assert_eq!(shed.code, ErrorCode::Overloaded);
+        assert!(metrics.render().contains(r#"crier_shed_requests_total{route="publish"} 1"#));
+        let published = held.publish(topic.clone(), None, EventData::from("x".to_owned()), None);
+        assert!(!published.await.unwrap().replayed);
+        let key = IdempotencyKey::new("k").unwrap();
+        let again = |key| {
+            let permit = policy.admit(peer(2), None, &topic).expect("the place is free again");
+            permit.publish(topic.clone(), None, EventData::from("y".to_owned()), Some(key))
+        };
+        let first = again(key.clone()).await.unwrap();
+        let second = again(key).await.unwrap();
+        assert_eq!((second.id, second.replayed), (first.id, true), "keys pass to the hub");
+    }
+
+    #[test]
+    fn the_rate_is_counted_by_subject_else_by_address() {
+        let (policy, metrics) = policy(1, 8);
+        let topic = TopicName::new("t").unwrap();
+        let _first = policy.admit(peer(1), None, &topic).unwrap();
+        let refused = policy.admit(peer(1), None, &topic).err().unwrap();
+        assert_eq!((refused.code, refused.retry_after_secs()), (ErrorCode::RateLimited, Some(1)));
+        let _other_address = policy.admit(peer(2), None, &topic).unwrap();
+        let _subject = policy.admit(peer(1), Some("alice"), &topic).unwrap();
+        assert!(policy.admit(peer(3), Some("alice"), &topic).is_err(), "alice from anywhere");
+        assert!(metrics.render().contains(r#"crier_rejections_total{reason="publish_rate"} 2"#));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_answers_in_time_or_says_how_long_it_waited() {
+        let started = Instant::now();
+        let late = Deadline::new(std::future::pending::<()>(), Duration::from_millis(300)).await;
+        assert_eq!(late, Err(Duration::from_millis(300)));
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert_eq!(Deadline::new(async { 7 }, Duration::from_millis(300)).await, Ok(7));
+    }
+}
