@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use tower::ServiceBuilder;
 
-use super::accept::ConnectionCaps;
+use super::caps::ConnectionCaps;
 use super::conn::Tracker;
 use super::layers::{self, AdmitLayer, RequestMetricsLayer};
 use super::router::Router;

@@ -1,7 +1,9 @@
-//! One accepted connection: the task that drives hyper on it, and the control that lets the
-//! server drain it (graceful shutdown) or drop it at once (eviction, shutdown timeout).
+//! One accepted connection: what the server keeps of it, the requests in flight on it, and the
+//! control that lets the server drain it (graceful shutdown) or drop it at once (eviction,
+//! shutdown timeout), tracked for shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -14,6 +16,18 @@ use slab::Slab;
 use tokio::sync::Notify;
 
 use crate::hub::ConnectionCloser;
+use crate::limits::ConnectionSlot;
+
+/// An accepted connection, beside its socket: who is at the other end, and what the server
+/// keeps of it.
+pub(crate) struct Accepted {
+    /// The address of the other end.
+    pub(crate) remote: SocketAddr,
+    /// Drains or closes the connection.
+    pub(crate) control: Arc<ConnControl>,
+    /// Its place under `--max-connections-per-ip`.
+    pub(crate) slot: Option<ConnectionSlot>,
+}
 
 /// Requests in flight on one hyper connection, and how many have finished: what its idle
 /// timeout (`--idle-timeout`) goes by, without reading the clock per request.

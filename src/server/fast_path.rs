@@ -18,8 +18,8 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
-use super::accept;
 use super::app::App;
+use super::caps;
 use super::conn::ConnControl;
 use super::first_request::{self, FirstRequest, StreamRoute};
 use super::rewind::Rewind;
@@ -85,7 +85,7 @@ pub(super) async fn open(
             app.metrics.rejected(Rejection::HeadTooLarge);
             let max = app.config.max_request_head_bytes;
             let detail = format!("the request head is larger than {max} bytes");
-            accept::refuse(stream, ApiError::new(ErrorCode::HeadTooLarge, detail));
+            caps::refuse(stream, ApiError::new(ErrorCode::HeadTooLarge, detail));
             Opened::Done
         }
         Ok(Err(e)) => {
@@ -99,7 +99,7 @@ pub(super) async fn open(
             if !first.is_empty() {
                 app.metrics.rejected(Rejection::HeadTimeout);
                 let detail = "the request head did not arrive within --header-read-timeout";
-                accept::refuse(stream, ApiError::new(ErrorCode::RequestTimeout, detail));
+                caps::refuse(stream, ApiError::new(ErrorCode::RequestTimeout, detail));
             }
             Opened::Done
         }

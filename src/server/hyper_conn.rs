@@ -15,9 +15,8 @@ use hyper_util::service::TowerToHyperService;
 use tower::ServiceBuilder;
 
 use super::ConnInfo;
-use super::accept::Accepted;
 use super::app::App;
-use super::conn::{Activity, ConnectionEnd, ControlledConnection};
+use super::conn::{Accepted, Activity, ConnectionEnd, ControlledConnection};
 use super::layers;
 use super::router::Routed;
 use crate::metrics::Rejection;

@@ -2,8 +2,8 @@
 //!
 //! - [`app`]: building a node — the hub, the one admission and the one publish policy every
 //!   edge shares, the edges, the tower stack.
-//! - [`accept`]: the accept loop, the caps on open connections, each connection's task, and
-//!   the shutdown.
+//! - [`accept`]: the accept loop, each connection's task, and the shutdown; [`caps`]: the
+//!   caps on open connections, and the canned refusal of a connection.
 //! - [`fast_path`]: a plain connection whose first request opens a stream (`GET /sse`, or of
 //!   the Mercure hub) is answered without hyper, under the same admission, by the one head
 //!   writer streams and refusals share.
@@ -24,6 +24,7 @@
 
 mod accept;
 mod app;
+mod caps;
 mod conn;
 mod fast_path;
 pub(crate) mod first_request;
