@@ -392,6 +392,19 @@ async fn cross_origin_pages_may_subscribe_and_publish_with_credentials() {
     )
     .await;
     assert_eq!(sub.header("access-control-allow-origin").as_deref(), Some("https://app.example"));
+    // The subscriptions API is the hub's too (a 404 here: not --mercure-subscriptions).
+    let listing = request(
+        server.addr,
+        "GET",
+        "/.well-known/mercure/subscriptions",
+        &[("Origin", "https://app.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        listing.header("access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
 }
 
 #[tokio::test]

@@ -122,7 +122,9 @@ impl Admission {
         let cors = self.cors_headers(route, headers);
         let checked = (|| {
             let access = match route {
-                GatedRoute::Mercure => self.authority.access(None, peer.local),
+                GatedRoute::Mercure | GatedRoute::MercureSubscriptions => {
+                    self.authority.access(None, peer.local)
+                }
                 GatedRoute::Publish | GatedRoute::Sse | GatedRoute::Ws => {
                     self.access(peer, headers, query)?
                 }
@@ -130,7 +132,7 @@ impl Admission {
             let opens_stream = match route {
                 GatedRoute::Sse | GatedRoute::Ws => true,
                 GatedRoute::Mercure => matches!(*method, Method::GET | Method::HEAD),
-                GatedRoute::Publish => false,
+                GatedRoute::Publish | GatedRoute::MercureSubscriptions => false,
             };
             if opens_stream {
                 self.admit_stream(peer)?;

@@ -28,6 +28,8 @@ pub(crate) enum GatedRoute {
     Ws,
     /// The Mercure hub (publish and subscribe); its own tokens are read by the hub.
     Mercure,
+    /// The Mercure hub's subscriptions API (it reads its own tokens too).
+    MercureSubscriptions,
 }
 
 /// An endpoint that takes any request.
@@ -43,8 +45,6 @@ pub(crate) enum OpenRoute {
     Readyz,
     /// `GET /metrics`.
     Metrics,
-    /// The Mercure hub's subscriptions API (it checks its own tokens).
-    MercureSubscriptions,
     /// Nothing is served here.
     NotFound,
 }
@@ -70,7 +70,7 @@ impl Routes {
             "/metrics" => Route::Open(OpenRoute::Metrics),
             MERCURE_HUB_PATH if self.mercure => Route::Gated(GatedRoute::Mercure),
             path if self.mercure && path.starts_with(MERCURE_SUBSCRIPTIONS_PATH) => {
-                Route::Open(OpenRoute::MercureSubscriptions)
+                Route::Gated(GatedRoute::MercureSubscriptions)
             }
             _ => Route::Open(OpenRoute::NotFound),
         }
@@ -84,13 +84,12 @@ impl Route {
             Route::Gated(GatedRoute::Publish) => "publish",
             Route::Gated(GatedRoute::Sse) => "sse",
             Route::Gated(GatedRoute::Ws) => "ws",
-            Route::Gated(GatedRoute::Mercure) => "mercure",
+            Route::Gated(GatedRoute::Mercure | GatedRoute::MercureSubscriptions) => "mercure",
             Route::Open(OpenRoute::Page) => "page",
             Route::Open(OpenRoute::WsEcho) => "ws_echo",
             Route::Open(OpenRoute::Healthz) => "healthz",
             Route::Open(OpenRoute::Readyz) => "readyz",
             Route::Open(OpenRoute::Metrics) => "metrics",
-            Route::Open(OpenRoute::MercureSubscriptions) => "mercure",
             Route::Open(OpenRoute::NotFound) => "not_found",
         }
     }
@@ -104,6 +103,7 @@ impl GatedRoute {
             GatedRoute::Sse => Some("GET, HEAD, OPTIONS"),
             GatedRoute::Publish => Some("POST, OPTIONS"),
             GatedRoute::Mercure => Some("GET, HEAD, POST, OPTIONS"),
+            GatedRoute::MercureSubscriptions => Some("GET, HEAD, OPTIONS"),
             GatedRoute::Ws => None,
         }
     }
@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(on.of("/.well-known/mercure"), Route::Gated(GatedRoute::Mercure));
         assert_eq!(
             on.of("/.well-known/mercure/subscriptions/a"),
-            Route::Open(OpenRoute::MercureSubscriptions)
+            Route::Gated(GatedRoute::MercureSubscriptions)
         );
         assert_eq!(off.of("/.well-known/mercure"), Route::Open(OpenRoute::NotFound));
         assert_eq!(off.of("/.well-known/mercure/subscriptions"), Route::Open(OpenRoute::NotFound));

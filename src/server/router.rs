@@ -114,7 +114,7 @@ impl Router {
                 self.spawn_session(upgrade, conn.slot);
                 Ok(response)
             }
-            Endpoint::Open(OpenRoute::MercureSubscriptions) => match &self.mercure {
+            Endpoint::Gated(GatedRoute::MercureSubscriptions, _) => match &self.mercure {
                 Some(mercure) => Ok(Box::pin(mercure.respond_subscriptions(request)).await),
                 None => Err(ApiError::not_found(request.uri().path())),
             },
@@ -174,7 +174,7 @@ impl Router {
 pub(crate) fn refusal(route: GatedRoute, refused: Refused) -> Response<ResponseBody> {
     let Refused { error, cors } = refused;
     let mut response = match route {
-        GatedRoute::Mercure => crate::mercure::refusal(&error),
+        GatedRoute::Mercure | GatedRoute::MercureSubscriptions => crate::mercure::refusal(&error),
         GatedRoute::Publish | GatedRoute::Sse | GatedRoute::Ws => error.into_response(),
     };
     cors.apply(&mut response);
