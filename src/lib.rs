@@ -30,8 +30,8 @@
 //!   whether it is local. The **remote** address is the connection's other end (a proxy,
 //!   behind one).
 //! - **admission**: what every request to a gated endpoint passes, on every door (the fast
-//!   path, hyper); its output, `Admitted`, is the peer, what its token allows (`Access`) and
-//!   its CORS headers.
+//!   path, hyper); its output, `Admitted`, is the peer, what its token allows (`Access`), what
+//!   its query asks for (its topics, read once) and its CORS headers.
 //! - **publish policy**: what every publish passes, whichever edge it comes from: rates, the
 //!   publishes in flight, the timeout; its `PublishPermit` is the way into the hub.
 //! - **route**: the endpoint a path names, computed once per request.

@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use support::{HttpResponse, TestServer, connect_from, parse_response};
+use support::{HttpResponse, SseClient, TestServer, connect_from, parse_response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -60,46 +60,62 @@ fn answer(response: &HttpResponse) -> (u16, String, BTreeSet<String>) {
 async fn the_fast_path_and_hyper_refuse_a_stream_with_the_same_answer() {
     let server = TestServer::start(&[
         "--new-streams-per-sec",
-        "1",
+        "2",
         "--cors-origins",
         "https://app.example",
         "--jwt-key",
         KEY,
     ])
     .await;
-    // In order, from one address: a topic name that is refused (the stream's one token of
-    // this second is taken, and the answer is still the 400, not a 429), a token that is
-    // refused (checked before the rate), and a stream over the rate.
-    let targets = ["/sse?topic=a%20b", "/sse?topic=a&token=not-a-token", "/sse?topic=a"];
-
-    // Each request the first of its own connection: the fast path answers.
-    let mut fast = Vec::new();
-    for target in targets {
-        let mut stream = connect_from("127.0.0.2", server.addr).await;
-        fast.push(answer(&exchange(&mut stream, target).await));
-        // The connection goes on with hyper for what follows.
-        let next = exchange(&mut stream, "/healthz").await;
-        assert_eq!(next.status, 200, "{}", next.text());
+    // In order, from one address whose first of two streams this second is open already: a
+    // resume id that is refused once admitted (the second stream's token is taken, and the
+    // answer is still the 400, not a 429), a topic name that is refused (before the rate), a
+    // token that is refused, and a stream over the rate.
+    let targets = [
+        "/sse?topic=a&last_event_id=not-an-id",
+        "/sse?topic=a%20b",
+        "/sse?topic=a&token=not-a-token",
+        "/sse?topic=a",
+    ];
+    let mut answers = Vec::new();
+    for (source, fast) in [("127.0.0.2", true), ("127.0.0.3", false)] {
+        let stream = connect_from(source, server.addr).await;
+        let open = SseClient::on_stream(stream, server.addr, "/sse?topic=a", &[]).await;
+        assert_eq!(open.status, 200, "{}", open.head);
+        let mut answered = Vec::new();
+        if fast {
+            // Each request the first of its own connection: the fast path answers, and the
+            // connection goes on with hyper for what follows.
+            for target in targets {
+                let mut stream = connect_from(source, server.addr).await;
+                answered.push(answer(&exchange(&mut stream, target).await));
+                let next = exchange(&mut stream, "/healthz").await;
+                assert_eq!(next.status, 200, "{}", next.text());
+            }
+        } else {
+            // The same requests after another on one connection: hyper answers.
+            let mut stream = connect_from(source, server.addr).await;
+            assert_eq!(exchange(&mut stream, "/healthz").await.status, 200);
+            for target in targets {
+                answered.push(answer(&exchange(&mut stream, target).await));
+            }
+        }
+        answers.push(answered);
     }
-    // The same requests after another on one connection: hyper answers.
-    let mut through_hyper = Vec::new();
-    let mut stream = connect_from("127.0.0.3", server.addr).await;
-    assert_eq!(exchange(&mut stream, "/healthz").await.status, 200);
-    for target in targets {
-        through_hyper.push(answer(&exchange(&mut stream, target).await));
-    }
 
+    let (fast, through_hyper) = (&answers[0], &answers[1]);
     assert_eq!(fast, through_hyper);
     let statuses: Vec<u16> = fast.iter().map(|(status, ..)| *status).collect();
-    assert_eq!(statuses, [400, 401, 429], "{fast:#?}");
-    let [bad_topic, bad_token, over_rate] = &fast[..] else { unreachable!() };
+    assert_eq!(statuses, [400, 400, 401, 429], "{fast:#?}");
+    let [bad_id, bad_topic, bad_token, over_rate] = &fast[..] else { unreachable!() };
+    assert!(bad_id.1.contains("\"bad_last_event_id\""), "{bad_id:?}");
     assert!(bad_topic.1.contains("\"bad_topic\""), "{bad_topic:?}");
     assert!(
         bad_token.2.contains("www-authenticate: bearer error=\"invalid_token\""),
         "{bad_token:?}"
     );
     assert!(over_rate.2.contains("retry-after: 1"), "{over_rate:?}");
-    for (_, _, headers) in &fast {
+    for (_, _, headers) in fast {
         assert!(
             headers.contains("access-control-allow-origin: https://app.example"),
             "{headers:?}"

@@ -1,9 +1,11 @@
 //! The one admission every request to a gated endpoint passes, whichever way it is served (the
 //! fast path of a dedicated stream connection, or hyper and the tower stack): who it comes from
 //! ([`Peer`], through `--trusted-proxies`), what its token allows ([`Access`]; 401 for a token
-//! that is refused, never taken as no token), the new streams its address may open
-//! (`--new-streams-per-sec`), the topics it may have the node create (`--new-topics-per-sec`),
-//! both 429 with `Retry-After`, and the CORS headers its answer carries (`--cors-origins`).
+//! that is refused, never taken as no token), what its query asks for ([`CrierQuery`]: the
+//! topics, read once and checked; 400 for a name that is refused), the new streams its address
+//! may open (`--new-streams-per-sec`), the topics it may have the node create
+//! (`--new-topics-per-sec`), both 429 with `Retry-After`, and the CORS headers its answer
+//! carries (`--cors-origins`).
 //!
 //! Its output, [`Admitted`], is what a gated endpoint takes: no endpoint can be reached without
 //! it, and a refusal ([`Refused`]) carries what the answer needs. A publish's own limits are the
@@ -22,8 +24,10 @@ use super::cors::CorsPolicy;
 use super::credentials::request_token;
 use super::error::{ApiError, ErrorCode};
 use super::peer::{Peer, TrustedProxies};
+use super::query::CrierQuery;
 use super::route::GatedRoute;
 use crate::auth::{Access, Authority, Grant};
+use crate::event::TopicName;
 use crate::hub::Hub;
 use crate::limits::{ClientKey, RateTable};
 use crate::metrics::{Metrics, Rejection};
@@ -57,6 +61,9 @@ pub(crate) struct Admitted {
     /// What its crier token allows (on the Mercure hub, whose tokens the hub reads itself,
     /// what no token allows).
     pub(crate) access: Access,
+    /// What its query asks for: its topics, checked (empty on the Mercure hub, whose query
+    /// the hub reads itself).
+    pub(crate) query: CrierQuery,
     /// The CORS headers its answer carries.
     pub(crate) cors: CorsHeaders,
 }
@@ -121,12 +128,12 @@ impl Admission {
         let peer = self.proxies.peer(remote, headers);
         let cors = self.cors_headers(route, headers);
         let checked = (|| {
-            let access = match route {
+            let (access, query) = match route {
                 GatedRoute::Mercure | GatedRoute::MercureSubscriptions => {
-                    self.authority.access(None, peer.local)
+                    (self.authority.access(None, peer.local), CrierQuery::default())
                 }
                 GatedRoute::Publish | GatedRoute::Sse | GatedRoute::Ws => {
-                    self.access(peer, headers, query)?
+                    (self.access(peer, headers, query)?, CrierQuery::parse(query)?)
                 }
             };
             let opens_stream = match route {
@@ -139,13 +146,12 @@ impl Admission {
             }
             // A publish's topic is the publish policy's to count.
             if matches!(route, GatedRoute::Sse | GatedRoute::Ws) {
-                let topics = query_topics(query);
-                self.admit_topics(peer.ip, topics.iter().map(|t| &**t))?;
+                self.admit_topics(peer.ip, query.topics.iter().map(TopicName::as_str))?;
             }
-            Ok(access)
+            Ok((access, query))
         })();
         match checked {
-            Ok(access) => Ok(Admitted { peer, access, cors }),
+            Ok((access, query)) => Ok(Admitted { peer, access, query, cors }),
             Err(error) => Err(Refused { error, cors }),
         }
     }
@@ -253,12 +259,4 @@ impl Admission {
     pub(crate) fn has_keys(&self) -> bool {
         self.authority.has_keys()
     }
-}
-
-/// The `topic` parameters of a query, decoded.
-fn query_topics(query: Option<&str>) -> Vec<std::borrow::Cow<'_, str>> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .filter(|(key, _)| key == "topic")
-        .map(|(_, value)| value)
-        .collect()
 }

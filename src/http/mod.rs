@@ -23,7 +23,6 @@ pub(crate) use credentials::{TokenSource, request_token_from};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
 pub(crate) use peer::{Peer, TrustedProxies};
 pub(crate) use publish_policy::{PublishLimits, PublishPolicy};
-pub(crate) use query::{PublishQuery, StreamQuery};
 pub(crate) use route::{
     GatedRoute, MERCURE_HUB_PATH, MERCURE_SUBSCRIPTIONS_PATH, OpenRoute, Route, Routes,
 };

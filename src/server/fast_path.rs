@@ -138,7 +138,7 @@ async fn open_stream(
         }
     };
     let opened = match route {
-        StreamRoute::Sse => open_sse(app, control, query, headers, &admitted).await,
+        StreamRoute::Sse => open_sse(app, control, headers, &admitted).await,
         StreamRoute::Mercure => open_mercure(app, control, query, headers).await,
     };
     match opened {
@@ -161,12 +161,11 @@ async fn open_stream(
 async fn open_sse(
     app: &Arc<App>,
     control: &Arc<ConnControl>,
-    query: Option<&str>,
     headers: &HeaderMap,
     admitted: &Admitted,
 ) -> Result<(HeaderMap, SseWriter), Response<ResponseBody>> {
     let last_event_id = headers.get("last-event-id").map(HeaderValue::as_bytes);
-    let writer = app.sse.open(control.clone(), query, last_event_id, &admitted.access).await;
+    let writer = app.sse.open(control.clone(), admitted, last_event_id).await;
     writer.map(|writer| (SseEdge::response_headers(), writer)).map_err(ApiError::into_response)
 }
 

@@ -11,8 +11,7 @@ use hyper::body::Incoming;
 
 use crate::event::{EventData, IdempotencyKey, TopicName};
 use crate::http::{
-    Admitted, ApiError, ErrorCode, PublishPolicy, PublishQuery, ResponseBody, json_response,
-    read_body,
+    Admitted, ApiError, ErrorCode, PublishPolicy, ResponseBody, json_response, read_body,
 };
 use crate::hub::Published;
 
@@ -44,7 +43,8 @@ async fn publish(
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "POST"));
     }
-    let PublishQuery { topic, name } = PublishQuery::parse(req.uri().query())?;
+    let topic = admitted.query.publish_topic()?.clone();
+    let name = admitted.query.event_name()?;
     let idempotency_key = match req.headers().get("idempotency-key") {
         None => None,
         Some(value) => Some(

@@ -95,7 +95,7 @@ impl Router {
                 Ok(publish::respond(request, &admitted, &self.publishing, self.publish_body).await)
             }
             Endpoint::Gated(GatedRoute::Sse, admitted) => {
-                self.sse.respond(conn.control, &request, &admitted.access).await
+                self.sse.respond(conn.control, &request, &admitted).await
             }
             Endpoint::Gated(GatedRoute::Ws, admitted) => {
                 let (response, upgrade) = self.ws.accept(&mut request, admitted).await?;

@@ -14,9 +14,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 
-use crate::auth::Access;
 use crate::event::Wire;
-use crate::http::{ApiError, ResponseBody, StreamQuery};
+use crate::http::{Admitted, ApiError, ResponseBody};
 use crate::hub::{ConnectionCloser, Hub, SubscribeError, SubscriptionRequest};
 use crate::metrics::Metrics;
 pub(crate) use stream::SseStream;
@@ -52,30 +51,30 @@ impl SseEdge {
         &self,
         closer: Arc<dyn ConnectionCloser>,
         req: &Request<B>,
-        access: &Access,
+        admitted: &Admitted,
     ) -> Result<Response<ResponseBody>, ApiError> {
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "GET, HEAD"));
         }
         let header = req.headers().get(LAST_EVENT_ID).map(HeaderValue::as_bytes);
-        let writer = self.open(closer, req.uri().query(), header, access).await?;
+        let writer = self.open(closer, admitted, header).await?;
         let mut response = Response::new(ResponseBody::stream(writer));
         *response.headers_mut() = Self::response_headers();
         Ok(response)
     }
 
-    /// Reads the topics and resume position of a `GET` (its query and `Last-Event-ID`
-    /// header) and subscribes, if the client may follow every topic (a private topic's
-    /// history is never read for a client that may not see it): the stream's writer, whichever
-    /// way it is served. A stream opened with a token ends when the token expires.
+    /// Subscribes an admitted `GET` to its topics, resuming after its `Last-Event-ID` header
+    /// (else its query's `last_event_id`), if the client may follow every topic (a private
+    /// topic's history is never read for a client that may not see it): the stream's writer,
+    /// whichever way it is served. A stream opened with a token ends when the token expires.
     pub(crate) async fn open(
         &self,
         closer: Arc<dyn ConnectionCloser>,
-        query: Option<&str>,
+        admitted: &Admitted,
         last_event_id_header: Option<&[u8]>,
-        access: &Access,
     ) -> Result<SseWriter, ApiError> {
-        let query = StreamQuery::parse(query, last_event_id_header)?;
+        let Admitted { access, query, .. } = admitted;
+        let resume = query.resume_after(last_event_id_header)?;
         // A WebSocket may start with no topic and subscribe by command; a stream may not.
         if query.topics.is_empty() {
             return Err(SubscribeError::NoTopics.into());
@@ -83,7 +82,7 @@ impl SseEdge {
         for topic in &query.topics {
             access.check_subscribe(topic.as_str())?;
         }
-        let request = SubscriptionRequest::new(query.topics, query.last_event_id, Wire::Sse);
+        let request = SubscriptionRequest::new(query.topics.clone(), resume, Wire::Sse);
         let subscription = self.hub.subscribe(request.closed_by(closer)).await?;
         Ok(SseWriter::new(subscription, self.timing, &self.metrics, access.expires_in()))
     }

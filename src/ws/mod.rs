@@ -33,9 +33,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
 use crate::event::Wire;
-use crate::http::{
-    Admission, Admitted, ApiError, ErrorCode, PublishPolicy, ResponseBody, StreamQuery,
-};
+use crate::http::{Admission, Admitted, ApiError, ErrorCode, PublishPolicy, ResponseBody};
 use crate::hub::{Hub, SubscriptionRequest};
 use crate::metrics::Metrics;
 use handler::{Echo, Handler};
@@ -116,9 +114,8 @@ impl WsEdge {
         req: &mut Request<B>,
         admitted: Admitted,
     ) -> Result<(http::Response<ResponseBody>, Upgrade), ApiError> {
-        let Admitted { peer, access, .. } = admitted;
+        let Admitted { peer, access, query, .. } = admitted;
         let accept = self.validate(req)?;
-        let query = StreamQuery::parse(req.uri().query(), None)?;
         let wire = match query.format.as_deref() {
             None | Some("json") => Wire::WsJson,
             Some("raw") => Wire::WsRaw,
@@ -130,7 +127,8 @@ impl WsEdge {
         for topic in &query.topics {
             access.check_subscribe(topic.as_str())?;
         }
-        let request = SubscriptionRequest::new(query.topics, query.last_event_id, wire);
+        let resume = query.resume_after(None)?;
+        let request = SubscriptionRequest::new(query.topics, resume, wire);
         let subscription = self.hub.subscribe(request).await?;
         let handler = Box::new(Session::new(SessionSetup {
             hub: self.hub.clone(),
