@@ -168,15 +168,14 @@ async fn serve_connection(
         let Some(io) = tls.accept(stream, app.config.header_read_timeout).await else { return };
         return Box::pin(hyper_conn::serve(io, accepted, app, builder)).await;
     }
-    let remote = accepted.remote;
     // Boxed, both: what it takes to read the first request and open a stream (buffers, headers,
     // the subscribe) and hyper's connection state are large, and the task serving a stream on
     // the fast path (most of them) would otherwise hold room for them all its life.
-    match Box::pin(fast_path::open(stream, remote, app, &accepted.control)).await {
+    match Box::pin(fast_path::open(stream, accepted.remote, app, &accepted.control)).await {
         Opened::Stream(stream) => {
             let stream = ControlledConnection::new(stream, accepted.control, |_| {});
             if let ConnectionEnd::Killed = stream.await {
-                tracing::debug!(%remote, "stream closed by the server");
+                tracing::debug!(remote = %accepted.remote, "stream closed by the server");
             }
         }
         Opened::Hyper(io) => Box::pin(hyper_conn::serve(io, accepted, app, builder)).await,
