@@ -47,7 +47,7 @@ impl Transport {
 /// Why a subscriber was disconnected by the server; the `reason` label of evictions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum EvictReason {
-    /// It fell further behind than `--client-queue-bytes` or the topic log allow: it read
+    /// It fell further behind than `--max-lag-bytes` or the topic log allow: it read
     /// slower than events arrived.
     SlowConsumer,
 }

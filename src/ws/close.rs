@@ -28,7 +28,7 @@ impl CloseCode {
     /// 4001: the token the connection was opened or last authenticated with expired, and no
     /// `auth` command brought a fresh one in time. Reconnect with a fresh token.
     pub(crate) const TOKEN_EXPIRED: Self = CloseCode(4001);
-    /// 4008: slow consumer: the client fell further behind than `--client-queue-bytes` or the
+    /// 4008: slow consumer: the client fell further behind than `--max-lag-bytes` or the
     /// topic's log allow, and was evicted. It may reconnect and resume.
     pub(crate) const SLOW_CONSUMER: Self = CloseCode(4008);
     /// 4010: a gap on a `format=raw` stream, which has no frame for the `crier.gap` notice:
