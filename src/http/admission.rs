@@ -80,10 +80,10 @@ pub(crate) struct Refused {
 pub(crate) struct CorsHeaders(Vec<(HeaderName, HeaderValue)>);
 
 impl CorsHeaders {
-    /// Adds the headers to an answer.
-    pub(crate) fn apply<B>(&self, response: &mut Response<B>) {
+    /// Adds the headers to an answer's.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         for (name, value) in &self.0 {
-            response.headers_mut().insert(name.clone(), value.clone());
+            headers.insert(name.clone(), value.clone());
         }
     }
 }

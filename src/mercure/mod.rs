@@ -29,8 +29,7 @@ use crate::auth::{MercureAuthority, MercureKey, MercureKeyError};
 use crate::codec::mercure::{MercureUpdate, Record};
 use crate::event::{Event, EventId, TopicName, Wire};
 use crate::http::{
-    Admitted, ApiError, ErrorCode, MERCURE_SUBSCRIPTIONS_PATH, PublishPolicy, ResponseBody,
-    read_body,
+    Admitted, ApiError, ErrorCode, MERCURE_HUB_PATH, PublishPolicy, ResponseBody, read_body,
 };
 use crate::hub::{ConnectionCloser, Hub, SubscribeError, SubscriptionRequest};
 use crate::metrics::Metrics;
@@ -39,11 +38,8 @@ use authorization::Unauthorized;
 pub(crate) use presence::Presence;
 use selector::{MercureSelector, SelectorStore, any_matches_update};
 
-/// The path of the subscriptions API, and the prefix of its topics.
-const SUBSCRIPTIONS_PATH: &str = MERCURE_SUBSCRIPTIONS_PATH;
-
 /// A topic holding this is the hub's own (subscription events): publishers may not use it.
-const RESERVED_TOPIC_PART: &str = "/.well-known/mercure";
+const RESERVED_TOPIC_PART: &str = MERCURE_HUB_PATH;
 
 /// Most topics in one subscribe or publish, and most selectors in a claim.
 const MAX_TOPICS: usize = 1000;

@@ -17,10 +17,10 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MercureEdge, SUBSCRIPTIONS_PATH, selector::MercureSelector, text};
+use super::{MercureEdge, selector::MercureSelector, text};
 use crate::codec::mercure::{MercureUpdate, Record};
 use crate::event::{EventId, TopicName};
-use crate::http::ResponseBody;
+use crate::http::{MERCURE_SUBSCRIPTIONS_PATH as SUBSCRIPTIONS_PATH, ResponseBody};
 use crate::hub::{Hub, Roster};
 
 /// The JSON-LD context of every document.

@@ -28,6 +28,7 @@ use crate::http::{
     AdmissionRequest, Admitted, ApiError, ErrorCode, GatedRoute, MERCURE_HUB_PATH, ResponseBody,
     Route,
 };
+use crate::mercure::MercureEdge;
 use crate::metrics::Rejection;
 use crate::sse::{SseEdge, SseStream, SseWriter};
 
@@ -72,11 +73,14 @@ pub(super) async fn open(
     let Some(first_request) = first_request else { return Opened::Done };
     match first_request {
         Ok(Ok(FirstRequest::EventStream { route, query, headers })) => {
-            if route == StreamRoute::Mercure && app.mercure.is_none() {
+            let edge = match (route, &app.mercure) {
+                (StreamRoute::Sse, _) => StreamEdge::Sse,
+                (StreamRoute::Mercure, Some(mercure)) => StreamEdge::Mercure(mercure),
                 // No hub: hyper answers 404 as for any other path.
-                return Opened::Hyper(Rewind::new(first, stream));
-            }
-            let asked = StreamRequest { route, query: query.as_deref(), headers: &headers };
+                (StreamRoute::Mercure, None) => return Opened::Hyper(Rewind::new(first, stream)),
+            };
+            let gated = route.gated();
+            let asked = StreamRequest { gated, edge, query: query.as_deref(), headers: &headers };
             open_stream(stream, remote, app, control, asked).await
         }
         Ok(Ok(FirstRequest::Other)) => Opened::Hyper(Rewind::new(first, stream)),
@@ -108,9 +112,17 @@ pub(super) async fn open(
 
 /// A stream request as the first request read it.
 struct StreamRequest<'a> {
-    route: StreamRoute,
+    gated: GatedRoute,
+    edge: StreamEdge<'a>,
     query: Option<&'a str>,
     headers: &'a HeaderMap,
+}
+
+/// The edge a stream request is for.
+#[derive(Clone, Copy)]
+enum StreamEdge<'a> {
+    Sse,
+    Mercure(&'a MercureEdge),
 }
 
 /// Admits the stream request and opens its stream; answers the refusal otherwise.
@@ -121,8 +133,7 @@ async fn open_stream(
     control: &Arc<ConnControl>,
     request: StreamRequest<'_>,
 ) -> Opened {
-    let StreamRequest { route, query, headers } = request;
-    let gated = route.gated();
+    let StreamRequest { gated, edge, query, headers } = request;
     let asked = AdmissionRequest {
         route: gated,
         remote: remote.ip(),
@@ -137,21 +148,19 @@ async fn open_stream(
             return answer(stream, app, gated, refusal(gated, refused), keep_alive).await;
         }
     };
-    let opened = match route {
-        StreamRoute::Sse => open_sse(app, control, headers, &admitted).await,
-        StreamRoute::Mercure => open_mercure(app, control, query, headers).await,
+    let opened = match edge {
+        StreamEdge::Sse => open_sse(app, control, headers, &admitted).await,
+        StreamEdge::Mercure(mercure) => open_mercure(mercure, control, query, headers).await,
     };
     match opened {
-        Ok((headers, writer)) => {
-            let mut response = Response::new(());
-            *response.headers_mut() = headers;
-            admitted.cors.apply(&mut response);
-            let head = response_head(StatusCode::OK, response.headers(), Framing::Chunked);
+        Ok((mut headers, writer)) => {
+            admitted.cors.apply(&mut headers);
+            let head = response_head(StatusCode::OK, &headers, Framing::Chunked);
             app.metrics.http_request(Route::Gated(gated).as_str(), 200);
             Opened::Stream(SseStream::new(stream, Bytes::from(head), writer))
         }
         Err(mut refused) => {
-            admitted.cors.apply(&mut refused);
+            admitted.cors.apply(refused.headers_mut());
             answer(stream, app, gated, refused, keep_alive).await
         }
     }
@@ -171,14 +180,11 @@ async fn open_sse(
 
 /// An admitted `GET` of the Mercure hub: the stream's headers and writer, or the refusal.
 async fn open_mercure(
-    app: &Arc<App>,
+    mercure: &MercureEdge,
     control: &Arc<ConnControl>,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<(HeaderMap, SseWriter), Response<ResponseBody>> {
-    let Some(mercure) = &app.mercure else {
-        return Err(ApiError::not_found(MERCURE_HUB_PATH).into_response());
-    };
     let target = match query {
         Some(query) => format!("{MERCURE_HUB_PATH}?{query}"),
         None => MERCURE_HUB_PATH.to_owned(),

@@ -177,7 +177,7 @@ pub(crate) fn refusal(route: GatedRoute, refused: Refused) -> Response<ResponseB
         GatedRoute::Mercure | GatedRoute::MercureSubscriptions => crate::mercure::refusal(&error),
         GatedRoute::Publish | GatedRoute::Sse | GatedRoute::Ws => error.into_response(),
     };
-    cors.apply(&mut response);
+    cors.apply(response.headers_mut());
     response
 }
 

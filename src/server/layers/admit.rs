@@ -115,7 +115,7 @@ where
         match self.project() {
             Projection::Admitted { response, cors } => {
                 let mut response = ready!(response.poll(cx))?;
-                cors.apply(&mut response);
+                cors.apply(response.headers_mut());
                 Poll::Ready(Ok(response))
             }
             Projection::Answered { response } => {
