@@ -97,6 +97,7 @@ impl Backend {
                     pool_size,
                     key_ttl,
                     idempotency_window,
+                    interest_grace: Duration::from_secs(60),
                 }
             }
             Backend::Cluster(cluster) => RelayConfig {
@@ -105,6 +106,7 @@ impl Backend {
                 pool_size,
                 key_ttl: Duration::from_secs(600),
                 idempotency_window: Duration::from_secs(300),
+                interest_grace: Duration::from_secs(60),
             },
         }
     }

@@ -146,11 +146,18 @@ pub struct Config {
     #[arg(long, env = "CRIER_REDIS_CLUSTER", requires = "redis_url")]
     pub redis_cluster: bool,
 
-    /// Cluster mode: connections to Redis that publish in parallel (one more serves catch-up
-    /// reads, one more Pub/Sub). Publishes waiting while all are busy go out together as one
-    /// pipeline.
+    /// Cluster mode: connections to Redis that publish in parallel (one more per relay lane
+    /// serves catch-up reads; Pub/Sub connections are apart). Publishes waiting while all are
+    /// busy go out together as one pipeline.
     #[arg(long, env = "CRIER_REDIS_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub redis_pool_size: u16,
+
+    /// Cluster mode: how long a node keeps hearing a topic (subscribed to its Redis channel,
+    /// holding its copy) after the topic's last reader on this node left. A node hears only
+    /// the topics it has readers for; a reader who comes back within this time is served at
+    /// once, a later one after a catch-up read.
+    #[arg(long, env = "CRIER_INTEREST_GRACE", default_value = "1m", value_parser = parse_positive_duration)]
+    pub interest_grace: Duration,
 
     /// HMAC secrets that sign tokens (HS256, HS384, HS512), comma-separated, each at least
     /// 32 bytes. `KID:SECRET` names the key for tokens whose header has that `kid` (for
@@ -412,6 +419,7 @@ impl Config {
             pool_size: usize::from(self.redis_pool_size),
             key_ttl: self.topic_idle_ttl,
             idempotency_window: self.idempotency_window,
+            interest_grace: self.interest_grace,
         })
     }
 

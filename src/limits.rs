@@ -126,6 +126,19 @@ impl<K: Hash + Eq + Clone> RateTable<K> {
         if taken { Ok(()) } else { Err(Duration::from_secs(1)) }
     }
 
+    /// Whether `key` has a token left at `now`, taking none; on refusal, how long until it
+    /// has one. For actions charged once their cost is known ([`RateTable::take`] then).
+    pub(crate) fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        let mut shard = self.shard(key).lock();
+        match shard.get_mut(key) {
+            Some(bucket) => {
+                bucket.refill(now);
+                if bucket.tokens >= 1.0 { Ok(()) } else { Err(bucket.wait(1)) }
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Forgets the buckets that are full again: those clients are as good as new.
     pub(crate) fn prune(&self, now: Instant) {
         for shard in self.shards.iter() {

@@ -335,6 +335,11 @@ impl Metrics {
         };
         let errors = RelayErrorKind::ALL
             .map(|kind| counter(RELAY_ERRORS, vec![Label::new("kind", kind.as_str())]));
+        let interest_changes = InterestChange::ALL.map(|op| {
+            counter("crier_relay_interest_changes_total", vec![Label::new("op", op.as_str())])
+        });
+        let gauge =
+            |name: &'static str| self.recorder.register_gauge(&Key::from_name(name), &METADATA);
         RelayMetrics {
             connected: self
                 .recorder
@@ -349,6 +354,9 @@ impl Metrics {
                 .recorder
                 .register_histogram(&Key::from_name(RELAY_PUBLISH_DURATION), &METADATA),
             errors,
+            topics_heard: gauge("crier_relay_topics_heard"),
+            pubsub_connections: gauge("crier_relay_pubsub_connections"),
+            interest_changes,
         }
     }
 
@@ -367,6 +375,32 @@ impl Metrics {
     /// pile up between scrapes.
     pub(crate) fn run_upkeep(&self) {
         self.handle.run_upkeep();
+    }
+}
+
+/// How the set of topics a node hears changed; the `op` label of
+/// `crier_relay_interest_changes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InterestChange {
+    /// A topic's channel was subscribed.
+    Subscribe = 0,
+    /// A topic's channel was unsubscribed (no reader for the grace period).
+    Unsubscribe = 1,
+    /// A topic's channel was dropped by Redis (on a Redis Cluster, its slot moved, or its
+    /// master was lost) and is subscribed again where it lives now.
+    Moved = 2,
+}
+
+impl InterestChange {
+    const ALL: [InterestChange; 3] =
+        [InterestChange::Subscribe, InterestChange::Unsubscribe, InterestChange::Moved];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            InterestChange::Subscribe => "subscribe",
+            InterestChange::Unsubscribe => "unsubscribe",
+            InterestChange::Moved => "moved",
+        }
     }
 }
 
@@ -424,12 +458,24 @@ pub(crate) struct RelayMetrics {
     publish_duration: Histogram,
     /// `crier_relay_errors_total`, by [`RelayErrorKind`].
     errors: [Counter; 5],
+    /// `crier_relay_topics_heard`: topics whose channels the node is subscribed to.
+    pub(crate) topics_heard: Gauge,
+    /// `crier_relay_pubsub_connections`: Pub/Sub connections open (per lane: one to the
+    /// single Redis, or one per Redis Cluster master its topics live on).
+    pub(crate) pubsub_connections: Gauge,
+    /// `crier_relay_interest_changes_total`, by [`InterestChange`].
+    interest_changes: [Counter; 3],
 }
 
 impl RelayMetrics {
     /// Counts one error of `kind`.
     pub(crate) fn error(&self, kind: RelayErrorKind) {
         self.errors[kind as usize].increment(1);
+    }
+
+    /// Counts `topics` whose channels changed by `op`.
+    pub(crate) fn interest(&self, op: InterestChange, topics: usize) {
+        self.interest_changes[op as usize].increment(topics as u64);
     }
 
     /// Records a publish's round trip.
@@ -500,6 +546,10 @@ fn describe(recorder: &PrometheusRecorder) {
         ("crier_relay_backfilled_total", "Events read back from Redis streams to fill a gap."),
         ("crier_relay_gaps_total", "Topic gaps no Redis stream could fill (crier.gap sent)."),
         (RELAY_ERRORS, "Relay errors, by kind."),
+        (
+            "crier_relay_interest_changes_total",
+            "Topic channels subscribed, unsubscribed, and moved to another Redis node, by op.",
+        ),
     ];
     for &(name, help) in relay_counters {
         recorder.describe_counter(name.into(), None, help.into());
@@ -508,6 +558,17 @@ fn describe(recorder: &PrometheusRecorder) {
         "crier_relay_stale_topics".into(),
         None,
         "Topics whose Redis streams cannot be read while the link is up; retried each second."
+            .into(),
+    );
+    recorder.describe_gauge(
+        "crier_relay_topics_heard".into(),
+        None,
+        "Topics whose Redis channels this node is subscribed to (it holds them).".into(),
+    );
+    recorder.describe_gauge(
+        "crier_relay_pubsub_connections".into(),
+        None,
+        "Redis Pub/Sub connections open (per lane: the Redis, or each Redis Cluster master)."
             .into(),
     );
     recorder.describe_gauge(

@@ -233,6 +233,25 @@ impl Admission {
         })
     }
 
+    /// Whether `peer` may start a topic now, taking nothing: for a cluster publish, which
+    /// creates no state on this node and learns from Redis whether it started the topic
+    /// ([`Admission::charge_new_topic`] then).
+    pub(crate) fn may_start_topic(&self, peer: IpAddr) -> Result<(), ApiError> {
+        self.new_topics.check(&ClientKey::of(peer), Instant::now()).map_err(|wait| {
+            self.metrics.rejected(Rejection::TopicRate);
+            let detail = format!(
+                "more than {} new topics per second from this address",
+                self.rates.new_topics_per_sec
+            );
+            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
+        })
+    }
+
+    /// Counts a topic `peer` started (a cluster publish Redis gave the topic's first id).
+    pub(crate) fn charge_new_topic(&self, peer: IpAddr) {
+        let _ = self.new_topics.take(&ClientKey::of(peer), Instant::now());
+    }
+
     /// Whether `remote` is a trusted proxy (its connections are not counted per address).
     pub(crate) fn is_proxy(&self, remote: IpAddr) -> bool {
         self.proxies.trusts(remote.to_canonical())

@@ -15,6 +15,7 @@
 //! `crier_shed_requests_total{route="publish"}`).
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -68,6 +69,7 @@ pub(crate) struct PublishPolicy {
 #[must_use = "a permit holds a place among the publishes in flight"]
 pub(crate) struct PublishPermit {
     policy: Arc<PublishPolicy>,
+    peer: IpAddr,
     _place: OwnedSemaphorePermit,
 }
 
@@ -107,7 +109,13 @@ impl PublishPolicy {
             let detail = format!("more than {} publishes per second", self.limits.per_sec);
             ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
         })?;
-        self.admission.admit_topics(peer.ip, [topic.as_str()])?;
+        if self.hub.is_relayed() {
+            // A cluster node holds only the topics it has readers for: whether this publish
+            // starts a topic is Redis's to say, and charged then.
+            self.admission.may_start_topic(peer.ip)?;
+        } else {
+            self.admission.admit_topics(peer.ip, [topic.as_str()])?;
+        }
         let place = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             self.shed.increment(1);
             let detail = format!(
@@ -116,7 +124,7 @@ impl PublishPolicy {
             );
             ApiError::new(ErrorCode::Overloaded, detail)
         })?;
-        Ok(PublishPermit { policy: self.clone(), _place: place })
+        Ok(PublishPermit { policy: self.clone(), peer: peer.ip, _place: place })
     }
 
     /// The metrics publishes are counted in.
@@ -146,7 +154,13 @@ impl PublishPermit {
         let options = PublishOptions { idempotency_key, ticket: ticket.clone() };
         let publishing = policy.hub.publish_with(&topic, name, data, options);
         match Deadline::new(publishing, policy.limits.timeout).await {
-            Ok(published) => Ok(published?),
+            Ok(published) => {
+                let published = published?;
+                if ticket.is_some() && published.id.seq == 1 && !published.replayed {
+                    policy.admission.charge_new_topic(self.peer);
+                }
+                Ok(published)
+            }
             // Withdrawn if still queued for Redis (then nothing is published), else only Redis
             // knows.
             Err(elapsed) if ticket.is_some_and(|ticket| !ticket.withdraw()) => {

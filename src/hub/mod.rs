@@ -90,8 +90,9 @@ pub struct Published {
 }
 
 impl HubConfig {
-    fn registry(&self) -> Registry {
-        Registry::with_limits(self.history, self.topic_idle_ttl, self.max_topics)
+    /// The registry of a node whose topics without subscribers are dropped after `idle_ttl`.
+    fn registry(&self, idle_ttl: Duration) -> Registry {
+        Registry::with_limits(self.history, idle_ttl, self.max_topics)
     }
 }
 
@@ -205,7 +206,7 @@ pub struct Hub {
 impl Hub {
     /// A single node: ids are drawn here, with a fresh epoch.
     pub fn local(config: HubConfig, metrics: Arc<Metrics>) -> Self {
-        let registry = Arc::new(config.registry());
+        let registry = Arc::new(config.registry(config.topic_idle_ttl));
         let sequencer = Sequencer::local(registry.clone(), &metrics, config.idempotency_window);
         let roster = Roster::Local(Default::default());
         Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false), roster }
@@ -219,7 +220,9 @@ impl Hub {
         metrics: Arc<Metrics>,
         relay: &RelayConfig,
     ) -> Result<Self, RelayStartError> {
-        let registry = Arc::new(config.registry());
+        // A node holds (and hears) a topic while it has readers, and for the grace period
+        // after the last one leaves: what arrives meanwhile does not keep it.
+        let registry = Arc::new(config.registry(relay.interest_grace));
         let sequencer = Sequencer::relay(registry.clone(), &metrics, relay)?;
         let roster = match &sequencer {
             Sequencer::Relay(relay) => Roster::Cluster(relay.roster().clone()),

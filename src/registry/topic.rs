@@ -42,7 +42,8 @@ pub(crate) struct Topic {
     successor: OnceLock<Box<Successor>>,
     /// The registry's clock and lists of active and idle topics.
     lifecycle: Arc<Lifecycle>,
-    /// When the topic last had an event or lost a subscriber, on the lifecycle's clock.
+    /// When the topic last had an event published here or lost a subscriber, on the
+    /// lifecycle's clock.
     last_active: AtomicU64,
     /// In the lifecycle's active set (it has, or just had, subscribers).
     active: AtomicBool,
@@ -190,6 +191,9 @@ impl Topic {
                 return Err(Unpublished { name, data });
             }
             let id = EventId { epoch: self.epoch, seq: self.head.load(Ordering::Relaxed) + 1 };
+            // On a single node an event keeps its topic; in cluster mode (`append`) only
+            // readers do, since the node hears the topic as long as it holds it.
+            self.last_active.store(self.lifecycle.now(), Ordering::Relaxed);
             self.push_locked(id, name, data, frames(id))
         };
         self.wake_waiters();
@@ -197,7 +201,8 @@ impl Topic {
     }
 
     /// Appends an event whose id was assigned elsewhere (by Redis, in cluster mode): it must be
-    /// the next one of this topic's epoch.
+    /// the next one of this topic's epoch. It does not count as activity: a copy without
+    /// readers is dropped after the idle time however busy its topic is elsewhere.
     pub(crate) fn append(
         &self,
         id: EventId,
@@ -234,7 +239,6 @@ impl Topic {
         for (end, len) in self.head_end.iter().zip(stream_len) {
             end.store(len, Ordering::Relaxed);
         }
-        self.last_active.store(self.lifecycle.now(), Ordering::Relaxed);
         // Pairs with the head read in a writer's re-check after `register_waiter`.
         self.head.store(id.seq, Ordering::SeqCst);
         event

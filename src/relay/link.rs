@@ -1,78 +1,120 @@
-//! The relay's link to Redis: one Pub/Sub connection per node that receives every envelope and
-//! appends it to the node's copy of its topic, and the catch-up reads that fill what Pub/Sub
-//! missed.
+//! The relay's link to Redis: the node hears only the topics it holds, each on its own
+//! channel, and appends what arrives to its copy of the topic; catch-up reads fill what
+//! Pub/Sub missed.
 //!
-//! The link's task is the only writer of a cluster node's topics, so each topic is appended in
-//! exactly Redis's order. An envelope that continues its topic is appended; one already held is
-//! skipped; anything else (a sequence jump, another epoch, a topic the node has not seen) makes
-//! the link read the topic's stream first. After a reconnect the link reads every topic's
-//! stream from the last sequence number it delivered before it reports itself connected.
+//! # Interest
+//!
+//! In cluster mode the node's registry holds a topic while it has readers, and for the grace
+//! period after the last one leaves (`--interest-grace`); the link subscribes to a topic's
+//! channel exactly while the registry holds it. A reader of a topic the node does not hold
+//! makes the link subscribe first, wait until Redis confirms, then read the topic's stream:
+//! whatever is published meanwhile is both in the stream and queued on the subscription, and
+//! the copy already held is skipped, so the reader gets history then live events with no gap
+//! and no duplicate. Topics dropped from the registry are unsubscribed every second. Bursts are
+//! batched: every request waiting is served by one buffer of subscribe commands per Redis node
+//! and one pipelined read.
+//!
+//! # Lanes
+//!
+//! Topics are split into lanes by slot; each lane is a task with its own Pub/Sub
+//! connections (one to the single Redis, or one per master of a Redis Cluster, subscribed with
+//! `SSUBSCRIBE` so a message never crosses the cluster bus) and is the only writer of its
+//! topics, so each topic is appended in exactly Redis's order while ingest spreads over cores.
+//!
+//! # Order and repair
+//!
+//! An envelope that continues its topic is appended; one already held is skipped; anything
+//! else (a sequence jump, another epoch) makes the lane read the topic's stream first. After a
+//! reconnect the lane subscribes again and reads every topic's stream from the last sequence
+//! number it delivered before it reports itself connected. On a Redis Cluster, a shard channel
+//! whose slot moves (Redis drops the subscription, or answers `MOVED`) or whose master is lost
+//! is subscribed again at the slot's new owner, then caught up from its stream.
 //!
 //! When the stream no longer holds what the node missed (trimmed, or Redis lost its data), the
 //! node's copy of the topic is replaced ([`Registry::install`](crate::registry::Registry::install)):
 //! its readers finish the old copy, get one `crier.gap` notice, and continue on the new one.
 //!
 //! A topic whose stream cannot be read while Redis otherwise answers (on a Redis Cluster, a
-//! master that is down) is kept aside as stale and read again every second; the link stays up
+//! master that is down) is kept aside as stale and read again every second; the lane stays up
 //! and every other topic stays live.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use metrics::Gauge;
-use redis::Value;
+use redis::ConnectionInfo;
 use tokio::sync::{mpsc, oneshot};
 
+use super::catch_up::{self, CatchUp};
+use super::channels::{Channels, ConnId, PING_TIMEOUT};
 use super::commands::Commands;
-use super::scripts::{self, CHANNEL_PATTERN};
-use super::{Backoff, Cause, RelayError, RelayMetrics, Shared};
-use crate::codec::envelope::{self, Envelope};
-use crate::codec::{Draft, gap};
-use crate::event::{Epoch, EventId, Gap, GapReason, TopicName};
-use crate::metrics::RelayErrorKind;
-use crate::registry::{Registry, Topic};
+use super::pubsub::{Flavor, Push};
+use super::scripts;
+use super::shards::{self, Layout, Node};
+use super::{Backoff, Cause, RelayError, Shared};
+use crate::codec::envelope;
+use crate::event::TopicName;
+use crate::metrics::{InterestChange, RelayErrorKind};
+use crate::registry::Registry;
 
-/// How often the Pub/Sub connection is pinged, so a dead link is noticed while it is quiet.
+/// How often each Pub/Sub connection is pinged, so a dead link is noticed while it is quiet.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
-/// How long a ping may go unanswered.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Topics caught up per pipeline.
-const SYNC_BATCH: usize = 128;
-
-/// How often the streams of stale topics are read again.
+/// How often the streams of stale topics are read again, and topics the registry dropped
+/// are unsubscribed.
 const STALE_RETRY: Duration = Duration::from_secs(1);
 
-/// A request to bring topics up to date with Redis.
+/// How often topics whose channel moved are subscribed again at their new node.
+const REROUTE_EVERY: Duration = Duration::from_millis(100);
+
+/// Most requests served by one batch of subscriptions.
+const MAX_JOBS_PER_BATCH: usize = 4096;
+
+/// The lane of `topic` among `lanes`: by slot, so on a Redis Cluster a slot's topics share one
+/// lane.
+pub(super) fn lane_of(topic: &TopicName, lanes: usize) -> usize {
+    usize::from(shards::slot(topic)) % lanes
+}
+
+/// A request to bring topics up to date with Redis (and to hear them).
 pub(super) struct SyncJob {
     pub(super) topics: Vec<TopicName>,
     pub(super) reply: oneshot::Sender<Result<(), RelayError>>,
 }
 
-/// The link's task state.
-pub(super) struct Link {
-    /// The node's topics; the link is their only writer.
-    registry: Arc<Registry>,
-    /// `crier_topics`: topics with state on this node.
-    topics: Gauge,
-    /// Where the Pub/Sub connection may go: the Redis, or any master of a Redis Cluster (which
-    /// forwards every publish to every shard); tried in turn.
-    clients: Vec<redis::Client>,
-    pool: Arc<Commands>,
-    script: redis::Script,
-    jobs: mpsc::Receiver<SyncJob>,
-    shared: Arc<Shared>,
-    stream_len: usize,
-    /// Topics of this node whose streams could not be read while Redis answered for others.
-    stale: BTreeSet<TopicName>,
+/// Where a lane finds Redis.
+#[derive(Clone)]
+pub(super) struct Seeds {
+    /// The Redis, or masters of a Redis Cluster to ask for the slot map, tried in turn.
+    pub(super) nodes: Vec<ConnectionInfo>,
+    pub(super) cluster: bool,
 }
 
-/// Why the link stopped serving.
+/// One lane's task state.
+pub(super) struct Lane {
+    index: usize,
+    lanes: usize,
+    /// The node's topics; the lane is the only writer of those in its lane.
+    registry: Arc<Registry>,
+    seeds: Seeds,
+    jobs: mpsc::Receiver<SyncJob>,
+    shared: Arc<Shared>,
+    /// Catch-up reads, and this lane's stale topics.
+    catch_up: CatchUp,
+    /// The Pub/Sub connections, and which topic is heard where.
+    channels: Channels,
+    /// Held topics whose subscription was lost (slot moved, node lost): subscribed again, then
+    /// caught up.
+    displaced: BTreeSet<TopicName>,
+    up: bool,
+    /// This lane's share of `crier_relay_stale_topics`, as last reported.
+    reported_stale: usize,
+}
+
+/// Why the lane stopped serving.
 enum Stop {
     /// The connection to Redis was lost or failed: reconnect.
     Lost(RelayError),
@@ -80,19 +122,32 @@ enum Stop {
     NodeGone,
 }
 
-impl Link {
+impl Lane {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
+        (index, lanes): (usize, usize),
         registry: Arc<Registry>,
         topics: Gauge,
-        clients: Vec<redis::Client>,
+        seeds: Seeds,
         pool: Arc<Commands>,
         jobs: mpsc::Receiver<SyncJob>,
         shared: Arc<Shared>,
         stream_len: usize,
     ) -> Self {
-        let script = scripts::sync();
-        let stale = BTreeSet::new();
-        Link { registry, topics, clients, pool, script, jobs, shared, stream_len, stale }
+        let catch_up = CatchUp::new(registry.clone(), topics, pool, shared.clone(), stream_len);
+        Lane {
+            index,
+            lanes,
+            registry,
+            seeds,
+            jobs,
+            channels: Channels::new(shared.clone()),
+            shared,
+            catch_up,
+            displaced: BTreeSet::new(),
+            up: false,
+            reported_stale: 0,
+        }
     }
 
     /// Connects, catches up and relays until the relay is dropped, reconnecting with backoff
@@ -100,16 +155,18 @@ impl Link {
     pub(super) async fn run(mut self) {
         let mut backoff = Backoff::default();
         for attempt in 0.. {
-            let client = self.clients[attempt % self.clients.len()].clone();
-            match self.serve(&client, &mut backoff).await {
+            match self.serve(attempt, &mut backoff).await {
                 Stop::NodeGone => return,
                 Stop::Lost(why) => {
-                    let was_connected = self.set_connected(false);
+                    let was_up = self.set_up(false);
+                    self.channels.reset();
+                    self.displaced.clear();
+                    self.report_stale();
                     let cause = std::error::Error::source(&why).map(ToString::to_string);
-                    if was_connected {
-                        tracing::warn!(error = %why, cause, "Redis link lost; reconnecting");
+                    if was_up {
+                        tracing::warn!(lane = self.index, error = %why, cause, "Redis link lost; reconnecting");
                     } else {
-                        tracing::debug!(error = %why, cause, "Redis link not up yet");
+                        tracing::debug!(lane = self.index, error = %why, cause, "Redis link not up yet");
                     }
                 }
             }
@@ -119,10 +176,28 @@ impl Link {
         }
     }
 
-    /// Records the link state; returns the previous one.
-    fn set_connected(&self, connected: bool) -> bool {
-        self.shared.metrics.connected.set(if connected { 1.0 } else { 0.0 });
-        self.shared.connected.swap(connected, Ordering::AcqRel)
+    /// Records the lane's state; returns the previous one. The node is connected while every
+    /// lane is.
+    fn set_up(&mut self, up: bool) -> bool {
+        let was = std::mem::replace(&mut self.up, up);
+        if was != up {
+            let down = if up {
+                self.shared.lanes_down.fetch_sub(1, Ordering::AcqRel) - 1
+            } else {
+                self.shared.lanes_down.fetch_add(1, Ordering::AcqRel) + 1
+            };
+            self.shared.metrics.connected.set(if down == 0 { 1.0 } else { 0.0 });
+        }
+        was
+    }
+
+    /// Adds this lane's stale and displaced topics (held, not live) to
+    /// `crier_relay_stale_topics`.
+    fn report_stale(&mut self) {
+        let now = self.catch_up.stale.union(&self.displaced).count();
+        let gauge = &self.shared.metrics.stale_topics;
+        gauge.increment(now as f64 - self.reported_stale as f64);
+        self.reported_stale = now;
     }
 
     /// Waits `delay`, answering sync requests with an error meanwhile; `false` if the relay
@@ -143,345 +218,376 @@ impl Link {
         }
     }
 
-    /// One connection's life: subscribe, catch every topic up, then relay until it breaks.
-    async fn serve(&mut self, client: &redis::Client, backoff: &mut Backoff) -> Stop {
-        let lost = |e: redis::RedisError| Stop::Lost(RelayError::Connect(Cause::new(e)));
+    /// The registry's topics of this lane.
+    fn own_topics(&self) -> Vec<TopicName> {
+        self.registry
+            .live_topics()
+            .iter()
+            .map(|topic| topic.name().clone())
+            .filter(|name| lane_of(name, self.lanes) == self.index)
+            .collect()
+    }
+
+    /// Where channels live now: the single Redis (the seeds in turn), or the Redis Cluster's
+    /// slot map.
+    async fn find_layout(&self, attempt: usize) -> Result<Layout, RelayError> {
+        if self.seeds.cluster {
+            let mut seeds: Vec<ConnectionInfo> = match &self.channels.layout {
+                Some(layout) => layout.nodes().iter().map(|n| layout.connection_info(n)).collect(),
+                None => Vec::new(),
+            };
+            seeds.extend(self.seeds.nodes.iter().cloned());
+            Layout::cluster(&seeds).await.map_err(|e| RelayError::Connect(Cause::new(e)))
+        } else {
+            let seed = &self.seeds.nodes[attempt % self.seeds.nodes.len()];
+            Layout::single(seed).ok_or_else(|| {
+                RelayError::Connect(Cause::message("the Redis URL is not a TCP address"))
+            })
+        }
+    }
+
+    /// One link's life: find Redis, subscribe to and catch up every topic of the lane, then
+    /// relay until it breaks.
+    async fn serve(&mut self, attempt: usize, backoff: &mut Backoff) -> Stop {
         if self.jobs.is_closed() {
             return Stop::NodeGone;
         }
-        let mut pubsub = match client.get_async_pubsub().await {
-            Ok(pubsub) => pubsub,
+        let layout = match self.find_layout(attempt).await {
+            Ok(layout) => layout,
             Err(e) => {
                 self.shared.metrics.error(RelayErrorKind::Connect);
-                return lost(e);
+                return Stop::Lost(e);
             }
         };
-        if let Err(e) = pubsub.psubscribe(CHANNEL_PATTERN).await {
+        let single = if layout.flavor == Flavor::Classic { layout.nodes() } else { Vec::new() };
+        self.channels.layout = Some(layout);
+        // A single Redis that cannot be reached is a link down, before anything else.
+        if let Some(node) = single.first()
+            && let Err(e) = self.channels.connect(node).await
+        {
             self.shared.metrics.error(RelayErrorKind::Connect);
-            return lost(e);
+            return Stop::Lost(e);
         }
         self.shared.links.fetch_add(1, Ordering::AcqRel);
-        let (mut sink, mut messages) = pubsub.split();
-        // Subscribed first, then caught up: whatever is published meanwhile is both in the
-        // streams and queued on the subscription, and the copy already held is skipped.
-        let topics: Vec<TopicName> =
-            self.registry.live_topics().iter().map(|t| t.name().clone()).collect();
-        self.stale.clear();
-        if let Err(e) = self.sync(&topics, true).await {
+        let topics = self.own_topics();
+        self.catch_up.stale.clear();
+        if let Err(e) = self.hear(&topics, true).await {
             self.shared.metrics.error(RelayErrorKind::Sync);
             return Stop::Lost(e);
         }
-        self.set_connected(true);
+        self.set_up(true);
         backoff.reset();
-        tracing::info!(topics = topics.len(), stale = self.stale.len(), "Redis link up");
+        let stale = self.catch_up.stale.len();
+        tracing::info!(lane = self.index, topics = topics.len(), stale, "Redis link up");
 
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(STALE_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reroute = tokio::time::interval(REROUTE_EVERY);
+        reroute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                message = messages.next() => {
-                    let Some(message) = message else {
-                        self.shared.metrics.error(RelayErrorKind::Link);
-                        let closed = Cause::message("the Pub/Sub connection closed");
-                        return Stop::Lost(RelayError::Call(closed));
-                    };
-                    if let Err(stop) = self.on_message(&message).await {
-                        return stop;
-                    }
-                }
+            let result = tokio::select! {
+                (from, push) = self.channels.next() => self.on_push(from, push).await,
                 job = self.jobs.recv() => {
                     let Some(job) = job else { return Stop::NodeGone };
-                    match self.sync(&job.topics, false).await {
-                        Ok(unread) if unread.is_empty() => {
-                            let _ = job.reply.send(Ok(()));
-                        }
-                        Ok(mut unread) => {
-                            let topic = unread.swap_remove(0);
-                            let _ = job.reply.send(Err(RelayError::TopicUnreadable(topic)));
-                        }
-                        Err(e) => {
-                            let _ = job.reply.send(Err(e.clone()));
-                            self.shared.metrics.error(RelayErrorKind::Sync);
-                            return Stop::Lost(e);
-                        }
-                    }
+                    self.serve_jobs(job).await
                 }
-                _ = retry.tick(), if !self.stale.is_empty() => {
-                    let stale: Vec<TopicName> = self.stale.iter().cloned().collect();
-                    if let Err(e) = self.sync(&stale, true).await {
-                        self.shared.metrics.error(RelayErrorKind::Sync);
-                        return Stop::Lost(e);
-                    }
+                _ = retry.tick() => {
+                    self.forget_dropped().await;
+                    let stale: Vec<TopicName> = self.catch_up.stale.iter().cloned().collect();
+                    self.sync(&stale, true).await.map(drop)
                 }
+                _ = reroute.tick(), if !self.displaced.is_empty() => self.reroute().await,
                 _ = ping.tick() => {
-                    let why = match tokio::time::timeout(PING_TIMEOUT, sink.ping::<Value>()).await {
-                        Ok(Ok(_)) => continue,
-                        Ok(Err(e)) => Cause::new(e),
-                        Err(_) => Cause::message("Redis did not answer a ping"),
-                    };
-                    self.shared.metrics.error(RelayErrorKind::Link);
-                    return Stop::Lost(RelayError::Call(why));
+                    let mut result = Ok(());
+                    for (node, why) in self.channels.ping().await {
+                        result = result.and(self.lose(&node, RelayError::Call(why)));
+                    }
+                    result
                 }
+            };
+            if let Err(e) = result {
+                return Stop::Lost(e);
             }
         }
     }
 
-    /// Relays one Pub/Sub message.
-    async fn on_message(&mut self, message: &redis::Msg) -> Result<(), Stop> {
-        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-        let envelope = match envelope::decode(&payload) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                self.shared.metrics.error(RelayErrorKind::Envelope);
-                tracing::warn!(error = %e, channel = %message.get_channel_name(), "skipping a malformed envelope");
-                return Ok(());
+    /// Serves `first` and every request waiting behind it with one batch.
+    async fn serve_jobs(&mut self, first: SyncJob) -> Result<(), RelayError> {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_JOBS_PER_BATCH {
+            match self.jobs.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
-        };
-        self.shared.metrics.received.increment(1);
-        if let Some(topic) = self.registry.topic(envelope.topic.as_str()) {
-            let head = topic.head();
-            if head.epoch == envelope.id.epoch {
-                // Normally a copy of an event already delivered (published before the last
-                // catch-up read); if the node delivered another event under this id, Redis
-                // forgot events and issued the id again, and the catch-up below tells.
-                if envelope.id.seq <= head.seq && delivered(&topic, &envelope) {
-                    return Ok(());
+        }
+        let mut topics: Vec<TopicName> =
+            jobs.iter().flat_map(|job| job.topics.iter().cloned()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        match self.hear(&topics, false).await {
+            Ok(unread) => {
+                for job in jobs {
+                    let failed = job.topics.iter().find(|topic| unread.contains(topic));
+                    let answer = match failed {
+                        None => Ok(()),
+                        Some(topic) => Err(RelayError::TopicUnreadable(topic.clone())),
+                    };
+                    let _ = job.reply.send(answer);
                 }
-                if envelope.id.seq == head.seq + 1 {
-                    append(&topic, envelope);
-                    return Ok(());
+                Ok(())
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                self.shared.metrics.error(RelayErrorKind::Sync);
+                Err(e)
+            }
+        }
+    }
+
+    /// The lane's connection to `node` is gone: its topics are displaced. On a single Redis
+    /// the link is lost.
+    fn lose(&mut self, node: &Node, why: RelayError) -> Result<(), RelayError> {
+        let moved = self.channels.disconnect(node);
+        self.shared.metrics.error(RelayErrorKind::Link);
+        if !self.channels.is_sharded() {
+            return Err(why);
+        }
+        tracing::warn!(lane = self.index, %node, error = %why, "lost a Redis Cluster node; moving its topics");
+        self.displace(moved);
+        Ok(())
+    }
+
+    /// Marks `topics` as heard nowhere: they are subscribed again where they live now.
+    fn displace(&mut self, topics: Vec<TopicName>) {
+        for topic in topics {
+            self.channels.unhear(&topic);
+            self.displaced.insert(topic);
+        }
+        self.report_stale();
+    }
+
+    /// Subscribes to the channels of `topics` not heard yet, waits until Redis confirms, then
+    /// brings every one of them up to date with its stream. Returns the topics that could not
+    /// be subscribed to or read (kept aside to try again if the node holds them); `Err` when
+    /// Redis could not be asked at all.
+    async fn hear(
+        &mut self,
+        topics: &[TopicName],
+        reconnect: bool,
+    ) -> Result<Vec<TopicName>, RelayError> {
+        let Some(layout) = self.channels.layout.clone() else { return Err(RelayError::LinkDown) };
+        let mut unread = Vec::new();
+        let mut by_node: HashMap<Node, Vec<TopicName>> = HashMap::new();
+        for topic in topics {
+            if self.channels.hears(topic) {
+                continue;
+            }
+            match layout.owner(topic) {
+                Some(node) => by_node.entry(node.clone()).or_default().push(topic.clone()),
+                None => unread.push(topic.clone()),
+            }
+        }
+        let mut awaiting: HashMap<Node, Bytes> = HashMap::new();
+        for (node, group) in by_node {
+            let count = group.len();
+            let subscribed = match self.channels.is_connected(&node) {
+                true => Ok(()),
+                false => self.channels.connect(&node).await,
+            };
+            let subscribed = match subscribed {
+                Ok(()) => self.channels.subscribe(&node, group.clone()).await,
+                Err(e) => Err(e),
+            };
+            match subscribed {
+                Ok(token) => {
+                    self.shared.metrics.interest(InterestChange::Subscribe, count);
+                    awaiting.insert(node, token);
+                }
+                Err(e) => {
+                    self.lose(&node, e)?;
+                    unread.extend(group);
                 }
             }
         }
-        // A jump, another epoch, a topic new to this node, or an id issued again: the stream has
-        // what is missing, and the sync script checks Redis still has what the node delivered.
-        if let Err(e) = self.sync(std::slice::from_ref(&envelope.topic), false).await {
-            self.shared.metrics.error(RelayErrorKind::Sync);
-            return Err(Stop::Lost(e));
+        let deadline = tokio::time::Instant::now() + PING_TIMEOUT;
+        while !awaiting.is_empty() {
+            let Ok((from, push)) = tokio::time::timeout_at(deadline, self.channels.next()).await
+            else {
+                let nodes: Vec<Node> = awaiting.drain().map(|(node, _)| node).collect();
+                for node in nodes {
+                    let why = Cause::message("Redis did not confirm the subscriptions");
+                    self.lose(&node, RelayError::Call(why))?;
+                }
+                break;
+            };
+            if let Some(Ok(Push::Pong(token))) = &push
+                && awaiting.get(&from.node) == Some(token)
+            {
+                awaiting.remove(&from.node);
+                continue;
+            }
+            self.on_push(from, push).await?;
+            awaiting.retain(|node, _| self.channels.is_connected(node));
+        }
+        let mut confirmed = Vec::with_capacity(topics.len());
+        for topic in topics {
+            if self.channels.hears(topic) {
+                confirmed.push(topic.clone());
+            } else if !unread.contains(topic) {
+                unread.push(topic.clone());
+            }
+        }
+        for topic in &unread {
+            if self.registry.topic(topic.as_str()).is_some() {
+                self.displaced.insert(topic.clone());
+            }
+        }
+        unread.extend(self.sync(&confirmed, reconnect).await?);
+        Ok(unread)
+    }
+
+    /// Acts on what one connection sent.
+    async fn on_push(
+        &mut self,
+        from: ConnId,
+        push: Option<std::io::Result<Push>>,
+    ) -> Result<(), RelayError> {
+        let current = self.channels.is_current(&from);
+        let push = match push {
+            Some(Ok(push)) => push,
+            Some(Err(e)) if current => {
+                return self.lose(&from.node, RelayError::Call(Cause::new(e)));
+            }
+            None if current => {
+                let closed = Cause::message("the Pub/Sub connection closed");
+                return self.lose(&from.node, RelayError::Call(closed));
+            }
+            // The end of a connection replaced since.
+            Some(Err(_)) | None => return Ok(()),
+        };
+        match push {
+            Push::Message { channel, payload } => return self.on_message(&channel, payload).await,
+            Push::Subscribed => {}
+            Push::Pong(token) => self.channels.pong(&from, &token),
+            Push::Unsubscribed(channel) => {
+                // One the lane asked for is no longer heard; one Redis dropped moved away.
+                if let Some(topic) = scripts::topic_of_channel(&channel)
+                    && current
+                    && self.channels.hears_on(&topic, &from.node)
+                {
+                    self.shared.metrics.interest(InterestChange::Moved, 1);
+                    self.displace(vec![topic]);
+                }
+            }
+            Push::Refused(error) => {
+                let moved_slot = error
+                    .strip_prefix("MOVED ")
+                    .or_else(|| error.strip_prefix("ASK "))
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|slot| slot.parse::<u16>().ok());
+                let Some(slot) = moved_slot else {
+                    self.shared.metrics.error(RelayErrorKind::Link);
+                    tracing::warn!(lane = self.index, node = %from.node, %error, "Redis refused a Pub/Sub command");
+                    return Ok(());
+                };
+                let moved = self.channels.heard_in_slot(&from.node, slot);
+                self.shared.metrics.interest(InterestChange::Moved, moved.len());
+                self.displace(moved);
+            }
         }
         Ok(())
     }
 
-    /// Brings the node's copies of `topics` up to date with their streams. `reconnect` says
-    /// the events read fill what a lost link missed. Returns the topics whose streams could not
-    /// be read while Redis answered for the others (kept as stale if the node has them); `Err`
-    /// when Redis could not be asked at all.
+    /// Subscribes the displaced topics again where their slots live now, then catches them up.
+    async fn reroute(&mut self) -> Result<(), RelayError> {
+        match self.find_layout(0).await {
+            Ok(layout) => self.channels.layout = Some(layout),
+            Err(e) => {
+                tracing::debug!(lane = self.index, error = %e, "cannot ask the Redis Cluster for its slots");
+                return Ok(());
+            }
+        }
+        let displaced: Vec<TopicName> = std::mem::take(&mut self.displaced)
+            .into_iter()
+            .filter(|topic| self.registry.topic(topic.as_str()).is_some())
+            .collect();
+        if displaced.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            lane = self.index,
+            topics = displaced.len(),
+            "subscribing moved topics again"
+        );
+        self.hear(&displaced, true).await.map(drop)
+    }
+
+    /// Unsubscribes the topics the registry dropped (no reader for the grace period).
+    async fn forget_dropped(&mut self) {
+        let registry = &self.registry;
+        let dropped = self.channels.heard_where(|topic| registry.topic(topic.as_str()).is_none());
+        self.displaced.retain(|topic| registry.topic(topic.as_str()).is_some());
+        self.report_stale();
+        let mut by_node: HashMap<Node, Vec<TopicName>> = HashMap::new();
+        for (topic, node) in dropped {
+            self.catch_up.stale.remove(&topic);
+            by_node.entry(node).or_default().push(topic);
+        }
+        for (node, group) in by_node {
+            self.channels.unsubscribe(&node, &group).await;
+            self.shared.metrics.interest(InterestChange::Unsubscribe, group.len());
+        }
+    }
+
+    /// Relays one Pub/Sub message.
+    async fn on_message(&mut self, channel: &[u8], payload: Bytes) -> Result<(), RelayError> {
+        let envelope = match envelope::decode(&payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.shared.metrics.error(RelayErrorKind::Envelope);
+                let channel = String::from_utf8_lossy(channel);
+                tracing::warn!(error = %e, %channel, "skipping a malformed envelope");
+                return Ok(());
+            }
+        };
+        self.shared.metrics.received.increment(1);
+        // A topic the node no longer holds (a message sent before its unsubscription).
+        let Some(topic) = self.registry.topic(envelope.topic.as_str()) else { return Ok(()) };
+        let head = topic.head();
+        if head.epoch == envelope.id.epoch {
+            // Normally a copy of an event already delivered (published before the last
+            // catch-up read); if the node delivered another event under this id, Redis forgot
+            // events and issued the id again, and the catch-up below tells.
+            if envelope.id.seq <= head.seq && catch_up::delivered(&topic, &envelope) {
+                return Ok(());
+            }
+            if envelope.id.seq == head.seq + 1 {
+                catch_up::append(&topic, envelope);
+                return Ok(());
+            }
+        }
+        // A jump, another epoch, or an id issued again: the stream has what is missing, and
+        // the sync script checks Redis still has what the node delivered.
+        if let Err(e) = self.sync(std::slice::from_ref(&envelope.topic), false).await {
+            self.shared.metrics.error(RelayErrorKind::Sync);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Brings the node's copies of `topics` up to date with their streams (see
+    /// [`CatchUp::read`]).
     async fn sync(
         &mut self,
         topics: &[TopicName],
         reconnect: bool,
     ) -> Result<Vec<TopicName>, RelayError> {
-        let mut unread = Vec::new();
-        if topics.is_empty() {
-            return Ok(unread);
-        }
-        let failed = |e: redis::RedisError| RelayError::Call(Cause::new(e));
-        let mut conn = self.pool.get().await?;
-        let max_entries = self.stream_len.to_string();
-        for batch in topics.chunks(SYNC_BATCH) {
-            let calls = || {
-                batch
-                    .iter()
-                    .map(|name| {
-                        let local = self.registry.topic(name.as_str());
-                        let head = local.as_ref().map(|t| t.head());
-                        let ttl = self.shared.key_ttl_ms;
-                        let mut call = scripts::call(&self.script, name, ttl);
-                        call.arg(head.map_or("-".to_owned(), |head| head.epoch.to_string()))
-                            .arg(head.map_or(0, |head| head.seq))
-                            .arg(&max_entries)
-                            .arg(local.as_deref().map_or(String::new(), last_envelope_digest));
-                        call
-                    })
-                    .collect()
-            };
-            let answers = conn.send_script(&self.script, calls).await.map_err(failed)?;
-            for (name, answer) in batch.iter().zip(answers) {
-                let state = answer
-                    .map_err(failed)
-                    .and_then(|value| TopicState::parse(value, &self.shared.metrics));
-                let state = match state {
-                    Ok(state) => state,
-                    Err(e) => {
-                        self.shared.metrics.error(RelayErrorKind::Sync);
-                        tracing::debug!(topic = %name, error = %e, "cannot read a topic's stream");
-                        if self.registry.topic(name.as_str()).is_some() {
-                            self.stale.insert(name.clone());
-                        }
-                        unread.push(name.clone());
-                        continue;
-                    }
-                };
-                self.stale.remove(name);
-                let applied = apply(&self.registry, &self.topics, name, state);
-                if applied.existed && (reconnect || applied.appended > 0) {
-                    self.shared.metrics.backfilled.increment(applied.appended as u64);
-                }
-                if applied.gap {
-                    self.shared.metrics.gaps.increment(1);
-                }
-            }
-        }
-        self.shared.metrics.stale_topics.set(self.stale.len() as f64);
-        Ok(unread)
+        let read = self.catch_up.read(topics, reconnect).await;
+        self.report_stale();
+        read
     }
-}
-
-/// A topic as the sync script reports it.
-#[derive(Debug)]
-struct TopicState {
-    /// The topic's epoch.
-    epoch: Epoch,
-    /// The last sequence number issued.
-    seq: u64,
-    /// The stream's envelopes after the node's position (all of them for another epoch).
-    events: Vec<Envelope>,
-}
-
-impl TopicState {
-    fn parse(value: Value, metrics: &RelayMetrics) -> Result<Self, RelayError> {
-        let bad = || RelayError::Answer("the sync script's answer is not {epoch, seq, envelope…}");
-        let Value::Array(items) = value else { return Err(bad()) };
-        let mut items = items.into_iter();
-        let epoch = match items.next() {
-            Some(Value::BulkString(b)) => std::str::from_utf8(&b)
-                .ok()
-                .and_then(|s| u64::from_str_radix(s, 36).ok())
-                .and_then(Epoch::from_u64),
-            _ => None,
-        }
-        .ok_or_else(bad)?;
-        let seq = match items.next() {
-            Some(Value::Int(seq)) => u64::try_from(seq).ok(),
-            _ => None,
-        }
-        .ok_or_else(bad)?;
-        let mut events = Vec::with_capacity(items.len());
-        for item in items {
-            let Value::BulkString(bytes) = item else { return Err(bad()) };
-            match envelope::decode(&Bytes::from(bytes)) {
-                Ok(envelope) if envelope.id.epoch == epoch => events.push(envelope),
-                Ok(_) | Err(_) => metrics.error(RelayErrorKind::Envelope),
-            }
-        }
-        Ok(TopicState { epoch, seq, events })
-    }
-}
-
-/// What [`apply`] did to a topic.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Applied {
-    /// The node had a copy of the topic.
-    existed: bool,
-    /// Events added to the node's copy (or to the new copy).
-    appended: usize,
-    /// Events were lost: the copy was replaced and its readers get a `crier.gap`.
-    gap: bool,
-}
-
-/// Brings the node's copy of `name` to `state`: appends what continues it, or replaces it when
-/// the stream cannot continue it (events trimmed away, or another epoch).
-///
-/// Must only run on the link's task, the only writer of cluster topics; `topics` counts the
-/// topics created.
-fn apply(registry: &Registry, topics: &Gauge, name: &TopicName, state: TopicState) -> Applied {
-    let local = registry.topic(name.as_str());
-    let mut applied = Applied { existed: local.is_some(), ..Applied::default() };
-    let first = state.events.first().map(|e| e.id.seq);
-    let gap = match &local {
-        Some(topic) if topic.epoch() == state.epoch => {
-            let head = topic.head();
-            let fresh: Vec<Envelope> =
-                state.events.into_iter().filter(|e| e.id.seq > head.seq).collect();
-            let continues = match fresh.first() {
-                Some(e) => e.id.seq == head.seq + 1,
-                None => state.seq <= head.seq,
-            };
-            if continues {
-                for envelope in fresh {
-                    if !append(topic, envelope) {
-                        break;
-                    }
-                    applied.appended += 1;
-                }
-                return applied;
-            }
-            let base = fresh.first().map_or(state.seq, |e| e.id.seq - 1);
-            let gap =
-                Gap { reason: GapReason::Expired, requested: head, missed: Some(base - head.seq) };
-            let gap = Some(gap);
-            return replace(registry, topics, name, state.epoch, base, fresh, gap, applied);
-        }
-        Some(topic) => {
-            Some(Gap { reason: GapReason::Epoch, requested: topic.head(), missed: None })
-        }
-        None => None,
-    };
-    let base = first.map_or(state.seq, |seq| seq - 1);
-    replace(registry, topics, name, state.epoch, base, state.events, gap, applied)
-}
-
-/// Installs a new copy of `name` starting after `base` and holding `events`; readers of the
-/// old copy (if any) get the notice of `gap` before moving over.
-#[allow(clippy::too_many_arguments)]
-fn replace(
-    registry: &Registry,
-    topics: &Gauge,
-    name: &TopicName,
-    epoch: Epoch,
-    base: u64,
-    events: Vec<Envelope>,
-    gap: Option<Gap>,
-    mut applied: Applied,
-) -> Applied {
-    let topic = registry.new_topic(name.clone(), epoch, base);
-    for envelope in events {
-        if !append(&topic, envelope) {
-            break;
-        }
-        applied.appended += 1;
-    }
-    let start = EventId { epoch, seq: base };
-    applied.gap = gap.is_some();
-    let notice = gap.map(|gap| {
-        tracing::warn!(topic = %name.as_str(), reason = gap.reason.as_str(), missed = ?gap.missed, "events lost; subscribers get crier.gap");
-        let part = gap::TopicGap { topic: name, gap: &gap, resumed_after: start };
-        Arc::new(gap::notice(&[part], start))
-    });
-    if !registry.install(topic, start, notice) {
-        topics.increment(1);
-    }
-    applied
-}
-
-/// Whether the node delivered `envelope`'s event under its id (false if the log no longer holds
-/// that id).
-fn delivered(topic: &Topic, envelope: &Envelope) -> bool {
-    let guard = crossbeam_epoch::pin();
-    topic
-        .event(envelope.id.seq, &guard)
-        .is_some_and(|event| event.name == envelope.name && event.data == envelope.data)
-}
-
-/// The SHA-1 (hex) of the envelope of the last event the node delivered on `topic`, as the
-/// publish script stored it; empty if the log no longer holds it.
-fn last_envelope_digest(topic: &Topic) -> String {
-    let guard = crossbeam_epoch::pin();
-    let head = topic.head();
-    match topic.event(head.seq, &guard) {
-        Some(event) => {
-            let envelope = envelope::encode(topic.name(), head, event.name.as_ref(), &event.data);
-            sha1_smol::Sha1::from(envelope).digest().to_string()
-        }
-        None => String::new(),
-    }
-}
-
-/// Appends an envelope to a copy of its topic; `false` if it does not continue it.
-fn append(topic: &Topic, envelope: Envelope) -> bool {
-    let draft = Draft::new(&envelope.topic, envelope.name.as_ref(), &envelope.data);
-    let frames = draft.finish(envelope.id);
-    topic.append(envelope.id, envelope.name, envelope.data, frames).is_ok()
 }

@@ -4,27 +4,34 @@
 //!   sequence number, appends the envelope to the topic's capped stream and publishes it;
 //!   batched into pipelines under load ([`publisher`]). The caller gets the id once Redis has
 //!   the event, or an error (answered 503) if Redis could not be reached.
-//! - **Relay in** ([`link`]): one Pub/Sub connection per node receives every envelope and
-//!   appends it to the node's copy of the topic; the publishing node delivers its own events
-//!   the same way, so every node has the same ids in the same order.
-//! - **Catch-up**: after a reconnect, on a sequence jump, or when a subscriber needs a topic the
-//!   node has not seen (or a position it has not reached yet), the link reads the topic's
-//!   stream. Events Redis no longer has become a `crier.gap` notice, never a silent hole.
+//! - **Relay in** ([`link`]): a node hears only the topics it holds (those with readers, and for
+//!   `--interest-grace` after the last one leaves), each on its own channel (a shard channel
+//!   in the topic's slot on a Redis Cluster), and appends every envelope to its copy of the
+//!   topic; a publishing node with readers delivers its own events the same way, so every node
+//!   has the same ids in the same order. The work is spread over lanes, one task each.
+//! - **Catch-up**: after a reconnect, on a sequence jump, when a channel moves to another
+//!   Redis Cluster node, or when a subscriber needs a topic the node does not hold (or a
+//!   position it has not reached yet), the link reads the topic's stream. Events Redis no
+//!   longer has become a `crier.gap` notice, never a silent hole.
 //!
 //! The relay knows the registry, not the hub: the hub hands it the node's registry and asks it
 //! to publish, to prepare topics for readers, and whether it is connected; its link is the only
 //! writer of the node's topics. The stored format is in [`scripts`], the envelope between nodes
 //! in [`crate::codec::envelope`].
 
+mod catch_up;
+mod channels;
 mod commands;
 mod link;
 mod publisher;
+mod pubsub;
 mod roster;
 mod scripts;
+mod shards;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -48,6 +55,8 @@ pub struct RelayConfig {
     pub key_ttl: std::time::Duration,
     /// How long a publish's idempotency key is remembered.
     pub idempotency_window: std::time::Duration,
+    /// How long a node keeps hearing a topic after its last reader left.
+    pub interest_grace: std::time::Duration,
 }
 
 /// Where a publish is on its way to Redis, shared by its caller and the worker that sends it:
@@ -161,7 +170,8 @@ const PUBLISH_QUEUE: usize = 64 << 10;
 /// the relay's tasks.
 pub(crate) struct Relay {
     publishes: mpsc::Sender<publisher::PublishJob>,
-    syncs: mpsc::Sender<link::SyncJob>,
+    /// Each lane's request queue.
+    syncs: Vec<mpsc::Sender<link::SyncJob>>,
     registry: Arc<Registry>,
     shared: Arc<Shared>,
     roster: Arc<RedisRoster>,
@@ -169,9 +179,9 @@ pub(crate) struct Relay {
 
 /// What the relay's tasks and the node share.
 struct Shared {
-    /// The link is up and caught up.
-    connected: AtomicBool,
-    /// How many times the link has come up: a command connection taken before the last time
+    /// Lanes not up and caught up: the node is connected when none is.
+    lanes_down: AtomicUsize,
+    /// How many times a lane has come up: a command connection taken before the last time
     /// may lead to a Redis that has restarted since.
     links: AtomicU64,
     metrics: RelayMetrics,
@@ -190,22 +200,25 @@ impl Relay {
         metrics: &Metrics,
         config: &RelayConfig,
     ) -> Result<Relay, RelayStartError> {
-        let clients = config
+        let seeds = config
             .urls
             .iter()
-            .map(|url| redis::Client::open(url.as_str()))
+            .map(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()))
             .collect::<Result<Vec<_>, _>>()?;
-        if clients.is_empty() {
+        if seeds.is_empty() {
             return Err(RelayStartError::NoUrl);
         }
-        // One connection per publish worker, which keeps it while busy, and one for the link's
-        // catch-up reads.
-        let pool = Arc::new(commands::Commands::new(config, config.pool_size.max(1) + 1)?);
+        let lanes = lanes();
+        // One connection per publish worker, which keeps it while busy, and one per lane for
+        // its catch-up reads.
+        let pool = Arc::new(commands::Commands::new(config, config.pool_size.max(1) + lanes)?);
         let pool_for_refresh = pool.clone();
+        let relay_metrics = metrics.relay();
+        relay_metrics.connected.set(0.0);
         let shared = Arc::new(Shared {
-            connected: AtomicBool::new(false),
+            lanes_down: AtomicUsize::new(lanes),
             links: AtomicU64::new(0),
-            metrics: metrics.relay(),
+            metrics: relay_metrics,
             key_ttl_ms: u64::try_from(config.key_ttl.as_millis()).unwrap_or(u64::MAX).max(1),
             idempotency_window_ms: u64::try_from(config.idempotency_window.as_millis())
                 .unwrap_or(u64::MAX)
@@ -213,18 +226,32 @@ impl Relay {
         });
         let stream_len = registry.history_limit().max(MIN_LOG_EVENTS);
         let (publishes, publish_jobs) = mpsc::channel(PUBLISH_QUEUE);
-        publisher::spawn(pool.clone(), publish_jobs, config.pool_size, stream_len, shared.clone());
-        let (syncs, sync_jobs) = mpsc::channel(1024);
-        let link = link::Link::new(
-            registry.clone(),
-            metrics.topics.clone(),
-            clients,
-            pool,
-            sync_jobs,
-            shared.clone(),
+        let script = scripts::publish(config.cluster);
+        publisher::spawn(
+            pool.clone(),
+            publish_jobs,
+            script,
+            config.pool_size,
             stream_len,
+            shared.clone(),
         );
-        tokio::spawn(link.run());
+        let seeds = link::Seeds { nodes: seeds, cluster: config.cluster };
+        let mut syncs = Vec::with_capacity(lanes);
+        for index in 0..lanes {
+            let (sender, jobs) = mpsc::channel(1024);
+            syncs.push(sender);
+            let lane = link::Lane::new(
+                (index, lanes),
+                registry.clone(),
+                metrics.topics.clone(),
+                seeds.clone(),
+                pool.clone(),
+                jobs,
+                shared.clone(),
+                stream_len,
+            );
+            tokio::spawn(lane.run());
+        }
         let roster = Arc::new(RedisRoster::new(pool_for_refresh.clone()));
         tokio::spawn(keep_followed_topics(registry.clone(), pool_for_refresh, shared.clone()));
         Ok(Relay { publishes, syncs, registry, shared, roster })
@@ -270,10 +297,25 @@ impl Relay {
         if needed.is_empty() {
             return Ok(());
         }
-        let (reply, answer) = oneshot::channel();
-        let job = link::SyncJob { topics: needed, reply };
-        self.syncs.send(job).await.map_err(|_| RelayError::Stopped)?;
-        answer.await.map_err(|_| RelayError::Stopped)?
+        let lanes = self.syncs.len();
+        let mut by_lane: Vec<Vec<TopicName>> = vec![Vec::new(); lanes];
+        for topic in needed {
+            by_lane[link::lane_of(&topic, lanes)].push(topic);
+        }
+        let mut answers = Vec::new();
+        for (lane, topics) in by_lane.into_iter().enumerate() {
+            if topics.is_empty() {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let job = link::SyncJob { topics, reply };
+            self.syncs[lane].send(job).await.map_err(|_| RelayError::Stopped)?;
+            answers.push(answer);
+        }
+        for answer in answers {
+            answer.await.map_err(|_| RelayError::Stopped)??;
+        }
+        Ok(())
     }
 
     /// The node's copy of `name`: cluster topics are created by the link, from Redis
@@ -292,10 +334,15 @@ impl Relay {
         &self.roster
     }
 
-    /// Whether the Pub/Sub link is up and caught up.
+    /// Whether every lane's Pub/Sub link is up and caught up.
     pub(crate) fn is_connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Acquire)
+        self.shared.lanes_down.load(Ordering::Acquire) == 0
     }
+}
+
+/// Lanes of the relay link: one per core, at most four.
+fn lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 4)
 }
 
 /// Topics whose keys one refresh call covers.

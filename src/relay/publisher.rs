@@ -42,16 +42,17 @@ pub(super) struct PublishJob {
     pub(super) reply: oneshot::Sender<Result<(EventId, bool), RelayError>>,
 }
 
-/// Starts `workers` workers taking jobs from `jobs`; they end when every sender is dropped.
+/// Starts `workers` workers taking jobs from `jobs` and running `script` (the publish script); they end when every sender is dropped.
 pub(super) fn spawn(
     pool: Arc<Commands>,
     jobs: mpsc::Receiver<PublishJob>,
+    script: redis::Script,
     workers: usize,
     stream_len: usize,
     shared: Arc<Shared>,
 ) {
     let jobs = Arc::new(Mutex::new(jobs));
-    let script = Arc::new(scripts::publish());
+    let script = Arc::new(script);
     for _ in 0..workers.max(1) {
         let worker = Worker {
             pool: pool.clone(),

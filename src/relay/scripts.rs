@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `crier:{T}:meta` | hash | `epoch` (the topic's current epoch) and `seq` (last sequence number issued) |
 //! | `crier:{T}:log` | stream | the last `--history` envelopes (at least 64), entry id `<seq>-0`, field `e` |
-//! | `crier:{T}:ev` | Pub/Sub channel | every envelope as it is published |
+//! | `crier:{T}:ev` | Pub/Sub channel (a shard channel on Redis Cluster, in the slot of `{T}`) | every envelope as it is published |
 //! | `crier:{T}:idem:<key>` | string | the id a publish with idempotency key `<key>` got, for `--idempotency-window` |
 //!
 //! A topic whose `meta` is missing (never published, expired, or Redis lost its data) starts a
@@ -22,9 +22,6 @@ use redis::{Cmd, Script};
 
 use crate::event::{Epoch, IdempotencyKey, TopicName};
 
-/// The pattern the relay's Pub/Sub connection subscribes to.
-pub(crate) const CHANNEL_PATTERN: &str = "crier:{*}:ev";
-
 /// The keys and channel of a topic.
 pub(crate) struct TopicKeys {
     /// `crier:{T}:meta`.
@@ -33,6 +30,13 @@ pub(crate) struct TopicKeys {
     pub(crate) log: String,
     /// `crier:{T}:ev`.
     pub(crate) channel: String,
+}
+
+/// The topic whose channel is `channel` (`crier:{T}:ev`).
+pub(crate) fn topic_of_channel(channel: &[u8]) -> Option<TopicName> {
+    let name = channel.strip_prefix(b"crier:{")?.strip_suffix(b"}:ev")?;
+    let name = std::str::from_utf8(name).ok()?;
+    TopicName::stored(name).ok()
 }
 
 impl TopicKeys {
@@ -175,9 +179,17 @@ pub(crate) fn publish_call(
     cmd
 }
 
-/// The publish script.
-pub(crate) fn publish() -> Script {
-    Script::new(PUBLISH)
+/// The publish script: with `PUBLISH` on a single Redis; on a Redis Cluster with `SPUBLISH`,
+/// whose shard channel is in the slot of the script's keys, so the message stays in its shard
+/// (a classic `PUBLISH` there is forwarded over the cluster bus to every node).
+pub(crate) fn publish(cluster: bool) -> Script {
+    if cluster {
+        let sharded = PUBLISH.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'");
+        debug_assert_ne!(sharded, PUBLISH, "the publish script publishes with PUBLISH");
+        Script::new(&sharded)
+    } else {
+        Script::new(PUBLISH)
+    }
 }
 
 /// The sync script.
@@ -195,5 +207,15 @@ mod tests {
         assert_eq!(keys.meta, "crier:{a:b/c}:meta");
         assert_eq!(keys.log, "crier:{a:b/c}:log");
         assert_eq!(keys.channel, "crier:{a:b/c}:ev");
+        let topic = topic_of_channel(keys.channel.as_bytes()).unwrap();
+        assert_eq!(topic.as_str(), "a:b/c");
+        assert!(topic_of_channel(b"crier:{a b}:ev").is_none());
+        assert!(topic_of_channel(b"other").is_none());
+    }
+
+    #[test]
+    fn on_a_redis_cluster_the_publish_script_publishes_to_the_shard_channel() {
+        assert!(publish(true).get_hash() != publish(false).get_hash());
+        assert!(PUBLISH.contains("redis.call('PUBLISH', ARGV[4], envelope)"));
     }
 }
