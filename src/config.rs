@@ -159,6 +159,12 @@ pub struct Config {
     #[arg(long, env = "CRIER_INTEREST_GRACE", default_value = "1m", value_parser = parse_positive_duration)]
     pub interest_grace: Duration,
 
+    /// Cluster mode: relay lanes, each a task with its own Pub/Sub connection (one per Redis
+    /// Cluster master) and its share of the topics (by slot), so ingest spreads over cores.
+    /// 0 picks one per core, at most four.
+    #[arg(long, env = "CRIER_RELAY_LANES", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub relay_lanes: u16,
+
     /// HMAC secrets that sign tokens (HS256, HS384, HS512), comma-separated, each at least
     /// 32 bytes. `KID:SECRET` names the key for tokens whose header has that `kid` (for
     /// rotation); a secret containing `:` without a key id starts with `:`. With a key
@@ -420,6 +426,7 @@ impl Config {
             key_ttl: self.topic_idle_ttl,
             idempotency_window: self.idempotency_window,
             interest_grace: self.interest_grace,
+            lanes: usize::from(self.relay_lanes),
         })
     }
 
@@ -438,8 +445,13 @@ impl Config {
 }
 
 fn parse_redis_url(text: &str) -> Result<String, String> {
-    redis::Client::open(text).map_err(|e| format!("not a Redis URL: {e}"))?;
-    Ok(text.to_owned())
+    let info = redis::IntoConnectionInfo::into_connection_info(text)
+        .map_err(|e| format!("not a Redis URL: {e}"))?;
+    // The relay speaks Pub/Sub over its own TCP connections.
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(..) => Ok(text.to_owned()),
+        _ => Err("expected a TCP address, redis://[user:password@]host:port[/db]".to_owned()),
+    }
 }
 
 fn parse_proxy(text: &str) -> Result<String, String> {
@@ -530,6 +542,9 @@ mod tests {
             &["--log-format", "xml"],
             &["--max-topics-per-connection", "0"],
             &["--redis-url", "http://127.0.0.1:6379"],
+            &["--redis-url", "redis+unix:///run/redis.sock"],
+            &["--interest-grace", "0s"],
+            &["--relay-lanes", "65"],
             &["--redis-pool-size", "0"],
             &["--publish-timeout", "0s"],
             &["--max-concurrent-publishes", "0"],

@@ -35,6 +35,10 @@
 //! - **publish policy**: what every publish passes, whichever edge it comes from: rates, the
 //!   publishes in flight, the timeout; its `PublishPermit` is the way into the hub.
 //! - **route**: the endpoint a path names, computed once per request.
+//! - **heard**: in cluster mode, a topic whose Redis channel the node is subscribed to; a node
+//!   hears exactly the topics it holds (with readers, or within `--interest-grace` of the last).
+//! - **lane**: one of the relay's tasks, each hearing its share of the topics (by slot) on its
+//!   own Pub/Sub connections and appending to them.
 //!
 //! # Layers
 //!

@@ -545,6 +545,9 @@ impl Lane {
 
     /// Relays one Pub/Sub message.
     async fn on_message(&mut self, channel: &[u8], payload: Bytes) -> Result<(), RelayError> {
+        // The event may stay in the topic's history long after the read buffer it arrived in
+        // is otherwise free: it gets its own allocation, so it never pins a whole buffer.
+        let payload = Bytes::copy_from_slice(&payload);
         let envelope = match envelope::decode(&payload) {
             Ok(envelope) => envelope,
             Err(e) => {

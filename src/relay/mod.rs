@@ -57,6 +57,9 @@ pub struct RelayConfig {
     pub idempotency_window: std::time::Duration,
     /// How long a node keeps hearing a topic after its last reader left.
     pub interest_grace: std::time::Duration,
+    /// Relay lanes (tasks with their own Pub/Sub connections, topics split among them by
+    /// slot); 0 picks for the machine.
+    pub lanes: usize,
 }
 
 /// Where a publish is on its way to Redis, shared by its caller and the worker that sends it:
@@ -208,7 +211,7 @@ impl Relay {
         if seeds.is_empty() {
             return Err(RelayStartError::NoUrl);
         }
-        let lanes = lanes();
+        let lanes = if config.lanes == 0 { lanes() } else { config.lanes };
         // One connection per publish worker, which keeps it while busy, and one per lane for
         // its catch-up reads.
         let pool = Arc::new(commands::Commands::new(config, config.pool_size.max(1) + lanes)?);

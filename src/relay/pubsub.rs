@@ -3,8 +3,7 @@
 //!
 //! The relay subscribes and unsubscribes thousands of channels in bursts, so a batch is written
 //! as one buffer of commands (one round trip, however many channels) followed by a `PING` whose
-//! token comes back once Redis has confirmed everything written before it. Payloads arrive as
-//! views into the read buffer: an envelope is not copied on its way to the topic's log.
+//! token comes back once Redis has confirmed everything written before it.
 //! (redis-rs's Pub/Sub connection has no shard channels, and its cluster connection forgets a
 //! shard subscription that Redis drops when a slot moves; here the relay sees every change.)
 
@@ -177,7 +176,8 @@ fn encode<'a>(buffer: &mut Vec<u8>, name: &str, args: impl IntoIterator<Item = &
     }
 }
 
-/// Decodes RESP2 replies into [`Push`]es; a payload is a view into the read buffer.
+/// Decodes RESP2 replies into [`Push`]es; a payload is a view into the read buffer (whoever
+/// keeps it copies it).
 pub(super) struct PushCodec;
 
 impl Decoder for PushCodec {
