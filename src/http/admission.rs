@@ -223,13 +223,8 @@ impl Admission {
         }
         let new = u32::try_from(new).unwrap_or(u32::MAX);
         self.new_topics.take_n(&ClientKey::of(peer), new, Instant::now()).map_err(|wait| {
-            self.metrics.rejected(Rejection::TopicRate);
             tracing::debug!(%peer, new, "new topics over the rate limit");
-            let detail = format!(
-                "more than {} new topics per second from this address",
-                self.rates.new_topics_per_sec
-            );
-            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
+            self.too_many_new_topics(wait)
         })
     }
 
@@ -237,14 +232,20 @@ impl Admission {
     /// creates no state on this node and learns from Redis whether it started the topic
     /// ([`Admission::charge_new_topic`] then).
     pub(crate) fn may_start_topic(&self, peer: IpAddr) -> Result<(), ApiError> {
-        self.new_topics.check(&ClientKey::of(peer), Instant::now()).map_err(|wait| {
-            self.metrics.rejected(Rejection::TopicRate);
-            let detail = format!(
-                "more than {} new topics per second from this address",
-                self.rates.new_topics_per_sec
-            );
-            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
-        })
+        let now = Instant::now();
+        self.new_topics
+            .check(&ClientKey::of(peer), now)
+            .map_err(|wait| self.too_many_new_topics(wait))
+    }
+
+    /// The refusal of a topic over `--new-topics-per-sec`, counted; retry after `wait`.
+    fn too_many_new_topics(&self, wait: std::time::Duration) -> ApiError {
+        self.metrics.rejected(Rejection::TopicRate);
+        let detail = format!(
+            "more than {} new topics per second from this address",
+            self.rates.new_topics_per_sec
+        );
+        ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
     }
 
     /// Counts a topic `peer` started (a cluster publish Redis gave the topic's first id).

@@ -169,18 +169,18 @@ impl Channels {
     pub(super) async fn subscribe(
         &mut self,
         node: &Node,
-        topics: Vec<TopicName>,
+        topics: &[TopicName],
     ) -> Result<Bytes, RelayError> {
         let (token, digits) = self.token();
         let sharded = self.is_sharded();
         let Some(writer) = self.writers.get_mut(node) else { return Err(RelayError::LinkDown) };
-        for group in channel_groups(sharded, &topics) {
+        for group in channel_groups(sharded, topics) {
             writer.socket.subscribe(group.iter().map(|c| c.as_bytes()));
         }
         writer.socket.ping(digits);
         writer.socket.flush().await.map_err(|e| RelayError::Call(Cause::new(e)))?;
         for topic in topics {
-            if self.heard.insert(topic, node.clone()).is_none() {
+            if self.heard.insert(topic.clone(), node.clone()).is_none() {
                 self.shared.metrics.topics_heard.increment(1);
             }
         }

@@ -393,18 +393,18 @@ impl Lane {
         }
         let mut awaiting: HashMap<Node, Bytes> = HashMap::new();
         for (node, group) in by_node {
-            let count = group.len();
-            let subscribed = match self.channels.is_connected(&node) {
-                true => Ok(()),
-                false => self.channels.connect(&node).await,
+            let connected = if self.channels.is_connected(&node) {
+                Ok(())
+            } else {
+                self.channels.connect(&node).await
             };
-            let subscribed = match subscribed {
-                Ok(()) => self.channels.subscribe(&node, group.clone()).await,
+            let subscribed = match connected {
+                Ok(()) => self.channels.subscribe(&node, &group).await,
                 Err(e) => Err(e),
             };
             match subscribed {
                 Ok(token) => {
-                    self.shared.metrics.interest(InterestChange::Subscribe, count);
+                    self.shared.metrics.interest(InterestChange::Subscribe, group.len());
                     awaiting.insert(node, token);
                 }
                 Err(e) => {
@@ -471,7 +471,6 @@ impl Lane {
         };
         match push {
             Push::Message { channel, payload } => return self.on_message(&channel, payload).await,
-            Push::Subscribed => {}
             Push::Pong(token) => self.channels.pong(&from, &token),
             Push::Unsubscribed(channel) => {
                 // One the lane asked for is no longer heard; one Redis dropped moved away.

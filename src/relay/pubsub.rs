@@ -41,8 +41,6 @@ pub(super) enum Flavor {
 pub(super) enum Push {
     /// A message published on a channel.
     Message { channel: Bytes, payload: Bytes },
-    /// A subscription confirmed.
-    Subscribed,
     /// A subscription ended: one the relay asked to end, or one Redis dropped (on a Redis
     /// Cluster, because the channel's slot moved to another node).
     Unsubscribed(Bytes),
@@ -230,7 +228,8 @@ impl Push {
                 let payload = next_bytes().ok_or_else(|| bad("a message without a payload"))?;
                 Push::Message { channel, payload }
             }
-            b"subscribe" | b"ssubscribe" => Push::Subscribed,
+            // Confirmations: the ping written after them says when all are in.
+            b"subscribe" | b"ssubscribe" => return Ok(None),
             b"unsubscribe" | b"sunsubscribe" => match next_bytes() {
                 Some(channel) => Push::Unsubscribed(channel),
                 None => return Ok(None),
