@@ -212,6 +212,19 @@ pub struct Config {
     #[arg(long, env = "CRIER_NEW_STREAMS_PER_SEC", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub new_streams_per_sec: u32,
 
+    /// Streams one client address may resume per second (and in a burst), apart from
+    /// --new-streams-per-sec: those that carry an event id crier issued (`Last-Event-ID`,
+    /// `last_event_id`; Mercure's `lastEventID`), as a crowd behind one address (a NAT, a
+    /// proxy) does all at once when the node it was on goes away.
+    #[arg(long, env = "CRIER_RESUMES_PER_SEC", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub resumes_per_sec: u32,
+
+    /// Streams open at once from one client address (an IPv6 client's /64; behind a trusted
+    /// proxy, the forwarded address): SSE and Mercure streams (each HTTP/2 stream counts) and
+    /// WebSockets. More are answered 429 `too_many_streams`.
+    #[arg(long, env = "CRIER_MAX_STREAMS_PER_IP", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_ip: u32,
+
     /// Publishes (HTTP, WebSocket and Mercure) one principal may make per second (and in a
     /// burst): a token's `sub`, else the client address. More are answered 429 with
     /// Retry-After.

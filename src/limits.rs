@@ -181,6 +181,12 @@ impl ConnectionCounts {
     }
 }
 
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSlot").field("key", &self.key).finish()
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut counts = self.counts.counts.lock();

@@ -17,8 +17,12 @@ const KEY: &str = "admission-test-secret-of-32-bytes!";
 /// Sends a request on `stream` and reads one `Content-Length` response, leaving the
 /// connection open.
 async fn exchange(stream: &mut TcpStream, target: &str) -> HttpResponse {
+    exchange_accepting(stream, target, "text/event-stream").await
+}
+
+async fn exchange_accepting(stream: &mut TcpStream, target: &str, accept: &str) -> HttpResponse {
     let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: crier\r\nOrigin: https://app.example\r\nAccept: text/event-stream\r\n\r\n"
+        "GET {target} HTTP/1.1\r\nHost: crier\r\nOrigin: https://app.example\r\nAccept: {accept}\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
@@ -103,10 +107,28 @@ async fn the_fast_path_and_hyper_refuse_a_stream_with_the_same_answer() {
         answers.push(answered);
     }
 
+    // The retry a soft refusal names is jittered: compare the answers without its figures.
+    let unjittered = |answers: &[(u16, String, std::collections::BTreeSet<String>)]| {
+        let digits = |text: &str| {
+            let mut out = text.replace(|c: char| c.is_ascii_digit(), "#");
+            while out.contains("##") {
+                out = out.replace("##", "#");
+            }
+            out
+        };
+        answers
+            .iter()
+            .map(|(status, body, headers)| {
+                (*status, digits(body), headers.iter().map(|h| digits(h)).collect::<Vec<_>>())
+            })
+            .collect::<Vec<_>>()
+    };
     let (fast, through_hyper) = (&answers[0], &answers[1]);
-    assert_eq!(fast, through_hyper);
+    assert_eq!(unjittered(fast), unjittered(through_hyper));
     let statuses: Vec<u16> = fast.iter().map(|(status, ..)| *status).collect();
-    assert_eq!(statuses, [400, 400, 401, 429], "{fast:#?}");
+    // A browser's stream over the rate is refused so that it retries: a 200 stream that names
+    // the refusal and when to come back, and ends.
+    assert_eq!(statuses, [400, 400, 401, 200], "{fast:#?}");
     let [bad_id, bad_topic, bad_token, over_rate] = &fast[..] else { unreachable!() };
     assert!(bad_id.1.contains("\"bad_last_event_id\""), "{bad_id:?}");
     assert!(bad_topic.1.contains("\"bad_topic\""), "{bad_topic:?}");
@@ -114,17 +136,44 @@ async fn the_fast_path_and_hyper_refuse_a_stream_with_the_same_answer() {
         bad_token.2.contains("www-authenticate: bearer error=\"invalid_token\""),
         "{bad_token:?}"
     );
-    assert!(over_rate.2.contains("retry-after: 1"), "{over_rate:?}");
+    assert!(over_rate.2.contains("content-type: text/event-stream"), "{over_rate:?}");
+    let retry: u64 = over_rate
+        .1
+        .strip_prefix("retry: ")
+        .and_then(|rest| rest.split('\n').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("a retry: {over_rate:?}"));
+    assert!((1..=2000).contains(&retry), "the wait, with up to a second of jitter: {retry}");
+    let event = over_rate.1.lines().skip(1).collect::<Vec<_>>();
+    assert_eq!(event[0], "event: crier.refused", "{over_rate:?}");
+    let refusal: serde_json::Value =
+        serde_json::from_str(event[1].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(refusal["error"], "rate_limited");
+    assert_eq!(refusal["retry_after_ms"], retry);
     for (_, _, headers) in fast {
         assert!(
             headers.contains("access-control-allow-origin: https://app.example"),
             "{headers:?}"
         );
     }
+    // Any other client keeps the 429 and its Retry-After, on either path.
+    let mut hard = Vec::new();
+    for fast in [true, false] {
+        let mut stream = connect_from("127.0.0.2", server.addr).await;
+        if !fast {
+            assert_eq!(exchange(&mut stream, "/healthz").await.status, 200);
+        }
+        hard.push(answer(&exchange_accepting(&mut stream, "/sse?topic=a", "*/*").await));
+    }
+    for (status, _, headers) in &hard {
+        assert_eq!(*status, 429, "{hard:?}");
+        assert!(headers.contains("retry-after: 1"), "{hard:?}");
+    }
     let metrics = server.metrics().await;
-    let counted =
-        support::metric(&metrics, r#"crier_http_requests_total{route="sse",status="429"}"#);
-    assert_eq!(counted, Some(2.0), "each refusal is counted once:\n{metrics}");
+    let counted = support::metric(&metrics, r#"crier_rejections_total{reason="stream_rate"}"#);
+    assert_eq!(counted, Some(4.0), "each refusal is counted once, soft or not:\n{metrics}");
+    let soft = support::metric(&metrics, r#"crier_soft_refusals_total{transport="sse"}"#);
+    assert_eq!(soft, Some(2.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,34 @@ async fn publish_keyed(
     request(addr, "POST", &target, &[("Idempotency-Key", key)], data.as_bytes()).await
 }
 
+/// A ready node of `redis` with one publish worker (while it waits on a frozen Redis, the next
+/// publish stays queued) and `timeout` as `--publish-timeout`, and a stream of topic `t`.
+async fn one_worker_node(redis: &RedisServer, timeout: &str) -> (TestServer, SseClient) {
+    let url = redis.url();
+    let args = ["--redis-url", &url, "--publish-timeout", timeout, "--redis-pool-size", "1"];
+    let server = TestServer::start(&args).await;
+    wait_until("the node to be ready", || async {
+        request(server.addr, "GET", "/readyz", &[], b"").await.status == 200
+    })
+    .await;
+    let stream = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
+    server.wait_subscriptions(1).await;
+    (server, stream)
+}
+
+/// Publishes "paid" to `t` with `key` until it is answered 200 (Redis is back).
+async fn retry_until_answered(addr: std::net::SocketAddr, key: &str) -> HttpResponse {
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let answer = publish_keyed(addr, "t", key, "paid").await;
+        if answer.status == 200 {
+            return answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "Redis answers again in time");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_key_publishes_once_and_answers_the_first_id() {
     let server = TestServer::start(&[]).await;
@@ -81,24 +109,21 @@ async fn a_key_is_remembered_by_redis_for_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_neither_loses_nor_duplicates_a_keyed_publish() {
     let redis = RedisServer::start().await;
-    let url = redis.url();
     // One publish worker: while it waits on the frozen Redis, the next publish stays queued.
-    let args = ["--redis-url", &url, "--publish-timeout", "500ms", "--redis-pool-size", "1"];
-    let server = TestServer::start(&args).await;
-    wait_until("the node to be ready", || async {
-        request(server.addr, "GET", "/readyz", &[], b"").await.status == 200
-    })
-    .await;
-    let mut stream = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
-    server.wait_subscriptions(1).await;
+    let (server, mut stream) = one_worker_node(&redis, "500ms").await;
 
     let pid = redis.pid().expect("redis-server runs") as i32;
     // SAFETY: signalling a child process of this test.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let timed = std::time::Instant::now();
     let sent = publish_keyed(server.addr, "t", "pay-7", "paid").await;
+    let sent_took = timed.elapsed();
     let queued = support::publish(server.addr, "t", None, b"withdrawn", None).await;
-    // A retry while Redis is still frozen does not know either.
+    // A retry while Redis is still frozen is queued behind the first attempt, and withdrawn
+    // in time: yet it may not say "never published", since the first attempt may be.
+    let timed = std::time::Instant::now();
     let retry = publish_keyed(server.addr, "t", "pay-7", "paid").await;
+    let retry_took = timed.elapsed();
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
 
@@ -108,16 +133,15 @@ async fn a_frozen_redis_neither_loses_nor_duplicates_a_keyed_publish() {
     assert_eq!(queued.status, 503);
     assert_eq!(queued.json()["error"], "unavailable", "withdrawn before it was sent");
     assert_eq!(retry.status, 503);
+    assert_eq!(retry.json()["error"], "outcome_unknown", "{}", retry.text());
+    for took in [sent_took, retry_took] {
+        assert!(
+            took < std::time::Duration::from_millis(1500),
+            "answered within the timeout: {took:?}"
+        );
+    }
     // Redis answers again: the retry with the key gets the first publish's id.
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    let answered = loop {
-        let answer = publish_keyed(server.addr, "t", "pay-7", "paid").await;
-        if answer.status == 200 {
-            break answer;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "Redis answers again in time");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let answered = retry_until_answered(server.addr, "pay-7").await;
     server.publish("t", "marker").await;
     let events = stream.events(2).await;
     let got: Vec<(&str, &str)> =
@@ -125,4 +149,39 @@ async fn a_frozen_redis_neither_loses_nor_duplicates_a_keyed_publish() {
     let id = answered.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(got[0], ("paid", id.as_str()), "published once, under the id the retry got");
     assert_eq!(got[1].0, "marker", "the withdrawn publish was never published");
+}
+
+/// A key whose first attempt was answered `outcome_unknown` is never answered `unavailable`
+/// (never published) while that attempt may still be published, however its retries fail to
+/// reach Redis (queued and withdrawn, or no connection to be had); and every answer comes
+/// within `--publish-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_never_told_unavailable_while_the_first_attempt_may_be_published() {
+    let redis = RedisServer::start().await;
+    let timeout = std::time::Duration::from_secs(2);
+    let (server, mut stream) = one_worker_node(&redis, "2s").await;
+    // Connections in use a moment ago are trusted: the first attempt is sent at once.
+    server.publish("t", "before").await;
+
+    let pid = redis.pid().expect("redis-server runs") as i32;
+    // SAFETY: signalling a child process of this test.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let timed = std::time::Instant::now();
+        let answer = publish_keyed(server.addr, "t", "pay-8", "paid").await;
+        answers.push((answer.status, answer.json()["error"].clone(), timed.elapsed()));
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    for (status, error, took) in &answers {
+        assert_eq!((*status, error.as_str()), (503, Some("outcome_unknown")), "{answers:?}");
+        assert!(*took < timeout + std::time::Duration::from_millis(500), "{answers:?}");
+    }
+    let answered = retry_until_answered(server.addr, "pay-8").await;
+    server.publish("t", "marker").await;
+    let events = stream.events(3).await;
+    let got: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(got, ["before", "paid", "marker"], "published once");
+    assert_eq!(events[1].last_event_id, answered.json()["id"].as_str().unwrap());
 }

@@ -82,16 +82,19 @@ async fn new_streams_are_rate_limited_per_address_and_recover() {
     assert_refused(&refused, 429, "rate_limited");
     let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&wait), "Retry-After: {wait}");
-    // Through hyper too (a connection that served a request first).
+    // Through hyper too (a connection that served a request first), to a browser's
+    // EventSource: the soft refusal it retries, a whole 200 answer rather than a stream.
     let refused = SseClient::connect_after_request(server.addr, "/sse?topic=t", &[]).await;
-    assert_eq!(refused.status, 429);
+    assert_eq!(refused.status, 200);
+    assert!(refused.header("content-length").is_some(), "not a stream: {}", refused.head);
     assert!(rejections(&server, "stream_rate").await >= 2.0);
     // Another address is not held back; this one recovers.
     let other = connect_from("127.0.0.4", server.addr).await;
     assert_eq!(SseClient::on_stream(other, server.addr, "/sse?topic=t", &[]).await.status, 200);
     wait_until("a new stream to be let in", || async {
         request(server.addr, "GET", "/healthz", &[], b"").await;
-        SseClient::connect(server.addr, "/sse?topic=t", &[]).await.status == 200
+        let stream = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
+        stream.status == 200 && stream.header("transfer-encoding").is_some()
     })
     .await;
 }
@@ -319,4 +322,63 @@ async fn connections_without_a_request_in_flight_are_closed_after_the_idle_timeo
             seen.extend_from_slice(&data);
         }
     }
+}
+
+/// Streams, not sockets: one HTTP/2 connection's SSE streams count against
+/// `--max-streams-per-ip` one by one, with the address's WebSockets and HTTP/1.1 streams; a
+/// stream that ends gives its place back. And HTTP/2 connections offer 100 concurrent streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_count_against_the_streams_per_address() {
+    let server =
+        TestServer::start(&["--max-streams-per-ip", "3", "--new-streams-per-sec", "100"]).await;
+    let (mut sender, _conn) = h2c_connect(server.addr).await;
+    let open = |sender: &mut hyper::client::conn::http2::SendRequest<_>| {
+        let req = http::Request::get(format!("http://{}/sse?topic=a", server.addr))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        sender.send_request(req)
+    };
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let response = open(&mut sender).await.unwrap();
+        assert_eq!(response.status(), 200);
+        streams.push(response);
+    }
+    let http1 = SseClient::connect(server.addr, "/sse?topic=a", &[]).await;
+    assert_eq!(http1.status, 200);
+    let refused = open(&mut sender).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body = http_body_util::BodyExt::collect(refused.into_body()).await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "too_many_streams", "{body}");
+    // A WebSocket of the same address: upgraded, then closed 1013 with the reason.
+    let mut ws = support::RawWs::connect(server.addr, "/ws?topic=a").await;
+    let frames = ws.read_until_closed().await;
+    let close = frames.last().expect("a close frame");
+    assert_eq!(close.close_code(), Some(1013), "{frames:?}");
+    let reason: serde_json::Value = serde_json::from_slice(&close.payload[2..]).unwrap();
+    assert_eq!(reason["error"], "too_many_streams", "{reason}");
+    drop(streams.pop());
+    wait_until("an ended stream to give its place back", || async {
+        open(&mut sender.clone()).await.is_ok_and(|response| response.status() == 200)
+    })
+    .await;
+    let metrics = server.metrics().await;
+    let refused = metric(&metrics, r#"crier_rejections_total{reason="streams_per_ip"}"#);
+    assert!(refused.is_some_and(|n| n >= 1.0), "{metrics}");
+
+    // The server's SETTINGS: MAX_CONCURRENT_STREAMS (0x3) is 100.
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(support::WAIT, raw.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(head[3], 0x4, "the server's first frame is SETTINGS");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut settings = vec![0u8; len];
+    raw.read_exact(&mut settings).await.unwrap();
+    let max_streams = settings
+        .chunks_exact(6)
+        .find(|s| u16::from_be_bytes([s[0], s[1]]) == 0x3)
+        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+    assert_eq!(max_streams, Some(100));
 }

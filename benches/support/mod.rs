@@ -82,15 +82,31 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
 /// (a few addresses opening thousands of streams and publishing as fast as they can); returns
 /// the process and the address it listens on.
 pub fn spawn_crier(bin: &std::path::Path, args: &[String]) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(args)
-        .env("CRIER_LOG", "warn,crier=info")
+    let mut command = Command::new(bin);
+    command
         .env("CRIER_MAX_CONNECTIONS", "1000000")
         .env("CRIER_MAX_CONNECTIONS_PER_IP", "1000000")
         .env("CRIER_NEW_STREAMS_PER_SEC", "1000000")
+        .env("CRIER_RESUMES_PER_SEC", "1000000")
+        .env("CRIER_MAX_STREAMS_PER_IP", "1000000")
         .env("CRIER_PUBLISHES_PER_SEC", "10000000")
-        .env("CRIER_NEW_TOPICS_PER_SEC", "1000000")
+        .env("CRIER_NEW_TOPICS_PER_SEC", "1000000");
+    spawn_crier_command(command, args)
+}
+
+/// Starts a crier binary on a free port with `args` and its default limits.
+pub fn spawn_crier_as_deployed(
+    bin: &std::path::Path,
+    args: &[String],
+) -> (Child, std::net::SocketAddr) {
+    spawn_crier_command(Command::new(bin), args)
+}
+
+fn spawn_crier_command(mut command: Command, args: &[String]) -> (Child, std::net::SocketAddr) {
+    let mut child = command
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
+        .env("CRIER_LOG", "warn,crier=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -25,18 +25,25 @@ use super::credentials::request_token;
 use super::error::{ApiError, ErrorCode};
 use super::peer::{Peer, TrustedProxies};
 use super::query::CrierQuery;
+use super::retry_later::{Asker, RefusalForm, SoftRefusals};
 use super::route::GatedRoute;
 use crate::auth::{Access, Authority, Grant};
+use crate::event::EventId;
 use crate::event::TopicName;
 use crate::hub::Hub;
-use crate::limits::{ClientKey, RateTable};
+use crate::limits::{ClientKey, ConnectionCounts, ConnectionSlot, RateTable};
 use crate::metrics::{Metrics, Rejection};
+use parking_lot::Mutex;
 
 /// The rates admission holds peers to, per address.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StreamRates {
     /// New streams per second.
     pub(crate) new_streams_per_sec: u32,
+    /// Resumed streams per second (streams carrying an event id).
+    pub(crate) resumes_per_sec: u32,
+    /// Streams open at once.
+    pub(crate) max_streams_per_ip: u32,
     /// Topics the node may be made to create per second.
     pub(crate) new_topics_per_sec: u32,
 }
@@ -54,7 +61,7 @@ pub(crate) struct AdmissionRequest<'a> {
 }
 
 /// A request admitted: who it comes from and what it may do.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Admitted {
     /// Who the request comes from.
     pub(crate) peer: Peer,
@@ -66,6 +73,21 @@ pub(crate) struct Admitted {
     pub(crate) query: CrierQuery,
     /// The CORS headers its answer carries.
     pub(crate) cors: CorsHeaders,
+    /// For a stream, its place among its address's open streams, for the stream to take
+    /// and hold as long as it lives ([`Admitted::take_stream_slot`]).
+    stream_slot: Mutex<Option<StreamSlot>>,
+}
+
+/// A stream's place among its address's open streams (`--max-streams-per-ip`), held by the
+/// stream for as long as it lives: inside the stream's own state, since a small allocation
+/// of its own, outliving the request's, costs each idle stream a kibibyte of fragmentation.
+pub(crate) type StreamSlot = ConnectionSlot;
+
+impl Admitted {
+    /// Takes the stream's place among its address's open streams, for the stream to hold.
+    pub(crate) fn take_stream_slot(&self) -> Option<StreamSlot> {
+        self.stream_slot.lock().take()
+    }
 }
 
 /// A request refused, with the CORS headers its answer carries (so a page can read why).
@@ -73,6 +95,8 @@ pub(crate) struct Admitted {
 pub(crate) struct Refused {
     pub(crate) error: ApiError,
     pub(crate) cors: CorsHeaders,
+    /// Who was refused (the client behind a trusted proxy).
+    pub(crate) peer: IpAddr,
 }
 
 /// The CORS headers of an answer: none where answers are not read across origins.
@@ -96,7 +120,12 @@ pub(crate) struct Admission {
     metrics: Arc<Metrics>,
     rates: StreamRates,
     new_streams: RateTable<ClientKey>,
+    resumes: RateTable<ClientKey>,
+    /// Open streams per address.
+    streams: Arc<ConnectionCounts>,
     new_topics: RateTable<ClientKey>,
+    /// The soft refusals each address got lately.
+    soft_refusals: SoftRefusals,
     /// Says which topics are new.
     hub: Arc<Hub>,
 }
@@ -117,14 +146,17 @@ impl Admission {
             metrics,
             rates,
             new_streams: RateTable::per_second(rates.new_streams_per_sec),
+            resumes: RateTable::per_second(rates.resumes_per_sec),
+            streams: ConnectionCounts::new(rates.max_streams_per_ip),
             new_topics: RateTable::per_second(rates.new_topics_per_sec),
+            soft_refusals: SoftRefusals::new(),
             hub,
         }
     }
 
     /// Admits a request, or says why not.
     pub(crate) fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Admitted, Refused> {
-        let AdmissionRequest { route, remote, method, headers, query } = *request;
+        let AdmissionRequest { route, remote, method, headers, query: raw_query } = *request;
         let peer = self.proxies.peer(remote, headers);
         let cors = self.cors_headers(route, headers);
         let checked = (|| {
@@ -133,7 +165,7 @@ impl Admission {
                     (self.authority.access(None, peer.local), CrierQuery::default())
                 }
                 GatedRoute::Publish | GatedRoute::Sse | GatedRoute::Ws => {
-                    (self.access(peer, headers, query)?, CrierQuery::parse(query)?)
+                    (self.access(peer, headers, raw_query)?, CrierQuery::parse(raw_query)?)
                 }
             };
             let opens_stream = match route {
@@ -141,18 +173,21 @@ impl Admission {
                 GatedRoute::Mercure => matches!(*method, Method::GET | Method::HEAD),
                 GatedRoute::Publish | GatedRoute::MercureSubscriptions => false,
             };
-            if opens_stream {
-                self.admit_stream(peer)?;
-            }
+            let stream_slot = match opens_stream {
+                true => Some(self.admit_stream(peer, resumes(route, headers, &query, raw_query))?),
+                false => None,
+            };
             // A publish's topic is the publish policy's to count.
             if matches!(route, GatedRoute::Sse | GatedRoute::Ws) {
                 self.admit_topics(peer.ip, query.topics.iter().map(TopicName::as_str))?;
             }
-            Ok((access, query))
+            Ok((access, query, stream_slot))
         })();
         match checked {
-            Ok((access, query)) => Ok(Admitted { peer, access, query, cors }),
-            Err(error) => Err(Refused { error, cors }),
+            Ok((access, query, stream_slot)) => {
+                Ok(Admitted { peer, access, query, cors, stream_slot: Mutex::new(stream_slot) })
+            }
+            Err(error) => Err(Refused { error, cors, peer: peer.ip }),
         }
     }
 
@@ -195,18 +230,35 @@ impl Admission {
         Ok(self.authority.access(grant, peer.local))
     }
 
-    /// Admits one more stream (SSE, WebSocket or Mercure) from `peer`: 429 past
-    /// `--new-streams-per-sec`.
-    fn admit_stream(&self, peer: Peer) -> Result<(), ApiError> {
-        self.new_streams.take(&ClientKey::of(peer.ip), Instant::now()).map_err(|wait| {
-            self.metrics.rejected(Rejection::StreamRate);
-            tracing::debug!(peer = %peer.ip, "new stream over the rate limit");
+    /// Admits one more stream (SSE, WebSocket or Mercure) from `peer`, `resumed` (carrying an
+    /// event id) or new: 429 past `--max-streams-per-ip` open, and past
+    /// `--resumes-per-sec` or `--new-streams-per-sec`. Its place among the address's open
+    /// streams, for the stream to hold.
+    fn admit_stream(&self, peer: Peer, resumed: bool) -> Result<StreamSlot, ApiError> {
+        let key = ClientKey::of(peer.ip);
+        let Some(slot) = self.streams.open(key) else {
+            self.metrics.rejected(Rejection::StreamsPerIp);
+            tracing::debug!(peer = %peer.ip, "refused: at --max-streams-per-ip");
             let detail = format!(
-                "more than {} new streams per second from this address",
-                self.rates.new_streams_per_sec
+                "{} streams are open from this address already",
+                self.rates.max_streams_per_ip
             );
-            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
-        })
+            return Err(ApiError::new(ErrorCode::TooManyStreams, detail));
+        };
+        let (table, per_sec, what) = match resumed {
+            true => (&self.resumes, self.rates.resumes_per_sec, "resumed"),
+            false => (&self.new_streams, self.rates.new_streams_per_sec, "new"),
+        };
+        table.take(&key, Instant::now()).map_err(|wait| {
+            self.metrics.rejected(match resumed {
+                true => Rejection::ResumeRate,
+                false => Rejection::StreamRate,
+            });
+            tracing::debug!(peer = %peer.ip, what, "stream over the rate limit");
+            let detail = format!("more than {per_sec} {what} streams per second from this address");
+            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait).paced(per_sec)
+        })?;
+        Ok(slot)
     }
 
     /// Admits a request for `topics` from `peer`: those the node does not hold yet count
@@ -253,6 +305,11 @@ impl Admission {
         let _ = self.new_topics.take(&ClientKey::of(peer), Instant::now());
     }
 
+    /// Who a request from `remote` with `headers` comes from.
+    pub(crate) fn peer(&self, remote: IpAddr, headers: &HeaderMap) -> Peer {
+        self.proxies.peer(remote, headers)
+    }
+
     /// Whether `remote` is a trusted proxy (its connections are not counted per address).
     pub(crate) fn is_proxy(&self, remote: IpAddr) -> bool {
         self.proxies.trusts(remote.to_canonical())
@@ -262,7 +319,22 @@ impl Admission {
     pub(crate) fn prune(&self) {
         let now = Instant::now();
         self.new_streams.prune(now);
+        self.resumes.prune(now);
         self.new_topics.prune(now);
+        self.soft_refusals.prune();
+    }
+
+    /// How to answer `error`, refused to `peer`, which asked as `asker`: softly (a stream a
+    /// browser retries, a WebSocket closed 1013) for a browser and a temporary refusal, while
+    /// the address has soft refusals left; else as the status it is. A soft one is counted.
+    pub(crate) fn refusal_form(&self, peer: IpAddr, error: &ApiError, asker: Asker) -> RefusalForm {
+        let form = self.soft_refusals.form(peer, error, asker, self.rates.new_streams_per_sec);
+        match form {
+            RefusalForm::EventStream(_) => self.metrics.soft_refused("sse"),
+            RefusalForm::WsClose(_) => self.metrics.soft_refused("ws"),
+            RefusalForm::Hard => {}
+        }
+        form
     }
 
     /// Verifies a token `peer` presented (also a WebSocket `auth` command's); a refusal is
@@ -278,5 +350,24 @@ impl Admission {
     /// Whether tokens are checked at all.
     pub(crate) fn has_keys(&self) -> bool {
         self.authority.has_keys()
+    }
+}
+
+/// Whether a stream request resumes: it carries event ids crier issued (one per topic, for a
+/// stream of several), or for the Mercure hub any last event id.
+fn resumes(route: GatedRoute, headers: &HeaderMap, query: &CrierQuery, raw: Option<&str>) -> bool {
+    let header = headers.get("last-event-id").map(HeaderValue::as_bytes);
+    match route {
+        GatedRoute::Sse | GatedRoute::Ws => query
+            .resume_after(header)
+            .ok()
+            .flatten()
+            .is_some_and(|ids| ids.split(',').all(|id| id.parse::<EventId>().is_ok())),
+        GatedRoute::Mercure => {
+            header.is_some_and(|id| !id.is_empty())
+                || form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+                    .any(|(key, value)| key == "lastEventID" && !value.is_empty())
+        }
+        GatedRoute::Publish | GatedRoute::MercureSubscriptions => false,
     }
 }

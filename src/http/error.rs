@@ -82,6 +82,8 @@ error_codes! {
     RateLimited = (TOO_MANY_REQUESTS, "rate_limited"),
     /// More connections from this client than `--max-connections-per-ip`.
     TooManyConnections = (TOO_MANY_REQUESTS, "too_many_connections"),
+    /// More open streams from this client than `--max-streams-per-ip`.
+    TooManyStreams = (TOO_MANY_REQUESTS, "too_many_streams"),
     /// A request head over `--max-request-head-bytes`.
     HeadTooLarge = (REQUEST_HEADER_FIELDS_TOO_LARGE, "head_too_large"),
     /// A request body slower than `--body-read-timeout` (the connection is closed).
@@ -116,18 +118,38 @@ pub(crate) struct ApiError {
     /// The methods the endpoint takes, for `Allow` on a 405.
     allow: Option<&'static str>,
     /// Seconds to wait before retrying, for `Retry-After` (refusals that have one default to 1).
-    retry_after: Option<u64>,
+    retry_after: Option<std::time::Duration>,
+    /// The rate the refused budget admits at, per second: refused browsers are told to come
+    /// back spread over as long as admitting them takes.
+    pace: Option<u32>,
 }
 
 impl ApiError {
     /// An error with `code` and `detail`.
     pub(crate) fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        ApiError { code, detail: detail.into(), allow: None, retry_after: None }
+        ApiError { code, detail: detail.into(), allow: None, retry_after: None, pace: None }
     }
 
     /// Seconds to wait before retrying, if the refusal says.
     pub(crate) fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after
+        self.retry_after.map(|wait| (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+    }
+
+    /// How long to wait before retrying, as precisely as the refusal knows (1 s if it does
+    /// not say).
+    pub(crate) fn retry_wait(&self) -> std::time::Duration {
+        self.retry_after.unwrap_or(std::time::Duration::from_secs(1))
+    }
+
+    /// The same refusal, of a budget admitting `per_sec` a second.
+    pub(crate) fn paced(mut self, per_sec: u32) -> Self {
+        self.pace = Some(per_sec);
+        self
+    }
+
+    /// The rate the refused budget admits at, if the refusal says.
+    pub(crate) fn pace(&self) -> Option<u32> {
+        self.pace
     }
 
     /// 405: `path` takes only `allow`.
@@ -138,7 +160,7 @@ impl ApiError {
 
     /// The same refusal, retriable after `wait` (rounded up to whole seconds, at least 1).
     pub(crate) fn retry_after(mut self, wait: std::time::Duration) -> Self {
-        self.retry_after = Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1));
+        self.retry_after = Some(wait);
         self
     }
 
@@ -177,7 +199,8 @@ impl ApiError {
             | ErrorCode::TopicLimit
             | ErrorCode::RateLimited
             | ErrorCode::TooManyConnections
-            | ErrorCode::AtCapacity => Some(self.retry_after.unwrap_or(1)),
+            | ErrorCode::TooManyStreams
+            | ErrorCode::AtCapacity => Some(self.retry_after_secs().unwrap_or(1)),
             _ => None,
         }
     }

@@ -9,13 +9,15 @@ mod body;
 mod cors;
 mod credentials;
 mod error;
+mod keyed_attempts;
 mod peer;
 mod publish_policy;
 mod query;
+mod retry_later;
 mod route;
 
 pub(crate) use admission::{
-    Admission, AdmissionRequest, Admitted, CorsHeaders, Refused, StreamRates,
+    Admission, AdmissionRequest, Admitted, CorsHeaders, Refused, StreamRates, StreamSlot,
 };
 pub(crate) use body::{ChunkStream, ResponseBody, StreamError, read_body};
 pub(crate) use cors::CorsPolicy;
@@ -23,6 +25,9 @@ pub(crate) use credentials::{TokenSource, request_token_from};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
 pub(crate) use peer::{Peer, TrustedProxies};
 pub(crate) use publish_policy::{PublishLimits, PublishPolicy};
+pub(crate) use retry_later::{
+    Asker, RefusalForm, close_reason, event_stream_body, event_stream_response,
+};
 pub(crate) use route::{
     GatedRoute, MERCURE_HUB_PATH, MERCURE_SUBSCRIPTIONS_PATH, OpenRoute, Route, Routes,
 };

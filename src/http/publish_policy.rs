@@ -28,9 +28,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::admission::Admission;
 use super::error::{ApiError, ErrorCode};
+use super::keyed_attempts::{Attempt, Ending, KeyedAttempts};
 use super::peer::Peer;
 use crate::event::{EventData, EventName, IdempotencyKey, TopicName};
-use crate::hub::{Hub, PublishOptions, Published, Ticket};
+use crate::hub::{Hub, PublishError, PublishOptions, Published, Ticket};
 use crate::limits::{ClientKey, RateTable};
 use crate::metrics::{Metrics, Rejection};
 
@@ -50,6 +51,8 @@ pub(crate) struct PublishLimits {
     pub(crate) max_in_flight: usize,
     /// Longest a publish may wait to be accepted.
     pub(crate) timeout: Duration,
+    /// How long Redis remembers an idempotency key (`--idempotency-window`).
+    pub(crate) idempotency_window: Duration,
 }
 
 /// Every publish's limits, and the way into the hub.
@@ -60,6 +63,8 @@ pub(crate) struct PublishPolicy {
     limits: PublishLimits,
     rates: RateTable<Principal>,
     in_flight: Arc<Semaphore>,
+    /// Keyed cluster publishes whose outcome is open.
+    attempts: Arc<KeyedAttempts>,
     metrics: Arc<Metrics>,
     /// `crier_shed_requests_total{route="publish"}`.
     shed: Counter,
@@ -85,6 +90,7 @@ impl PublishPolicy {
             admission,
             rates: RateTable::per_second(limits.per_sec),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            attempts: Arc::new(KeyedAttempts::new(limits.idempotency_window)),
             shed: metrics.shed_requests("publish"),
             metrics,
             limits,
@@ -135,6 +141,7 @@ impl PublishPolicy {
     /// Forgets the principals whose buckets are full again.
     pub(crate) fn prune(&self) {
         self.rates.prune(Instant::now());
+        self.attempts.prune();
     }
 }
 
@@ -148,33 +155,110 @@ impl PublishPermit {
         data: EventData,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Published, ApiError> {
-        let policy = &self.policy;
-        // Only a cluster publish waits in a queue it can be withdrawn from.
-        let ticket = policy.hub.is_relayed().then(|| Arc::new(Ticket::default()));
-        let options = PublishOptions { idempotency_key, ticket: ticket.clone() };
-        let publishing = policy.hub.publish_with(&topic, name, data, options);
-        match Deadline::new(publishing, policy.limits.timeout).await {
-            Ok(published) => {
-                let published = published?;
-                if ticket.is_some() && published.id.seq == 1 && !published.replayed {
-                    policy.admission.charge_new_topic(self.peer);
+        let policy = self.policy.clone();
+        if !policy.hub.is_relayed() {
+            // A single node answers at once, and never leaves an outcome open.
+            let options = PublishOptions { idempotency_key, ticket: None };
+            return Ok(policy.hub.publish_with(&topic, name, data, options).await?);
+        }
+        let Some(key) = idempotency_key else {
+            let ticket = Arc::new(Ticket::default());
+            let options = PublishOptions { idempotency_key: None, ticket: Some(ticket.clone()) };
+            let publishing = policy.hub.publish_with(&topic, name, data, options);
+            let answer = Deadline::new(publishing, policy.limits.timeout).await;
+            return self.answer(&topic, answer, &ticket, false);
+        };
+        let attempt = policy.attempts.begin(&topic, &key);
+        let ticket = Arc::new(Ticket::default());
+        let options = PublishOptions { idempotency_key: Some(key), ticket: Some(ticket.clone()) };
+        let hub = policy.hub.clone();
+        let topic_ = topic.clone();
+        // Boxed so that, if its caller stops waiting, it can be driven to its end elsewhere.
+        let mut publishing =
+            Box::pin(async move { hub.publish_with(&topic_, name, data, options).await });
+        let answer = tokio::select! {
+            biased;
+            answer = Deadline::new(publishing.as_mut(), policy.limits.timeout) => answer,
+            // An earlier attempt of the key got its answer first: it is this one's too.
+            id = attempt.settled() => {
+                if !ticket.withdraw() {
+                    finish_in_background(publishing, policy.attempts.clone(), attempt);
+                } else {
+                    policy.attempts.end(&attempt, Ending::NotPublished);
+                }
+                return Ok(Published { id, replayed: true });
+            }
+        };
+        let ending = match &answer {
+            Ok(Ok(published)) => Ending::Published(published.id),
+            Ok(Err(error)) if error.outcome_unknown() => Ending::Unknown,
+            Ok(Err(_)) => Ending::NotPublished,
+            Err(_) if ticket.withdraw() => Ending::NotPublished,
+            Err(_) => {
+                // Sent: its answer still settles the key for the retries.
+                let earlier_open = attempt.earlier_open();
+                finish_in_background(publishing, policy.attempts.clone(), attempt);
+                return self.answer(&topic, answer, &ticket, earlier_open);
+            }
+        };
+        policy.attempts.end(&attempt, ending);
+        self.answer(&topic, answer, &ticket, attempt.earlier_open())
+    }
+
+    /// The answer to a cluster publish: its id, or why not. `earlier_open`: an earlier attempt
+    /// with the same key may yet be published, so "nothing was published" cannot be said.
+    fn answer(
+        &self,
+        topic: &TopicName,
+        answer: Result<Result<Published, PublishError>, Duration>,
+        ticket: &Ticket,
+        earlier_open: bool,
+    ) -> Result<Published, ApiError> {
+        let outcome_unknown = || {
+            let detail = "the event was sent to Redis and no answer came in time: it may have \
+                          been published; retry with the same Idempotency-Key to find out";
+            ApiError::new(ErrorCode::OutcomeUnknown, detail)
+        };
+        match answer {
+            Ok(Ok(published)) => {
+                if published.id.seq == 1 && !published.replayed {
+                    self.policy.admission.charge_new_topic(self.peer);
                 }
                 Ok(published)
             }
+            Ok(Err(PublishError::Unavailable(_))) if earlier_open => Err(outcome_unknown()),
+            Ok(Err(error)) => Err(error.into()),
             // Withdrawn if still queued for Redis (then nothing is published), else only Redis
             // knows.
-            Err(elapsed) if ticket.is_some_and(|ticket| !ticket.withdraw()) => {
+            Err(elapsed) if !ticket.withdraw() => {
                 tracing::debug!(%topic, ?elapsed, "a publish Redis has did not get its answer in time");
-                let detail = "the event was sent to Redis and no answer came in time: it may have \
-                              been published; retry with the same Idempotency-Key to find out";
-                Err(ApiError::new(ErrorCode::OutcomeUnknown, detail))
+                Err(outcome_unknown())
             }
+            Err(_) if earlier_open => Err(outcome_unknown()),
             Err(elapsed) => {
                 let detail = format!("no answer within {elapsed:?}; retry later");
                 Err(ApiError::new(ErrorCode::Unavailable, detail))
             }
         }
     }
+}
+
+/// Drives a keyed publish whose caller stopped waiting to its end, so its answer settles the
+/// key for the retries. Only a publish already sent to Redis is left to this: their number is
+/// bounded by the relay's pipelines.
+fn finish_in_background(
+    publishing: Pin<Box<dyn Future<Output = Result<Published, PublishError>> + Send>>,
+    attempts: Arc<KeyedAttempts>,
+    attempt: Attempt,
+) {
+    tokio::spawn(async move {
+        let ending = match publishing.await {
+            Ok(published) => Ending::Published(published.id),
+            Err(error) if error.outcome_unknown() => Ending::Unknown,
+            Err(_) => Ending::NotPublished,
+        };
+        attempts.end(&attempt, ending);
+    });
 }
 
 pin_project! {
@@ -225,11 +309,21 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::local(HubConfig::default(), metrics.clone()));
         let authority = Arc::new(Authority::new(AuthConfig::default()).unwrap());
-        let rates = StreamRates { new_streams_per_sec: 100, new_topics_per_sec: 100 };
+        let rates = StreamRates {
+            new_streams_per_sec: 100,
+            resumes_per_sec: 100,
+            max_streams_per_ip: 100,
+            new_topics_per_sec: 100,
+        };
         let proxies = TrustedProxies::default();
         let admission =
             Arc::new(Admission::new(authority, proxies, None, metrics.clone(), rates, hub.clone()));
-        let limits = PublishLimits { per_sec, max_in_flight, timeout: Duration::from_secs(1) };
+        let limits = PublishLimits {
+            per_sec,
+            max_in_flight,
+            timeout: Duration::from_secs(1),
+            idempotency_window: Duration::from_secs(60),
+        };
         (PublishPolicy::new(hub, admission, limits, metrics.clone()), metrics)
     }
 

@@ -134,7 +134,7 @@ impl MercureEdge {
         admitted: &Admitted,
     ) -> Response<ResponseBody> {
         match *req.method() {
-            Method::GET | Method::HEAD => self.subscribe(&req, closer).await,
+            Method::GET | Method::HEAD => self.subscribe(&req, closer, admitted).await,
             Method::POST => self.publish(req, admitted).await,
             _ => {
                 let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
@@ -163,9 +163,11 @@ impl MercureEdge {
         &self,
         req: &Request<Incoming>,
         closer: Arc<dyn ConnectionCloser>,
+        admitted: &Admitted,
     ) -> Response<ResponseBody> {
         match self.open(req, closer).await {
-            Ok((headers, writer)) => {
+            Ok((headers, mut writer)) => {
+                writer.hold(admitted.take_stream_slot());
                 let mut response = Response::new(ResponseBody::stream(writer));
                 response.headers_mut().extend(headers);
                 response

@@ -28,6 +28,9 @@ use super::hyper_conn;
 /// forgotten.
 const UPKEEP: Duration = Duration::from_secs(5);
 
+/// Streams an HTTP/2 connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub(crate) const H2_MAX_STREAMS: u32 = 100;
+
 /// How often subscribers whose writers stopped reading are looked for and evicted.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -45,7 +48,13 @@ pub async fn serve(
     // The first request's head is capped as it is read (`first_request`); hyper's own read
     // buffer limit stays at its default, which also sizes its write buffer.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(app.config.header_read_timeout);
-    builder.http2().max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    // Streams one HTTP/2 connection may hold open: 100, the most a browser uses (RFC 9113
+    // asks for no fewer), rather than hyper's 200, so that one connection is bounded like
+    // 100 HTTP/1.1 ones; an address's streams in all are `--max-streams-per-ip`.
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let builder = Arc::new(builder);
     let tracker = &app.tracker;
     let upkeep = tokio::spawn({
@@ -141,8 +150,9 @@ fn spawn_connection(
     builder: &Arc<Builder<TokioExecutor>>,
 ) {
     let counted = !app.admission.is_proxy(remote.ip());
-    let Some((stream, slot)) = app.caps.admit(stream, remote, app.tracker.len(), counted) else {
-        return;
+    let slot = match app.caps.admit(remote, app.tracker.len(), counted) {
+        Ok(slot) => slot,
+        Err(refusal) => return super::caps::refuse_over_cap(stream, remote, refusal, app.clone()),
     };
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");

@@ -39,6 +39,8 @@ pub struct App {
     pub(super) metrics: Arc<Metrics>,
     pub(super) config: Config,
     pub(super) sse: Arc<SseEdge>,
+    /// Validates the handshakes of WebSockets refused before hyper sees them.
+    pub(super) ws: Arc<WsEdge>,
     /// The shutdown signal came: `/readyz` answers 503 for `--drain-delay` before the server
     /// stops accepting.
     pub(super) leaving: Arc<AtomicBool>,
@@ -69,6 +71,8 @@ impl App {
         let hub = Arc::new(hub);
         let rates = StreamRates {
             new_streams_per_sec: config.new_streams_per_sec,
+            resumes_per_sec: config.resumes_per_sec,
+            max_streams_per_ip: config.max_streams_per_ip,
             new_topics_per_sec: config.new_topics_per_sec,
         };
         let admission = Arc::new(Admission::new(
@@ -83,6 +87,7 @@ impl App {
             per_sec: config.publishes_per_sec,
             max_in_flight: config.max_concurrent_publishes as usize,
             timeout: config.publish_timeout,
+            idempotency_window: config.idempotency_window,
         };
         let publishing =
             PublishPolicy::new(hub.clone(), admission.clone(), limits, metrics.clone());
@@ -130,8 +135,9 @@ impl App {
             hub: hub.clone(),
             metrics: metrics.clone(),
             sse: sse.clone(),
-            ws,
+            ws: ws.clone(),
             tracker: tracker.clone(),
+            admission: admission.clone(),
             publishing: publishing.clone(),
             publish_body: super::publish::BodyLimits {
                 max_event_bytes: config.max_event_bytes,
@@ -159,6 +165,7 @@ impl App {
             metrics,
             config,
             sse,
+            ws,
             leaving,
             tls,
             mercure,

@@ -1,6 +1,7 @@
 //! Letting connections in: the caps on open connections (in all, and per address for remote
-//! ends that are not trusted proxies), the canned refusal a connection over a cap (or with a
-//! head too large or too slow) gets, and riding out a failing `accept` (out of file
+//! ends that are not trusted proxies), the refusal a connection over a cap gets (the canned
+//! status, or for a browser's stream or WebSocket the soft refusal it retries), the canned one
+//! for a head too large or too slow, and riding out a failing `accept` (out of file
 //! descriptors) without spinning or flooding the log.
 
 use std::io;
@@ -12,9 +13,13 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::http::{ApiError, ErrorCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use super::app::App;
+use crate::http::{ApiError, Asker, ErrorCode, RefusalForm, Route, event_stream_body};
 use crate::limits::{ClientKey, ConnectionCounts, ConnectionSlot};
 use crate::metrics::{Metrics, Rejection};
+use crate::ws::WsEdge;
 
 /// First pause after a failed accept; it doubles up to [`MAX_PAUSE`] while accepts fail.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
@@ -75,70 +80,148 @@ impl ConnectionCaps {
     }
 
     /// Admits a connection from `peer` while `open` are open; `counted`: count it against its
-    /// address (not for trusted proxies, whose connections carry many clients). On a refusal
-    /// the connection is answered and closed in the background.
+    /// address (not for trusted proxies, whose connections carry many clients). A refusal says
+    /// why, for [`refuse_over_cap`].
     pub(super) fn admit(
         &self,
-        stream: TcpStream,
         peer: SocketAddr,
         open: usize,
         counted: bool,
-    ) -> Option<(TcpStream, Option<ConnectionSlot>)> {
+    ) -> Result<Option<ConnectionSlot>, ApiError> {
         if open >= self.max_connections {
             self.metrics.rejected(Rejection::Connections);
             tracing::debug!(%peer, open, "refused: at --max-connections");
             let detail =
                 format!("the server holds its limit of {} connections", self.max_connections);
-            refuse(stream, ApiError::new(ErrorCode::AtCapacity, detail));
-            return None;
+            return Err(ApiError::new(ErrorCode::AtCapacity, detail));
         }
         if !counted {
-            return Some((stream, None));
+            return Ok(None);
         }
         match self.per_client.open(ClientKey::of(peer.ip())) {
-            Some(slot) => Some((stream, Some(slot))),
+            Some(slot) => Ok(Some(slot)),
             None => {
                 self.metrics.rejected(Rejection::ConnectionsPerIp);
                 tracing::debug!(%peer, "refused: at --max-connections-per-ip");
                 let detail = "too many connections from this address";
-                refuse(stream, ApiError::new(ErrorCode::TooManyConnections, detail));
-                None
+                Err(ApiError::new(ErrorCode::TooManyConnections, detail))
             }
         }
     }
 }
 
-/// Answers a connection with `refusal` (HTTP/1.1, whatever it was about to send) and closes
-/// it, reading what it sends meanwhile so the answer is not lost to a reset.
-pub(super) fn refuse(mut stream: TcpStream, refusal: ApiError) {
+/// Answers a connection over a cap in the background, and closes it. Its first request head is
+/// read first (for as long as a refusal lingers), so that a browser's `EventSource` or
+/// WebSocket is refused the way it retries ([`crate::http::RefusalForm`]); anything else, or
+/// a head that does not come, gets the status.
+pub(super) fn refuse_over_cap(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    refusal: ApiError,
+    app: Arc<App>,
+) {
     tokio::spawn(async move {
-        let answer = refusal.to_http1();
-        let linger = async {
-            stream.write_all(&answer).await?;
-            stream.shutdown().await?;
-            let mut sink = [0u8; 4096];
-            while stream.read(&mut sink).await? > 0 {}
-            io::Result::Ok(())
+        let mut head = Vec::with_capacity(1024);
+        let max_head = app.config.max_request_head_bytes;
+        let read = tokio::time::timeout(REFUSAL_LINGER, async {
+            loop {
+                if stream.read_buf(&mut head).await? == 0 {
+                    return io::Result::Ok(Answer::Status);
+                }
+                match answer_to(&head, remote, &refusal, &app) {
+                    Answer::Incomplete if head.len() < max_head => {}
+                    Answer::Incomplete => return Ok(Answer::Status),
+                    answer => return Ok(answer),
+                }
+            }
+        });
+        let answer = match read.await {
+            Ok(Ok(Answer::Soft(answer))) => answer,
+            Ok(Ok(_)) | Err(_) => refusal.to_http1(),
+            Ok(Err(_)) => return,
         };
-        let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
+        answer_and_close(stream, &answer).await;
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How a refused connection is answered, once its first request head is read.
+enum Answer {
+    /// The head is not complete yet.
+    Incomplete,
+    /// The refusal's status.
+    Status,
+    /// A soft refusal, whole.
+    Soft(Vec<u8>),
+}
 
-    #[test]
-    fn a_failing_accept_backs_off_and_logs_rarely() {
-        let metrics = Metrics::new();
-        let mut failures = AcceptFailures::default();
-        let error = io::Error::from_raw_os_error(24);
-        let pauses: Vec<Duration> = (0..10).map(|_| failures.failed(&error, &metrics)).collect();
-        assert_eq!(pauses[0], FIRST_PAUSE);
-        assert_eq!(pauses[1], FIRST_PAUSE * 2);
-        assert_eq!(*pauses.last().unwrap(), MAX_PAUSE);
-        assert_eq!(failures.unlogged, 9, "only the first of a burst is logged");
-        failures.succeeded();
-        assert_eq!(failures.failed(&error, &metrics), FIRST_PAUSE);
+/// The answer to a refused connection whose first request head is (so far) `head`.
+fn answer_to(head: &[u8], remote: SocketAddr, refusal: &ApiError, app: &App) -> Answer {
+    let mut parsed = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut parsed);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Answer::Incomplete,
+        Err(_) => return Answer::Status,
     }
+    let (Some(method), Some(target)) = (request.method, request.path) else {
+        return Answer::Status;
+    };
+    let Route::Gated(route) = app.routes.of(target.split('?').next().unwrap_or(target)) else {
+        return Answer::Status;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Answer::Status };
+    let mut headers = HeaderMap::new();
+    for header in request.headers.iter() {
+        let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(header.name.as_bytes()), HeaderValue::from_bytes(header.value))
+        else {
+            return Answer::Status;
+        };
+        headers.append(name, value);
+    }
+    let peer = app.admission.peer(remote.ip(), &headers);
+    let asker = Asker::of(route, &method, &headers);
+    let handshake = match asker {
+        Asker::WebSocket => match app.ws.validate_parts(&method, request.version, &headers) {
+            Ok(accept) => Some(accept),
+            Err(_) => return Answer::Status,
+        },
+        _ => None,
+    };
+    match (app.admission.refusal_form(peer.ip, refusal, asker), handshake) {
+        (RefusalForm::EventStream(retry), _) => {
+            let body = event_stream_body(refusal, retry);
+            let mut answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            answer.extend_from_slice(body.as_bytes());
+            Answer::Soft(answer)
+        }
+        (RefusalForm::WsClose(retry), Some(accept)) => {
+            Answer::Soft(WsEdge::refusal_bytes(&accept, refusal, retry))
+        }
+        _ => Answer::Status,
+    }
+}
+
+/// Answers a connection with `refusal` (HTTP/1.1, whatever it was about to send) and closes
+/// it.
+pub(super) fn refuse(stream: TcpStream, refusal: ApiError) {
+    tokio::spawn(async move { answer_and_close(stream, &refusal.to_http1()).await });
+}
+
+/// Writes `answer` and closes, reading what the peer sends meanwhile (for as long as a
+/// refusal lingers) so the answer is not lost to a reset.
+async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
+    let linger = async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
 }

@@ -25,8 +25,8 @@ use super::first_request::{self, FirstRequest, StreamRoute};
 use super::rewind::Rewind;
 use super::router::refusal;
 use crate::http::{
-    AdmissionRequest, Admitted, ApiError, ErrorCode, GatedRoute, MERCURE_HUB_PATH, ResponseBody,
-    Route,
+    AdmissionRequest, Admitted, ApiError, Asker, CorsHeaders, ErrorCode, GatedRoute,
+    MERCURE_HUB_PATH, Refused, ResponseBody, Route,
 };
 use crate::mercure::MercureEdge;
 use crate::metrics::Rejection;
@@ -142,15 +142,27 @@ async fn open_stream(
         query,
     };
     let keep_alive = !has_token(headers.get(header::CONNECTION), "close");
+    let asker = Asker::of(gated, &Method::GET, headers);
     let admitted = match app.admission.admit(&asked) {
         Ok(admitted) => admitted,
         Err(refused) => {
-            return answer(stream, app, gated, refusal(gated, refused), keep_alive).await;
+            let form = app.admission.refusal_form(refused.peer, &refused.error, asker);
+            return answer(stream, app, gated, refusal(gated, refused, form), keep_alive).await;
         }
     };
     let opened = match edge {
-        StreamEdge::Sse => open_sse(app, control, headers, &admitted).await,
-        StreamEdge::Mercure(mercure) => open_mercure(mercure, control, query, headers).await,
+        StreamEdge::Sse => open_sse(app, control, headers, &admitted).await.map_err(|error| {
+            let form = app.admission.refusal_form(admitted.peer.ip, &error, asker);
+            let refused = Refused { error, cors: CorsHeaders::default(), peer: admitted.peer.ip };
+            refusal(gated, refused, form)
+        }),
+        StreamEdge::Mercure(mercure) => {
+            let opened = open_mercure(mercure, control, query, headers).await;
+            opened.map(|(headers, mut writer)| {
+                writer.hold(admitted.take_stream_slot());
+                (headers, writer)
+            })
+        }
     };
     match opened {
         Ok((mut headers, writer)) => {
@@ -172,10 +184,10 @@ async fn open_sse(
     control: &Arc<ConnControl>,
     headers: &HeaderMap,
     admitted: &Admitted,
-) -> Result<(HeaderMap, SseWriter), Response<ResponseBody>> {
+) -> Result<(HeaderMap, SseWriter), ApiError> {
     let last_event_id = headers.get("last-event-id").map(HeaderValue::as_bytes);
-    let writer = app.sse.open(control.clone(), admitted, last_event_id).await;
-    writer.map(|writer| (SseEdge::response_headers(), writer)).map_err(ApiError::into_response)
+    let writer = app.sse.open(control.clone(), admitted, last_event_id).await?;
+    Ok((SseEdge::response_headers(), writer))
 }
 
 /// An admitted `GET` of the Mercure hub: the stream's headers and writer, or the refusal.

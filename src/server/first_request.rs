@@ -30,7 +30,7 @@ pub(crate) enum FirstRequest {
         /// The headers a stream reads: `Last-Event-ID`, where a token may come from
         /// (`Authorization`, `Cookie`), who the client is (`X-Forwarded-For`), the page's
         /// origin (`Origin`, for CORS) and whether the client keeps the connection
-        /// (`Connection`, for a refusal).
+        /// (`Connection`, for a refusal) and whether it is a browser's (`Accept`).
         headers: HeaderMap,
     },
     /// Anything else: hyper serves it, starting with the bytes read so far.
@@ -135,9 +135,17 @@ pub(crate) fn classify(buf: &[u8], max_head: usize) -> Option<FirstRequest> {
     Some(FirstRequest::EventStream { route, query: query.map(str::to_owned), headers })
 }
 
-/// The headers a stream reads, lowercase (`connection`: whether a refusal closes it).
-const STREAM_HEADERS: [&str; 6] =
-    ["last-event-id", "authorization", "cookie", "x-forwarded-for", "origin", "connection"];
+/// The headers a stream reads, lowercase (`connection`: whether a refusal closes it;
+/// `accept`: whether a refusal is one a browser retries).
+const STREAM_HEADERS: [&str; 7] = [
+    "last-event-id",
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "origin",
+    "connection",
+    "accept",
+];
 
 #[cfg(test)]
 mod tests {

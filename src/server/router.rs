@@ -20,8 +20,8 @@ use super::ConnInfo;
 use super::conn::{ControlledConnection, Tracker};
 use super::publish::{self, BodyLimits};
 use crate::http::{
-    Admitted, ApiError, ErrorCode, GatedRoute, OpenRoute, PublishPolicy, Refused, ResponseBody,
-    Route, json_response,
+    Admission, Admitted, ApiError, Asker, CorsHeaders, ErrorCode, GatedRoute, OpenRoute,
+    PublishPolicy, RefusalForm, Refused, ResponseBody, Route, event_stream_response, json_response,
 };
 use crate::hub::Hub;
 use crate::limits::ConnectionSlot;
@@ -50,6 +50,8 @@ pub(crate) enum Endpoint {
     Gated(GatedRoute, Admitted),
     /// An open one.
     Open(OpenRoute),
+    /// A gated endpoint, and why admission refused the request.
+    Refused(GatedRoute, Refused),
 }
 
 /// Dispatches requests to their endpoints.
@@ -60,6 +62,8 @@ pub(crate) struct Router {
     pub(super) sse: Arc<SseEdge>,
     pub(super) ws: Arc<WsEdge>,
     pub(super) tracker: Arc<Tracker>,
+    /// Says how a refusal is answered.
+    pub(super) admission: Arc<Admission>,
     /// What every publish passes.
     pub(super) publishing: Arc<PublishPolicy>,
     /// The bounds of a publish's body.
@@ -94,13 +98,31 @@ impl Router {
             Endpoint::Gated(GatedRoute::Publish, admitted) => {
                 Ok(publish::respond(request, &admitted, &self.publishing, self.publish_body).await)
             }
+            Endpoint::Refused(route, refused) => {
+                Ok(self.refuse(route, &conn, &mut request, refused))
+            }
             Endpoint::Gated(GatedRoute::Sse, admitted) => {
-                self.sse.respond(conn.control, &request, &admitted).await
+                let peer = admitted.peer.ip;
+                match self.sse.respond(conn.control.clone(), &request, &admitted).await {
+                    Ok(response) => Ok(response),
+                    Err(error) => {
+                        let refused = Refused { error, cors: CorsHeaders::default(), peer };
+                        Ok(self.refuse(GatedRoute::Sse, &conn, &mut request, refused))
+                    }
+                }
             }
             Endpoint::Gated(GatedRoute::Ws, admitted) => {
-                let (response, upgrade) = self.ws.accept(&mut request, admitted).await?;
-                self.spawn_session(upgrade, conn.slot);
-                Ok(response)
+                let peer = admitted.peer.ip;
+                match self.ws.accept(&mut request, admitted).await {
+                    Ok((response, upgrade)) => {
+                        self.spawn_session(upgrade, conn.slot);
+                        Ok(response)
+                    }
+                    Err(error) => {
+                        let refused = Refused { error, cors: CorsHeaders::default(), peer };
+                        Ok(self.refuse(GatedRoute::Ws, &conn, &mut request, refused))
+                    }
+                }
             }
             Endpoint::Gated(GatedRoute::Mercure, admitted) => match &self.mercure {
                 // Boxed: the hub's future is large, and every request's future would carry it.
@@ -126,6 +148,39 @@ impl Router {
             Endpoint::Open(OpenRoute::Metrics) => only_get(&request, || Ok(self.render_metrics())),
             Endpoint::Open(OpenRoute::NotFound) => Err(ApiError::not_found(request.uri().path())),
         }
+    }
+
+    /// Answers a refused request to `route` as a browser retries it, if it is a browser's and
+    /// retrying can help (a stream with a `crier.refused` event, a WebSocket closed 1013), else
+    /// as the refusal's status.
+    fn refuse(
+        &self,
+        route: GatedRoute,
+        conn: &ConnInfo,
+        request: &mut Request<Incoming>,
+        refused: Refused,
+    ) -> Response<ResponseBody> {
+        let mut asker = Asker::of(route, request.method(), request.headers());
+        // Only a handshake that would have been accepted is completed to be refused.
+        let handshake = match asker {
+            Asker::WebSocket => self.ws.validate(request).ok(),
+            _ => None,
+        };
+        if asker == Asker::WebSocket && handshake.is_none() {
+            asker = Asker::Other;
+        }
+        let form = self.admission.refusal_form(refused.peer, &refused.error, asker);
+        if let (RefusalForm::WsClose(retry), Some(accept)) = (form, handshake) {
+            let (response, refusal) = self.ws.refuse(request, accept, &refused.error, retry);
+            // Closed within a second: not a session to track.
+            let slot = conn.slot.clone();
+            tokio::spawn(async move {
+                refusal.run().await;
+                drop(slot);
+            });
+            return response;
+        }
+        refusal(route, refused, form)
     }
 
     /// Runs a WebSocket once hyper hands its socket over. The session outlives the HTTP
@@ -168,14 +223,22 @@ impl Router {
     }
 }
 
-/// The answer to a request admission refused, as its endpoint answers: the Mercure hub in
-/// plain text, as the reference hub does, crier's own endpoints with their JSON error; with the
-/// CORS headers that let a page read it. The same on the fast path and through hyper.
-pub(crate) fn refusal(route: GatedRoute, refused: Refused) -> Response<ResponseBody> {
-    let Refused { error, cors } = refused;
-    let mut response = match route {
-        GatedRoute::Mercure | GatedRoute::MercureSubscriptions => crate::mercure::refusal(&error),
-        GatedRoute::Publish | GatedRoute::Sse | GatedRoute::Ws => error.into_response(),
+/// The answer to a refused request, as its endpoint answers: a stream a browser retries (the
+/// `EventStream` form), or the Mercure hub in plain text, as the reference hub does, and
+/// crier's own endpoints with their JSON error; with the CORS headers that let a page read it.
+/// The same on the fast path and through hyper.
+pub(crate) fn refusal(
+    route: GatedRoute,
+    refused: Refused,
+    form: RefusalForm,
+) -> Response<ResponseBody> {
+    let Refused { error, cors, .. } = refused;
+    let mut response = match (form, route) {
+        (RefusalForm::EventStream(retry), _) => event_stream_response(&error, retry),
+        (_, GatedRoute::Mercure | GatedRoute::MercureSubscriptions) => {
+            crate::mercure::refusal(&error)
+        }
+        (_, GatedRoute::Publish | GatedRoute::Sse | GatedRoute::Ws) => error.into_response(),
     };
     cors.apply(response.headers_mut());
     response

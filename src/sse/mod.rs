@@ -84,6 +84,9 @@ impl SseEdge {
         }
         let request = SubscriptionRequest::new(query.topics.clone(), resume, Wire::Sse);
         let subscription = self.hub.subscribe(request.closed_by(closer)).await?;
-        Ok(SseWriter::new(subscription, self.timing, &self.metrics, access.expires_in()))
+        let mut writer =
+            SseWriter::new(subscription, self.timing, &self.metrics, access.expires_in());
+        writer.hold(admitted.take_stream_slot());
+        Ok(writer)
     }
 }

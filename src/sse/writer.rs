@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use crate::chunk::{Chunk, ChunkBuilder, MAX_CHUNK_BYTES};
 use crate::codec::{gap, sse};
 use crate::event::{Event, EventId};
-use crate::http::{ChunkStream, StreamError};
+use crate::http::{ChunkStream, StreamError, StreamSlot};
 use crate::hub::{Closed, Polled, Subscription};
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
 
@@ -69,6 +69,8 @@ pub(crate) struct SseWriter {
     metrics: Arc<Metrics>,
     /// Counts the stream as an open SSE connection while the writer lives.
     _open: ConnectionGuard,
+    /// Its place among its address's open streams.
+    stream_slot: Option<StreamSlot>,
     /// Written before anything else: preface and gap notice.
     opening: Option<Chunk>,
     /// Current position on each topic, for streams of several topics (which send a cursor as
@@ -88,6 +90,11 @@ pub(crate) struct SseWriter {
 }
 
 impl SseWriter {
+    /// Holds the stream's place among its address's open streams while the stream lives.
+    pub(crate) fn hold(&mut self, slot: Option<StreamSlot>) {
+        self.stream_slot = slot;
+    }
+
     /// The writer for `subscription`: opens with `retry:` and a comment, then a `crier.gap`
     /// notice naming every topic whose resume was not exact, then every event after the start
     /// positions. Counts the stream as an open SSE connection until dropped. With
@@ -142,6 +149,7 @@ impl SseWriter {
             subscription,
             metrics: metrics.clone(),
             _open: metrics.open_connection(Transport::Sse),
+            stream_slot: None,
             opening: Some(opening),
             cursor,
             heartbeat_every,

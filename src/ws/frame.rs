@@ -62,6 +62,33 @@ impl Violation {
     }
 }
 
+/// Whether the client frames in `buf` include a close frame (whole frames only, masked or
+/// not): for a connection closed before it became a session, which reads nothing else.
+pub(crate) fn contains_close(mut buf: &[u8]) -> bool {
+    while buf.len() >= 2 {
+        let opcode = buf[0] & 0x0f;
+        let masked = buf[1] & 0x80 != 0;
+        let (len, mut at): (usize, usize) = match buf[1] & 0x7f {
+            126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+            127 if buf.len() >= 10 => {
+                let len = u64::from_be_bytes(buf[2..10].try_into().unwrap_or([0xff; 8]));
+                (usize::try_from(len).unwrap_or(usize::MAX), 10)
+            }
+            126 | 127 => return false,
+            len => (usize::from(len), 2),
+        };
+        if opcode == 0x8 {
+            return true;
+        }
+        at += if masked { 4 } else { 0 };
+        match at.checked_add(len) {
+            Some(end) if end <= buf.len() => buf = &buf[end..],
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Parses the header of the client frame at the start of `buf`. `Ok(None)` means more bytes
 /// are needed. `max_payload` bounds data frames (a larger one is refused before its payload is
 /// read).
@@ -182,6 +209,20 @@ pub(super) fn masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_close_frame_is_found_after_whole_frames_only() {
+        let close = [0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2];
+        let text = [0x81, 0x83, 0, 0, 0, 0, b'a', b'b', b'c'];
+        assert!(contains_close(&close));
+        assert!(contains_close(&[&text[..], &close[..]].concat()));
+        assert!(!contains_close(&text));
+        assert!(!contains_close(&text[..5]), "half a frame");
+        assert!(!contains_close(&[0x81, 0xfe, 0xff]), "a length not read yet");
+        assert!(!contains_close(&[
+            0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x88
+        ]));
+    }
 
     #[test]
     fn masked_frames_parse_and_unmask() {

@@ -32,13 +32,17 @@ use http::Request;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
+use crate::codec::ws::MAX_CLOSE_REASON;
 use crate::event::Wire;
-use crate::http::{Admission, Admitted, ApiError, ErrorCode, PublishPolicy, ResponseBody};
+use crate::http::{
+    Admission, Admitted, ApiError, ErrorCode, PublishPolicy, ResponseBody, close_reason,
+};
 use crate::hub::{Hub, SubscriptionRequest};
 use crate::metrics::Metrics;
 use handler::{Echo, Handler};
 use session::{Session, SessionSetup};
 
+use close::CloseCode;
 pub(crate) use connection::Connection;
 
 /// A WebSocket connection on an upgraded HTTP connection.
@@ -95,6 +99,46 @@ impl Upgrade {
     }
 }
 
+/// A handshake answered with `101` only to be closed: the close frame to send once hyper hands
+/// the socket over.
+pub(crate) struct RefusedUpgrade {
+    on_upgrade: OnUpgrade,
+    close: bytes::Bytes,
+    metrics: Arc<Metrics>,
+}
+
+impl RefusedUpgrade {
+    /// Sends the close frame, waits (at most [`closing::CLOSE_GRACE`]) for the client's own
+    /// close or its end, and closes the connection. Never a connection or a session: nothing
+    /// is counted but the close.
+    pub(crate) async fn run(self) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let Ok(upgraded) = self.on_upgrade.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        self.metrics.ws_closed(CloseCode::TRY_AGAIN_LATER.as_u16());
+        let closing = async {
+            io.write_all(&self.close).await?;
+            io.flush().await?;
+            // The client answers with its close frame (perhaps after frames it had sent
+            // already), then waits for the server to close the connection.
+            let mut read = Vec::new();
+            let mut chunk = [0u8; 512];
+            loop {
+                let n = io.read(&mut chunk).await?;
+                if n == 0 || read.len() > MAX_CLOSE_REASON * 64 {
+                    break;
+                }
+                read.extend_from_slice(&chunk[..n]);
+                if frame::contains_close(&read) {
+                    break;
+                }
+            }
+            io.shutdown().await
+        };
+        let _ = tokio::time::timeout(closing::CLOSE_GRACE, closing).await;
+    }
+}
+
 impl WsEdge {
     pub(crate) fn new(
         hub: Arc<Hub>,
@@ -114,6 +158,7 @@ impl WsEdge {
         req: &mut Request<B>,
         admitted: Admitted,
     ) -> Result<(http::Response<ResponseBody>, Upgrade), ApiError> {
+        let stream_slot = admitted.take_stream_slot();
         let Admitted { peer, access, query, .. } = admitted;
         let accept = self.validate(req)?;
         let wire = match query.format.as_deref() {
@@ -140,6 +185,7 @@ impl WsEdge {
             access,
             commands_per_sec: self.limits.commands_per_sec,
             max_message: self.limits.max_message,
+            _stream_slot: stream_slot,
         }));
         Ok((handshake::switching_protocols(accept), self.upgrade(req, handler)))
     }
@@ -154,8 +200,65 @@ impl WsEdge {
         Ok((handshake::switching_protocols(accept), self.upgrade(req, handler)))
     }
 
-    fn validate<B>(&self, req: &Request<B>) -> Result<handshake::Accept, ApiError> {
+    /// Completes a valid handshake (`accept`) on `/ws` only to close the connection at once
+    /// with 1013 (Try Again Later) and `refused` as JSON, with when to retry: a page sees why,
+    /// where a refused handshake shows it only close code 1006.
+    pub(crate) fn refuse<B>(
+        &self,
+        req: &mut Request<B>,
+        accept: handshake::Accept,
+        refused: &ApiError,
+        retry: Duration,
+    ) -> (http::Response<ResponseBody>, RefusedUpgrade) {
+        let reason = close_reason(refused, retry, MAX_CLOSE_REASON);
+        let close = crate::codec::ws::close(CloseCode::TRY_AGAIN_LATER.as_u16(), &reason);
+        let refusal = RefusedUpgrade {
+            on_upgrade: hyper::upgrade::on(req),
+            close,
+            metrics: self.metrics.clone(),
+        };
+        (handshake::switching_protocols(accept), refusal)
+    }
+
+    /// Validates a handshake.
+    pub(crate) fn validate<B>(&self, req: &Request<B>) -> Result<handshake::Accept, ApiError> {
         handshake::validate(req.method(), req.version(), req.headers(), &self.allowed_origins)
+    }
+
+    /// The whole answer to a valid handshake (`accept`) refused before hyper saw it: the
+    /// `101`, then the 1013 close frame [`WsEdge::refuse`] would send.
+    pub(crate) fn refusal_bytes(
+        accept: &handshake::Accept,
+        refused: &ApiError,
+        retry: Duration,
+    ) -> Vec<u8> {
+        let mut answer = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+            connection: Upgrade\r\nsec-websocket-accept: "
+            .to_vec();
+        answer.extend_from_slice(accept.accept.as_bytes());
+        if let Some(protocol) = accept.protocol {
+            answer.extend_from_slice(b"\r\nsec-websocket-protocol: ");
+            answer.extend_from_slice(protocol.as_bytes());
+        }
+        answer.extend_from_slice(b"\r\n\r\n");
+        let reason = close_reason(refused, retry, MAX_CLOSE_REASON);
+        answer.extend_from_slice(&crate::codec::ws::close(
+            CloseCode::TRY_AGAIN_LATER.as_u16(),
+            &reason,
+        ));
+        answer
+    }
+
+    /// Validates a handshake read without hyper (`minor`: the HTTP/1 minor version).
+    pub(crate) fn validate_parts(
+        &self,
+        method: &http::Method,
+        minor: Option<u8>,
+        headers: &http::HeaderMap,
+    ) -> Result<handshake::Accept, ApiError> {
+        let version =
+            if minor == Some(1) { http::Version::HTTP_11 } else { http::Version::HTTP_10 };
+        handshake::validate(method, version, headers, &self.allowed_origins)
     }
 
     fn upgrade<B>(&self, req: &mut Request<B>, handler: Box<dyn Handler>) -> Upgrade {

@@ -25,7 +25,7 @@ use crate::chunk::ChunkBuilder;
 use crate::codec::ws::MAX_CLOSE_REASON;
 use crate::codec::{gap, ws};
 use crate::event::{Event, EventData, EventId, EventName, IdempotencyKey, TopicName, Wire};
-use crate::http::{Admission, ApiError, ErrorCode, Peer, PublishPolicy};
+use crate::http::{Admission, ApiError, ErrorCode, Peer, PublishPolicy, StreamSlot};
 use crate::hub::{Closed, Hub, Polled, Published, SubscribeError, Subscription};
 use crate::limits::TokenBucket;
 
@@ -54,6 +54,8 @@ pub(super) struct SessionSetup {
     pub(super) commands_per_sec: u32,
     /// Largest message accepted.
     pub(super) max_message: usize,
+    /// Its place among its address's open streams, held while the session lives.
+    pub(super) _stream_slot: Option<StreamSlot>,
 }
 
 /// A `/ws` connection's session: its commands, carried out over its subscription.

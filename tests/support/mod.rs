@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod mercure;
 pub mod nginx;
+pub mod npm;
 pub mod redis;
 pub mod tokens;
 pub mod whatwg;
@@ -536,6 +537,7 @@ impl CrierProcess {
             "TERM" => libc::SIGTERM,
             "INT" => libc::SIGINT,
             "HUP" => libc::SIGHUP,
+            "KILL" => libc::SIGKILL,
             other => panic!("unexpected signal {other}"),
         };
         let pid = i32::try_from(self.pid()).expect("pid fits");

@@ -1,6 +1,7 @@
 //! The admission of hyper's requests: a request to a gated endpoint passes
 //! [`Admission::admit`] — the function the fast path calls too — and reaches the service behind
-//! as a [`Dispatch`] holding what admission found, or is answered with the refusal; a CORS
+//! as a [`Dispatch`] holding what admission found, or why it refused (the router answers, as a
+//! browser's refused WebSocket is upgraded and then closed); a CORS
 //! preflight is answered before (a browser sends no credentials with one). Answers to gated
 //! endpoints carry their CORS headers. Requests to open endpoints pass untouched.
 
@@ -14,7 +15,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::http::{Admission, AdmissionRequest, CorsHeaders, ResponseBody, Route};
-use crate::server::router::{Dispatch, Endpoint, Routed, refusal};
+use crate::server::router::{Dispatch, Endpoint, Routed};
 
 /// Applies [`Admit`] to a service.
 #[derive(Clone)]
@@ -85,7 +86,13 @@ where
                 let response = self.inner.call(Dispatch { endpoint, conn, request });
                 ResponseFuture::Admitted { response, cors }
             }
-            Err(refused) => ResponseFuture::Answered { response: Some(refusal(gated, refused)) },
+            // The router answers: a browser's WebSocket is refused after its upgrade.
+            Err(refused) => {
+                let cors = refused.cors.clone();
+                let endpoint = Endpoint::Refused(gated, refused);
+                let response = self.inner.call(Dispatch { endpoint, conn, request });
+                ResponseFuture::Admitted { response, cors }
+            }
         }
     }
 }

@@ -9,11 +9,11 @@ use tower::{Layer, Service, ServiceExt as _};
 use super::*;
 use crate::auth::{AuthConfig, Authority};
 use crate::http::{Admission, CorsPolicy, GatedRoute, OpenRoute, ResponseBody, Route, Routes};
-use crate::http::{StreamRates, TrustedProxies};
+use crate::http::{RefusalForm, StreamRates, TrustedProxies};
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::server::ConnInfo;
-use crate::server::router::{Dispatch, Endpoint, Routed};
+use crate::server::router::{Dispatch, Endpoint, Routed, refusal};
 
 /// A service answering `status`, or never (`None`).
 #[derive(Clone)]
@@ -87,12 +87,19 @@ impl Service<Dispatch<()>> for Recorder {
     }
 
     fn call(&mut self, dispatch: Dispatch<()>) -> Self::Future {
-        let seen = match dispatch.endpoint {
-            Endpoint::Gated(route, admitted) => format!("{route:?} from {}", admitted.peer.ip),
-            Endpoint::Open(route) => format!("{route:?}"),
+        let (seen, answer) = match dispatch.endpoint {
+            Endpoint::Gated(route, admitted) => (
+                format!("{route:?} from {}", admitted.peer.ip),
+                Response::new(ResponseBody::empty()),
+            ),
+            Endpoint::Open(route) => (format!("{route:?}"), Response::new(ResponseBody::empty())),
+            Endpoint::Refused(route, refused) => (
+                format!("{route:?} refused: {}", refused.error.code.as_str()),
+                refusal(route, refused, RefusalForm::Hard),
+            ),
         };
         self.0.lock().unwrap().push(seen);
-        ready(Ok(Response::new(ResponseBody::empty())))
+        ready(Ok(answer))
     }
 }
 
@@ -101,7 +108,12 @@ async fn only_admitted_requests_reach_gated_endpoints_and_their_answers_carry_co
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::local(HubConfig::default(), metrics.clone()));
     let authority = Arc::new(Authority::new(AuthConfig::default()).unwrap());
-    let rates = StreamRates { new_streams_per_sec: 1, new_topics_per_sec: 100 };
+    let rates = StreamRates {
+        new_streams_per_sec: 1,
+        resumes_per_sec: 1,
+        max_streams_per_ip: 100,
+        new_topics_per_sec: 100,
+    };
     let cors = CorsPolicy::new(&["https://app.example".to_owned()]);
     let admission =
         Admission::new(authority, TrustedProxies::default(), cors, metrics.clone(), rates, hub);
@@ -117,7 +129,8 @@ async fn only_admitted_requests_reach_gated_endpoints_and_their_answers_carry_co
     let first = admit.clone().oneshot(request("/sse?topic=a", Method::GET)).await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(first.headers()["access-control-allow-origin"], "https://app.example");
-    // One new stream per second from this address: the second is refused, never dispatched.
+    // One new stream per second from this address: the second is refused, and reaches the
+    // router only as a refusal.
     let refused = admit.clone().oneshot(request("/sse?topic=a", Method::GET)).await.unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.headers()["access-control-allow-origin"], "https://app.example");
@@ -133,7 +146,11 @@ async fn only_admitted_requests_reach_gated_endpoints_and_their_answers_carry_co
 
     assert_eq!(
         *recorder.0.lock().unwrap(),
-        [format!("{:?} from 127.0.0.1", GatedRoute::Sse), format!("{:?}", OpenRoute::Healthz)]
+        [
+            format!("{:?} from 127.0.0.1", GatedRoute::Sse),
+            format!("{:?} refused: rate_limited", GatedRoute::Sse),
+            format!("{:?}", OpenRoute::Healthz)
+        ]
     );
     assert_eq!(routed("/ws").route, Route::Gated(GatedRoute::Ws));
 }

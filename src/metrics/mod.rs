@@ -15,6 +15,10 @@ use metrics_exporter_prometheus::{
 use crate::auth::TokenError;
 use crate::event::Wire;
 
+mod rejection;
+
+pub(crate) use rejection::Rejection;
+
 /// Transports a subscriber can use; the `transport` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Transport {
@@ -57,60 +61,6 @@ impl EvictReason {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             EvictReason::SlowConsumer => "slow_consumer",
-        }
-    }
-}
-
-/// Why a request or connection was refused by a limit; the `reason` label of
-/// `crier_rejections_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Rejection {
-    /// `--max-connections`.
-    Connections,
-    /// `--max-connections-per-ip`.
-    ConnectionsPerIp,
-    /// `--new-streams-per-sec`.
-    StreamRate,
-    /// `--publishes-per-sec`.
-    PublishRate,
-    /// `--max-request-head-bytes`.
-    HeadTooLarge,
-    /// `--header-read-timeout`: no complete request head (HTTP/1) or first request (HTTP/2) in
-    /// time.
-    HeadTimeout,
-    /// `--body-read-timeout`.
-    BodyTimeout,
-    /// `--max-topics`.
-    TopicLimit,
-    /// `--new-topics-per-sec`.
-    TopicRate,
-}
-
-impl Rejection {
-    const ALL: [Rejection; 9] = [
-        Rejection::Connections,
-        Rejection::ConnectionsPerIp,
-        Rejection::StreamRate,
-        Rejection::PublishRate,
-        Rejection::HeadTooLarge,
-        Rejection::HeadTimeout,
-        Rejection::BodyTimeout,
-        Rejection::TopicLimit,
-        Rejection::TopicRate,
-    ];
-
-    /// The label value.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Rejection::Connections => "connections",
-            Rejection::ConnectionsPerIp => "connections_per_ip",
-            Rejection::StreamRate => "stream_rate",
-            Rejection::PublishRate => "publish_rate",
-            Rejection::HeadTooLarge => "head_too_large",
-            Rejection::HeadTimeout => "head_timeout",
-            Rejection::BodyTimeout => "body_timeout",
-            Rejection::TopicLimit => "topic_limit",
-            Rejection::TopicRate => "topic_rate",
         }
     }
 }
@@ -189,6 +139,7 @@ const RELAY_ERRORS: &str = "crier_relay_errors_total";
 const HTTP_REQUESTS: &str = "crier_http_requests_total";
 const SHED_REQUESTS: &str = "crier_shed_requests_total";
 const WS_CLOSES: &str = "crier_ws_closes_total";
+const SOFT_REFUSALS: &str = "crier_soft_refusals_total";
 const AUTH_FAILURES: &str = "crier_auth_failures_total";
 const BUILD_INFO: &str = "crier_build_info";
 const CREDENTIAL_RELOADS: &str = "crier_credential_reloads_total";
@@ -318,6 +269,12 @@ impl Metrics {
     /// Counts one reload of the token key files.
     pub(crate) fn credentials_reloaded(&self, ok: bool) {
         self.credential_reloads[usize::from(!ok)].increment(1);
+    }
+
+    /// Counts one refusal a browser retries: `crier_soft_refusals_total{transport}`.
+    pub(crate) fn soft_refused(&self, transport: &'static str) {
+        let key = Key::from_parts(SOFT_REFUSALS, vec![Label::new("transport", transport)]);
+        self.recorder.register_counter(&key, &METADATA).increment(1);
     }
 
     /// Counts one closed WebSocket by the code of the close frame crier sent (1006 when the
@@ -519,6 +476,7 @@ fn describe(recorder: &PrometheusRecorder) {
         (HTTP_REQUESTS, "HTTP requests answered, by route and status."),
         (SHED_REQUESTS, "Requests refused at once because too many were in flight, by route."),
         (WS_CLOSES, "WebSocket connections closed, by the close code crier sent (1006: none)."),
+        (SOFT_REFUSALS, "Refusals a browser retries (crier.refused, close 1013), by transport."),
         (AUTH_FAILURES, "Tokens refused, by reason."),
         (CREDENTIAL_RELOADS, "Reloads of the token key files (SIGHUP), by outcome."),
         (REJECTIONS, "Requests and connections refused by a limit, by reason."),
