@@ -178,3 +178,30 @@ async fn a_connection_over_a_cap_is_refused_softly_to_a_browser_and_hard_to_othe
     })
     .await;
 }
+
+/// The Mercure hub's subscribers are `EventSource`s too: a subscribe the hub cannot serve for
+/// now (in cluster mode, with Redis away) is a stream a browser retries, and the reference
+/// hub's 503 for any other client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mercure_subscribe_with_redis_away_is_refused_so_a_browser_retries() {
+    let redis = support::redis::RedisServer::start().await;
+    let url = redis.url();
+    drop(redis);
+    let server = TestServer::start(&["--redis-url", &url, "--mercure-anonymous"]).await;
+    let target = "/.well-known/mercure?topic=https://example.com/books/1";
+    let accept = [("Accept", "text/event-stream")];
+    let soft = support::request(server.addr, "GET", target, &accept, b"").await;
+    assert_eq!(soft.status, 200, "{}", soft.text());
+    let events = support::whatwg::Parser::new().feed(&soft.body);
+    assert_eq!(events.len(), 1, "{}", soft.text());
+    assert_eq!(events[0].kind, "crier.refused");
+    let body: serde_json::Value = serde_json::from_str(&events[0].data).expect("JSON");
+    assert_eq!(body["error"], "unavailable", "{body}");
+    // On the fast path too (a connection's first request), and the status for other clients.
+    let stream = SseClient::connect(server.addr, target, &[]).await;
+    assert_eq!(stream.status, 200, "{}", stream.head);
+    assert!(stream.header("content-length").is_some(), "a whole answer: {}", stream.head);
+    let hard = support::request(server.addr, "GET", target, &[], b"").await;
+    assert_eq!(hard.status, 503, "{}", hard.text());
+    assert_eq!(hard.header("retry-after").as_deref(), Some("1"));
+}

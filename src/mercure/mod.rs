@@ -132,16 +132,16 @@ impl MercureEdge {
         req: Request<Incoming>,
         closer: Arc<dyn ConnectionCloser>,
         admitted: &Admitted,
-    ) -> Response<ResponseBody> {
+    ) -> Result<Response<ResponseBody>, MercureRefused> {
         match *req.method() {
             Method::GET | Method::HEAD => self.subscribe(&req, closer, admitted).await,
-            Method::POST => self.publish(req, admitted).await,
+            Method::POST => Ok(self.publish(req, admitted).await),
             _ => {
                 let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
                 answer
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
-                answer
+                Ok(answer)
             }
         }
     }
@@ -164,16 +164,12 @@ impl MercureEdge {
         req: &Request<Incoming>,
         closer: Arc<dyn ConnectionCloser>,
         admitted: &Admitted,
-    ) -> Response<ResponseBody> {
-        match self.open(req, closer).await {
-            Ok((headers, mut writer)) => {
-                writer.hold(admitted.take_stream_slot());
-                let mut response = Response::new(ResponseBody::stream(writer));
-                response.headers_mut().extend(headers);
-                response
-            }
-            Err(refused) => refused,
-        }
+    ) -> Result<Response<ResponseBody>, MercureRefused> {
+        let (headers, mut writer) = self.open(req, closer).await?;
+        writer.hold(admitted.take_stream_slot());
+        let mut response = Response::new(ResponseBody::stream(writer));
+        response.headers_mut().extend(headers);
+        Ok(response)
     }
 
     /// Subscribes the client of an admitted `GET` and makes its stream, whichever way it is
@@ -182,7 +178,7 @@ impl MercureEdge {
         &self,
         req: &Request<B>,
         closer: Arc<dyn ConnectionCloser>,
-    ) -> Result<(HeaderMap, SseWriter), Response<ResponseBody>> {
+    ) -> Result<(HeaderMap, SseWriter), MercureRefused> {
         let grant = self.authorize_subscriber(req).map_err(Unauthorized::response)?;
         let query = req.uri().query().unwrap_or("");
         let mut topics = Vec::new();
@@ -195,10 +191,10 @@ impl MercureEdge {
             }
         }
         if topics.is_empty() {
-            return Err(text(StatusCode::BAD_REQUEST, "Missing \"topic\" parameter."));
+            return Err(text(StatusCode::BAD_REQUEST, "Missing \"topic\" parameter.").into());
         }
         if topics.len() > MAX_TOPICS {
-            return Err(text(StatusCode::BAD_REQUEST, "too many topics"));
+            return Err(text(StatusCode::BAD_REQUEST, "too many topics").into());
         }
         let last_event_id = req
             .headers()
@@ -465,7 +461,7 @@ pub(crate) fn refusal(error: &ApiError) -> Response<ResponseBody> {
 }
 
 /// A subscription the node could not start (Redis down, shutting down, the topic limit).
-fn unavailable(error: &SubscribeError) -> Response<ResponseBody> {
+fn unavailable(error: &SubscribeError) -> MercureRefused {
     tracing::debug!(%error, "a Mercure subscription could not start");
     let code = match error {
         SubscribeError::ShuttingDown => ErrorCode::ShuttingDown,
@@ -473,7 +469,22 @@ fn unavailable(error: &SubscribeError) -> Response<ResponseBody> {
     };
     let mut answer = text(code.status(), "Service Unavailable");
     answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    answer
+    let detail = format!("the hub cannot open the stream now: {error}");
+    MercureRefused { answer, retry_later: Some(ApiError::new(code, detail)) }
+}
+
+/// A subscribe the hub refused: its answer, as the reference hub gives it, and for a refusal
+/// that retrying can cure, why (so that a browser's `EventSource` can be answered with a
+/// stream it retries instead).
+pub(crate) struct MercureRefused {
+    pub(crate) answer: Response<ResponseBody>,
+    pub(crate) retry_later: Option<ApiError>,
+}
+
+impl From<Response<ResponseBody>> for MercureRefused {
+    fn from(answer: Response<ResponseBody>) -> Self {
+        MercureRefused { answer, retry_later: None }
+    }
 }
 
 #[cfg(test)]

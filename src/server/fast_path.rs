@@ -23,12 +23,12 @@ use super::caps;
 use super::conn::ConnControl;
 use super::first_request::{self, FirstRequest, StreamRoute};
 use super::rewind::Rewind;
-use super::router::refusal;
+use super::router::{mercure_refusal, refusal};
 use crate::http::{
     AdmissionRequest, Admitted, ApiError, Asker, CorsHeaders, ErrorCode, GatedRoute,
     MERCURE_HUB_PATH, Refused, ResponseBody, Route,
 };
-use crate::mercure::MercureEdge;
+use crate::mercure::{MercureEdge, MercureRefused};
 use crate::metrics::Rejection;
 use crate::sse::{SseEdge, SseStream, SseWriter};
 
@@ -157,11 +157,15 @@ async fn open_stream(
             refusal(gated, refused, form)
         }),
         StreamEdge::Mercure(mercure) => {
-            let opened = open_mercure(mercure, control, query, headers).await;
-            opened.map(|(headers, mut writer)| {
-                writer.hold(admitted.take_stream_slot());
-                (headers, writer)
-            })
+            match open_mercure(mercure, control, query, headers).await {
+                Ok((headers, mut writer)) => {
+                    writer.hold(admitted.take_stream_slot());
+                    Ok((headers, writer))
+                }
+                Err(refused) => {
+                    Err(mercure_refusal(&app.admission, refused, asker, admitted.peer.ip))
+                }
+            }
         }
     };
     match opened {
@@ -196,13 +200,14 @@ async fn open_mercure(
     control: &Arc<ConnControl>,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Result<(HeaderMap, SseWriter), Response<ResponseBody>> {
+) -> Result<(HeaderMap, SseWriter), MercureRefused> {
     let target = match query {
         Some(query) => format!("{MERCURE_HUB_PATH}?{query}"),
         None => MERCURE_HUB_PATH.to_owned(),
     };
     let mut request = Request::get(target).body(()).map_err(|_| {
-        ApiError::new(ErrorCode::BadTopic, "the request target is not a valid URI").into_response()
+        let refused = ApiError::new(ErrorCode::BadTopic, "the request target is not a valid URI");
+        MercureRefused::from(refused.into_response())
     })?;
     *request.headers_mut() = headers.clone();
     mercure.open(&request, control.clone()).await

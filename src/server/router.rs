@@ -25,7 +25,7 @@ use crate::http::{
 };
 use crate::hub::Hub;
 use crate::limits::ConnectionSlot;
-use crate::mercure::MercureEdge;
+use crate::mercure::{MercureEdge, MercureRefused};
 use crate::metrics::Metrics;
 use crate::sse::SseEdge;
 use crate::ws::{Upgrade, UpgradedConnection, WsEdge};
@@ -125,9 +125,14 @@ impl Router {
                 }
             }
             Endpoint::Gated(GatedRoute::Mercure, admitted) => match &self.mercure {
-                // Boxed: the hub's future is large, and every request's future would carry it.
                 Some(mercure) => {
-                    Ok(Box::pin(mercure.respond(request, conn.control, &admitted)).await)
+                    let asker = Asker::of(GatedRoute::Mercure, request.method(), request.headers());
+                    let peer = admitted.peer.ip;
+                    // Boxed: the hub's future is large, and every request's future would carry it.
+                    let responded = Box::pin(mercure.respond(request, conn.control, &admitted));
+                    Ok(responded.await.unwrap_or_else(|refused| {
+                        mercure_refusal(&self.admission, refused, asker, peer)
+                    }))
                 }
                 None => Err(ApiError::not_found(request.uri().path())),
             },
@@ -242,6 +247,22 @@ pub(crate) fn refusal(
     };
     cors.apply(response.headers_mut());
     response
+}
+
+/// The answer to a Mercure subscribe the hub refused: a stream a browser's `EventSource`
+/// retries, if retrying can cure the refusal; else the hub's own answer. The same on the fast
+/// path and through hyper.
+pub(crate) fn mercure_refusal(
+    admission: &Admission,
+    refused: MercureRefused,
+    asker: Asker,
+    peer: std::net::IpAddr,
+) -> Response<ResponseBody> {
+    let Some(error) = refused.retry_later else { return refused.answer };
+    match admission.refusal_form(peer, &error, asker) {
+        RefusalForm::EventStream(retry) => event_stream_response(&error, retry),
+        RefusalForm::WsClose(_) | RefusalForm::Hard => refused.answer,
+    }
 }
 
 fn only_get<B>(
