@@ -152,7 +152,7 @@ fn spawn_connection(
     let counted = !app.admission.is_proxy(remote.ip());
     let slot = match app.caps.admit(remote, app.tracker.len(), counted) {
         Ok(slot) => slot,
-        Err(refusal) => return super::caps::refuse_over_cap(stream, remote, refusal, app.clone()),
+        Err(refusal) => return super::caps::refuse_over_cap(&app.caps, stream, remote, refusal),
     };
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use tower::ServiceBuilder;
 
-use super::caps::ConnectionCaps;
+use super::caps::{ConnectionCaps, Refusals};
 use super::conn::Tracker;
 use super::layers::{self, AdmitLayer, RequestMetricsLayer};
 use super::router::Router;
@@ -39,8 +39,6 @@ pub struct App {
     pub(super) metrics: Arc<Metrics>,
     pub(super) config: Config,
     pub(super) sse: Arc<SseEdge>,
-    /// Validates the handshakes of WebSockets refused before hyper sees them.
-    pub(super) ws: Arc<WsEdge>,
     /// The shutdown signal came: `/readyz` answers 503 for `--drain-delay` before the server
     /// stops accepting.
     pub(super) leaving: Arc<AtomicBool>,
@@ -150,14 +148,22 @@ impl App {
             .layer(RequestMetricsLayer::new(metrics.clone()))
             .layer(AdmitLayer::new(admission.clone()))
             .service(router);
+        let routes = Routes { mercure: mercure.is_some() };
+        let refusals = Refusals {
+            admission: admission.clone(),
+            ws,
+            routes,
+            max_head: config.max_request_head_bytes,
+        };
         let caps = ConnectionCaps::new(
             config.max_connections,
             config.max_connections_per_ip,
             metrics.clone(),
+            refusals,
         );
         Ok(Arc::new(App {
             hub,
-            routes: Routes { mercure: mercure.is_some() },
+            routes,
             admission,
             publishing,
             caps,
@@ -165,7 +171,6 @@ impl App {
             metrics,
             config,
             sse,
-            ws,
             leaving,
             tls,
             mercure,

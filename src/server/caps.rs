@@ -15,8 +15,9 @@ use tokio::time::Instant;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use super::app::App;
-use crate::http::{ApiError, Asker, ErrorCode, RefusalForm, Route, event_stream_body};
+use crate::http::{
+    Admission, ApiError, Asker, ErrorCode, RefusalForm, Route, Routes, event_stream_body,
+};
 use crate::limits::{ClientKey, ConnectionCounts, ConnectionSlot};
 use crate::metrics::{Metrics, Rejection};
 use crate::ws::WsEdge;
@@ -63,19 +64,36 @@ impl AcceptFailures {
     }
 }
 
-/// The caps on open connections.
+/// The caps on open connections, and what their refusals need: who a request comes from and
+/// how a refusal is answered (the admission), which endpoint a path names, and whether a
+/// WebSocket handshake is valid.
 pub(super) struct ConnectionCaps {
     max_connections: usize,
     per_client: Arc<ConnectionCounts>,
     metrics: Arc<Metrics>,
+    refusals: Arc<Refusals>,
+}
+
+/// What answering a refused connection takes.
+pub(super) struct Refusals {
+    pub(super) admission: Arc<Admission>,
+    pub(super) ws: Arc<WsEdge>,
+    pub(super) routes: Routes,
+    pub(super) max_head: usize,
 }
 
 impl ConnectionCaps {
-    pub(super) fn new(max_connections: u32, max_per_client: u32, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(
+        max_connections: u32,
+        max_per_client: u32,
+        metrics: Arc<Metrics>,
+        refusals: Refusals,
+    ) -> Self {
         ConnectionCaps {
             max_connections: max_connections as usize,
             per_client: ConnectionCounts::new(max_per_client),
             metrics,
+            refusals: Arc::new(refusals),
         }
     }
 
@@ -115,20 +133,21 @@ impl ConnectionCaps {
 /// WebSocket is refused the way it retries ([`crate::http::RefusalForm`]); anything else, or
 /// a head that does not come, gets the status.
 pub(super) fn refuse_over_cap(
+    caps: &ConnectionCaps,
     mut stream: TcpStream,
     remote: SocketAddr,
     refusal: ApiError,
-    app: Arc<App>,
 ) {
+    let refusals = caps.refusals.clone();
     tokio::spawn(async move {
         let mut head = Vec::with_capacity(1024);
-        let max_head = app.config.max_request_head_bytes;
+        let max_head = refusals.max_head;
         let read = tokio::time::timeout(REFUSAL_LINGER, async {
             loop {
                 if stream.read_buf(&mut head).await? == 0 {
                     return io::Result::Ok(Answer::Status);
                 }
-                match answer_to(&head, remote, &refusal, &app) {
+                match answer_to(&head, remote, &refusal, &refusals) {
                     Answer::Incomplete if head.len() < max_head => {}
                     Answer::Incomplete => return Ok(Answer::Status),
                     answer => return Ok(answer),
@@ -155,7 +174,7 @@ enum Answer {
 }
 
 /// The answer to a refused connection whose first request head is (so far) `head`.
-fn answer_to(head: &[u8], remote: SocketAddr, refusal: &ApiError, app: &App) -> Answer {
+fn answer_to(head: &[u8], remote: SocketAddr, refusal: &ApiError, with: &Refusals) -> Answer {
     let mut parsed = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut parsed);
     match request.parse(head) {
@@ -166,7 +185,7 @@ fn answer_to(head: &[u8], remote: SocketAddr, refusal: &ApiError, app: &App) -> 
     let (Some(method), Some(target)) = (request.method, request.path) else {
         return Answer::Status;
     };
-    let Route::Gated(route) = app.routes.of(target.split('?').next().unwrap_or(target)) else {
+    let Route::Gated(route) = with.routes.of(target.split('?').next().unwrap_or(target)) else {
         return Answer::Status;
     };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Answer::Status };
@@ -179,16 +198,16 @@ fn answer_to(head: &[u8], remote: SocketAddr, refusal: &ApiError, app: &App) -> 
         };
         headers.append(name, value);
     }
-    let peer = app.admission.peer(remote.ip(), &headers);
+    let peer = with.admission.peer(remote.ip(), &headers);
     let asker = Asker::of(route, &method, &headers);
     let handshake = match asker {
-        Asker::WebSocket => match app.ws.validate_parts(&method, request.version, &headers) {
+        Asker::WebSocket => match with.ws.validate_parts(&method, request.version, &headers) {
             Ok(accept) => Some(accept),
             Err(_) => return Answer::Status,
         },
         _ => None,
     };
-    match (app.admission.refusal_form(peer.ip, refusal, asker), handshake) {
+    match (with.admission.refusal_form(peer.ip, refusal, asker), handshake) {
         (RefusalForm::EventStream(retry), _) => {
             let body = event_stream_body(refusal, retry);
             let mut answer = format!(
