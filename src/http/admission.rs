@@ -99,6 +99,14 @@ pub(crate) struct Refused {
     pub(crate) peer: IpAddr,
 }
 
+impl Refused {
+    /// A request from `peer` refused after admission let it in (its endpoint could not
+    /// serve it): the admission's CORS headers go on its answer already.
+    pub(crate) fn after_admission(error: ApiError, peer: IpAddr) -> Self {
+        Refused { error, cors: CorsHeaders::default(), peer }
+    }
+}
+
 /// The CORS headers of an answer: none where answers are not read across origins.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CorsHeaders(Vec<(HeaderName, HeaderValue)>);

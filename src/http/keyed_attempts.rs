@@ -1,4 +1,4 @@
-//! Exact retries of keyed cluster publishes: the attempts of each `(topic, Idempotency-AttemptKey)`
+//! Exact retries of keyed cluster publishes: the attempts of each `(topic, Idempotency-Key)`
 //! whose outcome is still open, so that a retry is never told `unavailable` (nothing was
 //! published) while an earlier attempt may yet be published.
 //!
@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::event::{EventId, IdempotencyKey, TopicName};
+use crate::hub::{PublishError, Published};
 
 /// Keys tracked at most: beyond, the oldest unknown outcomes are forgotten first (a retry of
 /// one then answers as if it were the first attempt).
@@ -28,18 +29,13 @@ type AttemptKey = (TopicName, IdempotencyKey);
 /// The keyed attempts whose outcome is open, by topic and key.
 pub(crate) struct KeyedAttempts {
     window: Duration,
-    keys: Mutex<HashMap<AttemptKey, Arc<Open>>>,
+    keys: Mutex<HashMap<AttemptKey, Open>>,
 }
 
 /// A key with an open attempt.
 struct Open {
-    /// The id, once an attempt of the key got Redis's answer.
-    settled: watch::Sender<Option<EventId>>,
-    state: Mutex<OpenState>,
-}
-
-#[derive(Clone, Copy)]
-struct OpenState {
+    /// The id, once an attempt of the key got Redis's answer; shared with its attempts.
+    settled: Arc<watch::Sender<Option<EventId>>>,
     /// Attempts still waiting for Redis.
     waiting: u32,
     /// When an attempt last ended with its outcome unknown (its call was sent and the
@@ -47,10 +43,16 @@ struct OpenState {
     unknown_at: Option<Instant>,
 }
 
-/// One attempt of a key, registered until it ends ([`Attempt::end`]).
+impl Open {
+    fn is_open(&self, now: Instant, window: Duration) -> bool {
+        self.waiting > 0 || self.unknown_at.is_some_and(|at| now - at < window)
+    }
+}
+
+/// One attempt of a key, registered until it ends ([`KeyedAttempts::end`]).
 pub(crate) struct Attempt {
     key: AttemptKey,
-    open: Arc<Open>,
+    settled: Arc<watch::Sender<Option<EventId>>>,
     /// Whether an earlier attempt of the key was still open when this one began.
     earlier_open: bool,
 }
@@ -66,50 +68,61 @@ pub(crate) enum Ending {
     Unknown,
 }
 
+impl Ending {
+    /// How an attempt that got `answer` ended.
+    pub(crate) fn of(answer: &Result<Published, PublishError>) -> Self {
+        match answer {
+            Ok(published) => Ending::Published(published.id),
+            Err(error) if error.outcome_unknown() => Ending::Unknown,
+            Err(_) => Ending::NotPublished,
+        }
+    }
+}
+
 impl KeyedAttempts {
     pub(crate) fn new(window: Duration) -> Self {
         KeyedAttempts { window, keys: Mutex::new(HashMap::new()) }
     }
 
     /// Begins an attempt of `key` to `topic`.
-    pub(crate) fn begin(self: &Arc<Self>, topic: &TopicName, key: &IdempotencyKey) -> Attempt {
+    pub(crate) fn begin(&self, topic: &TopicName, key: &IdempotencyKey) -> Attempt {
         let key = (topic.clone(), key.clone());
         let mut keys = self.keys.lock();
         if keys.len() >= MAX_KEYS {
             self.forget_expired(&mut keys, Instant::now());
         }
-        let open = keys.entry(key.clone()).or_insert_with(|| {
-            let (settled, _) = watch::channel(None);
-            Arc::new(Open {
-                settled,
-                state: Mutex::new(OpenState { waiting: 0, unknown_at: None }),
-            })
+        let open = keys.entry(key.clone()).or_insert_with(|| Open {
+            settled: Arc::new(watch::channel(None).0),
+            waiting: 0,
+            unknown_at: None,
         });
-        let mut state = open.state.lock();
-        let earlier_open = state.waiting > 0 || state.unknown_at.is_some();
-        state.waiting += 1;
-        drop(state);
-        Attempt { key, open: open.clone(), earlier_open }
+        let earlier_open = open.waiting > 0 || open.unknown_at.is_some();
+        open.waiting += 1;
+        Attempt { key, settled: open.settled.clone(), earlier_open }
     }
 
     /// Ends `attempt`: a published id settles the key for every attempt waiting on it.
     pub(crate) fn end(&self, attempt: &Attempt, ending: Ending) {
-        let mut keys = self.keys.lock();
-        let mut state = attempt.open.state.lock();
-        state.waiting = state.waiting.saturating_sub(1);
-        match ending {
-            Ending::Published(id) => {
-                attempt.open.settled.send_replace(Some(id));
-                state.unknown_at = None;
-            }
-            Ending::Unknown => state.unknown_at = Some(Instant::now()),
-            Ending::NotPublished => {}
+        if let Ending::Published(id) = ending {
+            attempt.settled.send_replace(Some(id));
         }
-        let done = matches!(ending, Ending::Published(_))
-            || (state.waiting == 0 && state.unknown_at.is_none());
-        drop(state);
-        if done && keys.get(&attempt.key).is_some_and(|open| Arc::ptr_eq(open, &attempt.open)) {
-            keys.remove(&attempt.key);
+        let mut keys = self.keys.lock();
+        // The key may have been settled, and begun anew, since this attempt began.
+        let Some(open) =
+            keys.get_mut(&attempt.key).filter(|open| Arc::ptr_eq(&open.settled, &attempt.settled))
+        else {
+            return;
+        };
+        open.waiting = open.waiting.saturating_sub(1);
+        match ending {
+            Ending::Published(_) => {
+                keys.remove(&attempt.key);
+            }
+            Ending::Unknown => open.unknown_at = Some(Instant::now()),
+            Ending::NotPublished if open.waiting == 0 && open.unknown_at.is_none() => {
+                keys.remove(&attempt.key);
+            }
+            Ending::NotPublished => {}
         }
     }
 
@@ -118,11 +131,8 @@ impl KeyedAttempts {
         self.forget_expired(&mut self.keys.lock(), Instant::now());
     }
 
-    fn forget_expired(&self, keys: &mut HashMap<AttemptKey, Arc<Open>>, now: Instant) {
-        keys.retain(|_, open| {
-            let state = *open.state.lock();
-            state.waiting > 0 || state.unknown_at.is_some_and(|at| now - at < self.window)
-        });
+    fn forget_expired(&self, keys: &mut HashMap<AttemptKey, Open>, now: Instant) {
+        keys.retain(|_, open| open.is_open(now, self.window));
     }
 
     /// Keys tracked now.
@@ -140,13 +150,13 @@ impl Attempt {
 
     /// Resolves with the key's id once any attempt of it got Redis's answer.
     pub(crate) async fn settled(&self) -> EventId {
-        let mut settled = self.open.settled.subscribe();
+        let mut settled = self.settled.subscribe();
         loop {
             if let Some(id) = *settled.borrow_and_update() {
                 return id;
             }
             if settled.changed().await.is_err() {
-                // The sender lives as long as `self.open`: never reached.
+                // The sender lives as long as `self`: never reached.
                 return std::future::pending().await;
             }
         }

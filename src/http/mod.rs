@@ -25,9 +25,7 @@ pub(crate) use credentials::{TokenSource, request_token_from};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
 pub(crate) use peer::{Peer, TrustedProxies};
 pub(crate) use publish_policy::{PublishLimits, PublishPolicy};
-pub(crate) use retry_later::{
-    Asker, RefusalForm, close_reason, event_stream_body, event_stream_response,
-};
+pub(crate) use retry_later::{Asker, RefusalForm, close_reason, event_stream_response};
 pub(crate) use route::{
     GatedRoute, MERCURE_HUB_PATH, MERCURE_SUBSCRIPTIONS_PATH, OpenRoute, Route, Routes,
 };

@@ -190,9 +190,7 @@ impl PublishPermit {
             }
         };
         let ending = match &answer {
-            Ok(Ok(published)) => Ending::Published(published.id),
-            Ok(Err(error)) if error.outcome_unknown() => Ending::Unknown,
-            Ok(Err(_)) => Ending::NotPublished,
+            Ok(published) => Ending::of(published),
             Err(_) if ticket.withdraw() => Ending::NotPublished,
             Err(_) => {
                 // Sent: its answer still settles the key for the retries.
@@ -252,11 +250,7 @@ fn finish_in_background(
     attempt: Attempt,
 ) {
     tokio::spawn(async move {
-        let ending = match publishing.await {
-            Ok(published) => Ending::Published(published.id),
-            Err(error) if error.outcome_unknown() => Ending::Unknown,
-            Err(_) => Ending::NotPublished,
-        };
+        let ending = Ending::of(&publishing.await);
         attempts.end(&attempt, ending);
     });
 }

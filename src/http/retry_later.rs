@@ -200,7 +200,7 @@ fn refusal_json(error: &ApiError, retry: Duration, detail: bool) -> String {
 }
 
 /// The body of a soft refusal on an event stream.
-pub(crate) fn event_stream_body(error: &ApiError, retry: Duration) -> String {
+fn event_stream_body(error: &ApiError, retry: Duration) -> String {
     let json = refusal_json(error, retry, true);
     format!("retry: {}\nevent: crier.refused\ndata: {json}\n\n", retry.as_millis())
 }

@@ -13,14 +13,16 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+
+use super::fast_path::{Framing, response_head};
 
 use crate::http::{
-    Admission, ApiError, Asker, ErrorCode, RefusalForm, Route, Routes, event_stream_body,
+    Admission, ApiError, Asker, ErrorCode, RefusalForm, Route, Routes, event_stream_response,
 };
 use crate::limits::{ClientKey, ConnectionCounts, ConnectionSlot};
 use crate::metrics::{Metrics, Rejection};
-use crate::ws::WsEdge;
+use crate::ws::{WsEdge, handshake};
 
 /// First pause after a failed accept; it doubles up to [`MAX_PAUSE`] while accepts fail.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
@@ -209,18 +211,19 @@ fn answer_to(head: &[u8], remote: SocketAddr, refusal: &ApiError, with: &Refusal
     };
     match (with.admission.refusal_form(peer.ip, refusal, asker), handshake) {
         (RefusalForm::EventStream(retry), _) => {
-            let body = event_stream_body(refusal, retry);
-            let mut answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-                 content-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            answer.extend_from_slice(body.as_bytes());
+            let (mut parts, body) = event_stream_response(refusal, retry).into_parts();
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            let body = body.into_full().unwrap_or_default();
+            let mut answer =
+                response_head(parts.status, &parts.headers, Framing::Length(body.len()));
+            answer.extend_from_slice(&body);
             Answer::Soft(answer)
         }
         (RefusalForm::WsClose(retry), Some(accept)) => {
-            Answer::Soft(WsEdge::refusal_bytes(&accept, refusal, retry))
+            let (parts, _) = handshake::switching_protocols(accept).into_parts();
+            let mut answer = response_head(parts.status, &parts.headers, Framing::Upgrade);
+            answer.extend_from_slice(&with.ws.refusal_frame(refusal, retry));
+            Answer::Soft(answer)
         }
         _ => Answer::Status,
     }
@@ -243,4 +246,23 @@ async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
         io::Result::Ok(())
     };
     let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_accept_backs_off_and_logs_rarely() {
+        let metrics = Metrics::new();
+        let mut failures = AcceptFailures::default();
+        let error = io::Error::from_raw_os_error(24);
+        let pauses: Vec<Duration> = (0..10).map(|_| failures.failed(&error, &metrics)).collect();
+        assert_eq!(pauses[0], FIRST_PAUSE);
+        assert_eq!(pauses[1], FIRST_PAUSE * 2);
+        assert_eq!(*pauses.last().unwrap(), MAX_PAUSE);
+        assert_eq!(failures.unlogged, 9, "only the first of a burst is logged");
+        failures.succeeded();
+        assert_eq!(failures.failed(&error, &metrics), FIRST_PAUSE);
+    }
 }

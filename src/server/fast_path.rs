@@ -25,8 +25,8 @@ use super::first_request::{self, FirstRequest, StreamRoute};
 use super::rewind::Rewind;
 use super::router::{mercure_refusal, refusal};
 use crate::http::{
-    AdmissionRequest, Admitted, ApiError, Asker, CorsHeaders, ErrorCode, GatedRoute,
-    MERCURE_HUB_PATH, Refused, ResponseBody, Route,
+    AdmissionRequest, Admitted, ApiError, Asker, ErrorCode, GatedRoute, MERCURE_HUB_PATH, Refused,
+    ResponseBody, Route,
 };
 use crate::mercure::{MercureEdge, MercureRefused};
 use crate::metrics::Rejection;
@@ -153,8 +153,7 @@ async fn open_stream(
     let opened = match edge {
         StreamEdge::Sse => open_sse(app, control, headers, &admitted).await.map_err(|error| {
             let form = app.admission.refusal_form(admitted.peer.ip, &error, asker);
-            let refused = Refused { error, cors: CorsHeaders::default(), peer: admitted.peer.ip };
-            refusal(gated, refused, form)
+            refusal(gated, Refused::after_admission(error, admitted.peer.ip), form)
         }),
         StreamEdge::Mercure(mercure) => {
             match open_mercure(mercure, control, query, headers).await {
@@ -251,16 +250,19 @@ fn has_token(value: Option<&HeaderValue>, token: &str) -> bool {
 
 /// How a response's body is framed on HTTP/1.1.
 #[derive(Clone, Copy, Debug)]
-enum Framing {
+pub(super) enum Framing {
     /// A stream of chunks.
     Chunked,
     /// A body of this many bytes.
     Length(usize),
+    /// No body: the connection switches protocols (a `101`).
+    Upgrade,
 }
 
 /// The head of an HTTP/1.1 response: the status line, `headers`, the body's framing and the
-/// date. The one head writer of the fast path, for streams and refusals alike.
-fn response_head(status: StatusCode, headers: &HeaderMap, framing: Framing) -> Vec<u8> {
+/// date. The one head writer of the fast path, for streams and refusals alike (also of the
+/// refusals of connections over a cap).
+pub(super) fn response_head(status: StatusCode, headers: &HeaderMap, framing: Framing) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
@@ -281,6 +283,7 @@ fn response_head(status: StatusCode, headers: &HeaderMap, framing: Framing) -> V
             head.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
             head.extend_from_slice(b"\r\n");
         }
+        Framing::Upgrade => {}
     }
     head.extend_from_slice(b"date: ");
     head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());

@@ -20,8 +20,8 @@ use super::ConnInfo;
 use super::conn::{ControlledConnection, Tracker};
 use super::publish::{self, BodyLimits};
 use crate::http::{
-    Admission, Admitted, ApiError, Asker, CorsHeaders, ErrorCode, GatedRoute, OpenRoute,
-    PublishPolicy, RefusalForm, Refused, ResponseBody, Route, event_stream_response, json_response,
+    Admission, Admitted, ApiError, Asker, ErrorCode, GatedRoute, OpenRoute, PublishPolicy,
+    RefusalForm, Refused, ResponseBody, Route, event_stream_response, json_response,
 };
 use crate::hub::Hub;
 use crate::limits::ConnectionSlot;
@@ -102,11 +102,10 @@ impl Router {
                 Ok(self.refuse(route, &conn, &mut request, refused))
             }
             Endpoint::Gated(GatedRoute::Sse, admitted) => {
-                let peer = admitted.peer.ip;
                 match self.sse.respond(conn.control.clone(), &request, &admitted).await {
                     Ok(response) => Ok(response),
                     Err(error) => {
-                        let refused = Refused { error, cors: CorsHeaders::default(), peer };
+                        let refused = Refused::after_admission(error, admitted.peer.ip);
                         Ok(self.refuse(GatedRoute::Sse, &conn, &mut request, refused))
                     }
                 }
@@ -119,7 +118,7 @@ impl Router {
                         Ok(response)
                     }
                     Err(error) => {
-                        let refused = Refused { error, cors: CorsHeaders::default(), peer };
+                        let refused = Refused::after_admission(error, peer);
                         Ok(self.refuse(GatedRoute::Ws, &conn, &mut request, refused))
                     }
                 }

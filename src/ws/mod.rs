@@ -139,6 +139,12 @@ impl RefusedUpgrade {
     }
 }
 
+/// The close frame of a refused WebSocket: 1013, with the refusal and when to retry as JSON.
+fn try_again_later(refused: &ApiError, retry: Duration) -> bytes::Bytes {
+    let reason = close_reason(refused, retry, MAX_CLOSE_REASON);
+    crate::codec::ws::close(CloseCode::TRY_AGAIN_LATER.as_u16(), &reason)
+}
+
 impl WsEdge {
     pub(crate) fn new(
         hub: Arc<Hub>,
@@ -210,11 +216,9 @@ impl WsEdge {
         refused: &ApiError,
         retry: Duration,
     ) -> (http::Response<ResponseBody>, RefusedUpgrade) {
-        let reason = close_reason(refused, retry, MAX_CLOSE_REASON);
-        let close = crate::codec::ws::close(CloseCode::TRY_AGAIN_LATER.as_u16(), &reason);
         let refusal = RefusedUpgrade {
             on_upgrade: hyper::upgrade::on(req),
-            close,
+            close: try_again_later(refused, retry),
             metrics: self.metrics.clone(),
         };
         (handshake::switching_protocols(accept), refusal)
@@ -225,28 +229,11 @@ impl WsEdge {
         handshake::validate(req.method(), req.version(), req.headers(), &self.allowed_origins)
     }
 
-    /// The whole answer to a valid handshake (`accept`) refused before hyper saw it: the
-    /// `101`, then the 1013 close frame [`WsEdge::refuse`] would send.
-    pub(crate) fn refusal_bytes(
-        accept: &handshake::Accept,
-        refused: &ApiError,
-        retry: Duration,
-    ) -> Vec<u8> {
-        let mut answer = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
-            connection: Upgrade\r\nsec-websocket-accept: "
-            .to_vec();
-        answer.extend_from_slice(accept.accept.as_bytes());
-        if let Some(protocol) = accept.protocol {
-            answer.extend_from_slice(b"\r\nsec-websocket-protocol: ");
-            answer.extend_from_slice(protocol.as_bytes());
-        }
-        answer.extend_from_slice(b"\r\n\r\n");
-        let reason = close_reason(refused, retry, MAX_CLOSE_REASON);
-        answer.extend_from_slice(&crate::codec::ws::close(
-            CloseCode::TRY_AGAIN_LATER.as_u16(),
-            &reason,
-        ));
-        answer
+    /// The close frame that refuses a WebSocket whose `101` was written without hyper:
+    /// the one [`WsEdge::refuse`] sends, counted as sent.
+    pub(crate) fn refusal_frame(&self, refused: &ApiError, retry: Duration) -> bytes::Bytes {
+        self.metrics.ws_closed(CloseCode::TRY_AGAIN_LATER.as_u16());
+        try_again_later(refused, retry)
     }
 
     /// Validates a handshake read without hyper (`minor`: the HTTP/1 minor version).
