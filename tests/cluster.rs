@@ -525,9 +525,7 @@ async fn a_malformed_envelope_is_counted_and_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_a_cluster_node_refuses_work_instead_of_losing_it() {
-    let redis = RedisServer::start().await;
-    let url = redis.url();
-    drop(redis);
+    let url = support::redis::unreachable_url();
     let a = TestServer::start(&["--redis-url", &url]).await;
     let ready = request(a.addr, "GET", "/readyz", &[], b"").await;
     assert_eq!(ready.status, 503);

@@ -184,9 +184,7 @@ async fn a_connection_over_a_cap_is_refused_softly_to_a_browser_and_hard_to_othe
 /// hub's 503 for any other client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mercure_subscribe_with_redis_away_is_refused_so_a_browser_retries() {
-    let redis = support::redis::RedisServer::start().await;
-    let url = redis.url();
-    drop(redis);
+    let url = support::redis::unreachable_url();
     let server = TestServer::start(&["--redis-url", &url, "--mercure-anonymous"]).await;
     let target = "/.well-known/mercure?topic=https://example.com/books/1";
     let accept = [("Accept", "text/event-stream")];

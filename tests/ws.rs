@@ -551,11 +551,11 @@ async fn a_raw_stream_carries_only_events_and_runs_commands_without_replies() {
     let lookalike = r#"{"op":"ok","ref":1,"topic":"t"}"#;
     server.publish("t", lookalike).await;
     assert_eq!(next(&mut raw).await, Message::text(lookalike));
+    // A socket's commands run in order, so each publish here follows the command before it.
     raw.send(send(json!({"op":"unsubscribe","topic":"t"}))).await.unwrap();
+    raw.send(send(json!({"op":"publish","topic":"t","data":"unsubscribed"}))).await.unwrap();
     raw.send(send(json!({"op":"subscribe","topic":"u"}))).await.unwrap();
-    server.wait_subscriptions(1).await;
-    server.publish("t", "unsubscribed").await;
-    server.publish("u", "subscribed").await;
+    raw.send(send(json!({"op":"publish","topic":"u","data":"subscribed"}))).await.unwrap();
     assert_eq!(next(&mut raw).await, Message::text("subscribed"));
     // A refused command ends the stream: 1008, the error reply as the reason.
     raw.send(send(json!({"op":"subscribe","topic":"a b","ref":7}))).await.unwrap();

@@ -252,6 +252,12 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis URL nothing answers at: a free port, rather than a just-killed server's, which may
+/// still accept for a moment.
+pub fn unreachable_url() -> String {
+    format!("redis://127.0.0.1:{}", free_port())
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
