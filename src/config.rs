@@ -293,6 +293,17 @@ pub struct Config {
     #[arg(long, env = "CRIER_MERCURE_SUBSCRIPTIONS")]
     pub mercure_subscriptions: bool,
 
+    /// Mercure hub: updates a resume (Last-Event-ID, `earliest`) may replay. Subscription
+    /// events are kept apart, in a log of --history events, so they never push an update out.
+    #[arg(long, env = "CRIER_MERCURE_HISTORY", default_value_t = 10_000)]
+    pub mercure_history: usize,
+
+    /// Mercure hub: URI templates the node holds compiled for its subscribers at once (each
+    /// costs up to about 1 MiB, typically 20-50 KiB); a subscribe that needs more is refused
+    /// for now (503, or a stream a browser retries).
+    #[arg(long, env = "CRIER_MERCURE_MAX_TEMPLATES", default_value_t = 10_000)]
+    pub mercure_max_templates: usize,
+
     /// Mercure hub: origins a publish may come from when its token is in the
     /// `mercureAuthorization` cookie, comma-separated (`*`: any).
     #[arg(long, env = "CRIER_MERCURE_PUBLISH_ORIGINS", value_delimiter = ',')]
@@ -422,6 +433,7 @@ impl Config {
             anonymous: self.mercure_anonymous,
             publish_origins: self.mercure_publish_origins.clone(),
             subscriptions: self.mercure_subscriptions,
+            max_templates: self.mercure_max_templates,
         }
     }
 
@@ -453,6 +465,7 @@ impl Config {
             topic_idle_ttl: self.topic_idle_ttl,
             max_topics: usize::try_from(self.max_topics).unwrap_or(usize::MAX),
             idempotency_window: self.idempotency_window,
+            log_histories: crate::mercure::log_histories(self.mercure_history),
         }
     }
 }

@@ -7,18 +7,10 @@ mod support;
 
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
-use support::mercure::{self, HUB, KEY, post, publish, publisher, subscribe, subscriber, target};
+use support::mercure::{
+    self, KEY, bearer, hub, post, publish, publisher, subscribe, subscriber, target,
+};
 use support::{CrierProcess, SseClient, TestServer, request, tokens, wait_until};
-
-async fn hub(extra: &[&str]) -> TestServer {
-    let mut args = HUB.to_vec();
-    args.extend_from_slice(extra);
-    TestServer::start(&args).await
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
 
 #[tokio::test]
 async fn a_uri_template_subscriber_gets_matching_updates_framed_as_the_reference_hub_frames_them() {

@@ -1,14 +1,14 @@
 //! The Mercure hub as a cluster, against a real `redis-server` and real crier processes: one
 //! log in one order on every node, resume by Mercure id on any node after another died, the
-//! updates a Redis outage held back, and the subscriptions of every node, with the departure
-//! of a dead node's subscribers announced by the survivors.
+//! updates a Redis outage held back, the subscriptions of every node, with the departure
+//! of a dead node's subscribers announced by the survivors, and the history's bounds in Redis.
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::Value;
-use support::mercure::{self, HUB, publish, subscribe, subscriber};
+use support::mercure::{self, HUB, bearer, publish, subscribe, subscriber};
 use support::redis::RedisServer;
 use support::{CrierProcess, request, wait_until};
 use tokio::time::Instant;
@@ -26,10 +26,6 @@ async fn node(redis: &RedisServer, extra: &[&str]) -> CrierProcess {
     })
     .await;
     node
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,4 +229,37 @@ async fn a_publish_redis_does_not_take_in_time_is_refused_with_retry_after() {
         mercure::post(a.addr, &[("Authorization", &auth)], &fields).await.status == 200
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clusters_update_history_is_mercure_history_long_and_subscription_events_apart() {
+    let redis = RedisServer::start().await;
+    let flags = ["--mercure-anonymous", "--mercure-subscriptions", "--mercure-history", "100"];
+    let a = node(&redis, &flags).await;
+    for n in 0..130 {
+        publish(a.addr, &[("topic", "https://example.com/t"), ("data", &n.to_string())]).await;
+    }
+    // Redis keeps the updates' stream at --mercure-history, the events' at --history.
+    let conn = redis.connection().await;
+    let len = |key: &'static str| {
+        let mut conn = conn.clone();
+        async move { redis::cmd("XLEN").arg(key).query_async::<u64>(&mut conn).await.unwrap() }
+    };
+    assert_eq!(len("crier:{~mercure}:log").await, 100);
+    // A node that joins later replays them from Redis, and subscription events do not count.
+    let b = node(&redis, &flags).await;
+    let visitors: Vec<_> = futures_util::future::join_all(
+        (0..20).map(|_| subscribe(b.addr, &["https://example.com/elsewhere"], &[])),
+    )
+    .await;
+    drop(visitors);
+    let mut replay = subscribe(b.addr, &["*"], &[("Last-Event-ID", "earliest")]).await;
+    let held: Vec<String> = replay.events(100).await.into_iter().map(|e| e.data).collect();
+    let expected: Vec<String> = (30..130).map(|n| n.to_string()).collect();
+    assert_eq!(held, expected);
+    wait_until("the visitors' 40 events and the replay's arrival", || async {
+        len("crier:{~mercure-subscriptions}:log").await == 41
+    })
+    .await;
+    assert_eq!(len("crier:{~mercure}:log").await, 100);
 }

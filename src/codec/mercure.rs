@@ -1,4 +1,6 @@
-//! Mercure updates on the wire: the log they are kept in (an internal log, [`log`]), the record
+//! Mercure updates on the wire: the logs they are kept in (internal logs: [`log`] for updates,
+//! [`subscriptions_log`] for subscription events, so a crowd coming and going never pushes an
+//! update out of the history a subscriber resumes from), the record
 //! an update is stored and relayed as (JSON, the data of an event of that log, so Redis and the
 //! relay carry it like any event), the SSE frame a Mercure subscriber gets, as the reference hub
 //! writes it (`event:` if the update has a type, `retry:` if it has one, `id:`, then one
@@ -12,19 +14,33 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::sse::put_data_lines;
-use crate::event::{Attachment, EventData, TopicName};
+use crate::event::{Attachment, Event, EventData, EventId, TopicName};
 
 /// The internal log every Mercure update goes to, in one order for the whole hub.
 const LOG: &str = "mercure";
+
+/// The internal log of the hub's subscription events (`--mercure-subscriptions`).
+const SUBSCRIPTIONS_LOG: &str = "mercure-subscriptions";
 
 /// The name of the Mercure log (`~mercure`).
 pub(crate) fn log() -> TopicName {
     TopicName::internal(LOG).expect("a valid topic name")
 }
 
-/// Whether `topic` is the Mercure log, whose events are framed here.
+/// The name of the log of subscription events (`~mercure-subscriptions`).
+pub(crate) fn subscriptions_log() -> TopicName {
+    TopicName::internal(SUBSCRIPTIONS_LOG).expect("a valid topic name")
+}
+
+/// Whether `topic` is one of the Mercure logs, whose events are framed here.
 pub(crate) fn is_log(topic: &TopicName) -> bool {
-    topic.as_str().strip_prefix('~') == Some(LOG)
+    matches!(topic.as_str().strip_prefix('~'), Some(LOG | SUBSCRIPTIONS_LOG))
+}
+
+/// Where the other Mercure log was when an event of one was published (see
+/// [`Record::after`]).
+pub(crate) fn reads_after(event: &Event) -> Option<EventId> {
+    event.frames.attachment::<MercureUpdate>().and_then(|update| update.after)
 }
 
 /// The routing part of a Mercure update, as a subscriber's writer sees it: what decides who
@@ -40,6 +56,8 @@ pub(crate) struct MercureUpdate {
     pub(crate) topics: Box<[Box<str>]>,
     /// Only subscribers whose `mercure.subscribe` claim matches one of its topics receive it.
     pub(crate) private: bool,
+    /// [`Record::after`].
+    pub(crate) after: Option<EventId>,
 }
 
 /// The next update's serial.
@@ -73,6 +91,11 @@ pub(crate) struct Record<'a> {
     /// Its data.
     #[serde(borrow)]
     pub(crate) data: Cow<'a, str>,
+    /// The last event of the other Mercure log when this one was published (as the publishing
+    /// node saw it, which is never ahead): a stream of both logs sends it after that event, and
+    /// one resuming from it reads the other log from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) after: Option<String>,
 }
 
 impl Record<'_> {
@@ -95,6 +118,7 @@ pub(crate) fn decode(data: &EventData) -> (Bytes, Option<Attachment>) {
         id: record.id.into(),
         topics: record.topics.into_iter().map(Into::into).collect(),
         private: record.private,
+        after: record.after.and_then(|after| after.parse().ok()),
     };
     (frame, Some(Box::new(update)))
 }
@@ -133,6 +157,7 @@ mod tests {
             kind: Some("update".into()),
             retry: Some(1500),
             data: "line one\n\nline \"three\"\r\nfour".into(),
+            after: Some("aup8nz3d-7".into()),
         };
         let data = record.to_event_data();
         let (frame, update) = decode(&data);
@@ -146,6 +171,7 @@ mod tests {
         assert_eq!(&*update.id, "urn:uuid:1");
         assert_eq!(update.topics.len(), 2);
         assert!(update.private);
+        assert_eq!(update.after, "aup8nz3d-7".parse().ok());
         let plain = Record {
             id: "x".into(),
             topics: vec!["t".into()],
@@ -153,10 +179,12 @@ mod tests {
             kind: None,
             retry: None,
             data: "".into(),
+            after: None,
         };
         assert_eq!(&decode(&plain.to_event_data()).0[..], b"id: x\ndata: \n\n");
         assert!(decode(&EventData::from(String::from("not json"))).1.is_none());
         assert!(is_log(&log()) && log().as_str() == "~mercure");
+        assert!(is_log(&subscriptions_log()));
         assert!(!is_log(&TopicName::new("mercure").unwrap()));
     }
 }

@@ -24,7 +24,7 @@ use crate::event::{
     Cursor, Event, EventData, EventId, EventName, IdError, IdempotencyKey, TopicName, Wire,
 };
 use crate::metrics::{EvictReason, Metrics, Rejection, Transport};
-use crate::registry::{Registry, Subscriber, TopicLimit};
+use crate::registry::{HistoryLimits, Registry, Subscriber, TopicLimit};
 pub use crate::relay::Ticket;
 use crate::relay::{RelayConfig, RelayError, RelayStartError};
 use sequencer::Sequencer;
@@ -32,6 +32,7 @@ use sequencer::Sequencer;
 pub(crate) use crate::registry::Closed;
 pub(crate) use crate::registry::ConnectionCloser;
 pub(crate) use roster::Roster;
+pub(crate) use subscription::ReadsAfter;
 pub use subscription::{Polled, Subscription};
 
 /// Topics dropped after which the allocator is asked to return free memory.
@@ -67,6 +68,9 @@ pub struct HubConfig {
     /// How long a publish's idempotency key is remembered (on a single node; in cluster mode
     /// the relay's configuration says).
     pub idempotency_window: Duration,
+    /// The server's own logs that keep a number of events of their own for resume, not
+    /// `history` (an edge's log of record).
+    pub log_histories: Vec<(TopicName, usize)>,
 }
 
 /// How a publish is made, beyond its event.
@@ -92,7 +96,8 @@ pub struct Published {
 impl HubConfig {
     /// The registry of a node whose topics without subscribers are dropped after `idle_ttl`.
     fn registry(&self, idle_ttl: Duration) -> Registry {
-        Registry::with_limits(self.history, idle_ttl, self.max_topics)
+        let history = HistoryLimits::new(self.history, self.log_histories.clone());
+        Registry::with_limits(history, idle_ttl, self.max_topics)
     }
 }
 
@@ -106,6 +111,7 @@ impl Default for HubConfig {
             topic_idle_ttl: Duration::from_secs(600),
             max_topics: 1_000_000,
             idempotency_window: Duration::from_secs(300),
+            log_histories: Vec::new(),
         }
     }
 }
@@ -177,13 +183,44 @@ pub struct SubscriptionRequest {
     wire: Wire,
     /// Told to drop the subscriber's connection if it is evicted.
     closer: Option<Arc<dyn ConnectionCloser>>,
+    /// Where to start on each topic (in `topics`' order), when given one by one.
+    starts: Option<Vec<Option<EventId>>>,
+    /// Links two topics causally ([`Subscription::link_causally`]).
+    causal: Option<ReadsAfter>,
 }
 
 impl SubscriptionRequest {
     /// A subscription to `topics` in `wire`, resuming after `last_event_id` if given (an event
     /// id for one topic, a cursor for several).
     pub fn new(topics: Vec<TopicName>, last_event_id: Option<String>, wire: Wire) -> Self {
-        SubscriptionRequest { topics, last_event_id, wire, closer: None }
+        SubscriptionRequest {
+            topics,
+            last_event_id,
+            wire,
+            closer: None,
+            starts: None,
+            causal: None,
+        }
+    }
+
+    /// A subscription to `topics` in `wire`, each starting after its own position (live if
+    /// none).
+    pub(crate) fn starting_at(starts: Vec<(TopicName, Option<EventId>)>, wire: Wire) -> Self {
+        let (topics, starts) = starts.into_iter().unzip();
+        SubscriptionRequest {
+            topics,
+            last_event_id: None,
+            wire,
+            closer: None,
+            starts: Some(starts),
+            causal: None,
+        }
+    }
+
+    /// Links the two topics causally by `reads_after` ([`Subscription::link_causally`]).
+    pub(crate) fn linked_causally(mut self, reads_after: ReadsAfter) -> Self {
+        self.causal = Some(reads_after);
+        self
     }
 
     /// Has `closer` drop the subscriber's connection if it is evicted.
@@ -326,34 +363,48 @@ impl Hub {
         &self,
         request: SubscriptionRequest,
     ) -> Result<Subscription, SubscribeError> {
-        let SubscriptionRequest { mut topics, last_event_id, wire, closer } = request;
-        topics.sort_unstable();
-        topics.dedup();
-        if topics.len() > self.config.max_topics_per_stream {
+        let SubscriptionRequest { mut topics, last_event_id, wire, closer, starts, causal } =
+            request;
+        let wanted: Vec<(TopicName, Option<EventId>)> = match starts {
+            Some(starts) => {
+                let mut wanted: Vec<_> = topics.into_iter().zip(starts).collect();
+                wanted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                wanted.dedup_by(|a, b| a.0 == b.0);
+                wanted
+            }
+            None => {
+                topics.sort_unstable();
+                topics.dedup();
+                let resume = match last_event_id.as_deref() {
+                    None => None,
+                    Some(text) if topics.len() == 1 => Some(vec![text.parse::<EventId>()?]),
+                    Some(text) => Some(Cursor::parse(text, topics.len())?.0),
+                };
+                topics
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, name)| (name, resume.as_ref().map(|ids| ids[index])))
+                    .collect()
+            }
+        };
+        if wanted.len() > self.config.max_topics_per_stream {
             return Err(SubscribeError::TooManyTopics {
-                count: topics.len(),
+                count: wanted.len(),
                 max: self.config.max_topics_per_stream,
             });
         }
-        let resume = match last_event_id.as_deref() {
-            None => None,
-            Some(text) if topics.len() == 1 => Some(vec![text.parse::<EventId>()?]),
-            Some(text) => Some(Cursor::parse(text, topics.len())?.0),
-        };
         if self.is_draining() {
             return Err(SubscribeError::ShuttingDown);
         }
-        let wanted: Vec<(TopicName, Option<EventId>)> = topics
-            .iter()
-            .enumerate()
-            .map(|(index, name)| (name.clone(), resume.as_ref().map(|ids| ids[index])))
-            .collect();
         self.sequencer.prepare(&wanted).await?;
 
         let subscriber = self.subscriber(wire, closer);
         let mut subscription = Subscription::new(subscriber, wanted.len(), self.metrics.clone());
         for (name, resume) in wanted {
             subscription.start_on(&self.sequencer, &name, resume)?;
+        }
+        if let Some(reads_after) = causal {
+            subscription.link_causally(reads_after);
         }
         // Pairs with the fence in `shutdown`: either its scan closes this subscriber, or we see it.
         fence(Ordering::SeqCst);

@@ -45,10 +45,17 @@ pub enum Polled {
     Closed(Closed),
 }
 
+/// Reads, from an event of one of two linked topics, the position the other topic had reached
+/// when it was published (see [`Subscription::link_causally`]).
+pub(crate) type ReadsAfter = fn(&Event) -> Option<EventId>;
+
 /// One subscriber's subscription to one or more topics: its reader on each.
 pub struct Subscription {
     subscriber: Arc<Subscriber>,
     topics: Vec<SubscribedTopic>,
+    /// For two topics published with each other's position: hand no event before the events
+    /// of the other topic it was published after.
+    causal: Option<ReadsAfter>,
     /// What the resume lost on some topics: (index in `topics`, gap).
     gaps: Vec<(u16, Gap)>,
     /// The topic to read first next time, so no topic starves the others.
@@ -61,7 +68,39 @@ impl Subscription {
     /// state is no larger than it needs).
     pub(super) fn new(subscriber: Arc<Subscriber>, topics: usize, metrics: Arc<Metrics>) -> Self {
         let topics = Vec::with_capacity(topics);
-        Subscription { subscriber, topics, gaps: Vec::new(), next_topic: 0, metrics }
+        Subscription { subscriber, topics, gaps: Vec::new(), next_topic: 0, causal: None, metrics }
+    }
+
+    /// Links a subscription's two topics causally: an event of one that says (by `reads_after`)
+    /// which position of the other it was published after is handed over only once the other
+    /// topic's events up to that position have been. A client that resumes from any event it
+    /// was sent, on both topics from the positions that event names, then misses nothing.
+    ///
+    /// This never stalls: the other topic's next event was published before this one, so it
+    /// was published after an earlier position of this topic, which was already handed over.
+    pub(crate) fn link_causally(&mut self, reads_after: ReadsAfter) {
+        self.causal = Some(reads_after);
+    }
+
+    /// Whether the next event of topic `index` must wait for the other linked topic.
+    fn waits_for_other(&self, index: usize, event: &Event) -> bool {
+        let Some(reads_after) = self.causal.filter(|_| self.topics.len() == 2) else {
+            return false;
+        };
+        let Some(after) = reads_after(event) else { return false };
+        let other = &self.topics[1 - index];
+        // Positions of another copy of the topic (another epoch) cannot be compared.
+        after.epoch == other.topic.epoch() && after.seq > other.cursor
+    }
+
+    /// Whether topic `index` has an event to hand over now.
+    fn has_ready_event(&self, index: usize) -> bool {
+        let t = &self.topics[index];
+        if t.topic.head().seq == t.cursor {
+            return false;
+        }
+        let guard = epoch::pin();
+        t.topic.event(t.cursor + 1, &guard).is_none_or(|event| !self.waits_for_other(index, event))
     }
 
     /// Subscribes to one more of the topics the subscription starts with; records its gap, if
@@ -203,7 +242,7 @@ impl Subscription {
                 let count = self.topics.len();
                 for i in 0..count {
                     let index = (self.next_topic + i) % count;
-                    let t = &mut self.topics[index];
+                    let t = &self.topics[index];
                     // Read before the head: once a copy is replaced, its head is final.
                     let replaced = t.topic.successor().is_some();
                     let head = t.topic.head().seq;
@@ -211,16 +250,22 @@ impl Subscription {
                     // The bytes taken from this topic are where its stream now ends, less where
                     // it ended: one read per event.
                     let taken_before = taken;
-                    while t.cursor < head && taken < budget {
+                    while self.topics[index].cursor < head && taken < budget {
+                        let t = &self.topics[index];
                         let Some(event) = t.topic.event(t.cursor + 1, &guard) else {
                             lapped = true;
                             break;
                         };
+                        if self.waits_for_other(index, event) {
+                            break;
+                        }
+                        let t = &mut self.topics[index];
                         sink(t.reader.topic_index, event);
                         t.cursor += 1;
                         t.cursor_end = event.stream_end(wire);
                         taken = taken_before + (t.cursor_end - before_end) as usize;
                     }
+                    let t = &mut self.topics[index];
                     if t.cursor != before {
                         t.reader.set_position(t.cursor, t.cursor_end);
                         // Frames are never empty, but a step must count even if one were.
@@ -252,11 +297,9 @@ impl Subscription {
             for t in &self.topics {
                 t.topic.register_waiter(&t.reader);
             }
-            if self
-                .topics
-                .iter()
-                .all(|t| t.topic.head().seq == t.cursor && t.topic.successor().is_none())
-            {
+            if (0..self.topics.len()).all(|index| {
+                !self.has_ready_event(index) && self.topics[index].topic.successor().is_none()
+            }) {
                 return Poll::Pending;
             }
         }

@@ -88,3 +88,46 @@ fn both_modes_answer_the_same_calls_without_panicking() {
     let prepared = Arc::new(hub).prepare_topic(topic, None).now_or_never();
     assert!(matches!(prepared, Some(Ok(()))));
 }
+
+/// Where the other topic was when an event was published, as the test's events say it: their
+/// data is `after:{id}`.
+fn after_in_data(event: &Event) -> Option<EventId> {
+    std::str::from_utf8(event.data.bytes()).ok()?.strip_prefix("after:")?.parse().ok()
+}
+
+#[test]
+fn a_causally_linked_pair_hands_no_event_before_the_other_topics_it_follows() {
+    let hub = Hub::local(HubConfig::default(), Arc::new(Metrics::new()));
+    let (a, b) = (TopicName::new("a").unwrap(), TopicName::new("b").unwrap());
+    // Alternating publishes, each naming where the other topic was: every event of one follows
+    // an event of the other.
+    let mut published = Vec::new();
+    for n in 0..6 {
+        let (topic, other) = if n % 2 == 0 { (&b, &a) } else { (&a, &b) };
+        let after = hub.head(other.as_str()).map_or(String::new(), |head| format!("after:{head}"));
+        let id = hub.publish(topic, None, EventData::from(after)).now_or_never().unwrap().unwrap();
+        published.push((topic.clone(), id));
+    }
+    let from_start = |topic: &TopicName| {
+        (topic.clone(), hub.head(topic.as_str()).map(|head| EventId { seq: 0, ..head }))
+    };
+    let request = SubscriptionRequest::starting_at(vec![from_start(&a), from_start(&b)], Wire::Sse)
+        .linked_causally(after_in_data);
+    let mut subscription =
+        hub.subscribe(request).now_or_never().expect("a local subscribe is immediate").unwrap();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut order = Vec::new();
+    // One event per poll at most, so the order is the one handed over, whatever the batching.
+    while let Poll::Ready(Polled::Events) = subscription.poll_events(&mut cx, 1, |_, event| {
+        order.push((event.topic.clone(), event.id, after_in_data(event)));
+    }) {}
+    for (at, (topic, _, after)) in order.iter().enumerate() {
+        let Some(after) = after else { continue };
+        let handed_before = order[..at].iter().filter(|(t, _, _)| t != topic).count() as u64;
+        assert!(handed_before >= after.seq, "event {at} came before what it follows: {order:?}");
+    }
+    let mut delivered: Vec<_> = order.iter().map(|(t, id, _)| (t.clone(), *id)).collect();
+    delivered.sort_by_key(|(t, id)| (t.clone(), id.seq));
+    published.sort_by_key(|(t, id)| (t.clone(), id.seq));
+    assert_eq!(delivered, published);
+}

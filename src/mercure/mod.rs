@@ -9,13 +9,16 @@
 //! - **Subscribe** (`GET`): the subscriber reads the whole log and its writer keeps the updates
 //!   one of whose topics matches one of its selectors, and, if private, one of its token's
 //!   `mercure.subscribe` selectors ([`selector`]). Resume is by Mercure id, looked up in the
-//!   history the node holds.
-//! - **Subscriptions** ([`presence`]): who is subscribed, on every node of the cluster.
+//!   history the node holds ([`resume`]).
+//! - **Subscriptions** ([`presence`]): who is subscribed, on every node of the cluster. Their
+//!   events go to a log of their own, which a subscriber follows too if its selectors could
+//!   match them.
 //!
 //! Errors are plain text with the reference hub's statuses, not crier's JSON.
 
 mod authorization;
 mod presence;
+mod resume;
 pub(crate) mod selector;
 
 use std::sync::Arc;
@@ -27,15 +30,16 @@ use hyper::body::Incoming;
 
 use crate::auth::{MercureAuthority, MercureKey, MercureKeyError};
 use crate::codec::mercure::{MercureUpdate, Record};
-use crate::event::{Event, EventId, TopicName, Wire};
+use crate::event::Event;
 use crate::http::{
     Admitted, ApiError, ErrorCode, MERCURE_HUB_PATH, PublishPolicy, ResponseBody, read_body,
 };
-use crate::hub::{ConnectionCloser, Hub, SubscribeError, SubscriptionRequest};
+use crate::hub::{ConnectionCloser, Hub, SubscribeError};
 use crate::metrics::Metrics;
 use crate::sse::{EventFilter, SseWriter, StreamTiming};
 use authorization::Unauthorized;
 pub(crate) use presence::Presence;
+use resume::{EARLIEST, MercureLogs};
 use selector::{MercureSelector, SelectorStore, any_matches_update};
 
 /// A topic holding this is the hub's own (subscription events): publishers may not use it.
@@ -44,11 +48,8 @@ const RESERVED_TOPIC_PART: &str = MERCURE_HUB_PATH;
 /// Most topics in one subscribe or publish, and most selectors in a claim.
 const MAX_TOPICS: usize = 1000;
 
-/// The `Last-Event-ID` that asks for every update the hub holds.
-const EARLIEST: &str = "earliest";
-
 /// The Mercure part of the configuration.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct MercureConfig {
     /// The key publishers' tokens are signed with.
     pub(crate) publisher_key: Option<MercureKey>,
@@ -60,6 +61,27 @@ pub(crate) struct MercureConfig {
     pub(crate) publish_origins: Vec<String>,
     /// Publish subscription events and serve the subscriptions API.
     pub(crate) subscriptions: bool,
+    /// Most URI templates the node holds compiled for subscribers.
+    pub(crate) max_templates: usize,
+}
+
+/// The hub's logs that keep a history of their own: the updates, `mercure_history` of them
+/// (`--mercure-history`); subscription events keep `--history`.
+pub(crate) fn log_histories(mercure_history: usize) -> Vec<(crate::event::TopicName, usize)> {
+    vec![(crate::codec::mercure::log(), mercure_history)]
+}
+
+impl Default for MercureConfig {
+    fn default() -> Self {
+        MercureConfig {
+            publisher_key: None,
+            subscriber_key: None,
+            anonymous: false,
+            publish_origins: Vec::new(),
+            subscriptions: false,
+            max_templates: selector::DEFAULT_MAX_TEMPLATES,
+        }
+    }
 }
 
 impl MercureConfig {
@@ -80,7 +102,7 @@ pub(crate) struct MercureEdge {
     presence: Option<Arc<Presence>>,
     /// What every publish goes through.
     publishing: Arc<PublishPolicy>,
-    log: TopicName,
+    logs: MercureLogs,
     max_event_bytes: usize,
     body_timeout: Duration,
 }
@@ -98,20 +120,25 @@ impl MercureEdge {
         let authority =
             MercureAuthority::new(config.publisher_key.as_ref(), config.subscriber_key.as_ref())?;
         let max_event_bytes = hub.config().max_event_bytes;
-        let log = crate::codec::mercure::log();
-        // The log is the hub's history, whoever follows it.
-        hub.pin(log.clone());
+        // The logs are the hub's history, whoever follows them.
+        let updates = crate::codec::mercure::log();
+        hub.pin(updates.clone());
+        let subscriptions = config.subscriptions.then(crate::codec::mercure::subscriptions_log);
+        if let Some(log) = &subscriptions {
+            hub.pin(log.clone());
+        }
         let presence = config.subscriptions.then(|| Presence::start(hub.clone()));
+        let selectors = SelectorStore::new(config.max_templates);
         Ok(Arc::new(MercureEdge {
             hub,
             metrics,
             timing,
             authority,
             config,
-            selectors: SelectorStore::default(),
+            selectors,
             presence,
             publishing,
-            log,
+            logs: MercureLogs { updates, subscriptions },
             max_event_bytes,
             body_timeout,
         }))
@@ -203,15 +230,22 @@ impl MercureEdge {
             .filter(|id| !id.is_empty())
             .map(str::to_owned)
             .or(query_last_event_id.filter(|id| !id.is_empty()));
-        let selectors = self.selectors.get_all(&topics);
-        let private = grant.subscribe.as_deref().map_or_else(Vec::new, |claim| {
-            self.selectors.get_all(&claim[..claim.len().min(MAX_TOPICS)])
-        });
-        // In cluster mode the node's copy of the log must be current before it is read.
-        if let Err(e) = self.hub.prepare_topic(self.log.clone(), None).await {
-            return Err(unavailable(&e));
+        let selectors = self.selectors.hold_all(&topics).map_err(|e| self.templates_full(&e))?;
+        let private = match grant.subscribe.as_deref() {
+            Some(claim) => self
+                .selectors
+                .hold_all(&claim[..claim.len().min(MAX_TOPICS)])
+                .map_err(|e| self.templates_full(&e))?,
+            None => Vec::new(),
+        };
+        let logs = self.logs.followed_by(&selectors);
+        // In cluster mode the node's copy of a log must be current before it is read.
+        for log in &logs {
+            if let Err(e) = self.hub.prepare_topic(log.clone(), None).await {
+                return Err(unavailable(&e));
+            }
         }
-        // Announced before the subscriber reads the log, and not to itself: a subscriber that
+        // Announced before the subscriber reads the logs, and not to itself: a subscriber that
         // does not resume starts after its own arrival (in cluster mode its node may not hold
         // it yet, and then reads it from Redis first).
         let (departure, arrival) = match &self.presence {
@@ -222,19 +256,9 @@ impl MercureEdge {
             }
             None => (None, None),
         };
-        let (resume, resumed_from) = match &last_event_id {
-            None => (arrival, None),
-            Some(id) => {
-                let (position, resumed_from) = self.find_resume(id);
-                (position, Some(resumed_from))
-            }
-        };
-        let request = SubscriptionRequest::new(
-            vec![self.log.clone()],
-            resume.map(|id| id.to_string()),
-            Wire::Sse,
-        )
-        .closed_by(closer);
+        let start = self.logs.start(&self.hub, logs, last_event_id.as_deref(), arrival);
+        let resumed_from = start.resumed_from.clone();
+        let request = start.request().closed_by(closer);
         let subscription = self.hub.subscribe(request).await.map_err(|e| unavailable(&e))?;
 
         let filter = Box::new(SubscriberFilter { selectors, private, _departure: departure });
@@ -255,36 +279,6 @@ impl MercureEdge {
         Ok((headers, writer))
     }
 
-    /// Where a subscriber resuming after Mercure id `requested` starts, and the id it resumes
-    /// from (the `Last-Event-ID` response header), as the reference hub decides: `earliest`
-    /// replays everything held; a known id replays what followed its oldest occurrence held (a
-    /// publisher may reuse ids: the oldest never skips an update the client has not seen); an
-    /// unknown id replays nothing and names the last update held (or `earliest`, if none).
-    fn find_resume(&self, requested: &str) -> (Option<EventId>, String) {
-        if requested == EARLIEST {
-            // Before the oldest event held: the resume starts at the oldest.
-            let start = self.hub.head(self.log.as_str()).map(|head| EventId { seq: 0, ..head });
-            return (start, EARLIEST.to_owned());
-        }
-        let mut found = None;
-        let mut last: Option<(EventId, Box<str>)> = None;
-        let head = self.hub.visit_held(self.log.as_str(), |event: &Event| {
-            let Some(update) = event.frames.attachment::<MercureUpdate>() else { return true };
-            if *update.id == *requested {
-                found = Some(event.id);
-                return false;
-            }
-            last = Some((event.id, update.id.clone()));
-            true
-        });
-        let Some(head) = head else { return (None, EARLIEST.to_owned()) };
-        match (found, last) {
-            (Some(id), _) => (Some(id), requested.to_owned()),
-            (None, Some((id, update_id))) => (Some(id), update_id.into()),
-            (None, None) => (Some(head), EARLIEST.to_owned()),
-        }
-    }
-
     /// `POST /.well-known/mercure`: publishes an update and answers its id. Held to the
     /// publish policy by address (Mercure tokens name no publisher).
     async fn publish(&self, req: Request<Incoming>, admitted: &Admitted) -> Response<ResponseBody> {
@@ -292,7 +286,7 @@ impl MercureEdge {
             Ok(grant) => grant,
             Err(refused) => return refused.response(),
         };
-        let permit = match self.publishing.admit(admitted.peer, None, &self.log) {
+        let permit = match self.publishing.admit(admitted.peer, None, &self.logs.updates) {
             Ok(permit) => permit,
             Err(refused) => return refusal(&refused),
         };
@@ -324,8 +318,10 @@ impl MercureEdge {
             kind: form.kind.as_deref().map(Into::into),
             retry: form.retry,
             data: form.data.as_str().into(),
+            after: self.logs.subscriptions.as_ref().and_then(|log| resume::reached(&self.hub, log)),
         };
-        match permit.publish(self.log.clone(), None, record.to_event_data(), None).await {
+        let log = self.logs.updates.clone();
+        match permit.publish(log, None, record.to_event_data(), None).await {
             Ok(_) => {
                 let mut response = Response::new(ResponseBody::full(Bytes::from(id)));
                 response.headers_mut().insert(
@@ -458,6 +454,18 @@ pub(crate) fn refusal(error: &ApiError) -> Response<ResponseBody> {
         answer.headers_mut().insert(header::RETRY_AFTER, value);
     }
     answer
+}
+
+impl MercureEdge {
+    /// A subscribe whose templates the node has no room for: refused for now, as the
+    /// reference hub refuses what it cannot serve.
+    fn templates_full(&self, error: &selector::TemplatesFull) -> MercureRefused {
+        self.metrics.rejected(crate::metrics::Rejection::MercureTemplates);
+        let mut answer = text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+        answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let retry_later = ApiError::new(ErrorCode::Unavailable, error.to_string());
+        MercureRefused { answer, retry_later: Some(retry_later) }
+    }
 }
 
 /// A subscription the node could not start (Redis down, shutting down, the topic limit).

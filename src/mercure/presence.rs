@@ -1,11 +1,12 @@
 //! Active subscriptions (`--mercure-subscriptions`), as the reference hub's `subscriptions`
 //! option: each subscriber's arrival and departure is a private update (JSON-LD) on
-//! `/.well-known/mercure/subscriptions/{selector}/{subscriber}`, and
+//! `/.well-known/mercure/subscriptions/{selector}/{subscriber}`, published to the hub's log of
+//! subscription events (apart from the updates, with a history of its own), and
 //! `GET /.well-known/mercure/subscriptions[/{selector}[/{subscriber}]]` lists who is subscribed.
 //!
 //! The list is the cluster's, not the node's: each node keeps its subscriptions in the hub's
 //! [`Roster`](crate::hub::Roster), which in cluster mode lives in Redis, and announces them
-//! through the Mercure log. When a node dies, the first survivor to notice (within
+//! through that log. When a node dies, the first survivor to notice (within
 //! `NODE_TIMEOUT` and a heartbeat) takes its subscriptions and announces their end.
 //! Announcements go through one task per node, so a subscriber's departure never overtakes its
 //! arrival.
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{MercureEdge, selector::MercureSelector, text};
 use crate::codec::mercure::{MercureUpdate, Record};
-use crate::event::{EventId, TopicName};
+use crate::event::EventId;
 use crate::http::{MERCURE_SUBSCRIPTIONS_PATH as SUBSCRIPTIONS_PATH, ResponseBody};
 use crate::hub::{Hub, Roster};
 
@@ -114,10 +115,9 @@ impl Presence {
             })
             .collect();
         record(hub, &subscriptions, true).await;
-        let log = crate::codec::mercure::log();
         let mut last = None;
         for subscription in &subscriptions {
-            last = publish(hub, &log, subscription.clone(), true).await.or(last);
+            last = publish(hub, subscription.clone(), true).await.or(last);
         }
         (Departure { presence: self.clone(), subscriptions }, last)
     }
@@ -152,7 +152,6 @@ async fn record(hub: &Hub, subscriptions: &[ActiveSubscription], active: bool) {
 /// The announcer: records and announces departures; every heartbeat,
 /// keeps the node in the roster and announces the departure of the subscribers of dead nodes.
 async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Announcement>) {
-    let log = crate::codec::mercure::log();
     let mut beat = tokio::time::interval(Roster::HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -162,7 +161,7 @@ async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Announc
                 Some(Announcement::Left(subscriptions)) => {
                     record(&hub, &subscriptions, false).await;
                     for subscription in subscriptions {
-                        publish(&hub, &log, subscription, false).await;
+                        publish(&hub, subscription, false).await;
                     }
                 }
                 Some(Announcement::Flush(done)) => {
@@ -179,7 +178,7 @@ async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Announc
                     Ok(dead) => {
                         for value in dead {
                             if let Ok(subscription) = serde_json::from_str::<ActiveSubscription>(&value) {
-                                publish(&hub, &log, subscription, false).await;
+                                publish(&hub, subscription, false).await;
                             }
                         }
                     }
@@ -190,14 +189,9 @@ async fn announce(hub: Arc<Hub>, mut departures: mpsc::UnboundedReceiver<Announc
     }
 }
 
-/// Publishes a subscription event: a private update on the subscription's own topic; returns
-/// its place in the log.
-async fn publish(
-    hub: &Hub,
-    log: &TopicName,
-    mut subscription: ActiveSubscription,
-    active: bool,
-) -> Option<EventId> {
+/// Publishes a subscription event: a private update on the subscription's own topic, to the
+/// log of subscription events; returns its place in that log.
+async fn publish(hub: &Hub, mut subscription: ActiveSubscription, active: bool) -> Option<EventId> {
     subscription.context = Some(CONTEXT.to_owned());
     subscription.active = active;
     let data = serde_json::to_string_pretty(&subscription).ok()?;
@@ -209,8 +203,9 @@ async fn publish(
         kind: None,
         retry: None,
         data: data.as_str().into(),
+        after: super::resume::reached(hub, &crate::codec::mercure::log()),
     };
-    hub.publish(log, None, record.to_event_data())
+    hub.publish(&crate::codec::mercure::subscriptions_log(), None, record.to_event_data())
         .await
         .inspect_err(|e| tracing::warn!(error = %e, "a subscription event could not be published"))
         .ok()
@@ -310,10 +305,12 @@ impl MercureEdge {
         response
     }
 
-    /// The id of the last update the node holds, or `earliest`.
+    /// The id of the last subscription event the node holds, or `earliest`: a client that
+    /// reads the list, then subscribes to subscription events from there, misses no change.
     fn last_event_id(&self) -> String {
+        let Some(log) = &self.logs.subscriptions else { return super::EARLIEST.to_owned() };
         let mut last = None;
-        self.hub.visit_held(self.log.as_str(), |event| {
+        self.hub.visit_held(log.as_str(), |event| {
             if let Some(update) = event.frames.attachment::<MercureUpdate>() {
                 last = Some(update.id.clone());
             }

@@ -7,18 +7,36 @@
 //! compiled once per node whoever uses it ([`SelectorStore`]), and a template remembers which
 //! topics it matched, so deciding an update for a thousand subscribers with the same selector
 //! runs the expression once.
+//!
+//! What templates hold is bounded per node ([`TemplateBudget`], `--mercure-max-templates`): each
+//! template's compiled expression (at most [`MAX_PROGRAM_BYTES`], and as much again for each
+//! thread's search cache), the topics it remembers (at most [`MAX_REMEMBERED`], fewer as
+//! templates multiply so that all of them remember at most [`REMEMBERED_PER_NODE`] answers, about
+//! 100 bytes each), and 2 KiB of recent updates. A subscribe that would pass the budget is
+//! refused for now; templates already held cost nothing more.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::codec::mercure::MercureUpdate;
 
-/// Topics a template remembers its answer for (then it forgets them all at once).
+/// Topics a template remembers its answer for (then it forgets them all at once), at most.
 const MAX_REMEMBERED: usize = 4096;
+
+/// Topics all the templates of a node remember their answers for, together, about: each
+/// remembers its share, [`MAX_REMEMBERED`] at most and 64 at least.
+const REMEMBERED_PER_NODE: usize = 1 << 20;
+
+/// Largest compiled expression of a template, and of each of its search caches; a template
+/// that needs more is taken as an exact topic.
+const MAX_PROGRAM_BYTES: usize = 256 << 10;
+
+/// Templates a node holds compiled at once unless told otherwise.
+pub(crate) const DEFAULT_MAX_TEMPLATES: usize = 10_000;
 
 /// Updates a template remembers its answer for (2 KiB per template in use).
 const RECENT_UPDATES: usize = 256;
@@ -37,6 +55,8 @@ enum Matcher {
     Exact,
     Template {
         regex: regex::Regex,
+        /// Its place in the node's budget, if it was compiled for the store.
+        slot: Option<TemplateSlot>,
         /// Its answer per topic.
         remembered: RwLock<HashMap<Box<str>, bool>>,
         /// Its answers for the last updates it was asked about, by serial modulo the length:
@@ -50,12 +70,25 @@ enum Matcher {
 impl MercureSelector {
     /// Compiles `text`. Text that is not a valid template is an exact topic.
     pub(crate) fn compile(text: &str) -> Self {
+        Self::compile_in(text, None)
+    }
+
+    /// Compiles `text`, a template taking a place in `budget`.
+    fn compile_in(text: &str, budget: Option<&Arc<TemplateBudget>>) -> Self {
+        let compiled = |pattern: String| {
+            regex::RegexBuilder::new(&pattern)
+                .size_limit(MAX_PROGRAM_BYTES)
+                .dfa_size_limit(MAX_PROGRAM_BYTES)
+                .build()
+                .ok()
+        };
         let matcher = if text == "*" {
             Matcher::Any
-        } else if text.contains('{') {
-            match template_regex(text).and_then(|pattern| regex::Regex::new(&pattern).ok()) {
+        } else if is_template(text) {
+            match template_regex(text).and_then(compiled) {
                 Some(regex) => Matcher::Template {
                     regex,
+                    slot: budget.map(|budget| budget.take()),
                     remembered: RwLock::default(),
                     recent_updates: (0..RECENT_UPDATES).map(|_| AtomicU64::new(0)).collect(),
                 },
@@ -73,7 +106,7 @@ impl MercureSelector {
         match &self.matcher {
             Matcher::Any => true,
             Matcher::Exact => *self.text == *topic,
-            Matcher::Template { regex, remembered, .. } => {
+            Matcher::Template { regex, remembered, slot, .. } => {
                 if *self.text == *topic {
                     return true;
                 }
@@ -82,13 +115,51 @@ impl MercureSelector {
                 }
                 let matched = regex.is_match(topic);
                 let mut remembered = remembered.write();
-                if remembered.len() >= MAX_REMEMBERED {
+                let room = slot.as_ref().map_or(MAX_REMEMBERED, |slot| slot.0.remembered_each());
+                if remembered.len() >= room {
                     remembered.clear();
                 }
                 remembered.insert(topic.into(), matched);
                 matched
             }
         }
+    }
+}
+
+/// What every subscription event's topic starts with.
+const SUBSCRIPTION_TOPICS: &str = "/.well-known/mercure/subscriptions/";
+
+/// What no update's topic holds (publishers may not use the hub's namespace).
+const HUB_NAMESPACE: &str = crate::http::MERCURE_HUB_PATH;
+
+impl MercureSelector {
+    /// Whether the selector could match a subscription event's topic; `true` when unsure.
+    pub(crate) fn may_match_subscription_events(&self) -> bool {
+        match &self.matcher {
+            Matcher::Any => true,
+            Matcher::Exact => self.text.starts_with(SUBSCRIPTION_TOPICS),
+            Matcher::Template { .. } => {
+                // What every expansion starts with, and what every such topic starts with,
+                // must agree as far as the shorter goes.
+                let literal = self.literal_prefix();
+                literal.starts_with(SUBSCRIPTION_TOPICS) || SUBSCRIPTION_TOPICS.starts_with(literal)
+            }
+        }
+    }
+
+    /// Whether the selector could match an update's topic; `true` when unsure.
+    pub(crate) fn may_match_updates(&self) -> bool {
+        let literal = match &self.matcher {
+            Matcher::Any => return true,
+            Matcher::Exact => &*self.text,
+            Matcher::Template { .. } => self.literal_prefix(),
+        };
+        !literal.contains(HUB_NAMESPACE)
+    }
+
+    /// The text before the first expression: what every expansion starts with.
+    fn literal_prefix(&self) -> &str {
+        &self.text[..self.text.find('{').unwrap_or(self.text.len())]
     }
 }
 
@@ -123,30 +194,112 @@ pub(crate) fn any_matches_update(
     selectors.iter().any(|selector| selector.matches_update(update))
 }
 
+/// Whether `text` is compiled as a template (if it is a valid one).
+fn is_template(text: &str) -> bool {
+    text.contains('{')
+}
+
+/// How many templates a node may hold compiled, and how many it holds.
+pub(crate) struct TemplateBudget {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl TemplateBudget {
+    fn take(self: &Arc<Self>) -> TemplateSlot {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        TemplateSlot(self.clone())
+    }
+
+    /// How many topics each template remembers its answer for now.
+    fn remembered_each(&self) -> usize {
+        let held = self.held.load(Ordering::Relaxed).max(1);
+        (REMEMBERED_PER_NODE / held).clamp(64, MAX_REMEMBERED)
+    }
+}
+
+/// A compiled template's place in the budget, given back when it is dropped.
+struct TemplateSlot(Arc<TemplateBudget>);
+
+impl Drop for TemplateSlot {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A subscribe needs more templates compiled than the node's budget has room for.
+#[derive(Debug, thiserror::Error)]
+#[error("the hub holds as many compiled templates as it may (--mercure-max-templates {max})")]
+pub(crate) struct TemplatesFull {
+    pub(crate) max: usize,
+}
+
 /// The node's compiled selectors, shared by every subscriber and token that names them.
-#[derive(Default)]
 pub(crate) struct SelectorStore {
     compiled: Mutex<HashMap<Box<str>, Weak<MercureSelector>>>,
+    budget: Arc<TemplateBudget>,
+}
+
+impl Default for SelectorStore {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_TEMPLATES)
+    }
 }
 
 impl SelectorStore {
-    /// The compiled `text`, compiled now if no one holds it.
+    /// A store that holds at most `max_templates` templates compiled for subscribers.
+    pub(crate) fn new(max_templates: usize) -> Self {
+        let budget = Arc::new(TemplateBudget { held: AtomicUsize::new(0), max: max_templates });
+        SelectorStore { compiled: Mutex::default(), budget }
+    }
+
+    /// The compiled `text`, compiled now if no one holds it; for a request's own use (it
+    /// counts in the budget while held, but is never refused).
     pub(crate) fn get(&self, text: &str) -> Arc<MercureSelector> {
         let mut compiled = self.compiled.lock();
+        self.get_locked(&mut compiled, text)
+    }
+
+    fn get_locked(
+        &self,
+        compiled: &mut HashMap<Box<str>, Weak<MercureSelector>>,
+        text: &str,
+    ) -> Arc<MercureSelector> {
         if let Some(selector) = compiled.get(text).and_then(Weak::upgrade) {
             return selector;
         }
         if compiled.len() >= MAX_IDLE_SELECTORS {
             compiled.retain(|_, selector| selector.strong_count() > 0);
         }
-        let selector = Arc::new(MercureSelector::compile(text));
+        let selector = Arc::new(MercureSelector::compile_in(text, Some(&self.budget)));
         compiled.insert(text.into(), Arc::downgrade(&selector));
         selector
     }
 
-    /// Every one of `texts`, compiled.
+    /// Every one of `texts`, compiled; for a request's own use, as [`SelectorStore::get`].
     pub(crate) fn get_all<S: AsRef<str>>(&self, texts: &[S]) -> Vec<Arc<MercureSelector>> {
         texts.iter().map(|text| self.get(text.as_ref())).collect()
+    }
+
+    /// Every one of `texts`, compiled, to hold for a stream's life: refused if the templates
+    /// not compiled yet would take the node past its budget.
+    pub(crate) fn hold_all<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+    ) -> Result<Vec<Arc<MercureSelector>>, TemplatesFull> {
+        let mut compiled = self.compiled.lock();
+        let mut new: Vec<&str> = texts
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|text| is_template(text))
+            .filter(|text| compiled.get(*text).is_none_or(|held| held.strong_count() == 0))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if self.budget.held.load(Ordering::Relaxed) + new.len() > self.budget.max {
+            return Err(TemplatesFull { max: self.budget.max });
+        }
+        Ok(texts.iter().map(|text| self.get_locked(&mut compiled, text.as_ref())).collect())
     }
 }
 
@@ -275,6 +428,22 @@ mod tests {
     }
 
     #[test]
+    fn a_selector_knows_which_logs_it_could_match_in() {
+        let could = |text: &str| {
+            let selector = MercureSelector::compile(text);
+            (selector.may_match_updates(), selector.may_match_subscription_events())
+        };
+        assert_eq!(could("*"), (true, true));
+        assert_eq!(could("https://example.com/books/1"), (true, false));
+        assert_eq!(could("https://example.com/books/{id}"), (true, false));
+        assert_eq!(could("{+anything}"), (true, true));
+        assert_eq!(could("/.well-known/mercure/subscriptions{/topic}{/subscriber}"), (false, true));
+        assert_eq!(could("/.well-known/mercure/subscriptions/a/b"), (false, true));
+        assert_eq!(could("/.well-known/{x}"), (true, true));
+        assert_eq!(could("/.well-known/mercure"), (false, false));
+    }
+
+    #[test]
     fn star_and_exact_selectors() {
         assert!(matches("*", "https://example.com/anything"));
         assert!(matches("https://example.com/a", "https://example.com/a"));
@@ -361,6 +530,7 @@ mod tests {
             id: "i".into(),
             topics: topics.iter().map(|t| (*t).into()).collect(),
             private: false,
+            after: None,
         };
         let (hit, miss) = (update(&["x", "https://example.com/2"]), update(&["x"]));
         for _ in 0..2 {

@@ -27,10 +27,12 @@ pub(crate) enum Rejection {
     ResumeRate,
     /// `--max-streams-per-ip`.
     StreamsPerIp,
+    /// `--mercure-max-templates`.
+    MercureTemplates,
 }
 
 impl Rejection {
-    pub(super) const ALL: [Rejection; 11] = [
+    pub(super) const ALL: [Rejection; 12] = [
         Rejection::Connections,
         Rejection::ConnectionsPerIp,
         Rejection::StreamRate,
@@ -42,6 +44,7 @@ impl Rejection {
         Rejection::TopicRate,
         Rejection::ResumeRate,
         Rejection::StreamsPerIp,
+        Rejection::MercureTemplates,
     ];
 
     /// The label value.
@@ -58,6 +61,7 @@ impl Rejection {
             Rejection::TopicRate => "topic_rate",
             Rejection::ResumeRate => "resume_rate",
             Rejection::StreamsPerIp => "streams_per_ip",
+            Rejection::MercureTemplates => "mercure_templates",
         }
     }
 }

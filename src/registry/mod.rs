@@ -104,6 +104,41 @@ pub(crate) struct Swept {
 /// subscriber may fall when history is small or off.
 pub(crate) const MIN_LOG_EVENTS: usize = 64;
 
+/// How many events each topic keeps for resume: `--history`, or its own number for one of the
+/// server's logs of record (an edge's own history).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HistoryLimits {
+    default: usize,
+    logs: Box<[(TopicName, usize)]>,
+}
+
+impl HistoryLimits {
+    /// `default` events per topic, and `logs`' own numbers.
+    pub(crate) fn new(default: usize, logs: Vec<(TopicName, usize)>) -> Self {
+        HistoryLimits { default, logs: logs.into() }
+    }
+
+    /// The events a resume of `topic` may replay.
+    pub(crate) fn of(&self, topic: &str) -> usize {
+        self.logs.iter().find(|(name, _)| name.as_str() == topic).map_or(self.default, |l| l.1)
+    }
+
+    /// The events `topic`'s log holds, for live readers as well as resumes.
+    pub(crate) fn log_events(&self, topic: &str) -> usize {
+        self.of(topic).max(MIN_LOG_EVENTS)
+    }
+
+    /// The events the log of a topic without a number of its own holds.
+    pub(crate) fn default_log_events(&self) -> usize {
+        self.default.max(MIN_LOG_EVENTS)
+    }
+
+    /// The logs with a number of their own, and theirs.
+    pub(crate) fn logs(&self) -> impl Iterator<Item = (&TopicName, usize)> {
+        self.logs.iter().map(|(name, limit)| (name, *limit))
+    }
+}
+
 /// One shard of the topic map.
 type Shard = CachePadded<RwLock<HashSet<Held>>>;
 
@@ -136,7 +171,7 @@ impl Eq for Held {}
 pub(crate) struct Registry {
     shards: Box<[Shard]>,
     hasher: RandomState,
-    history_limit: usize,
+    history: HistoryLimits,
     /// The epoch the next topic created here draws: random at start, then one more per topic,
     /// so two copies of a topic on one node never share an epoch.
     next_epoch: AtomicU64,
@@ -156,18 +191,23 @@ impl Registry {
     /// idle, and are not limited in number.
     #[cfg(test)]
     pub(crate) fn new(history_limit: usize) -> Self {
-        Self::with_limits(history_limit, Duration::from_secs(600), usize::MAX)
+        let history = HistoryLimits::new(history_limit, Vec::new());
+        Self::with_limits(history, Duration::from_secs(600), usize::MAX)
     }
 
-    /// A registry whose topics keep `history_limit` events each and are dropped after
-    /// `idle_ttl` without subscriber or event, holding at most `max_topics`.
-    pub(crate) fn with_limits(history_limit: usize, idle_ttl: Duration, max_topics: usize) -> Self {
+    /// A registry whose topics keep `history` events each and are dropped after `idle_ttl`
+    /// without subscriber or event, holding at most `max_topics`.
+    pub(crate) fn with_limits(
+        history: HistoryLimits,
+        idle_ttl: Duration,
+        max_topics: usize,
+    ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let shards = (cores.next_power_of_two() * 4).max(4);
         Registry {
             shards: (0..shards).map(|_| CachePadded::new(RwLock::new(HashSet::new()))).collect(),
             hasher: RandomState::new(),
-            history_limit,
+            history,
             next_epoch: AtomicU64::new(Epoch::random().as_u64()),
             retired: Mutex::new(Vec::new()),
             lifecycle: Arc::new(Lifecycle::new(idle_ttl)),
@@ -191,7 +231,8 @@ impl Registry {
     pub(crate) fn new_topic(&self, name: TopicName, epoch: Epoch, base: u64) -> Arc<Topic> {
         let pinned = self.pinned.read().contains(&name);
         let lifecycle = self.lifecycle.clone();
-        let topic = Topic::new(name, epoch, base, self.history_limit, lifecycle);
+        let history_limit = self.history.of(name.as_str());
+        let topic = Topic::new(name, epoch, base, history_limit, lifecycle);
         if pinned {
             topic.pin();
         }
@@ -257,9 +298,9 @@ impl Registry {
         Ok((topic, true))
     }
 
-    /// Events each topic keeps for resume (`--history`).
-    pub(crate) fn history_limit(&self) -> usize {
-        self.history_limit
+    /// Events each topic keeps for resume.
+    pub(crate) fn history(&self) -> &HistoryLimits {
+        &self.history
     }
 
     /// Makes `topic` the node's copy of its name (cluster mode), replacing the current copy if
@@ -575,7 +616,11 @@ mod tests {
     }
 
     fn short_lived(ttl_ms: u64, max_topics: usize) -> Registry {
-        Registry::with_limits(10, std::time::Duration::from_millis(ttl_ms), max_topics)
+        Registry::with_limits(
+            HistoryLimits::new(10, Vec::new()),
+            std::time::Duration::from_millis(ttl_ms),
+            max_topics,
+        )
     }
 
     #[test]

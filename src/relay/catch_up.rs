@@ -32,7 +32,6 @@ pub(super) struct CatchUp {
     pool: Arc<Commands>,
     script: redis::Script,
     shared: Arc<Shared>,
-    stream_len: usize,
     /// Topics whose streams could not be read while Redis answered for others.
     pub(super) stale: BTreeSet<TopicName>,
 }
@@ -43,10 +42,9 @@ impl CatchUp {
         topics: Gauge,
         pool: Arc<Commands>,
         shared: Arc<Shared>,
-        stream_len: usize,
     ) -> Self {
         let script = scripts::sync();
-        CatchUp { registry, topics, pool, script, shared, stream_len, stale: BTreeSet::new() }
+        CatchUp { registry, topics, pool, script, shared, stale: BTreeSet::new() }
     }
 
     /// Brings the node's copies of `topics` up to date with their streams. `reconnect` says
@@ -64,7 +62,6 @@ impl CatchUp {
         }
         let failed = |e: redis::RedisError| RelayError::Call(Cause::new(e));
         let mut conn = self.pool.get().await?;
-        let max_entries = self.stream_len.to_string();
         for batch in topics.chunks(SYNC_BATCH) {
             let calls = || {
                 batch
@@ -76,7 +73,7 @@ impl CatchUp {
                         let mut call = scripts::call(&self.script, name, ttl);
                         call.arg(head.map_or("-".to_owned(), |head| head.epoch.to_string()))
                             .arg(head.map_or(0, |head| head.seq))
-                            .arg(&max_entries)
+                            .arg(self.registry.history().log_events(name.as_str()))
                             .arg(local.as_deref().map_or(String::new(), last_envelope_digest));
                         call
                     })

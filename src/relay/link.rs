@@ -123,7 +123,6 @@ enum Stop {
 }
 
 impl Lane {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         (index, lanes): (usize, usize),
         registry: Arc<Registry>,
@@ -132,9 +131,8 @@ impl Lane {
         pool: Arc<Commands>,
         jobs: mpsc::Receiver<SyncJob>,
         shared: Arc<Shared>,
-        stream_len: usize,
     ) -> Self {
-        let catch_up = CatchUp::new(registry.clone(), topics, pool, shared.clone(), stream_len);
+        let catch_up = CatchUp::new(registry.clone(), topics, pool, shared.clone());
         Lane {
             index,
             lanes,

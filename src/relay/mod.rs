@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::event::{EventData, EventId, EventName, IdempotencyKey, TopicName};
 use crate::metrics::{Metrics, RelayMetrics};
-use crate::registry::{MIN_LOG_EVENTS, Registry, Topic};
+use crate::registry::{Registry, Topic};
 pub(crate) use roster::{HEARTBEAT as ROSTER_HEARTBEAT, RedisRoster};
 
 /// How a node reaches Redis.
@@ -227,7 +227,6 @@ impl Relay {
                 .unwrap_or(u64::MAX)
                 .max(1),
         });
-        let stream_len = registry.history_limit().max(MIN_LOG_EVENTS);
         let (publishes, publish_jobs) = mpsc::channel(PUBLISH_QUEUE);
         let script = scripts::publish(config.cluster);
         publisher::spawn(
@@ -235,7 +234,7 @@ impl Relay {
             publish_jobs,
             script,
             config.pool_size,
-            stream_len,
+            registry.history(),
             shared.clone(),
         );
         let seeds = link::Seeds { nodes: seeds, cluster: config.cluster };
@@ -251,7 +250,6 @@ impl Relay {
                 pool.clone(),
                 jobs,
                 shared.clone(),
-                stream_len,
             );
             tokio::spawn(lane.run());
         }

@@ -22,6 +22,7 @@ use super::{Cause, RelayError, Shared, Ticket};
 use crate::codec::envelope;
 use crate::event::{EventData, EventId, EventName, IdempotencyKey, TopicName};
 use crate::metrics::RelayErrorKind;
+use crate::registry::HistoryLimits;
 
 /// Most publishes sent in one pipeline.
 const MAX_BATCH: usize = 256;
@@ -48,9 +49,10 @@ pub(super) fn spawn(
     jobs: mpsc::Receiver<PublishJob>,
     script: redis::Script,
     workers: usize,
-    stream_len: usize,
+    history: &HistoryLimits,
     shared: Arc<Shared>,
 ) {
+    let stream_lengths = Arc::new(StreamLengths::new(history));
     let jobs = Arc::new(Mutex::new(jobs));
     let script = Arc::new(script);
     for _ in 0..workers.max(1) {
@@ -58,7 +60,7 @@ pub(super) fn spawn(
             pool: pool.clone(),
             jobs: jobs.clone(),
             script: script.clone(),
-            stream_len: Bytes::from(stream_len.to_string()),
+            stream_lengths: stream_lengths.clone(),
             shared: shared.clone(),
         };
         tokio::spawn(worker.run());
@@ -69,8 +71,32 @@ struct Worker {
     pool: Arc<Commands>,
     jobs: Arc<Mutex<mpsc::Receiver<PublishJob>>>,
     script: Arc<redis::Script>,
-    stream_len: Bytes,
+    stream_lengths: Arc<StreamLengths>,
     shared: Arc<Shared>,
+}
+
+/// The `MAXLEN` of each topic's stream, as the publish script takes it: the events its log
+/// holds, rendered once.
+struct StreamLengths {
+    default: Bytes,
+    logs: Box<[(TopicName, Bytes)]>,
+}
+
+impl StreamLengths {
+    fn new(history: &HistoryLimits) -> Self {
+        let render = |events: usize| Bytes::from(events.to_string());
+        StreamLengths {
+            default: render(history.default_log_events()),
+            logs: history
+                .logs()
+                .map(|(name, _)| (name.clone(), render(history.log_events(name.as_str()))))
+                .collect(),
+        }
+    }
+
+    fn of(&self, topic: &TopicName) -> &[u8] {
+        self.logs.iter().find(|(name, _)| name == topic).map_or(&self.default, |(_, len)| len)
+    }
 }
 
 impl Worker {
@@ -186,7 +212,7 @@ impl Worker {
         let key = job.idempotency_key.as_ref();
         let mut call = scripts::publish_call(&self.script, &job.topic, key);
         call.arg(self.shared.key_ttl_ms)
-            .arg(&self.stream_len[..])
+            .arg(self.stream_lengths.of(&job.topic))
             .arg(TopicKeys::new(&job.topic).channel)
             .arg(envelope::header_tail(&job.topic, job.name.as_ref(), &job.data))
             .arg(&job.data.bytes()[..])

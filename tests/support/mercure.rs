@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 
-use super::{HttpResponse, SseClient, request, tokens, urlencode};
+use super::{HttpResponse, SseClient, TestServer, request, tokens, urlencode};
 
 /// The HMAC key of the test hubs (the reference hub's documented default).
 pub const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
@@ -14,6 +14,18 @@ pub const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
 /// The flags of a hub with `KEY` for publishers and subscribers.
 pub const HUB: [&str; 4] =
     ["--mercure-publisher-jwt-key", KEY, "--mercure-subscriber-jwt-key", KEY];
+
+/// A hub in this process with [`HUB`]'s keys and `extra` flags.
+pub async fn hub(extra: &[&str]) -> TestServer {
+    let mut args = HUB.to_vec();
+    args.extend_from_slice(extra);
+    TestServer::start(&args).await
+}
+
+/// The `Authorization` header value carrying `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
 
 /// An HS256 token with `claims` signed with [`KEY`].
 pub fn token(claims: &Value) -> String {
