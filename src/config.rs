@@ -93,16 +93,16 @@ pub struct Config {
     #[arg(long, env = "CRIER_WRITE_DELAY", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub write_delay: Duration,
 
-    /// Origins allowed to open WebSockets, comma-separated (e.g.
-    /// `https://app.example,https://admin.example`). Empty allows any; a handshake without an
-    /// `Origin` header (not a browser) is not checked.
-    #[arg(long, env = "CRIER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    /// The old name of --cors-origins for WebSockets (one list now serves both), kept working
+    /// with a warning: its origins are added to --cors-origins.
+    #[arg(long, env = "CRIER_ALLOWED_ORIGINS", value_delimiter = ',', hide = true)]
     pub allowed_origins: Vec<String>,
 
-    /// Origins whose pages may read `/sse` streams and `/publish` answers across origins,
-    /// comma-separated (`https://app.example`), or `*` for any origin (then without
-    /// credentials). Listed origins may send credentials (the `crier_token` cookie). Empty:
-    /// no cross-origin access. (WebSockets are checked against --allowed-origins.)
+    /// Origins whose pages may act across origins, comma-separated (`https://app.example`), or
+    /// `*` for any: read `/sse` streams and `/publish` answers, open WebSockets, and publish.
+    /// Listed origins may send credentials (the `crier_token` cookie). Empty: only the
+    /// server's own pages. A publish or WebSocket from another page is refused (403), whatever
+    /// authorised it; clients that are not pages (no `Origin`) are not checked.
     #[arg(long, env = "CRIER_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
@@ -393,6 +393,11 @@ impl Config {
             self.mercure_publish_origins = std::mem::take(&mut self.publish_origins);
             warn("publish-origins", "mercure-publish-origins");
         }
+        if !self.allowed_origins.is_empty() {
+            let origins = std::mem::take(&mut self.allowed_origins);
+            self.cors_origins.extend(origins);
+            warn("allowed-origins", "cors-origins");
+        }
         used
     }
 
@@ -595,10 +600,15 @@ mod tests {
             "7",
             "--publish-origins",
             "https://a.example,https://b.example",
+            "--allowed-origins",
+            "https://ws.example",
+            "--cors-origins",
+            "https://app.example",
         ])
         .unwrap();
         let used = c.take_deprecated_names();
-        assert_eq!(used.len(), 3, "{used:?}");
+        assert_eq!(used.len(), 4, "{used:?}");
+        assert_eq!(c.cors_origins, ["https://app.example", "https://ws.example"]);
         assert!(used[0].contains("--client-queue-bytes") && used[0].contains("--max-lag-bytes"));
         assert_eq!(c.max_lag_bytes, 65536);
         assert_eq!(c.max_topics_per_stream, 7);

@@ -123,9 +123,10 @@ ws.onclose = (e) => { window.ended = { code: e.code, reason: e.reason, clean: e.
 async fn a_refused_websocket_is_closed_1013_with_a_reason_a_page_can_read() {
     // The address's one stream is open: the page's WebSocket is refused, however long the
     // browser takes to start.
-    let server = TestServer::start(&["--max-streams-per-ip", "1"]).await;
-    let _first = SseClient::connect(server.addr, "/sse?topic=crowd", &[]).await;
     let page_addr = serve_page(WEBSOCKET.to_owned()).await;
+    let origin = format!("http://{page_addr}");
+    let server = TestServer::start(&["--max-streams-per-ip", "1", "--cors-origins", &origin]).await;
+    let _first = SseClient::connect(server.addr, "/sse?topic=crowd", &[]).await;
     let mut browser = Browser::launch().await;
     let page = browser.open(&format!("http://{page_addr}/?crier={}", server.addr)).await;
     let closed = browser.wait_for(&page, "window.ended").await;

@@ -174,3 +174,19 @@ fn the_shipped_body_limit_is_criers_default_event_limit() {
     let defaults = crier::Config::try_parse_from(["crier"]).expect("the defaults parse");
     assert_eq!(bytes, defaults.max_event_bytes, "client_max_body_size {limit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_the_servers_own_pages_may_publish_and_others_may_not() {
+    let server = TestServer::start(&[]).await;
+    let proxy = Nginx::start(&[server.addr]).await;
+    // The page's origin is the address the browser reached: nginx's, passed on as `Host`.
+    let own = format!("http://{}", proxy.addr);
+    let publish_from = |origin: String| async move {
+        let headers = [("Origin", origin.as_str())];
+        request(proxy.addr, "POST", "/publish?topic=t", &headers, b"x").await
+    };
+    assert_eq!(publish_from(own.clone()).await.status, 200);
+    let foreign = publish_from("https://evil.example".to_owned()).await;
+    assert_eq!((foreign.status, foreign.json()["error"].as_str()), (403, Some("cross_origin")));
+    let _socket = ws::connect_with(proxy.addr, "/ws?topic=t", &[("Origin", own.as_str())]).await;
+}

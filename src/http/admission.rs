@@ -23,6 +23,7 @@ use super::body::ResponseBody;
 use super::cors::CorsPolicy;
 use super::credentials::request_token;
 use super::error::{ApiError, ErrorCode};
+use super::origins::OriginPolicy;
 use super::peer::{Peer, TrustedProxies};
 use super::query::CrierQuery;
 use super::retry_later::{Asker, RefusalForm, SoftRefusals};
@@ -58,6 +59,8 @@ pub(crate) struct AdmissionRequest<'a> {
     pub(crate) method: &'a Method,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) query: Option<&'a str>,
+    /// The authority the request reached the server as (its own pages' origin).
+    pub(crate) host: Option<&'a str>,
 }
 
 /// A request admitted: who it comes from and what it may do.
@@ -120,11 +123,22 @@ impl CorsHeaders {
     }
 }
 
+/// Pages that may publish from another origin.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WriteOrigins {
+    /// On crier's API: `--cors-origins`.
+    pub(crate) api: OriginPolicy,
+    /// On the Mercure hub: those and `--mercure-publish-origins`.
+    pub(crate) mercure: OriginPolicy,
+}
+
 /// What every request to a gated endpoint passes before the endpoint sees it.
 pub(crate) struct Admission {
     authority: Arc<Authority>,
     proxies: TrustedProxies,
     cors: Option<CorsPolicy>,
+    /// Pages that may publish from another origin, on crier's API and on the Mercure hub.
+    writers: WriteOrigins,
     metrics: Arc<Metrics>,
     rates: StreamRates,
     new_streams: RateTable<ClientKey>,
@@ -142,7 +156,7 @@ impl Admission {
     pub(crate) fn new(
         authority: Arc<Authority>,
         proxies: TrustedProxies,
-        cors: Option<CorsPolicy>,
+        (cors, writers): (Option<CorsPolicy>, WriteOrigins),
         metrics: Arc<Metrics>,
         rates: StreamRates,
         hub: Arc<Hub>,
@@ -151,6 +165,7 @@ impl Admission {
             authority,
             proxies,
             cors,
+            writers,
             metrics,
             rates,
             new_streams: RateTable::per_second(rates.new_streams_per_sec),
@@ -164,10 +179,18 @@ impl Admission {
 
     /// Admits a request, or says why not.
     pub(crate) fn admit(&self, request: &AdmissionRequest<'_>) -> Result<Admitted, Refused> {
-        let AdmissionRequest { route, remote, method, headers, query: raw_query } = *request;
+        let AdmissionRequest { route, remote, method, headers, query: raw_query, host } = *request;
         let peer = self.proxies.peer(remote, headers);
         let cors = self.cors_headers(route, headers);
         let checked = (|| {
+            // Before anything could authorise it: loopback trust and cookies are a page's too.
+            match route {
+                GatedRoute::Publish => self.writers.api.check_write(headers, host)?,
+                GatedRoute::Mercure if *method == Method::POST => {
+                    self.writers.mercure.check_write(headers, host)?;
+                }
+                _ => {}
+            }
             let (access, query) = match route {
                 GatedRoute::Mercure | GatedRoute::MercureSubscriptions => {
                     (self.authority.access(None, peer.local), CrierQuery::default())

@@ -68,8 +68,10 @@ error_codes! {
     InvalidToken = (UNAUTHORIZED, "invalid_token"),
     /// The client may not do this (its token does not cover the topic).
     Forbidden = (FORBIDDEN, "forbidden"),
-    /// A browser's `Origin` outside `--allowed-origins`.
+    /// A browser's `Origin` outside `--cors-origins` (a WebSocket, a preflight).
     OriginNotAllowed = (FORBIDDEN, "origin_not_allowed"),
+    /// A publish sent by a page of an origin outside `--cors-origins`.
+    CrossOrigin = (FORBIDDEN, "cross_origin"),
     /// No such endpoint.
     NotFound = (NOT_FOUND, "not_found"),
     /// The endpoint does not take this method (the answer carries `Allow`).

@@ -1,5 +1,6 @@
 //! What every HTTP-facing part shares, below the edges and the server: the routing table, the
-//! one admission every gated request passes and the one policy every publish passes, the
+//! one admission every gated request passes (with the one origin policy) and the one policy
+//! every publish passes, the
 //! response body, the one table of error codes (with their statuses, for HTTP errors and
 //! WebSocket command errors alike), the query parsing, and who a request comes from and where
 //! its token comes from.
@@ -10,6 +11,7 @@ mod cors;
 mod credentials;
 mod error;
 mod keyed_attempts;
+mod origins;
 mod peer;
 mod publish_policy;
 mod query;
@@ -18,11 +20,13 @@ mod route;
 
 pub(crate) use admission::{
     Admission, AdmissionRequest, Admitted, CorsHeaders, Refused, StreamRates, StreamSlot,
+    WriteOrigins,
 };
 pub(crate) use body::{ChunkStream, ResponseBody, StreamError, read_body};
 pub(crate) use cors::CorsPolicy;
 pub(crate) use credentials::{TokenSource, request_token_from};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
+pub(crate) use origins::{OriginPolicy, page_origin, request_host};
 pub(crate) use peer::{Peer, TrustedProxies};
 pub(crate) use publish_policy::{PublishLimits, PublishPolicy};
 pub(crate) use retry_later::{Asker, RefusalForm, close_reason, event_stream_response};

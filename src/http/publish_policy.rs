@@ -310,8 +310,14 @@ mod tests {
             new_topics_per_sec: 100,
         };
         let proxies = TrustedProxies::default();
-        let admission =
-            Arc::new(Admission::new(authority, proxies, None, metrics.clone(), rates, hub.clone()));
+        let admission = Arc::new(Admission::new(
+            authority,
+            proxies,
+            (None, Default::default()),
+            metrics.clone(),
+            rates,
+            hub.clone(),
+        ));
         let limits = PublishLimits {
             per_sec,
             max_in_flight,

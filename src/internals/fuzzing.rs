@@ -145,7 +145,9 @@ pub fn check_ws_handshake(
     }
     let method = if post { Method::POST } else { Method::GET };
     let version = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
-    if let Ok(accept) = crate::ws::handshake::validate(&method, version, &map, origins) {
+    let origins = crate::http::OriginPolicy::new(origins);
+    let host = map.get(header::HOST).and_then(|host| host.to_str().ok());
+    if let Ok(accept) = crate::ws::handshake::validate(&method, version, &map, &origins, host) {
         assert!(method == Method::GET && version == Version::HTTP_11);
         let key = map.get(header::SEC_WEBSOCKET_KEY).expect("a key");
         let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes().trim_ascii());

@@ -97,45 +97,11 @@ impl MercureEdge {
     /// Whether the `Origin` (else the origin of the `Referer`) is one of
     /// `--mercure-publish-origins`.
     fn origin_may_publish(&self, headers: &HeaderMap) -> bool {
-        let origin = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-            Some(origin) => origin.to_owned(),
-            None => {
-                let Some(referer) = headers.get(header::REFERER).and_then(|v| v.to_str().ok())
-                else {
-                    return false;
-                };
-                match referer_origin(referer) {
-                    Some(origin) => origin,
-                    None => return false,
-                }
-            }
-        };
+        let Some(origin) = crate::http::page_origin(headers) else { return false };
         let origin = origin.trim_end_matches('/');
         self.config
             .publish_origins
             .iter()
             .any(|allowed| allowed == "*" || allowed.trim_end_matches('/') == origin)
-    }
-}
-
-/// `scheme://host[:port]` of a URL.
-fn referer_origin(url: &str) -> Option<String> {
-    // A URI's fragment is not a request target's: drop it before parsing.
-    let uri: http::Uri = url.split('#').next()?.parse().ok()?;
-    Some(format!("{}://{}", uri.scheme()?, uri.authority()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_referers_origin_is_its_scheme_and_authority() {
-        assert_eq!(
-            referer_origin("https://a.example:8443/p?q#f").as_deref(),
-            Some("https://a.example:8443")
-        );
-        assert_eq!(referer_origin("http://a.example").as_deref(), Some("http://a.example"));
-        assert_eq!(referer_origin("not a url"), None);
     }
 }

@@ -14,7 +14,10 @@ use super::router::Router;
 use super::tls::Tls;
 use crate::auth::Authority;
 use crate::config::Config;
-use crate::http::{Admission, CorsPolicy, PublishLimits, PublishPolicy, Routes, StreamRates};
+use crate::http::{
+    Admission, CorsPolicy, OriginPolicy, PublishLimits, PublishPolicy, Routes, StreamRates,
+    WriteOrigins,
+};
 use crate::hub::Hub;
 use crate::mercure::MercureEdge;
 use crate::metrics::Metrics;
@@ -73,10 +76,15 @@ impl App {
             max_streams_per_ip: config.max_streams_per_ip,
             new_topics_per_sec: config.new_topics_per_sec,
         };
+        let origins = OriginPolicy::new(&config.cors_origins);
+        let writers = WriteOrigins {
+            api: origins.clone(),
+            mercure: origins.with(&OriginPolicy::new(&config.mercure_publish_origins)),
+        };
         let admission = Arc::new(Admission::new(
             authority.clone(),
             config.trusted_proxies(),
-            CorsPolicy::new(&config.cors_origins),
+            (CorsPolicy::new(&config.cors_origins), writers),
             metrics.clone(),
             rates,
             hub.clone(),
@@ -107,7 +115,7 @@ impl App {
             admission.clone(),
             publishing.clone(),
             limits,
-            config.allowed_origins.clone(),
+            origins,
         ));
         let tracker = Arc::new(Tracker::default());
         let leaving = Arc::new(AtomicBool::new(false));

@@ -140,6 +140,8 @@ async fn open_stream(
         method: &Method::GET,
         headers,
         query,
+        // Streams are reads: no origin is checked for them here.
+        host: None,
     };
     let keep_alive = !has_token(headers.get(header::CONNECTION), "close");
     let asker = Asker::of(gated, &Method::GET, headers);

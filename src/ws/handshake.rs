@@ -10,7 +10,7 @@
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version, header};
 
-use crate::http::{ApiError, ErrorCode, ResponseBody};
+use crate::http::{ApiError, ErrorCode, OriginPolicy, ResponseBody};
 
 /// The subprotocol crier speaks, when a client asks for one.
 pub(crate) const SUBPROTOCOL: &str = "crier.v1";
@@ -43,7 +43,8 @@ pub(crate) fn validate(
     method: &Method,
     version: Version,
     headers: &HeaderMap,
-    allowed_origins: &[String],
+    origins: &OriginPolicy,
+    host: Option<&str>,
 ) -> Result<Accept, ApiError> {
     if method != Method::GET {
         return Err(bad("a WebSocket handshake is a GET request"));
@@ -74,19 +75,13 @@ pub(crate) fn validate(
     if decoded.map_or(true, |k| k.len() != 16) {
         return Err(bad("Sec-WebSocket-Key must be 16 bytes in base64"));
     }
-    let mut allowed = allowed_origins
-        .iter()
-        .map(|o| o.trim().trim_end_matches('/'))
-        .filter(|o| !o.is_empty())
-        .peekable();
-    if let (Some(_), Some(origin)) = (allowed.peek(), headers.get(header::ORIGIN)) {
-        // An origin that is not ASCII matches no allowed origin; it is shown as best it can be.
+    // A page sends `Origin` with every handshake; other clients need not.
+    if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = String::from_utf8_lossy(origin.as_bytes());
-        let origin = origin.trim_end_matches('/');
-        if !allowed.any(|allowed| allowed.eq_ignore_ascii_case(origin)) {
+        if !origins.allows(&origin, host) {
             return Err(ApiError::new(
                 ErrorCode::OriginNotAllowed,
-                format!("origin {origin:?} is not in --allowed-origins"),
+                format!("origin {origin:?} is not in --cors-origins"),
             ));
         }
     }
@@ -130,8 +125,16 @@ mod tests {
         ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ];
 
+    const HOST: Option<&str> = Some("crier.example");
+
     fn check(pairs: &[(&'static str, &'static str)]) -> Result<Accept, ApiError> {
-        validate(&Method::GET, Version::HTTP_11, &headers(pairs), &["https://app.example".into()])
+        let listed = OriginPolicy::new(&["https://app.example"]);
+        validate(&Method::GET, Version::HTTP_11, &headers(pairs), &listed, HOST)
+    }
+
+    fn without_list(pairs: &[(&'static str, &'static str)]) -> Result<Accept, ApiError> {
+        let own_only = OriginPolicy::default();
+        validate(&Method::GET, Version::HTTP_11, &headers(pairs), &own_only, HOST)
     }
 
     #[test]
@@ -150,8 +153,11 @@ mod tests {
         assert_eq!(check(&offered).unwrap().protocol, Some(SUBPROTOCOL));
         offered.push(("origin", "https://app.example"));
         assert!(check(&offered).is_ok());
-        let any = validate(&Method::GET, Version::HTTP_11, &headers(&offered), &["".into()]);
-        assert!(any.is_ok(), "an empty list allows every origin");
+        assert!(without_list(&offered).is_err(), "an empty list allows the server's own pages");
+        let mut own = GOOD.to_vec();
+        own.push(("origin", "https://crier.example"));
+        assert!(without_list(&own).is_ok());
+        assert!(without_list(GOOD).is_ok(), "a client that is no page sends no origin");
     }
 
     #[test]
@@ -176,9 +182,10 @@ mod tests {
         let mut foreign = GOOD.to_vec();
         foreign.push(("origin", "https://evil.example"));
         assert_eq!(check(&foreign).unwrap_err().code.status(), StatusCode::FORBIDDEN);
-        let post = validate(&Method::POST, Version::HTTP_11, &headers(GOOD), &[]);
+        let none = OriginPolicy::default();
+        let post = validate(&Method::POST, Version::HTTP_11, &headers(GOOD), &none, HOST);
         assert_eq!(post.unwrap_err().code.status(), StatusCode::BAD_REQUEST);
-        let http10 = validate(&Method::GET, Version::HTTP_10, &headers(GOOD), &[]);
+        let http10 = validate(&Method::GET, Version::HTTP_10, &headers(GOOD), &none, HOST);
         assert_eq!(http10.unwrap_err().code.status(), StatusCode::BAD_REQUEST);
     }
 }

@@ -35,7 +35,8 @@ use hyper_util::rt::TokioIo;
 use crate::codec::ws::MAX_CLOSE_REASON;
 use crate::event::Wire;
 use crate::http::{
-    Admission, Admitted, ApiError, ErrorCode, PublishPolicy, ResponseBody, close_reason,
+    Admission, Admitted, ApiError, ErrorCode, OriginPolicy, PublishPolicy, ResponseBody,
+    close_reason,
 };
 use crate::hub::{Hub, SubscriptionRequest};
 use crate::metrics::Metrics;
@@ -70,8 +71,8 @@ pub(crate) struct WsEdge {
     /// What every publish command goes through.
     publishing: Arc<PublishPolicy>,
     limits: WsLimits,
-    /// Origins allowed to open WebSockets; empty allows any.
-    allowed_origins: Vec<String>,
+    /// Pages of other origins allowed to open WebSockets (`--cors-origins`).
+    origins: OriginPolicy,
 }
 
 /// A handshake answered with `101`: the connection to run once hyper hands the socket over.
@@ -152,9 +153,9 @@ impl WsEdge {
         admission: Arc<Admission>,
         publishing: Arc<PublishPolicy>,
         limits: WsLimits,
-        allowed_origins: Vec<String>,
+        origins: OriginPolicy,
     ) -> Self {
-        WsEdge { hub, metrics, admission, publishing, limits, allowed_origins }
+        WsEdge { hub, metrics, admission, publishing, limits, origins }
     }
 
     /// Answers an admitted WebSocket handshake on `/ws`: the `101`, and the connection to run
@@ -226,7 +227,8 @@ impl WsEdge {
 
     /// Validates a handshake.
     pub(crate) fn validate<B>(&self, req: &Request<B>) -> Result<handshake::Accept, ApiError> {
-        handshake::validate(req.method(), req.version(), req.headers(), &self.allowed_origins)
+        let host = crate::http::request_host(req.uri(), req.headers());
+        handshake::validate(req.method(), req.version(), req.headers(), &self.origins, host)
     }
 
     /// The close frame that refuses a WebSocket whose `101` was written without hyper:
@@ -245,7 +247,8 @@ impl WsEdge {
     ) -> Result<handshake::Accept, ApiError> {
         let version =
             if minor == Some(1) { http::Version::HTTP_11 } else { http::Version::HTTP_10 };
-        handshake::validate(method, version, headers, &self.allowed_origins)
+        let host = headers.get(http::header::HOST).and_then(|host| host.to_str().ok());
+        handshake::validate(method, version, headers, &self.origins, host)
     }
 
     fn upgrade<B>(&self, req: &mut Request<B>, handler: Box<dyn Handler>) -> Upgrade {

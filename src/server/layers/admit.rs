@@ -78,6 +78,7 @@ where
             method,
             headers,
             query: request.uri().query(),
+            host: crate::http::request_host(request.uri(), headers),
         };
         match self.admission.admit(&asked) {
             Ok(admitted) => {

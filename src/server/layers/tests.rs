@@ -114,7 +114,8 @@ async fn only_admitted_requests_reach_gated_endpoints_and_their_answers_carry_co
         max_streams_per_ip: 100,
         new_topics_per_sec: 100,
     };
-    let cors = CorsPolicy::new(&["https://app.example".to_owned()]);
+    let listed = ["https://app.example".to_owned()];
+    let cors = (CorsPolicy::new(&listed), Default::default());
     let admission =
         Admission::new(authority, TrustedProxies::default(), cors, metrics.clone(), rates, hub);
     let recorder = Recorder::default();
