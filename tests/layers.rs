@@ -32,7 +32,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "internals",
-        &["event", "codec", "registry", "metrics", "relay", "hub", "server", "ws", "mercure"],
+        &[
+            "event", "codec", "registry", "metrics", "relay", "hub", "http", "server", "ws",
+            "mercure",
+        ],
     ),
 ];
 
