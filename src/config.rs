@@ -12,12 +12,23 @@ use crate::hub::HubConfig;
 use crate::mercure::MercureConfig;
 use crate::relay::RelayConfig;
 
+/// What `--help` ends with: how the process ends, and its logging.
+const AFTER_HELP: &str = "\
+Exit status:
+  0    stopped cleanly (SIGTERM or SIGINT, after the drain)
+  64   a bad flag or environment variable
+  71   the server could not start (its address in use, a key that does not load)
+  130  a second SIGTERM or SIGINT stopped it before it had drained
+
+Logging: CRIER_LOG sets what is logged, as a tracing filter (default info; e.g. crier=debug,
+warn); --log-format json for one JSON object per line.";
+
 /// crier: a real-time event broadcasting edge server (HTTP publish, SSE and WebSocket fan-out).
 #[derive(Parser, Debug, Clone)]
-#[command(version, about, max_term_width = 100)]
+#[command(version, about, max_term_width = 100, after_help = AFTER_HELP)]
 pub struct Config {
     /// Address to listen on (HTTP/1.1 and h2c on the same port).
-    #[arg(long, env = "CRIER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "CRIER_LISTEN", default_value = "127.0.0.1:8080", overrides_with = "listen")]
     pub listen: SocketAddr,
 
     /// Write an SSE comment when a stream has been quiet this long, and ping each WebSocket

@@ -92,7 +92,7 @@ mod ws;
 
 pub use auth::{KeySpec, PublicKeySpec, SecretSpec, Selector, SelectorError};
 pub use config::{Config, LogFormat};
-pub use server::{App, ServerHandle, serve};
+pub use server::{App, ServerHandle, bind, serve};
 
 #[doc(hidden)]
 pub mod internals;

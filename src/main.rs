@@ -11,6 +11,9 @@ use crier::{Config, LogFormat};
 const EXIT_USAGE: u8 = 64;
 /// Exit status when the server cannot start (EX_OSERR).
 const EXIT_OS_ERROR: u8 = 71;
+/// Exit status when a second SIGTERM or SIGINT stopped the server before it had drained
+/// (128 + SIGINT, as a shell reports an interrupted command).
+const EXIT_INTERRUPTED: i32 = 130;
 
 fn main() -> ExitCode {
     let config = match Config::try_parse().and_then(Config::checked) {
@@ -43,7 +46,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
+    let listener = crier::bind(config.listen).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
     tracing::info!(listen = %listener.local_addr()?, "crier listening");
@@ -79,6 +82,15 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    // A second one means "now": the drain is not waited for.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: stopping at once, without draining");
+        std::process::exit(EXIT_INTERRUPTED);
+    });
 }
 
 fn init_logging(format: LogFormat) {

@@ -24,8 +24,18 @@ fn help_lists_every_flag_with_its_default_and_variable() {
     let output = crier().arg("--help").output().expect("run crier --help");
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for old_name in ["--client-queue-bytes", "--max-topics-per-connection", "--publish-origins"] {
+    for old_name in [
+        "--client-queue-bytes",
+        "--max-topics-per-connection",
+        "--publish-origins",
+        "--allowed-origins",
+    ] {
         assert!(!help.contains(&format!("{old_name} ")), "{old_name} is an alias, not listed");
+    }
+    // It ends with the exit statuses and the logging variable.
+    let ending = help.split("Exit status:").nth(1).expect("the exit statuses");
+    for status in ["0 ", "64 ", "71 ", "130 ", "CRIER_LOG"] {
+        assert!(ending.contains(status), "{status} in {ending}");
     }
     for (flag, env, default) in [
         ("--listen", "CRIER_LISTEN", "127.0.0.1:8080"),
@@ -38,6 +48,8 @@ fn help_lists_every_flag_with_its_default_and_variable() {
         ("--log-format", "CRIER_LOG_FORMAT", "text"),
         ("--write-delay", "CRIER_WRITE_DELAY", "0ms"),
         ("--redis-pool-size", "CRIER_REDIS_POOL_SIZE", "4"),
+        ("--mercure-history", "CRIER_MERCURE_HISTORY", "10000"),
+        ("--mercure-max-templates", "CRIER_MERCURE_MAX_TEMPLATES", "10000"),
     ] {
         let section = help
             .split(&format!("      {flag} <"))

@@ -139,3 +139,56 @@ async fn readyz_says_draining_for_the_drain_delay_while_the_server_serves_on() {
         .unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_stream_open_the_drain_delay_is_skipped() {
+    let mut server = CrierProcess::spawn(&["--drain-delay", "10s"]).await;
+    // A request came and went: no stream is open.
+    publish_ok(server.addr, "t", None, b"x", None).await;
+    server.signal("INT");
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(5), server.child.wait())
+        .await
+        .expect("exits without waiting out the delay")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once() {
+    let mut server = CrierProcess::spawn(&["--drain-delay", "10s"]).await;
+    let _stream = SseClient::connect(server.addr, "/sse?topic=t", &[]).await;
+    server.signal("INT");
+    wait_until("/readyz to answer draining", || async {
+        support::request(server.addr, "GET", "/readyz", &[], b"").await.status == 503
+    })
+    .await;
+    server.signal("INT");
+    let status = tokio::time::timeout(Duration::from_secs(2), server.child.wait())
+        .await
+        .expect("the second signal stops it")
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_right_after_a_stop_binds_the_same_port() {
+    let mut server = CrierProcess::spawn(&[]).await;
+    let addr = server.addr;
+    // Streams the server ends itself: their sockets linger in TIME_WAIT on its port.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(SseClient::connect(addr, "/sse?topic=t", &[]).await);
+    }
+    server.signal("TERM");
+    for stream in &mut streams {
+        assert!(stream.read_to_end().await, "the server ends the stream");
+    }
+    let status = server.child.wait().await.unwrap();
+    assert!(status.success());
+    let listen = addr.to_string();
+    let again = CrierProcess::spawn(&["--listen", &listen]).await;
+    assert_eq!(again.addr, addr);
+    assert_eq!(support::request(addr, "GET", "/healthz", &[], b"").await.status, 200);
+}

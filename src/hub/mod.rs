@@ -444,6 +444,11 @@ impl Hub {
         }
     }
 
+    /// Whether any subscriber reads any topic (an open stream).
+    pub fn has_readers(&self) -> bool {
+        self.registry.topics().iter().any(|topic| !topic.readers().is_empty())
+    }
+
     /// Whether [`Hub::shutdown`] was called.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)

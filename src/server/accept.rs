@@ -37,6 +37,22 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest shutdown waits for the Mercure departures to be announced (Redis may be away).
 const DEPARTURES_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections the kernel queues before they are accepted: a crowd reconnecting at once
+/// (Linux caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` to listen on, with `SO_REUSEADDR`: a server restarted at once binds its port
+/// again though the connections it closed still linger in `TIME_WAIT`.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `listener` until `shutdown` resolves, then drains (see the module docs).
 pub async fn serve(
     listener: TcpListener,
@@ -81,6 +97,12 @@ pub async fn serve(
             () = &mut shutdown, if leave_at.is_none() => {
                 let delay = app.config.drain_delay;
                 if delay.is_zero() {
+                    break;
+                }
+                // The delay lets load balancers move streams elsewhere; with none open (a
+                // developer's Ctrl-C), there is nothing to wait for.
+                if !app.hub.has_readers() {
+                    tracing::info!("shutting down: no stream open, no drain delay");
                     break;
                 }
                 tracing::info!(?delay, "shutting down: /readyz answers 503 while the server serves on");

@@ -5,7 +5,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -24,7 +23,7 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Binds `config.listen` and starts serving on the current runtime.
     pub async fn start(config: Config) -> io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = super::bind(config.listen)?;
         let addr = listener.local_addr()?;
         let app = App::new(config)?;
         let (tx, rx) = oneshot::channel();

@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::limits::ConnectionSlot;
-pub use accept::serve;
+pub use accept::{bind, serve};
 pub use app::App;
 use conn::ConnControl;
 pub use handle::ServerHandle;
