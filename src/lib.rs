@@ -90,8 +90,8 @@ mod server;
 mod sse;
 mod ws;
 
-pub use auth::{KeySpec, PublicKeySpec, SecretSpec, Selector, SelectorError};
-pub use config::{Config, LogFormat};
+pub use auth::{KeySpec, PublicKeySpec, SecretFileSpec, SecretSpec, Selector, SelectorError};
+pub use config::{Config, LogFormat, token_command};
 pub use server::{App, ServerHandle, bind, serve};
 
 #[doc(hidden)]

@@ -1,5 +1,5 @@
 //! The crier binary: parse the configuration, start logging, serve until SIGTERM or SIGINT,
-//! reload the token keys on SIGHUP.
+//! reload the token keys on SIGHUP; or `crier token`, to mint and check tokens.
 
 use std::process::ExitCode;
 
@@ -16,6 +16,10 @@ const EXIT_OS_ERROR: u8 = 71;
 const EXIT_INTERRUPTED: i32 = 130;
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == "token") {
+        return ExitCode::from(crier::token_command(args.collect()));
+    }
     let config = match Config::try_parse().and_then(Config::checked) {
         Ok(config) => config,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -46,13 +50,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> std::io::Result<()> {
+    // Before the address is announced: a signal sent once it is must find its handler.
+    let stop = shutdown_signal();
     let listener = crier::bind(config.listen).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
     tracing::info!(listen = %listener.local_addr()?, "crier listening");
+    let described = config.clone();
     let app = crier::App::new(config)?;
+    described.log_startup();
     tokio::spawn(reload_on_hangup(app.clone()));
-    crier::serve(listener, app, shutdown_signal()).await
+    crier::serve(listener, app, stop).await
 }
 
 /// SIGHUP reads the token key files and the TLS certificate again; connections stay open.
@@ -70,27 +78,30 @@ async fn reload_on_hangup(app: std::sync::Arc<crier::App>) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves at the first of them, and
+/// a second one stops the process at once.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::warn!("cannot install signal handlers; stop the server by killing it");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    // A second one means "now": the drain is not waited for.
-    tokio::spawn(async move {
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::warn!("cannot install signal handlers; stop the server by killing it");
+            return std::future::pending().await;
+        };
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-        tracing::warn!("second signal: stopping at once, without draining");
-        std::process::exit(EXIT_INTERRUPTED);
-    });
+        // A second one means "now": the drain is not waited for.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal: stopping at once, without draining");
+            std::process::exit(EXIT_INTERRUPTED);
+        });
+    }
 }
 
 fn init_logging(format: LogFormat) {

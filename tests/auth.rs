@@ -497,3 +497,45 @@ async fn refusals_are_logged_with_reason_and_address_never_the_token() {
         assert!(!line.contains(signature), "a token in the log: {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hmac_secret_read_from_a_file_rotates_on_sighup() {
+    let dir = std::env::temp_dir().join(format!("crier-secret-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secret");
+    // As `echo` writes it: the final newline is not part of the secret.
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let node = CrierProcess::spawn(&["--jwt-key-file", path]).await;
+    let claims = grant(&["*"], &[]);
+    let old = hs256(&claims);
+    let next_secret = "the-next-secret-of-32-bytes-or-more";
+    let next = tokens::sign(
+        Algorithm::HS256,
+        None,
+        &jsonwebtoken::EncodingKey::from_secret(next_secret.as_bytes()).unwrap(),
+        &claims,
+    );
+    assert_eq!(publish_with(node.addr, "t", Some(&old), "x").await.status, 200);
+    assert_eq!(publish_with(node.addr, "t", None, "x").await.status, 401, "a key is configured");
+    assert_eq!(publish_with(node.addr, "t", Some(&next), "x").await.status, 401);
+    std::fs::write(&file, next_secret).unwrap();
+    node.signal("HUP");
+    wait_until("the new secret to be taken", || async {
+        publish_with(node.addr, "t", Some(&next), "x").await.status == 200
+    })
+    .await;
+    assert_eq!(publish_with(node.addr, "t", Some(&old), "x").await.status, 401);
+    // The secret is in neither the arguments nor the environment.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", node.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(next_secret));
+    // A short secret does not start.
+    std::fs::write(&file, "short\n").unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_crier"))
+        .args(["--listen", "127.0.0.1:0", "--jwt-key-file", path])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(71));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("at least 32 bytes"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

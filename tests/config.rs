@@ -131,3 +131,50 @@ async fn old_flag_names_still_work_and_each_logs_one_warning() {
     publish_ok(server.addr, "a", None, b"x", None).await;
     assert_eq!(stream.next_event().await.data, "x");
 }
+
+/// The messages (`fields.message`) of the log lines of `level` written so far.
+fn logged(process: &CrierProcess, level: &str) -> Vec<String> {
+    let lines = process.log.lock().expect("log").clone();
+    lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["level"] == level)
+        .filter_map(|line| line["fields"]["message"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_says_each_mode_and_warns_when_open_beyond_loopback() {
+    let open = CrierProcess::spawn(&["--listen", "0.0.0.0:0"]).await;
+    wait_until("the limits logged", || async {
+        logged(&open, "INFO").iter().any(|message| message == "limits")
+    })
+    .await;
+    let info = logged(&open, "INFO");
+    for mode in ["mode: plain HTTP", "mode: single node", "mode: development"] {
+        assert!(info.iter().any(|message| message.starts_with(mode)), "{mode}: {info:?}");
+    }
+    let warnings = logged(&open, "WARN");
+    assert!(
+        warnings.iter().any(|w| w.contains("beyond loopback with no credentials")),
+        "{warnings:?}"
+    );
+
+    let secret = "a-secret-of-at-least-32-bytes-long!";
+    let guarded =
+        CrierProcess::spawn(&["--listen", "0.0.0.0:0", "--jwt-key", secret, "--mercure-anonymous"])
+            .await;
+    wait_until("the limits logged", || async {
+        logged(&guarded, "INFO").iter().any(|message| message == "limits")
+    })
+    .await;
+    let info = logged(&guarded, "INFO");
+    for mode in ["mode: credentials", "mode: Mercure hub"] {
+        assert!(info.iter().any(|message| message.starts_with(mode)), "{mode}: {info:?}");
+    }
+    assert!(logged(&guarded, "WARN").is_empty(), "{:?}", logged(&guarded, "WARN"));
+    assert!(
+        !guarded.log.lock().unwrap().iter().any(|line| line.contains(secret)),
+        "no secret in the log"
+    );
+}

@@ -8,6 +8,7 @@ use support::{SseClient, TestServer, metric, publish, request, wait_until};
 fn assert_error(response: &support::HttpResponse, status: u16, code: &str) {
     assert_eq!(response.status, status, "{}", response.text());
     assert_eq!(response.header("content-type").as_deref(), Some("application/json"));
+    assert!(response.text().ends_with("}\n"), "a JSON answer ends its line");
     let json = response.json();
     assert_eq!(json["error"], code, "{json}");
     assert!(json["detail"].as_str().is_some_and(|d| !d.is_empty()), "{json}");
@@ -21,7 +22,7 @@ async fn publish_answers_topic_and_id_in_order() {
     assert_eq!(response.header("content-type").as_deref(), Some("application/json"));
     let text = response.text();
     let id = response.json()["id"].as_str().unwrap().to_owned();
-    assert_eq!(text, format!(r#"{{"topic":"news/eu:1","id":"{id}"}}"#));
+    assert_eq!(text, format!("{{\"topic\":\"news/eu:1\",\"id\":\"{id}\"}}\n"));
     let next = publish(server.addr, "news/eu:1", None, b"again", None).await.json()["id"]
         .as_str()
         .unwrap()
@@ -126,9 +127,9 @@ async fn wrong_methods_are_405_with_allow_and_unknown_paths_404() {
 async fn health_readiness_and_metrics() {
     let server = TestServer::start(&[]).await;
     let health = request(server.addr, "GET", "/healthz", &[], b"").await;
-    assert_eq!((health.status, health.text().as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!((health.status, health.text().as_str()), (200, "{\"status\":\"ok\"}\n"));
     let ready = request(server.addr, "GET", "/readyz", &[], b"").await;
-    assert_eq!((ready.status, ready.text().as_str()), (200, r#"{"status":"ready"}"#));
+    assert_eq!((ready.status, ready.text().as_str()), (200, "{\"status\":\"ready\"}\n"));
 
     let mut sub = support::SseClient::connect(server.addr, "/sse?topic=a&topic=b", &[]).await;
     server.publish("a", "hello").await;

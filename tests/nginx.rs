@@ -176,7 +176,7 @@ fn the_shipped_body_limit_is_criers_default_event_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_nginx_the_servers_own_pages_may_publish_and_others_may_not() {
+async fn behind_nginx_the_servers_own_page_publishes_and_reads_its_stats_and_others_may_not() {
     let server = TestServer::start(&[]).await;
     let proxy = Nginx::start(&[server.addr]).await;
     // The page's origin is the address the browser reached: nginx's, passed on as `Host`.
@@ -189,4 +189,11 @@ async fn behind_nginx_the_servers_own_pages_may_publish_and_others_may_not() {
     let foreign = publish_from("https://evil.example".to_owned()).await;
     assert_eq!((foreign.status, foreign.json()["error"].as_str()), (403, Some("cross_origin")));
     let _socket = ws::connect_with(proxy.addr, "/ws?topic=t", &[("Origin", own.as_str())]).await;
+    // The page's stats reach a remote browser; the metrics stay in.
+    let remote = Some("127.0.0.2");
+    let metrics = request_from(remote, proxy.addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(metrics.status, 403);
+    let stats = request_from(remote, proxy.addr, "GET", "/stats", &[], b"").await;
+    assert_eq!(stats.status, 200, "{}", stats.text());
+    assert_eq!(stats.json()["streams_open"], 1.0, "the WebSocket: {}", stats.text());
 }

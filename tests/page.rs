@@ -32,8 +32,12 @@ async fn the_page_subscribes_publishes_and_shows_gaps_and_stats() {
     assert_eq!(page_answer.status, 200);
     assert_eq!(page_answer.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
     let html = page_answer.text();
-    for external in ["<link ", "<script src", "https://", "http://", "@import"] {
-        assert!(!html.contains(external), "self-contained, nothing from a CDN: {external}");
+    // Its only link is its icon, inline (no request for /favicon.ico).
+    let links: Vec<&str> = html.split("<link ").skip(1).collect();
+    assert!(links.iter().all(|link| link.starts_with(r#"rel="icon" href="data:"#)), "{links:?}");
+    let without_icon: String = html.lines().filter(|line| !line.starts_with("<link ")).collect();
+    for external in ["<script src", "https://", "http://", "@import"] {
+        assert!(!without_icon.contains(external), "self-contained, nothing from a CDN: {external}");
     }
 
     let mut browser = Browser::launch().await;
@@ -53,6 +57,13 @@ async fn the_page_subscribes_publishes_and_shows_gaps_and_stats() {
         )
         .await;
     assert!(shown["text"].as_str().unwrap().contains(&id), "{shown}");
+    // A named event shows too, with no name given in the form.
+    let tick = server.publish_named("news", "tick", "a named event").await;
+    let shown = browser
+        .wait_for(&page, &format!("{EVENTS}.find((e) => e.text.includes('a named event')) ?? null"))
+        .await;
+    let text = shown["text"].as_str().unwrap();
+    assert!(text.contains(&tick) && text.contains("event tick"), "{shown}");
 
     // Publish from the page: a test subscriber gets it.
     let mut watcher = SseClient::connect(server.addr, "/sse?topic=news", &[]).await;
@@ -75,6 +86,14 @@ async fn the_page_subscribes_publishes_and_shows_gaps_and_stats() {
     }
     let fields = [("topics", "gappy"), ("last-id", expired.as_str())];
     browser.eval(&page, &fill_and_click(&fields, "subscribe")).await;
+    // Each subscription opens with a separator, newest first.
+    let separators = browser
+        .wait_for(
+            &page,
+            &format!("{EVENTS}.filter((e) => e.kind === 'separator').length >= 2 ? {EVENTS}.filter((e) => e.kind === 'separator') : null"),
+        )
+        .await;
+    assert!(separators[0]["text"].as_str().unwrap().contains("gappy"), "{separators}");
     let gap =
         browser.wait_for(&page, &format!("{EVENTS}.find((e) => e.kind === 'gap') ?? null")).await;
     assert!(gap["text"].as_str().unwrap().contains("crier.gap"), "{gap}");
@@ -101,6 +120,24 @@ async fn the_page_subscribes_publishes_and_shows_gaps_and_stats() {
         )
         .await;
     assert!(shown["text"].as_str().unwrap().contains(&over_ws), "{shown}");
+
+    // Only the names asked for, when some are.
+    let fields = [("topics", "named"), ("transport", "sse"), ("names", "wanted")];
+    browser.eval(&page, &fill_and_click(&fields, "subscribe")).await;
+    server.wait_subscriptions(2).await;
+    server.publish_named("named", "unwanted", "left out").await;
+    server.publish_named("named", "wanted", "shown").await;
+    browser
+        .wait_for(&page, &format!("{EVENTS}.find((e) => e.text.includes('shown')) ?? null"))
+        .await;
+    let left_out: serde_json::Value =
+        browser.eval(&page, &format!("{EVENTS}.some((e) => e.text.includes('left out'))")).await;
+    assert_eq!(left_out, false);
+    // No request of the page's went unanswered (no /favicon.ico).
+    let metrics = server.metrics().await;
+    let missing =
+        support::metric(&metrics, r#"crier_http_requests_total{route="not_found",status="404"}"#);
+    assert_eq!(missing, None, "{metrics}");
 
     let png = browser.screenshot(&page).await;
     assert!(png.starts_with(b"\x89PNG"), "a PNG");

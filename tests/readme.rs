@@ -268,8 +268,9 @@ async fn the_readmes_browser_examples_run_in_chromium() {
          follow('ws://' + CRIER + '/ws', ['news'], (event) => frames.push(event));</script>"
     ))
     .await;
-    let origin = format!("http://{sse_page}");
-    let node = support::TestServer::start(&["--history", "2", "--cors-origins", &origin]).await;
+    // An app's origins are listed, as the README's Security section says.
+    let origins = format!("http://{sse_page},http://{ws_page}");
+    let node = support::TestServer::start(&["--history", "2", "--cors-origins", &origins]).await;
     let mut browser = Browser::launch().await;
 
     // The SSE example: events shown, the last id kept.

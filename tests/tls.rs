@@ -1,6 +1,6 @@
 //! TLS at the edge, with a certificate made in the test (rcgen): SSE over HTTP/2 (several
-//! streams on one connection) and over HTTP/1.1 as ALPN chooses, WSS, and a certificate
-//! reloaded while streams are open.
+//! streams on one connection) and over HTTP/1.1 as ALPN chooses, WSS, a certificate reloaded
+//! while streams are open, and plain HTTP to the TLS port told why it gets nothing.
 
 mod support;
 
@@ -224,4 +224,16 @@ async fn a_reloaded_certificate_serves_new_connections_and_open_streams_go_on() 
     let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut answer)).await;
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "plain HTTP refused");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_the_tls_port_gets_a_400_saying_so() {
+    let dir = scratch("plain");
+    certificate(&dir);
+    let server = tls_server(&dir).await;
+    let response = support::request(server.addr, "GET", "/healthz", &[], b"").await;
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("https://"), "{}", response.text());
+    assert_eq!(response.header("connection").as_deref(), Some("close"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -77,14 +77,15 @@ async fn handshake_accepts_the_rfc_example_byte_for_byte() {
             "upgrade: websocket".to_owned(),
         ]
     );
-    // Without --allowed-origins, a browser's Origin is accepted.
-    let response = raw_handshake(
-        &server,
-        "/ws",
-        &[UPGRADE, CONNECTION, VERSION, KEY, "Origin: https://any.example"],
-    )
-    .await;
+    // Without --cors-origins, a page of the server's own origin is accepted, another refused.
+    // (`raw_handshake` names the host `x`.)
+    let own = "Origin: http://x";
+    let response = raw_handshake(&server, "/ws", &[UPGRADE, CONNECTION, VERSION, KEY, own]).await;
     assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    let foreign = "Origin: https://any.example";
+    let response =
+        raw_handshake(&server, "/ws", &[UPGRADE, CONNECTION, VERSION, KEY, foreign]).await;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
     // The subprotocol is confirmed when offered.
     let response = raw_handshake(
         &server,

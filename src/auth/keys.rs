@@ -21,8 +21,11 @@ pub struct KeySpec<T> {
 /// An HMAC secret.
 pub type SecretSpec = KeySpec<Vec<u8>>;
 
-/// A PEM public key file.
+/// A PEM public key file, or a file holding an HMAC secret.
 pub type PublicKeySpec = KeySpec<PathBuf>;
+
+/// A file holding an HMAC secret (its bytes; one final newline is not part of it).
+pub type SecretFileSpec = KeySpec<PathBuf>;
 
 fn split_kid(text: &str) -> (Option<String>, &str) {
     match text.split_once(':') {
@@ -90,6 +93,12 @@ pub(crate) enum KeyError {
     /// An HMAC secret was refused.
     #[error("an HMAC secret was refused: {0}")]
     Secret(jsonwebtoken::errors::Error),
+    /// A secret file holds fewer than 32 bytes.
+    #[error("{path}: an HMAC secret must be at least 32 bytes (RFC 7518 §3.2)")]
+    ShortSecret {
+        /// The file.
+        path: PathBuf,
+    },
     /// Two keys share an id.
     #[error("the key id {0:?} names two keys")]
     DuplicateKid(String),
@@ -118,18 +127,38 @@ pub(crate) struct KeySet {
 }
 
 impl KeySet {
-    /// Loads the secrets and reads the key files.
-    pub(crate) fn load(secrets: &[SecretSpec], files: &[PublicKeySpec]) -> Result<Self, KeyError> {
-        let mut keys = Vec::with_capacity(secrets.len() + files.len());
-        for secret in secrets {
-            let decoding = DecodingKey::from_secret(&secret.value).map_err(KeyError::Secret)?;
+    /// Loads the secrets and reads the secret files and the public key files.
+    pub(crate) fn load(
+        secrets: &[SecretSpec],
+        secret_files: &[SecretFileSpec],
+        files: &[PublicKeySpec],
+    ) -> Result<Self, KeyError> {
+        let mut keys = Vec::with_capacity(secrets.len() + secret_files.len() + files.len());
+        let read = |file: &KeySpec<PathBuf>| {
+            std::fs::read(&file.value)
+                .map_err(|source| KeyError::Read { path: file.value.clone(), source })
+        };
+        let hmac = |kid: &Option<String>, secret: &[u8]| -> Result<Key, KeyError> {
+            let decoding = DecodingKey::from_secret(secret).map_err(KeyError::Secret)?;
             let family = AlgorithmFamily::Hmac;
-            let algorithms = algorithms(family);
-            keys.push(Key { kid: secret.kid.clone(), decoding, family, algorithms });
+            Ok(Key { kid: kid.clone(), decoding, family, algorithms: algorithms(family) })
+        };
+        for secret in secrets {
+            keys.push(hmac(&secret.kid, &secret.value)?);
+        }
+        for file in secret_files {
+            let mut secret = read(file)?;
+            // As an editor or `echo` writes it: the final newline is not part of the secret.
+            if secret.last() == Some(&b'\n') {
+                secret.pop();
+            }
+            if secret.len() < 32 {
+                return Err(KeyError::ShortSecret { path: file.value.clone() });
+            }
+            keys.push(hmac(&file.kid, &secret)?);
         }
         for file in files {
-            let pem = std::fs::read(&file.value)
-                .map_err(|source| KeyError::Read { path: file.value.clone(), source })?;
+            let pem = read(file)?;
             let (decoding, family) =
                 public_key(&pem).ok_or_else(|| KeyError::NotAKey { path: file.value.clone() })?;
             keys.push(Key {
@@ -258,15 +287,15 @@ mod tests {
             "one:0123456789abcdef0123456789abcdef".parse().unwrap(),
             "two:fedcba9876543210fedcba9876543210".parse().unwrap(),
         ];
-        let set = KeySet::load(&secrets, &[]).unwrap();
+        let set = KeySet::load(&secrets, &[], &[]).unwrap();
         assert_eq!(set.candidates(Some("two"), Algorithm::HS256).count(), 1);
         assert_eq!(set.candidates(None, Algorithm::HS512).count(), 2);
         assert_eq!(set.candidates(Some("three"), Algorithm::HS256).count(), 0);
         assert_eq!(set.candidates(None, Algorithm::RS256).count(), 0);
         assert!(set.takes(Algorithm::HS384) && !set.takes(Algorithm::ES256));
         let twice = vec![secrets[0].clone(), secrets[0].clone()];
-        assert!(matches!(KeySet::load(&twice, &[]), Err(KeyError::DuplicateKid(_))));
+        assert!(matches!(KeySet::load(&twice, &[], &[]), Err(KeyError::DuplicateKid(_))));
         let missing: PublicKeySpec = "/nonexistent/key.pem".parse().unwrap();
-        assert!(matches!(KeySet::load(&[], &[missing]), Err(KeyError::Read { .. })));
+        assert!(matches!(KeySet::load(&[], &[], &[missing]), Err(KeyError::Read { .. })));
     }
 }

@@ -23,7 +23,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub(crate) use keys::KeyError;
 use keys::KeySet;
-pub use keys::{KeySpec, PublicKeySpec, SecretSpec};
+pub use keys::{KeySpec, PublicKeySpec, SecretFileSpec, SecretSpec};
 pub(crate) use mercure::{MercureAuthority, MercureGrant, MercureKey, MercureKeyError};
 pub(crate) use selector::Selectors;
 pub use selector::{Selector, SelectorError};
@@ -40,6 +40,8 @@ const MAX_REMEMBERED_TOKEN: usize = 1024;
 pub(crate) struct AuthConfig {
     /// HMAC secrets (`--jwt-key`).
     pub(crate) secrets: Vec<SecretSpec>,
+    /// Files of HMAC secrets (`--jwt-key-file`), read again on reload.
+    pub(crate) secret_files: Vec<SecretFileSpec>,
     /// PEM public key files (`--jwt-public-key-file`), read again on reload.
     pub(crate) public_key_files: Vec<PublicKeySpec>,
     /// Required `iss`.
@@ -73,7 +75,7 @@ struct Policy {
 impl Authority {
     /// Loads the keys of `config`.
     pub(crate) fn new(config: AuthConfig) -> Result<Self, KeyError> {
-        let keys = KeySet::load(&config.secrets, &config.public_key_files)?;
+        let keys = KeySet::load(&config.secrets, &config.secret_files, &config.public_key_files)?;
         let validations =
             token::Validations::new(config.issuer.as_deref(), config.audience.as_deref());
         let policy = Arc::new(Policy {
@@ -87,7 +89,8 @@ impl Authority {
     /// Reads the key files again; on an error the keys in use stay. Open connections keep
     /// what their tokens granted.
     pub(crate) fn reload(&self) -> Result<(), KeyError> {
-        let keys = KeySet::load(&self.config.secrets, &self.config.public_key_files)?;
+        let AuthConfig { secrets, secret_files, public_key_files, .. } = &self.config;
+        let keys = KeySet::load(secrets, secret_files, public_key_files)?;
         *self.keys.write() = Arc::new(keys);
         // A token a removed key signed must not pass from memory.
         self.verified.lock().clear();
@@ -139,6 +142,9 @@ pub(crate) enum Denied {
     NoToken { action: Action, topic: String },
     /// The token does not cover the topic.
     NotCovered { action: Action, topic: String },
+    /// The token does not cover the topic, and has flat `"crier.publish"` or
+    /// `"crier.subscribe"` keys: it was likely meant to.
+    FlatClaims { action: Action, topic: String },
     /// No key is configured and the client is not local.
     NotLocal,
 }
@@ -168,6 +174,13 @@ impl std::fmt::Display for Denied {
             Denied::NotCovered { action, topic } => {
                 write!(f, "the token does not allow to {} {topic:?}", action.as_str())
             }
+            Denied::FlatClaims { action, topic } => write!(
+                f,
+                "the token does not allow to {} {topic:?}: its claims are flat keys \
+                 (\"crier.publish\", \"crier.subscribe\"), and crier reads them nested: \
+                 {{\"crier\": {{\"publish\": [...], \"subscribe\": [...]}}}}",
+                action.as_str()
+            ),
             Denied::NotLocal => f.write_str(
                 "publishing is accepted only from loopback peers when no credentials are configured",
             ),
@@ -202,6 +215,9 @@ impl Access {
         match &self.grant {
             None => Err(Denied::NoToken { action, topic: topic.to_owned() }),
             Some(grant) if selectors(grant).covers(topic) => Ok(()),
+            Some(grant) if grant.flat_claims => {
+                Err(Denied::FlatClaims { action, topic: topic.to_owned() })
+            }
             Some(_) => Err(Denied::NotCovered { action, topic: topic.to_owned() }),
         }
     }

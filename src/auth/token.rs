@@ -101,6 +101,9 @@ pub(crate) struct Grant {
     pub(crate) publish: Selectors,
     /// `crier.subscribe`.
     pub(crate) subscribe: Selectors,
+    /// The token has flat `"crier.publish"` or `"crier.subscribe"` keys, which crier does not
+    /// read (its claims are nested): what a refusal points out.
+    pub(crate) flat_claims: bool,
 }
 
 /// The claims crier reads (`exp`, `nbf`, `iss` and `aud` are checked by `jsonwebtoken`).
@@ -111,6 +114,10 @@ struct CrierClaims {
     sub: Option<String>,
     #[serde(default)]
     crier: CrierClaim,
+    #[serde(default, rename = "crier.publish")]
+    flat_publish: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "crier.subscribe")]
+    flat_subscribe: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
@@ -276,5 +283,6 @@ fn grant(claims: CrierClaims) -> Result<Grant, TokenError> {
         expires_at,
         publish: selectors(&claims.crier.publish)?,
         subscribe: selectors(&claims.crier.subscribe)?,
+        flat_claims: claims.flat_publish.is_some() || claims.flat_subscribe.is_some(),
     })
 }

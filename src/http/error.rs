@@ -210,7 +210,8 @@ impl ApiError {
     /// The whole HTTP/1.1 answer, closing the connection: for refusals made before any request
     /// was read (connection limits, an oversized head).
     pub(crate) fn to_http1(&self) -> Vec<u8> {
-        let body = self.body();
+        let mut body = self.body();
+        body.push('\n');
         let status = self.code.status();
         let mut head = format!(
             "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
@@ -295,14 +296,18 @@ impl From<Denied> for ApiError {
     fn from(denied: Denied) -> Self {
         let code = match denied {
             Denied::NoToken { .. } => ErrorCode::Unauthorized,
-            Denied::NotCovered { .. } | Denied::NotLocal => ErrorCode::Forbidden,
+            Denied::NotCovered { .. } | Denied::FlatClaims { .. } | Denied::NotLocal => {
+                ErrorCode::Forbidden
+            }
         };
         ApiError::new(code, denied.to_string())
     }
 }
 
 /// A response with a JSON body.
-pub(crate) fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
+pub(crate) fn json_response(status: StatusCode, mut body: String) -> Response<ResponseBody> {
+    // Ends its line, so a shell prompt after `curl` starts on its own.
+    body.push('\n');
     let mut response = Response::new(ResponseBody::full(body.into()));
     *response.status_mut() = status;
     response

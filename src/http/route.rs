@@ -45,6 +45,8 @@ pub(crate) enum OpenRoute {
     Readyz,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /stats`: the page's few figures, where `/metrics` is kept from the public.
+    Stats,
     /// Nothing is served here.
     NotFound,
 }
@@ -68,6 +70,7 @@ impl Routes {
             "/healthz" => Route::Open(OpenRoute::Healthz),
             "/readyz" => Route::Open(OpenRoute::Readyz),
             "/metrics" => Route::Open(OpenRoute::Metrics),
+            "/stats" => Route::Open(OpenRoute::Stats),
             MERCURE_HUB_PATH if self.mercure => Route::Gated(GatedRoute::Mercure),
             path if self.mercure && path.starts_with(MERCURE_SUBSCRIPTIONS_PATH) => {
                 Route::Gated(GatedRoute::MercureSubscriptions)
@@ -90,6 +93,7 @@ impl Route {
             Route::Open(OpenRoute::Healthz) => "healthz",
             Route::Open(OpenRoute::Readyz) => "readyz",
             Route::Open(OpenRoute::Metrics) => "metrics",
+            Route::Open(OpenRoute::Stats) => "stats",
             Route::Open(OpenRoute::NotFound) => "not_found",
         }
     }

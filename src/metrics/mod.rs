@@ -317,6 +317,26 @@ impl Metrics {
         }
     }
 
+    /// The figures the built-in page shows, as JSON: streams open, deliveries and evictions so
+    /// far (`GET /stats`, which a proxy may let through where it keeps `/metrics` in).
+    pub(crate) fn page_stats(&self) -> String {
+        let text = self.handle.render();
+        let sum = |name: &str| -> f64 {
+            text.lines()
+                .filter(|line| {
+                    line.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{']))
+                })
+                .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum()
+        };
+        format!(
+            r#"{{"streams_open":{},"deliveries":{},"evictions":{}}}"#,
+            sum("crier_connections"),
+            sum("crier_deliveries_total"),
+            sum("crier_evictions_total")
+        )
+    }
+
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
         metrics::with_local_recorder(&self.recorder, || self.process.collect());

@@ -150,6 +150,9 @@ impl Router {
             }),
             Endpoint::Open(OpenRoute::Readyz) => only_get(&request, || self.readyz()),
             Endpoint::Open(OpenRoute::Metrics) => only_get(&request, || Ok(self.render_metrics())),
+            Endpoint::Open(OpenRoute::Stats) => {
+                only_get(&request, || Ok(json_response(StatusCode::OK, self.metrics.page_stats())))
+            }
             Endpoint::Open(OpenRoute::NotFound) => Err(ApiError::not_found(request.uri().path())),
         }
     }

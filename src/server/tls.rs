@@ -14,6 +14,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -65,12 +66,23 @@ impl Tls {
     }
 
     /// The handshake of a new connection, within `timeout`; `None` if it failed or was late.
+    /// A plain HTTP request is answered with a short 400 before the connection closes, as nginx
+    /// answers it, so `curl http://` says why rather than nothing.
     pub(crate) async fn accept(
         &self,
-        stream: TcpStream,
+        mut stream: TcpStream,
         timeout: Duration,
     ) -> Option<TlsStream<TcpStream>> {
-        match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut first = [0u8; 1];
+        // A TLS connection opens with a handshake record (0x16); an HTTP request with a method.
+        if let Ok(Ok(1)) = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await
+            && first[0].is_ascii_uppercase()
+        {
+            let _ = tokio::time::timeout_at(deadline, answer_plain_http(&mut stream)).await;
+            return None;
+        }
+        match tokio::time::timeout_at(deadline, self.acceptor.accept(stream)).await {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -81,6 +93,30 @@ impl Tls {
                 None
             }
         }
+    }
+}
+
+/// What a plain HTTP request to the TLS port is told.
+const PLAIN_HTTP_BODY: &str = "400 Bad Request: this port speaks TLS; use https:// or wss://\n";
+
+/// Reads the request head (so closing does not reset the connection before the answer is
+/// read; at most 16 KiB), answers [`PLAIN_HTTP_BODY`] and closes.
+async fn answer_plain_http(stream: &mut TcpStream) {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{PLAIN_HTTP_BODY}",
+        PLAIN_HTTP_BODY.len()
+    );
+    if stream.write_all(answer.as_bytes()).await.is_ok() {
+        let _ = stream.shutdown().await;
     }
 }
 

@@ -52,6 +52,11 @@ impl TestServer {
         publish_ok(self.addr, topic, None, data.as_bytes(), None).await
     }
 
+    /// Publishes an event named `name`; returns its id.
+    pub async fn publish_named(&self, topic: &str, name: &str, data: &str) -> String {
+        publish_ok(self.addr, topic, Some(name), data.as_bytes(), None).await
+    }
+
     /// Waits until the server counts `n` subscriptions.
     pub async fn wait_subscriptions(&self, n: usize) {
         wait_until(&format!("{n} subscriptions"), || async {

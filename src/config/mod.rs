@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, ValueEnum};
 
-use crate::auth::{AuthConfig, MercureKey, PublicKeySpec, SecretSpec, Selector};
+use crate::auth::{AuthConfig, MercureKey, PublicKeySpec, SecretFileSpec, SecretSpec, Selector};
 use crate::http::TrustedProxies;
 use crate::hub::HubConfig;
 use crate::mercure::MercureConfig;
 use crate::relay::RelayConfig;
+
+mod startup;
+mod token;
+pub use token::token_command;
 
 /// What `--help` ends with: how the process ends, and its logging.
 const AFTER_HELP: &str = "\
@@ -183,6 +187,13 @@ pub struct Config {
     #[arg(long, env = "CRIER_JWT_KEY", value_delimiter = ',', hide_env_values = true)]
     pub jwt_key: Vec<SecretSpec>,
 
+    /// Files each holding an HMAC secret (its bytes; a final newline is dropped), at least 32
+    /// bytes, comma-separated, each optionally `KID:PATH`: as --jwt-key, without the secret in
+    /// the process's arguments or environment. Read again on SIGHUP, without dropping a
+    /// connection.
+    #[arg(long, env = "CRIER_JWT_KEY_FILE", value_delimiter = ',')]
+    pub jwt_key_file: Vec<SecretFileSpec>,
+
     /// PEM files of public keys that sign tokens: RSA (RS256…, PS256…), EC P-256 or P-384
     /// (ES256, ES384) or Ed25519 (EdDSA), comma-separated, each optionally `KID:PATH`. Read
     /// again on SIGHUP, without dropping a connection.
@@ -341,7 +352,7 @@ pub struct Config {
     pub tls_key: Option<std::path::PathBuf>,
 
     /// Log format.
-    #[arg(long, env = "CRIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "CRIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, overrides_with = "log_format")]
     pub log_format: LogFormat,
 }
 
@@ -372,14 +383,11 @@ impl Config {
                  masters of one Redis Cluster)",
             ));
         }
-        if !self.private_topics.is_empty()
-            && self.jwt_key.is_empty()
-            && self.jwt_public_key_file.is_empty()
-        {
+        if !self.private_topics.is_empty() && !self.has_credentials() {
             return Err(Self::command().error(
                 clap::error::ErrorKind::MissingRequiredArgument,
-                "--private-topics needs --jwt-key or --jwt-public-key-file: without a key no \
-                 token could open a private topic",
+                "--private-topics needs --jwt-key, --jwt-key-file or --jwt-public-key-file: \
+                 without a key no token could open a private topic",
             ));
         }
         Ok(self)
@@ -412,10 +420,18 @@ impl Config {
         used
     }
 
+    /// Whether a key is configured: tokens are checked, and publishing needs one.
+    pub(crate) fn has_credentials(&self) -> bool {
+        !self.jwt_key.is_empty()
+            || !self.jwt_key_file.is_empty()
+            || !self.jwt_public_key_file.is_empty()
+    }
+
     /// The credentials' share of the configuration.
     pub(crate) fn auth(&self) -> AuthConfig {
         AuthConfig {
             secrets: self.jwt_key.clone(),
+            secret_files: self.jwt_key_file.clone(),
             public_key_files: self.jwt_public_key_file.clone(),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
