@@ -79,31 +79,14 @@ setTimeout(finish, 30000);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_npm_eventsources_all_open_under_a_stream_rate_of_two() {
-    let modules = support::npm::package("eventsource@4.1.1");
-    // An ES module resolves its imports from where it lies: beside the package.
-    let folder = modules.parent().expect("the package's folder");
-    let script = folder.join(format!("crowd-{}.mjs", std::process::id()));
-    std::fs::write(&script, EVENTSOURCE_SCRIPT).expect("write the script");
     let server = TestServer::start(&["--new-streams-per-sec", "2"]).await;
     let url = format!("http://{}/sse?topic=crowd", server.addr);
     let started = tokio::time::Instant::now();
-    let client = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(&url)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
+    let clients = support::npm::NodeScript::start("eventsource@4.1.1", EVENTSOURCE_SCRIPT, &url);
     server.wait_subscriptions(6).await;
     let opened = started.elapsed();
     server.publish("crowd", "all here").await;
-    let output = tokio::time::timeout(support::WAIT, client.wait_with_output())
-        .await
-        .expect("the clients finish")
-        .expect("node ran");
-    let _ = std::fs::remove_file(&script);
-    let seen: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("the clients' records as JSON");
+    let seen = clients.json_output().await;
     assert!(opened < Duration::from_secs(20), "all six open in {opened:?}");
     let seen = seen.as_array().expect("six records");
     assert_eq!(seen.len(), 6);

@@ -122,3 +122,15 @@ async fn flat_crier_claims_are_refused_with_a_hint_that_they_nest() {
     assert_eq!(status, 0);
     assert!(out.contains("nest them"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mercure_publishers_token_is_minted_with_the_hubs_key() {
+    let server = TestServer::start(&support::mercure::HUB).await;
+    let token = mint(&["--key", support::mercure::KEY, "--mercure-publish", "*"]);
+    let bearer = format!("Bearer {token}");
+    let form = [("topic", "https://example.com/books/1"), ("data", "{}")];
+    let published = support::mercure::post(server.addr, &[("Authorization", &bearer)], &form).await;
+    assert_eq!(published.status, 200, "{}", published.text());
+    let claims = crier_token(&["check", &token, "--jwt-key", support::mercure::KEY]).1;
+    assert!(claims.contains(r#""publish": ["#) && !claims.contains(r#""crier""#), "{claims}");
+}

@@ -99,6 +99,19 @@ pub(crate) fn event_frame(event: &Event, wire: Wire) -> &Bytes {
     })
 }
 
+/// The JSON envelope of `event` (`{"topic","id","event","data"}`, as a WebSocket JSON frame
+/// carries it): that frame, encoded once and shared, and where its payload starts.
+pub(crate) fn json_envelope(event: &Event) -> (&Bytes, usize) {
+    let frame = event_frame(event, Wire::WsJson);
+    // A server's frame is unmasked: 2 header bytes, then 2 or 8 of extended length.
+    let header = match frame.get(1).map(|len| len & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    (frame, header)
+}
+
 fn json_event(
     topic: &TopicName,
     id: EventId,

@@ -4,6 +4,8 @@
 //! - `crier token --key-file F --publish 'news/*' --subscribe 'private/alice' --exp 1h` prints
 //!   a token signed with the HMAC secret in `F` (or `--key`, or `CRIER_JWT_KEY`), or with the
 //!   PEM private key in `F` (RSA, EC, Ed25519: the server holds its public half).
+//! - `--mercure-publish '*'` (and `--mercure-subscribe`) adds the Mercure hub's claim, for a
+//!   hub's publisher or subscriber.
 //! - `crier token check TOKEN [server flags]` prints the token's header and claims, and whether
 //!   a server started with those flags (and `CRIER_*` variables) would accept it, and what for.
 
@@ -66,6 +68,16 @@ struct Mint {
     #[arg(long, value_delimiter = ',')]
     subscribe: Vec<String>,
 
+    /// For the Mercure hub: topic selectors its `mercure.publish` claim lists (`*`: every
+    /// topic), repeated or comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    mercure_publish: Vec<String>,
+
+    /// For the Mercure hub: topic selectors (URI templates too) its `mercure.subscribe` claim
+    /// lists, for private updates.
+    #[arg(long, value_delimiter = ',')]
+    mercure_subscribe: Vec<String>,
+
     /// How long it is valid (`exp` = now + this): `90s`, `1h`, `7days`.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     exp: Duration,
@@ -114,10 +126,16 @@ impl Mint {
             .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
             .ok_or("--exp is too far")?
             .as_secs();
-        let mut claims = json!({
-            "exp": exp,
-            "crier": {"publish": self.publish, "subscribe": self.subscribe},
-        });
+        let mut claims = json!({"exp": exp});
+        let mercure = !self.mercure_publish.is_empty() || !self.mercure_subscribe.is_empty();
+        if mercure {
+            claims["mercure"] =
+                json!({"publish": self.mercure_publish, "subscribe": self.mercure_subscribe});
+        }
+        // A hub's token needs no crier claim; any other token has one, if empty.
+        if !mercure || !self.publish.is_empty() || !self.subscribe.is_empty() {
+            claims["crier"] = json!({"publish": self.publish, "subscribe": self.subscribe});
+        }
         for (name, value) in [("sub", &self.sub), ("iss", &self.iss), ("aud", &self.aud)] {
             if let Some(value) = value {
                 claims[name] = json!(value);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 
 use crate::event::Wire;
-use crate::http::{Admitted, ApiError, ResponseBody};
+use crate::http::{Admitted, ApiError, ErrorCode, ResponseBody};
 use crate::hub::{ConnectionCloser, Hub, SubscribeError, SubscriptionRequest};
 use crate::metrics::Metrics;
 pub(crate) use stream::SseStream;
@@ -74,6 +74,14 @@ impl SseEdge {
         last_event_id_header: Option<&[u8]>,
     ) -> Result<SseWriter, ApiError> {
         let Admitted { access, query, .. } = admitted;
+        let json = match query.format.as_deref() {
+            None => false,
+            Some("json") => true,
+            Some(other) => {
+                let detail = format!("format {other:?} is not json (or absent, for plain data)");
+                return Err(ApiError::new(ErrorCode::BadFormat, detail));
+            }
+        };
         let resume = query.resume_after(last_event_id_header)?;
         // A WebSocket may start with no topic and subscribe by command; a stream may not.
         if query.topics.is_empty() {
@@ -86,6 +94,9 @@ impl SseEdge {
         let subscription = self.hub.subscribe(request.closed_by(closer)).await?;
         let mut writer =
             SseWriter::new(subscription, self.timing, &self.metrics, access.expires_in());
+        if json {
+            writer = writer.with_json_envelopes();
+        }
         writer.hold(admitted.take_stream_slot());
         Ok(writer)
     }

@@ -86,6 +86,8 @@ pub(crate) struct SseWriter {
     expiry: Option<Pin<Box<Sleep>>>,
     /// Set for a stream in plain SSE; crier's dialect otherwise.
     plain: Option<Box<Plain>>,
+    /// `format=json`: each event's data is its JSON envelope, which names its topic.
+    json: bool,
     ended: bool,
 }
 
@@ -114,7 +116,7 @@ impl SseWriter {
             // One notice for all topics, whose id is where the stream starts: the start
             // positions, which a stream of several topics sends as its cursor.
             let notice = gap::notice(&gaps, start[0]);
-            push_frame(&mut opening, cursor.as_mut().map(|c| (c, None)), &notice);
+            push_frame(&mut opening, cursor.as_mut().map(|c| (c, None)), &notice, false);
         }
         drop(gaps);
         let opening = opening.finish(Some((metrics.clone(), Transport::Sse)));
@@ -158,8 +160,16 @@ impl SseWriter {
             heartbeat: Box::pin(tokio::time::sleep_until(now + heartbeat_every)),
             expiry: expires_in.map(|left| Box::pin(tokio::time::sleep_until(now + left))),
             plain,
+            json: false,
             ended: false,
         }
+    }
+
+    /// Sends each event's JSON envelope as its data (`format=json`): on a stream of several
+    /// topics, a client reads each event's topic from it rather than from the cursor.
+    pub(crate) fn with_json_envelopes(mut self) -> Self {
+        self.json = true;
+        self
     }
 
     /// The next chunk to write: the opening, everything published since the last chunk, or a
@@ -204,6 +214,7 @@ impl SseWriter {
         loop {
             let mut chunk = ChunkBuilder::with_capacity(0);
             let cursor = &mut self.cursor;
+            let json = self.json;
             let mut filter = self.plain.as_mut().map(|plain| &mut plain.filter);
             let polled =
                 self.subscription.poll_events(cx, MAX_CHUNK_BYTES, |topic_index, event| {
@@ -213,7 +224,8 @@ impl SseWriter {
                         return;
                     }
                     chunk.events += 1;
-                    push_frame(&mut chunk, cursor.as_mut().map(|c| (c, Some(topic_index))), event);
+                    let cursor = cursor.as_mut().map(|c| (c, Some(topic_index)));
+                    push_frame(&mut chunk, cursor, event, json);
                 });
             match polled {
                 // Everything read was filtered out: read on (an empty chunk would end the body).
@@ -274,21 +286,38 @@ impl ChunkStream for SseWriter {
 
 /// Adds an event's frame to a chunk: as encoded; or, on a stream of several topics (`cursor`
 /// with the event's topic index, if it moves the cursor), the stream's cursor line followed by
-/// the frame without its own id line.
+/// the frame without its own id line. With `json`, an event of a topic (not one of crier's own
+/// notices) has its JSON envelope as its data, shared with WebSocket readers.
 fn push_frame(
     chunk: &mut ChunkBuilder,
     cursor: Option<(&mut Vec<EventId>, Option<u16>)>,
     event: &Event,
+    json: bool,
 ) {
     let frame = event.frames.sse();
+    let body_from = frame.len() - event.frames.sse_body().len();
+    let envelope =
+        json && !event.name.as_ref().is_some_and(|name| name.as_str().starts_with("crier."));
     match cursor {
-        None => chunk.push_frame(frame, 0),
+        None if !envelope => return chunk.push_frame(frame, 0),
+        None => chunk.push_copy(&frame[..body_from]),
         Some((positions, topic_index)) => {
             if let Some(index) = topic_index {
                 positions[usize::from(index)] = event.id;
             }
             sse::put_cursor_line(positions, chunk.buf_mut());
-            chunk.push_frame(frame, frame.len() - event.frames.sse_body().len());
+            if !envelope {
+                return chunk.push_frame(frame, body_from);
+            }
         }
     }
+    if let Some(name) = &event.name {
+        chunk.push_copy(b"event: ");
+        chunk.push_copy(name.as_str().as_bytes());
+        chunk.push_copy(b"\n");
+    }
+    chunk.push_copy(b"data: ");
+    let (envelope, from) = crate::codec::ws::json_envelope(event);
+    chunk.push_frame(envelope, from);
+    chunk.push_copy(b"\n\n");
 }
