@@ -1,5 +1,6 @@
 //! The README is executed: every `sh` block marked `<!-- readme: run -->` in its source runs
-//! against a fresh `crier` binary, and what it prints is checked, so an example cannot rot.
+//! against a fresh `crier` binary, and what it prints is checked, so an example cannot rot; the
+//! `js` blocks run in Chromium; every other example says in its marker why it is not run.
 //!
 //! In a marked block (with `127.0.0.1:8080` standing for the server):
 //! - each line is a command, run by bash in a scratch directory (which holds a `photo.jpg`);
@@ -308,4 +309,34 @@ async fn the_readmes_browser_examples_run_in_chromium() {
     assert_eq!(frames[0]["id"], id.as_str());
     assert_eq!(frames[0]["data"], "over the WebSocket");
     assert_eq!(frames.as_array().unwrap().len(), 1, "the ok reply is not an event: {frames}");
+}
+
+/// Every shell, JavaScript and Python block is run (`<!-- readme: run -->`, `<!-- readme: js
+/// -->`) or says why it is not (`<!-- readme: not run: REASON -->`).
+#[test]
+fn every_example_is_run_or_says_why_not() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let lines: Vec<&str> = readme.lines().collect();
+    let mut unaccounted = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        let fence = line.trim();
+        let runnable = ["```sh", "```bash", "```js", "```javascript", "```python", "```py"];
+        if !runnable.contains(&fence) {
+            continue;
+        }
+        let marker = lines[..at].iter().rev().map(|l| l.trim()).find(|l| !l.is_empty());
+        let accounted = marker.is_some_and(|marker| {
+            marker == "<!-- readme: run -->"
+                || marker == "<!-- readme: js -->"
+                || marker
+                    .strip_prefix("<!-- readme: not run:")
+                    .and_then(|rest| rest.strip_suffix("-->"))
+                    .is_some_and(|reason| reason.trim().len() > 10)
+        });
+        if !accounted {
+            unaccounted.push(at + 1);
+        }
+    }
+    assert!(unaccounted.is_empty(), "README lines {unaccounted:?}: run them, or say why not");
 }
