@@ -48,6 +48,15 @@ fn examples(readme: &str) -> Vec<Example> {
     let mut i = 0;
     while i < lines.len() {
         let marker = lines[i].trim();
+        if marker == "<!-- readme: script -->" {
+            // tests/readme_scripts.rs runs it, and checks the output after it.
+            let end = (i + 2..lines.len()).find(|&j| lines[j] == "```").expect("block end");
+            i = end + 1;
+            if lines.get(i).is_some_and(|l| l.trim() == "<!-- readme: output -->") {
+                i = (i + 2..lines.len()).find(|&j| lines[j] == "```").expect("block end") + 1;
+            }
+            continue;
+        }
         if marker == "<!-- readme: output -->" {
             assert_eq!(lines[i + 1], "```text", "README line {}: a text block", i + 2);
             let end = (i + 2..lines.len()).find(|&j| lines[j] == "```").expect("block end");
@@ -328,6 +337,7 @@ fn every_example_is_run_or_says_why_not() {
         let marker = lines[..at].iter().rev().map(|l| l.trim()).find(|l| !l.is_empty());
         let accounted = marker.is_some_and(|marker| {
             marker == "<!-- readme: run -->"
+                || marker == "<!-- readme: script -->"
                 || marker == "<!-- readme: js -->"
                 || marker
                     .strip_prefix("<!-- readme: not run:")
