@@ -443,11 +443,24 @@ fn run(args: &Args, subscribers: usize) {
         servers.iter().map(Server::cpu_seconds).sum::<f64>()
             + redis.as_ref().map_or(0.0, Redis::cpu_seconds)
     };
+    // Writes of events, every transport, every node (`None`: a build without the metric).
+    let stream_writes = || -> Option<f64> {
+        let mut total = 0.0;
+        for server in &servers {
+            for transport in ["sse", "ws"] {
+                total += server
+                    .metric(&format!("crier_stream_writes_total{{transport=\"{transport}\"}}"))?;
+            }
+        }
+        Some(total)
+    };
+    let writes_before = stream_writes();
     let cpu_before = servers_cpu();
     let own_cpu_before = process_cpu_seconds(std::process::id());
     let publish_started = Instant::now();
     publish(args, &addrs, &topic, &shared, subscribers);
     let publish_took = publish_started.elapsed();
+    let write_delay = server.metric("crier_write_delay_seconds");
     let published = shared.published.load(Ordering::Acquire);
     // Let in-flight events arrive.
     let drain_deadline = Instant::now() + Duration::from_secs(15);
@@ -464,6 +477,7 @@ fn run(args: &Args, subscribers: usize) {
     let cpu_used = servers_cpu() - cpu_before;
     let own_cpu_used = process_cpu_seconds(std::process::id()) - own_cpu_before;
     let rss_busy = server.rss_kib();
+    let writes = stream_writes().zip(writes_before).map(|(after, before)| after - before);
     shared.stop.store(true, Ordering::Release);
     let reports: Vec<ThreadReport> =
         handles.into_iter().map(|h| h.join().expect("subscriber thread")).collect();
@@ -514,6 +528,13 @@ fn run(args: &Args, subscribers: usize) {
         rss_busy as f64 / 1024.0,
         own_cpu_used / secs
     );
+    if let Some(writes) = writes {
+        println!(
+            "  writes        {writes:.0} writes of events: {:.1} deliveries per write; write delay as publishing ended {:.1} ms",
+            received as f64 / writes.max(1.0),
+            write_delay.unwrap_or(0.0) * 1e3
+        );
+    }
 }
 
 /// Publishes for `args.duration`: paced at `args.rate`, or as fast as the window allows.

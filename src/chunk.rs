@@ -27,6 +27,9 @@ pub(crate) const MAX_CHUNK_BYTES: usize = 256 << 10;
 /// between each two, about 512 slices, so one call can take all of it.
 const MAX_IOVECS: usize = 1024;
 
+/// Slices a write of a typical chunk needs at most.
+const FEW_IOVECS: usize = 16;
+
 /// Writes `buf` to `io` with vectored writes until it is empty. `Pending` when the socket is
 /// full (whatever was written is consumed from `buf`); an error when the connection is broken.
 pub(crate) fn poll_write_buf<W: AsyncWrite + Unpin, B: Buf>(
@@ -36,9 +39,17 @@ pub(crate) fn poll_write_buf<W: AsyncWrite + Unpin, B: Buf>(
 ) -> Poll<io::Result<()>> {
     while buf.has_remaining() {
         let written = {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let n = buf.chunks_vectored(&mut slices);
-            ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?
+            // Most writes have a few slices: fill a small array first, and set up the large
+            // one (16 KiB to initialise) only for a buffer that fills the small one.
+            let mut few = [IoSlice::new(&[]); FEW_IOVECS];
+            let n = buf.chunks_vectored(&mut few);
+            if n < FEW_IOVECS {
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &few[..n]))?
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = buf.chunks_vectored(&mut slices);
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?
+            }
         };
         if written == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -121,6 +132,9 @@ impl Buf for Chunk {
 impl Drop for Chunk {
     fn drop(&mut self) {
         let Some((metrics, transport)) = &self.metrics else { return };
+        if self.events > 0 && self.bytes_written > 0 {
+            metrics.stream_write(*transport);
+        }
         let transport = metrics.transport(*transport);
         if self.remaining == 0 {
             transport.deliveries.increment(self.events as u64);

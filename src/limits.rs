@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -82,23 +83,32 @@ impl ClientKey {
 const MAX_ENTRIES: usize = 1 << 20;
 
 /// Shards of a table, so clients rarely wait on each other.
-const SHARDS: usize = 16;
+const SHARDS: usize = 1 << SHARD_BITS;
+const SHARD_BITS: u32 = 4;
+
+/// One shard of a [`RateTable`]: the buckets whose keys' hashes start alike.
+type RateShard<K> = Mutex<HashTable<(K, TokenBucket)>>;
 
 /// A token bucket per key, `rate` per second with bursts of `rate`.
+///
+/// Each action hashes its key once: the hash picks the shard (by its top bits) and finds the
+/// bucket in the shard's table (by the rest).
 pub(crate) struct RateTable<K> {
     rate: u32,
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<K, TokenBucket>>]>,
+    shards: Box<[RateShard<K>]>,
 }
 
 impl<K: Hash + Eq + Clone> RateTable<K> {
     pub(crate) fn per_second(rate: u32) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect();
         RateTable { rate, hasher: RandomState::new(), shards }
     }
 
-    fn shard(&self, key: &K) -> &Mutex<HashMap<K, TokenBucket>> {
-        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    /// The key's hash and its shard.
+    fn shard(&self, key: &K) -> (u64, &RateShard<K>) {
+        let hash = self.hasher.hash_one(key);
+        (hash, &self.shards[(hash >> (u64::BITS - SHARD_BITS)) as usize])
     }
 
     /// Takes a token for `key`; on refusal, how long until the next one.
@@ -109,12 +119,13 @@ impl<K: Hash + Eq + Clone> RateTable<K> {
     /// Takes `n` tokens for `key` (at most a burst's worth); on refusal, how long until there
     /// are that many.
     pub(crate) fn take_n(&self, key: &K, n: u32, now: Instant) -> Result<(), Duration> {
-        let mut shard = self.shard(key).lock();
-        if let Some(bucket) = shard.get_mut(key) {
+        let (hash, shard) = self.shard(key);
+        let mut shard = shard.lock();
+        if let Some((_, bucket)) = shard.find_mut(hash, |(k, _)| k == key) {
             return if bucket.take_n(n, now) { Ok(()) } else { Err(bucket.wait(n)) };
         }
         if shard.len() >= MAX_ENTRIES / SHARDS {
-            shard.retain(|_, bucket| !bucket.is_full(now));
+            shard.retain(|(_, bucket)| !bucket.is_full(now));
             if shard.len() >= MAX_ENTRIES / SHARDS {
                 return Err(Duration::from_secs(1));
             }
@@ -122,16 +133,16 @@ impl<K: Hash + Eq + Clone> RateTable<K> {
         let mut bucket = TokenBucket::per_second(self.rate);
         bucket.refilled = now;
         let taken = bucket.take_n(n, now);
-        shard.insert(key.clone(), bucket);
+        shard.insert_unique(hash, (key.clone(), bucket), |(k, _)| self.hasher.hash_one(k));
         if taken { Ok(()) } else { Err(Duration::from_secs(1)) }
     }
 
     /// Whether `key` has a token left at `now`, taking none; on refusal, how long until it
     /// has one. For actions charged once their cost is known ([`RateTable::take`] then).
     pub(crate) fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
-        let mut shard = self.shard(key).lock();
-        match shard.get_mut(key) {
-            Some(bucket) => {
+        let (hash, shard) = self.shard(key);
+        match shard.lock().find_mut(hash, |(k, _)| k == key) {
+            Some((_, bucket)) => {
                 bucket.refill(now);
                 if bucket.tokens >= 1.0 { Ok(()) } else { Err(bucket.wait(1)) }
             }
@@ -143,10 +154,10 @@ impl<K: Hash + Eq + Clone> RateTable<K> {
     pub(crate) fn prune(&self, now: Instant) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            shard.retain(|_, bucket| !bucket.is_full(now));
+            shard.retain(|(_, bucket)| !bucket.is_full(now));
             if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
                 let len = shard.len();
-                shard.shrink_to(len * 2);
+                shard.shrink_to(len * 2, |(k, _)| self.hasher.hash_one(k));
             }
         }
     }

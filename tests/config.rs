@@ -46,7 +46,7 @@ fn help_lists_every_flag_with_its_default_and_variable() {
         ("--max-event-bytes", "CRIER_MAX_EVENT_BYTES", "64KiB"),
         ("--shutdown-timeout", "CRIER_SHUTDOWN_TIMEOUT", "10s"),
         ("--log-format", "CRIER_LOG_FORMAT", "text"),
-        ("--write-delay", "CRIER_WRITE_DELAY", "0ms"),
+        ("--write-delay", "CRIER_WRITE_DELAY", "200ms"),
         ("--redis-pool-size", "CRIER_REDIS_POOL_SIZE", "4"),
         ("--mercure-history", "CRIER_MERCURE_HISTORY", "10000"),
         ("--mercure-max-templates", "CRIER_MERCURE_MAX_TEMPLATES", "10000"),

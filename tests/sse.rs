@@ -244,7 +244,7 @@ async fn h2c_prior_knowledge_streams_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_delay_gathers_a_busy_streams_events_into_one_write() {
-    let server = TestServer::start(&["--write-delay", "400ms"]).await;
+    let server = TestServer::start(&["--write-delay", "400ms", "--writes-per-sec", "0"]).await;
     let mut c = subscribe(&server, "topic=t").await;
     // The stream was idle for longer than the delay: the first event goes out at once.
     server.publish("t", "first").await;

@@ -472,7 +472,7 @@ async fn echo_returns_every_message_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_delay_gathers_a_busy_connections_events() {
-    let server = TestServer::start(&["--write-delay", "400ms"]).await;
+    let server = TestServer::start(&["--write-delay", "400ms", "--writes-per-sec", "0"]).await;
     let mut raw = support::RawWs::connect(server.addr, "/ws?topic=t&format=raw").await;
     server.wait_subscriptions(1).await;
     // Idle for longer than the delay: the first event goes at once.

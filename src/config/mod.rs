@@ -63,6 +63,11 @@ pub struct Config {
     #[arg(long, env = "CRIER_MAX_EVENT_BYTES", default_value = "64KiB", value_parser = parse_bytes)]
     pub max_event_bytes: usize,
 
+    /// Largest body of a batch publish (POST /publish with application/x-ndjson, one event per
+    /// line); each event is still held to --max-event-bytes.
+    #[arg(long, env = "CRIER_MAX_BATCH_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_batch_bytes: usize,
+
     /// A topic with no subscriber and no event for this long is dropped with its history (in
     /// cluster mode, its Redis keys expire after as long, refreshed by each publish). A topic
     /// published again later starts a new epoch: a client resuming from an older id gets
@@ -101,12 +106,20 @@ pub struct Config {
     #[arg(long, env = "CRIER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// Least time between two writes to a busy stream. 0 writes as soon as events arrive.
-    /// Larger values gather more events per write (fewer system calls, less CPU per event at
-    /// high fan-out rates) at the cost of up to this much added latency; a stream that was
-    /// idle for this long still writes at once.
-    #[arg(long, env = "CRIER_WRITE_DELAY", default_value = "0ms", value_parser = humantime::parse_duration)]
+    /// The longest a busy stream gathers events before it writes them. A stream that took
+    /// events less than the delay ago waits for more and writes them at once (fewer system
+    /// calls, less CPU per event); a quiet stream writes at once, and a gathering stream
+    /// writes early when its backlog nears a quarter of --history or --max-lag-bytes. The
+    /// delay in force adapts to the node's load (see --writes-per-sec): none while the node
+    /// writes little. 0 never gathers.
+    #[arg(long, env = "CRIER_WRITE_DELAY", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub write_delay: Duration,
+
+    /// Stream writes per second the node aims at: above it the write delay grows (up to
+    /// --write-delay), well under it the delay shrinks to nothing. Default: 20000 per CPU
+    /// core. 0: always gather for the whole --write-delay.
+    #[arg(long, env = "CRIER_WRITES_PER_SEC")]
+    pub writes_per_sec: Option<u64>,
 
     /// The old name of --cors-origins for WebSockets (one list now serves both), kept working
     /// with a warning: its origins are added to --cors-origins.
@@ -498,9 +511,18 @@ impl Config {
             max_topics: usize::try_from(self.max_topics).unwrap_or(usize::MAX),
             idempotency_window: self.idempotency_window,
             log_histories: crate::mercure::log_histories(self.mercure_history),
+            write_delay: self.write_delay,
+            writes_per_sec: self.writes_per_sec.unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+                WRITES_PER_SEC_PER_CORE * cores
+            }),
         }
     }
 }
+
+/// The default write budget per CPU core: a write to a socket costs a few microseconds of
+/// system time, so this keeps stream writes to a fraction of each core.
+const WRITES_PER_SEC_PER_CORE: u64 = 20_000;
 
 fn parse_redis_url(text: &str) -> Result<String, String> {
     let info = redis::IntoConnectionInfo::into_connection_info(text)

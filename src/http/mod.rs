@@ -13,6 +13,7 @@ mod error;
 mod keyed_attempts;
 mod origins;
 mod peer;
+mod publish_batch;
 mod publish_policy;
 mod query;
 mod retry_later;
@@ -28,6 +29,9 @@ pub(crate) use credentials::{TokenSource, request_token_from};
 pub(crate) use error::{ApiError, ErrorCode, json_response};
 pub(crate) use origins::{OriginPolicy, page_origin, request_host};
 pub(crate) use peer::{Peer, TrustedProxies};
+pub(crate) use publish_batch::{
+    BatchEvent, BatchEvents, BatchOutcome, answer_json, parse_ndjson, publish_batch,
+};
 pub(crate) use publish_policy::{PublishLimits, PublishPolicy};
 pub(crate) use retry_later::{Asker, RefusalForm, close_reason, event_stream_response};
 pub(crate) use route::{

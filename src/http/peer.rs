@@ -7,6 +7,9 @@ use std::net::IpAddr;
 use ::http::HeaderMap;
 use ipnet::IpNet;
 
+/// Named once: a header looked up by its text is parsed and checked on every request.
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// The proxies whose `X-Forwarded-For` is believed.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TrustedProxies(Vec<IpNet>);
@@ -42,7 +45,7 @@ impl TrustedProxies {
         let mut known = true;
         if self.trusts(remote) {
             let hops = headers
-                .get_all("x-forwarded-for")
+                .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .rev()
                 .flat_map(|value| value.to_str().unwrap_or("").rsplit(',').map(str::trim));

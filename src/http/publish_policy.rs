@@ -75,6 +75,7 @@ pub(crate) struct PublishPolicy {
 pub(crate) struct PublishPermit {
     policy: Arc<PublishPolicy>,
     peer: IpAddr,
+    principal: Principal,
     _place: OwnedSemaphorePermit,
 }
 
@@ -105,23 +106,22 @@ impl PublishPolicy {
         subject: Option<&str>,
         topic: &TopicName,
     ) -> Result<PublishPermit, ApiError> {
+        let permit = self.admit_batch(peer, subject)?;
+        permit.admit_event(topic)?;
+        Ok(permit)
+    }
+
+    /// Admits a batch of publishes by `peer` (whose token names `subject`, if any) to one
+    /// place in flight; each event is then admitted on its own ([`PublishPermit::admit_event`]).
+    pub(crate) fn admit_batch(
+        self: &Arc<Self>,
+        peer: Peer,
+        subject: Option<&str>,
+    ) -> Result<PublishPermit, ApiError> {
         let principal = match subject {
             Some(subject) => Principal::Subject(subject.into()),
             None => Principal::Address(ClientKey::of(peer.ip)),
         };
-        self.rates.take(&principal, Instant::now()).map_err(|wait| {
-            self.metrics.rejected(Rejection::PublishRate);
-            tracing::debug!(peer = %peer.ip, ?subject, "publish over the rate limit");
-            let detail = format!("more than {} publishes per second", self.limits.per_sec);
-            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
-        })?;
-        if self.hub.is_relayed() {
-            // A cluster node holds only the topics it has readers for: whether this publish
-            // starts a topic is Redis's to say, and charged then.
-            self.admission.may_start_topic(peer.ip)?;
-        } else {
-            self.admission.admit_topics(peer.ip, [topic.as_str()])?;
-        }
         let place = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             self.shed.increment(1);
             let detail = format!(
@@ -130,7 +130,7 @@ impl PublishPolicy {
             );
             ApiError::new(ErrorCode::Overloaded, detail)
         })?;
-        Ok(PublishPermit { policy: self.clone(), peer: peer.ip, _place: place })
+        Ok(PublishPermit { policy: self.clone(), peer: peer.ip, principal, _place: place })
     }
 
     /// The metrics publishes are counted in.
@@ -146,10 +146,29 @@ impl PublishPolicy {
 }
 
 impl PublishPermit {
+    /// Admits one event to `topic` under this permit: the publisher's rate, and the new topic
+    /// it may create.
+    pub(crate) fn admit_event(&self, topic: &TopicName) -> Result<(), ApiError> {
+        let policy = &self.policy;
+        policy.rates.take(&self.principal, Instant::now()).map_err(|wait| {
+            policy.metrics.rejected(Rejection::PublishRate);
+            tracing::debug!(peer = %self.peer, "publish over the rate limit");
+            let detail = format!("more than {} publishes per second", policy.limits.per_sec);
+            ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
+        })?;
+        if policy.hub.is_relayed() {
+            // A cluster node holds only the topics it has readers for: whether this publish
+            // starts a topic is Redis's to say, and charged then.
+            policy.admission.may_start_topic(self.peer)
+        } else {
+            policy.admission.admit_topics(self.peer, [topic.as_str()])
+        }
+    }
+
     /// Publishes the event and answers with its id, within `--publish-timeout`; the place in
-    /// flight is held until then.
+    /// flight is held until the permit is dropped.
     pub(crate) async fn publish(
-        self,
+        &self,
         topic: TopicName,
         name: Option<EventName>,
         data: EventData,
@@ -341,10 +360,12 @@ mod tests {
         assert!(metrics.render().contains(r#"crier_shed_requests_total{route="publish"} 1"#));
         let published = held.publish(topic.clone(), None, EventData::from("x".to_owned()), None);
         assert!(!published.await.unwrap().replayed);
+        drop(held);
         let key = IdempotencyKey::new("k").unwrap();
         let again = |key| {
             let permit = policy.admit(peer(2), None, &topic).expect("the place is free again");
-            permit.publish(topic.clone(), None, EventData::from("y".to_owned()), Some(key))
+            let topic = topic.clone();
+            async move { permit.publish(topic, None, EventData::from("y".to_owned()), Some(key)).await }
         };
         let first = again(key.clone()).await.unwrap();
         let second = again(key).await.unwrap();

@@ -12,6 +12,7 @@
 //! The hub also runs the sweeper that evicts subscribers whose writers stopped reading.
 
 mod idempotency;
+mod pacing;
 mod roster;
 mod sequencer;
 mod subscription;
@@ -31,6 +32,7 @@ use sequencer::Sequencer;
 
 pub(crate) use crate::registry::Closed;
 pub(crate) use crate::registry::ConnectionCloser;
+pub(crate) use pacing::WritePacing;
 pub(crate) use roster::Roster;
 pub(crate) use subscription::ReadsAfter;
 pub use subscription::{Polled, Subscription};
@@ -71,6 +73,11 @@ pub struct HubConfig {
     /// The server's own logs that keep a number of events of their own for resume, not
     /// `history` (an edge's log of record).
     pub log_histories: Vec<(TopicName, usize)>,
+    /// The longest a busy stream gathers events before it writes them (0: never).
+    pub write_delay: Duration,
+    /// Stream writes per second the write delay adapts to keep the node near (0: the delay
+    /// is always `write_delay`).
+    pub writes_per_sec: u64,
 }
 
 /// How a publish is made, beyond its event.
@@ -112,6 +119,8 @@ impl Default for HubConfig {
             max_topics: 1_000_000,
             idempotency_window: Duration::from_secs(300),
             log_histories: Vec::new(),
+            write_delay: Duration::ZERO,
+            writes_per_sec: 0,
         }
     }
 }
@@ -238,6 +247,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     draining: AtomicBool,
     roster: Roster,
+    /// How long busy streams gather events before writing.
+    pacing: Arc<WritePacing>,
 }
 
 impl Hub {
@@ -246,7 +257,9 @@ impl Hub {
         let registry = Arc::new(config.registry(config.topic_idle_ttl));
         let sequencer = Sequencer::local(registry.clone(), &metrics, config.idempotency_window);
         let roster = Roster::Local(Default::default());
-        Hub { registry, sequencer, config, metrics, draining: AtomicBool::new(false), roster }
+        let pacing = Arc::new(WritePacing::new(config.write_delay, config.writes_per_sec));
+        let draining = AtomicBool::new(false);
+        Hub { registry, sequencer, config, metrics, draining, roster, pacing }
     }
 
     /// A node of the cluster behind `relay`'s Redis: publishes go through Redis and topics
@@ -265,8 +278,9 @@ impl Hub {
             Sequencer::Relay(relay) => Roster::Cluster(relay.roster().clone()),
             Sequencer::Local(_) => Roster::Local(Default::default()),
         };
+        let pacing = Arc::new(WritePacing::new(config.write_delay, config.writes_per_sec));
         let draining = AtomicBool::new(false);
-        Ok(Hub { registry, sequencer, config, metrics, draining, roster })
+        Ok(Hub { registry, sequencer, config, metrics, draining, roster, pacing })
     }
 
     /// Whether the node can serve: always on a single node; in cluster mode, while its link
@@ -399,7 +413,8 @@ impl Hub {
         self.sequencer.prepare(&wanted).await?;
 
         let subscriber = self.subscriber(wire, closer);
-        let mut subscription = Subscription::new(subscriber, wanted.len(), self.metrics.clone());
+        let mut subscription =
+            Subscription::new(subscriber, wanted.len(), self.pacing.clone(), self.metrics.clone());
         for (name, resume) in wanted {
             subscription.start_on(&self.sequencer, &name, resume)?;
         }
@@ -477,8 +492,9 @@ impl Hub {
         swept
     }
 
-    /// Runs [`Hub::sweep`] every `interval`, forever; after many topics were dropped, hands
-    /// the memory they held back to the system.
+    /// Runs [`Hub::sweep`] every `interval`, forever, and adapts the write delay to the
+    /// writes since the last; after many topics were dropped, hands the memory they held back
+    /// to the system.
     pub async fn run_sweeper(self: Arc<Self>, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -488,6 +504,8 @@ impl Hub {
         let mut second_trim_in: Option<u32> = None;
         loop {
             tick.tick().await;
+            self.pacing.adjust(self.metrics.stream_writes(), tokio::time::Instant::now());
+            self.metrics.write_delay.set(self.pacing.delay().as_secs_f64());
             let reaped = self.sweep_topics().reaped;
             reaped_since_trim += reaped;
             // Once a burst of drops is over (or every so often during a long one).

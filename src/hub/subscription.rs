@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crossbeam_epoch as epoch;
+use tokio::time::Instant;
 
 use super::SubscribeError;
+use super::pacing::WritePacing;
 use super::sequencer::Sequencer;
 use crate::codec::gap::TopicGap;
 use crate::event::{Event, EventId, Gap, TopicName};
@@ -60,15 +62,69 @@ pub struct Subscription {
     gaps: Vec<(u16, Gap)>,
     /// The topic to read first next time, so no topic starves the others.
     next_topic: usize,
+    /// How long to gather events after taking some.
+    pacing: Arc<WritePacing>,
+    /// When events were last taken.
+    events_taken: Option<Instant>,
     metrics: Arc<Metrics>,
 }
+
+/// A gathering writer is woken once its backlog on a topic passes this share of what it may
+/// lag (the events the log holds, and its byte budget): far enough from eviction that it
+/// writes in time, whatever the delay.
+const GATHER_SHARE: u64 = 4;
 
 impl Subscription {
     /// An empty subscription with room for `topics` topics (so a stream's per-connection
     /// state is no larger than it needs).
-    pub(super) fn new(subscriber: Arc<Subscriber>, topics: usize, metrics: Arc<Metrics>) -> Self {
-        let topics = Vec::with_capacity(topics);
-        Subscription { subscriber, topics, gaps: Vec::new(), next_topic: 0, causal: None, metrics }
+    pub(super) fn new(
+        subscriber: Arc<Subscriber>,
+        topics: usize,
+        pacing: Arc<WritePacing>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Subscription {
+            subscriber,
+            topics: Vec::with_capacity(topics),
+            gaps: Vec::new(),
+            next_topic: 0,
+            causal: None,
+            pacing,
+            events_taken: None,
+            metrics,
+        }
+    }
+
+    /// Whether the writer should hold back and gather more events before it takes them:
+    /// `Some(deadline)` while it took events less than the write delay ago and its backlog on
+    /// every topic is under a share of its lag bounds. The task is then woken when a backlog
+    /// reaches that share; the caller wakes it at the deadline. A quiet stream (nothing taken
+    /// within the delay) never waits, so a lone event is written at once.
+    pub(crate) fn gather(&mut self, cx: &mut Context<'_>, now: Instant) -> Option<Instant> {
+        let delay = self.pacing.delay();
+        let due = self.events_taken? + delay;
+        if now >= due {
+            return None;
+        }
+        self.subscriber.register(cx.waker());
+        if self.subscriber.closed().is_some() {
+            return None;
+        }
+        let budget = self.subscriber.lag_limit() as u64 / GATHER_SHARE;
+        for t in &self.topics {
+            let events = (t.topic.log_capacity() / GATHER_SHARE).max(1);
+            t.topic.gather(&t.reader, (t.cursor, t.cursor_end), events, budget);
+        }
+        // Look once more after parking: a backlog that passed the threshold before the writer
+        // was listed would not wake it.
+        let wire = self.subscriber.wire();
+        let over = self.topics.iter().any(|t| {
+            let events = (t.topic.log_capacity() / GATHER_SHARE).max(1);
+            t.topic.head().seq.saturating_sub(t.cursor) >= events
+                || t.topic.head_end(wire).saturating_sub(t.cursor_end) >= budget
+                || t.topic.successor().is_some()
+        });
+        (!over).then_some(due)
     }
 
     /// Links a subscription's two topics causally: an event of one that says (by `reads_after`)
@@ -287,6 +343,7 @@ impl Subscription {
                 return Poll::Ready(Polled::Closed(Closed::Evicted));
             }
             if taken > 0 {
+                self.events_taken = Some(Instant::now());
                 return Poll::Ready(Polled::Events);
             }
             if closed == Some(Closed::Shutdown) {

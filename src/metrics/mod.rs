@@ -5,9 +5,10 @@
 //! several servers in one process (the test suite) keep separate counts, and the hot paths
 //! update pre-registered handles instead of looking metrics up by name.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -15,6 +16,7 @@ use metrics_exporter_prometheus::{
 use crate::auth::TokenError;
 use crate::event::Wire;
 
+mod describe;
 mod rejection;
 
 pub(crate) use rejection::Rejection;
@@ -76,6 +78,8 @@ pub(crate) struct TransportMetrics {
     pub(crate) deliveries: Counter,
     /// `crier_sent_bytes_total{transport}`: stream bytes handed to the socket.
     pub(crate) sent_bytes: Counter,
+    /// `crier_stream_writes_total{transport}`: writes of events to streams.
+    writes: Counter,
     /// `crier_evictions_total{transport,reason="slow_consumer"}`.
     evicted_slow: Counter,
 }
@@ -131,7 +135,16 @@ pub struct Metrics {
     rejections: [Counter; Rejection::ALL.len()],
     /// `crier_accept_errors_total`: failed accepts (out of file descriptors, mostly).
     pub(crate) accept_errors: Counter,
+    /// `crier_http_requests_total` handles by route and status, as requests find them.
+    http_requests: parking_lot::RwLock<Vec<(&'static str, u16, Counter)>>,
+    /// Writes of events to streams, every transport: what the write delay adapts to.
+    stream_writes: AtomicU64,
+    /// `crier_write_delay_seconds`: how long a busy stream gathers events now.
+    pub(crate) write_delay: Gauge,
 }
+
+/// Most (route, status) counter handles kept at hand.
+const MAX_CACHED_REQUEST_COUNTERS: usize = 64;
 
 const PUBLISH_DURATION: &str = "crier_publish_duration_seconds";
 const RELAY_PUBLISH_DURATION: &str = "crier_relay_publish_duration_seconds";
@@ -167,7 +180,7 @@ impl Metrics {
             .map(PrometheusBuilder::build_recorder)
             .expect("the bucket lists are non-empty constants, all the builder checks");
         let handle = recorder.handle();
-        describe(&recorder);
+        describe::describe(&recorder);
         let process = metrics_process::Collector::default();
         metrics::with_local_recorder(&recorder, || process.describe());
 
@@ -184,6 +197,7 @@ impl Metrics {
                 accepted: counter("crier_connections_accepted_total", label()),
                 deliveries: counter("crier_deliveries_total", label()),
                 sent_bytes: counter("crier_sent_bytes_total", label()),
+                writes: counter("crier_stream_writes_total", label()),
                 evicted_slow: counter(
                     "crier_evictions_total",
                     vec![
@@ -211,6 +225,9 @@ impl Metrics {
                 .map(|reason| counter(REJECTIONS, vec![Label::new("reason", reason.as_str())])),
             accept_errors: counter("crier_accept_errors_total", vec![]),
             tcp_connections: gauge("crier_tcp_connections", vec![]),
+            stream_writes: AtomicU64::new(0),
+            http_requests: Default::default(),
+            write_delay: gauge("crier_write_delay_seconds", vec![]),
             process,
             recorder,
             handle,
@@ -229,6 +246,17 @@ impl Metrics {
         }
     }
 
+    /// Counts one write of events to a stream of `transport`.
+    pub(crate) fn stream_write(&self, transport: Transport) {
+        self.transport(transport).writes.increment(1);
+        self.stream_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes of events to streams so far, every transport.
+    pub(crate) fn stream_writes(&self) -> u64 {
+        self.stream_writes.load(Ordering::Relaxed)
+    }
+
     /// Counts a newly accepted stream of `transport` as open until the guard is dropped.
     pub(crate) fn open_connection(&self, transport: Transport) -> ConnectionGuard {
         ConnectionGuard::new(self.transport(transport))
@@ -243,10 +271,22 @@ impl Metrics {
 
     /// Counts one HTTP request by route and status (`crier_http_requests_total`).
     pub(crate) fn http_request(&self, route: &'static str, status: u16) {
+        // The handles of the pairs seen so far, found without building a key: a request's
+        // route is one of a few static names, its status one of a few codes.
+        let seen = |(name, code, _): &&(&'static str, u16, Counter)| {
+            std::ptr::eq(*name, route) && *code == status
+        };
+        if let Some((_, _, counter)) = self.http_requests.read().iter().find(seen) {
+            return counter.increment(1);
+        }
         let labels = vec![Label::new("route", route), Label::new("status", status_label(status))];
-        self.recorder
-            .register_counter(&Key::from_parts(HTTP_REQUESTS, labels), &METADATA)
-            .increment(1);
+        let counter =
+            self.recorder.register_counter(&Key::from_parts(HTTP_REQUESTS, labels), &METADATA);
+        counter.increment(1);
+        let mut known = self.http_requests.write();
+        if known.len() < MAX_CACHED_REQUEST_COUNTERS && !known.iter().any(|c| seen(&c)) {
+            known.push((route, status, counter));
+        }
     }
 
     /// The counter of requests to `route` refused by load shedding
@@ -479,93 +519,6 @@ fn status_label(status: u16) -> SharedString {
     }
 }
 
-fn describe(recorder: &PrometheusRecorder) {
-    let counters: &[(&'static str, &'static str)] = &[
-        ("crier_connections_accepted_total", "Subscriber streams accepted, by transport."),
-        ("crier_events_published_total", "Events accepted for publishing."),
-        (
-            "crier_topics_reaped_total",
-            "Topics dropped with their history after --topic-idle-ttl without subscriber or event.",
-        ),
-        ("crier_deliveries_total", "Events written to subscribers, by transport."),
-        ("crier_sent_bytes_total", "Stream bytes written to subscribers, by transport."),
-        (
-            "crier_evictions_total",
-            "Subscribers disconnected by the server, by transport and reason.",
-        ),
-        (HTTP_REQUESTS, "HTTP requests answered, by route and status."),
-        (SHED_REQUESTS, "Requests refused at once because too many were in flight, by route."),
-        (WS_CLOSES, "WebSocket connections closed, by the close code crier sent (1006: none)."),
-        (SOFT_REFUSALS, "Refusals a browser retries (crier.refused, close 1013), by transport."),
-        (AUTH_FAILURES, "Tokens refused, by reason."),
-        (CREDENTIAL_RELOADS, "Reloads of the token key files (SIGHUP), by outcome."),
-        (REJECTIONS, "Requests and connections refused by a limit, by reason."),
-        (
-            "crier_accept_errors_total",
-            "Connections that could not be accepted (out of file descriptors, mostly).",
-        ),
-    ];
-    for &(name, help) in counters {
-        let unit = name.contains("_bytes_").then_some(Unit::Bytes);
-        recorder.describe_counter(name.into(), unit, help.into());
-    }
-    let gauges: &[(&'static str, &'static str)] = &[
-        ("crier_connections", "Open subscriber streams (SSE streams, WebSockets), by transport."),
-        ("crier_tcp_connections", "Open TCP connections, whatever they carry."),
-        (BUILD_INFO, "Always 1; the labels say which build is running."),
-        ("crier_subscriptions", "Subscriptions (a stream and one of its topics)."),
-        ("crier_topics", "Topics with state on this node."),
-    ];
-    for &(name, help) in gauges {
-        recorder.describe_gauge(name.into(), None, help.into());
-    }
-    let relay_counters: &[(&'static str, &'static str)] = &[
-        ("crier_relay_received_total", "Envelopes received from Redis Pub/Sub."),
-        ("crier_relay_backfilled_total", "Events read back from Redis streams to fill a gap."),
-        ("crier_relay_gaps_total", "Topic gaps no Redis stream could fill (crier.gap sent)."),
-        (RELAY_ERRORS, "Relay errors, by kind."),
-        (
-            "crier_relay_interest_changes_total",
-            "Topic channels subscribed, unsubscribed, and moved to another Redis node, by op.",
-        ),
-    ];
-    for &(name, help) in relay_counters {
-        recorder.describe_counter(name.into(), None, help.into());
-    }
-    recorder.describe_gauge(
-        "crier_relay_stale_topics".into(),
-        None,
-        "Topics whose Redis streams cannot be read while the link is up; retried each second."
-            .into(),
-    );
-    recorder.describe_gauge(
-        "crier_relay_topics_heard".into(),
-        None,
-        "Topics whose Redis channels this node is subscribed to (it holds them).".into(),
-    );
-    recorder.describe_gauge(
-        "crier_relay_pubsub_connections".into(),
-        None,
-        "Redis Pub/Sub connections open (per lane: the Redis, or each Redis Cluster master)."
-            .into(),
-    );
-    recorder.describe_gauge(
-        "crier_relay_connected".into(),
-        None,
-        "1 while the Redis Pub/Sub link is up and caught up, else 0.".into(),
-    );
-    recorder.describe_histogram(
-        RELAY_PUBLISH_DURATION.into(),
-        Some(Unit::Seconds),
-        "Time from a publish's arrival to Redis's answer.".into(),
-    );
-    recorder.describe_histogram(
-        PUBLISH_DURATION.into(),
-        Some(Unit::Seconds),
-        "Time from accepting a publish to the end of its fan-out.".into(),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,6 +545,8 @@ mod tests {
             "crier_events_published_total 0",
             "crier_deliveries_total{transport=\"sse\"} 0",
             "crier_sent_bytes_total{transport=\"sse\"} 0",
+            "crier_stream_writes_total{transport=\"ws\"} 0",
+            "crier_write_delay_seconds 0",
             "crier_evictions_total{transport=\"sse\",reason=\"slow_consumer\"} 0",
             "crier_http_requests_total{route=\"publish\",status=\"200\"} 1",
             "crier_shed_requests_total{route=\"publish\"} 1",

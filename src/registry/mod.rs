@@ -46,6 +46,7 @@
 //!
 //! The test `the_contract_in_one_walk` below goes through these steps on one topic.
 
+mod gathering;
 mod history;
 mod lifecycle;
 mod readers;

@@ -30,6 +30,14 @@ pub(crate) struct Reader {
     pub(super) waiting: AtomicBool,
     /// Where in the waiter list, while `waiting`.
     pub(super) waiter_key: AtomicUsize,
+    /// In the topic's gathering list (see [`super::gathering`]).
+    pub(super) gathering: AtomicBool,
+    /// Where in the gathering list, while `gathering`.
+    pub(super) gather_key: AtomicUsize,
+    /// The head sequence number at which a gathering writer is due.
+    pub(super) gather_at_seq: AtomicU64,
+    /// The stream length (of the subscriber's wire) at which a gathering writer is due.
+    pub(super) gather_at_end: AtomicU64,
     /// Sequence number of the last event the writer took (for the sweeper; the writer keeps
     /// its own copy).
     cursor: AtomicU64,
@@ -51,6 +59,10 @@ impl Reader {
             topic_index,
             waiting: AtomicBool::new(false),
             waiter_key: AtomicUsize::new(usize::MAX),
+            gathering: AtomicBool::new(false),
+            gather_key: AtomicUsize::new(usize::MAX),
+            gather_at_seq: AtomicU64::new(u64::MAX),
+            gather_at_end: AtomicU64::new(u64::MAX),
             cursor: AtomicU64::new(cursor),
             cursor_end: AtomicU64::new(cursor_end),
         }

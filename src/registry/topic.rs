@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 use super::MIN_LOG_EVENTS;
+use super::gathering::{Gatherers, take_out};
 use super::history::History;
 use super::lifecycle::Lifecycle;
 use super::readers::{Reader, ReaderSet, SlotId};
@@ -37,6 +38,9 @@ pub(crate) struct Topic {
     /// its own out at once, and a quiet topic holds no one who left). Allocated when a writer
     /// first parks, freed when the topic goes idle: most topics never have one.
     waiters: Mutex<Option<Box<Slab<Arc<Reader>>>>>,
+    /// Writers gathering a batch, woken when their backlog nears their lag bounds; allocated
+    /// when a writer first gathers (most topics never have one).
+    gatherers: OnceLock<Box<Gatherers>>,
     /// Set once, in cluster mode, when this copy of the topic is replaced (its history of
     /// record lost or out of reach): nothing is appended after, and readers move on.
     successor: OnceLock<Box<Successor>>,
@@ -135,6 +139,7 @@ impl Topic {
             log: History::new(history_limit.max(MIN_LOG_EVENTS), history_limit),
             readers: ReaderSet::new(),
             waiters: Mutex::new(None),
+            gatherers: OnceLock::new(),
             successor: OnceLock::new(),
             last_active: AtomicU64::new(lifecycle.now()),
             lifecycle,
@@ -197,6 +202,9 @@ impl Topic {
             self.push_locked(id, name, data, frames(id))
         };
         self.wake_waiters();
+        if let Some(gatherers) = self.gatherers.get() {
+            gatherers.wake_due(&event);
+        }
         Ok(event)
     }
 
@@ -220,6 +228,9 @@ impl Topic {
             self.push_locked(id, name, data, frames)
         };
         self.wake_waiters();
+        if let Some(gatherers) = self.gatherers.get() {
+            gatherers.wake_due(&event);
+        }
         Ok(event)
     }
 
@@ -265,6 +276,9 @@ impl Topic {
         // is retired once, by the registry that replaced it.
         let _ = self.successor.set(Box::new(successor));
         self.wake_waiters();
+        if let Some(gatherers) = self.gatherers.get() {
+            gatherers.wake_all();
+        }
     }
 
     /// The event with sequence number `seq`, if the log still holds it.
@@ -280,6 +294,30 @@ impl Topic {
             let key = waiters.get_or_insert_default().insert(reader.clone());
             reader.waiter_key.store(key, Ordering::Relaxed);
         }
+    }
+
+    /// Parks `reader`'s writer, which gathers a batch, until the head passes `events` events
+    /// or `bytes` bytes of its wire beyond its cursor (`cursor`, `cursor_end`): the caller must
+    /// re-read the head afterwards and not wait if the backlog already passed either.
+    pub(crate) fn gather(
+        &self,
+        reader: &Arc<Reader>,
+        (cursor, cursor_end): (u64, u64),
+        events: u64,
+        bytes: u64,
+    ) {
+        let gatherers = self.gatherers.get_or_init(Box::default);
+        gatherers.park(reader, cursor.saturating_add(events), cursor_end.saturating_add(bytes));
+    }
+
+    /// Events the log holds: how far a reader may lag before it is evicted.
+    pub(crate) fn log_capacity(&self) -> u64 {
+        self.log.capacity() as u64
+    }
+
+    /// The stream length of `wire` at the head.
+    pub(crate) fn head_end(&self, wire: Wire) -> u64 {
+        self.head_end[wire.index()].load(Ordering::Acquire)
     }
 
     /// Registers a reader for `subscriber`, starting after `resume` if given (or at the oldest
@@ -384,17 +422,10 @@ impl Topic {
     /// nothing of it stays, whether or not the topic ever publishes again.
     pub(crate) fn unsubscribe(&self, slot: SlotId, reader: &Arc<Reader>) -> bool {
         let removed = self.readers.remove(slot);
-        if reader.waiting.load(Ordering::Acquire) {
-            let mut waiters = self.waiters.lock();
-            let key = reader.waiter_key.load(Ordering::Relaxed);
-            // The key may be stale (the list was taken by a publish since): check who is there.
-            if let Some(parked) = waiters.as_deref_mut()
-                && parked.get(key).is_some_and(|parked| Arc::ptr_eq(parked, reader))
-            {
-                parked.remove(key);
-                reader.waiting.store(false, Ordering::Release);
-            }
+        if let Some(gatherers) = self.gatherers.get() {
+            gatherers.remove(reader);
         }
+        take_out(&self.waiters, reader, &reader.waiting, &reader.waiter_key);
         self.last_active.store(self.lifecycle.now(), Ordering::Relaxed);
         removed
     }
@@ -424,6 +455,9 @@ impl Topic {
             if waiters.as_ref().is_some_and(|parked| parked.is_empty()) {
                 *waiters = None;
             }
+        }
+        if let Some(gatherers) = self.gatherers.get() {
+            gatherers.release_if_empty();
         }
         self.queue_idle();
     }

@@ -20,9 +20,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::app::App;
 use super::caps::AcceptFailures;
-use super::conn::{Accepted, ConnectionEnd, ControlledConnection};
+use super::conn::{Accepted, ConnectionTask, ControlledConnection, TrackerEntry};
 use super::fast_path::{self, Opened};
 use super::hyper_conn;
+use crate::sse::SseStream;
 
 /// How often recorded histogram samples are folded into buckets, and idle rate buckets
 /// forgotten.
@@ -182,35 +183,42 @@ fn spawn_connection(
     let (control, key) = app.tracker.add();
     let (app, builder) = (app.clone(), builder.clone());
     tokio::spawn(async move {
-        serve_connection(stream, Accepted { remote, control, slot }, &app, &builder).await;
-        app.tracker.remove(key);
+        let entry = TrackerEntry::new(app.tracker.clone(), key);
+        let accepted = Accepted { remote, control, slot };
+        if let Some((stream, accepted)) = serve_connection(stream, accepted, &app, &builder).await {
+            // A task of its own, sized to the stream: this one holds room for every way a
+            // connection may begin, and most connections are streams that live long.
+            let stream = ControlledConnection::new(stream, accepted.control, |_| {});
+            tokio::spawn(ConnectionTask::new(stream, (accepted.slot, entry)));
+        }
     });
 }
 
-/// Serves one connection: a stream on the fast path if that is what its first request asks
-/// for, hyper otherwise.
+/// Serves one connection: hyper, or what opens a stream on the fast path if that is what its
+/// first request asks for; then the stream, for its own task.
 async fn serve_connection(
     stream: TcpStream,
     accepted: Accepted,
     app: &Arc<App>,
     builder: &Builder<TokioExecutor>,
-) {
+) -> Option<(SseStream, Accepted)> {
+    // Every future awaited here is boxed: the task holds room for the largest of them while it
+    // lives, and a TLS handshake (rustls's connection state), reading the first request and
+    // opening a stream (buffers, headers, the subscribe) and hyper's connection state are each
+    // larger than a stream needs.
     if let Some(tls) = &app.tls {
         // Over TLS, hyper serves everything (HTTP/2 by ALPN, or HTTP/1.1).
-        let Some(io) = tls.accept(stream, app.config.header_read_timeout).await else { return };
-        return Box::pin(hyper_conn::serve(io, accepted, app, builder)).await;
+        let accepting = Box::pin(tls.accept(stream, app.config.header_read_timeout));
+        let io = accepting.await?;
+        Box::pin(hyper_conn::serve(io, accepted, app, builder)).await;
+        return None;
     }
-    // Boxed, both: what it takes to read the first request and open a stream (buffers, headers,
-    // the subscribe) and hyper's connection state are large, and the task serving a stream on
-    // the fast path (most of them) would otherwise hold room for them all its life.
     match Box::pin(fast_path::open(stream, accepted.remote, app, &accepted.control)).await {
-        Opened::Stream(stream) => {
-            let stream = ControlledConnection::new(stream, accepted.control, |_| {});
-            if let ConnectionEnd::Killed = stream.await {
-                tracing::debug!(remote = %accepted.remote, "stream closed by the server");
-            }
+        Opened::Stream(stream) => Some((stream, accepted)),
+        Opened::Hyper(io) => {
+            Box::pin(hyper_conn::serve(io, accepted, app, builder)).await;
+            None
         }
-        Opened::Hyper(io) => Box::pin(hyper_conn::serve(io, accepted, app, builder)).await,
-        Opened::Done => {}
+        Opened::Done => None,
     }
 }

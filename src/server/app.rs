@@ -97,17 +97,12 @@ impl App {
         };
         let publishing =
             PublishPolicy::new(hub.clone(), admission.clone(), limits, metrics.clone());
-        let timing = StreamTiming {
-            retry: config.sse_retry,
-            heartbeat: config.heartbeat,
-            write_delay: config.write_delay,
-        };
+        let timing = StreamTiming { retry: config.sse_retry, heartbeat: config.heartbeat };
         let sse = Arc::new(SseEdge::new(hub.clone(), metrics.clone(), timing));
         let limits = WsLimits {
             max_message: config.max_message_bytes,
             heartbeat: config.heartbeat,
             commands_per_sec: config.ws_commands_per_sec,
-            write_delay: config.write_delay,
         };
         let ws = Arc::new(WsEdge::new(
             hub.clone(),
@@ -148,6 +143,7 @@ impl App {
             publish_body: super::publish::BodyLimits {
                 max_event_bytes: config.max_event_bytes,
                 timeout: config.body_read_timeout,
+                max_batch_bytes: config.max_batch_bytes,
             },
             mercure: mercure.clone(),
             leaving: leaving.clone(),

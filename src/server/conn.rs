@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use atomic_waker::AtomicWaker;
 use parking_lot::Mutex;
@@ -235,5 +235,52 @@ impl Tracker {
             }
             notified.await;
         }
+    }
+}
+
+/// A connection's place in the tracker, given back when dropped.
+pub(crate) struct TrackerEntry {
+    tracker: Arc<Tracker>,
+    key: usize,
+}
+
+impl TrackerEntry {
+    /// The entry `key` of `tracker` (from [`Tracker::add`]).
+    pub(crate) fn new(tracker: Arc<Tracker>, key: usize) -> Self {
+        TrackerEntry { tracker, key }
+    }
+}
+
+impl Drop for TrackerEntry {
+    fn drop(&mut self) {
+        self.tracker.remove(self.key);
+    }
+}
+
+pin_project! {
+    /// A long-lived connection (a stream, a WebSocket) as a task of its own, sized to it, and
+    /// what it holds while it lives (its client's slot, its place in the tracker). Spawned by
+    /// the task that set the connection up, whose state (a handshake, hyper's) it never holds.
+    pub(crate) struct ConnectionTask<C, H> {
+        #[pin]
+        conn: ControlledConnection<C>,
+        held: H,
+    }
+}
+
+impl<C, H> ConnectionTask<C, H> {
+    pub(crate) fn new(conn: ControlledConnection<C>, held: H) -> Self {
+        ConnectionTask { conn, held }
+    }
+}
+
+impl<C: Future, H> Future for ConnectionTask<C, H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let ConnectionEnd::Killed = ready!(self.project().conn.poll(cx)) {
+            tracing::debug!("connection closed by the server");
+        }
+        Poll::Ready(())
     }
 }

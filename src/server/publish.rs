@@ -9,11 +9,14 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::event::{EventData, IdempotencyKey, TopicName};
+use crate::event::{EventData, IdempotencyKey, MAX_EVENT_ID_LEN, TopicName};
 use crate::http::{
     Admitted, ApiError, ErrorCode, PublishPolicy, ResponseBody, json_response, read_body,
 };
 use crate::hub::Published;
+
+/// Named once: a header looked up by its text is parsed and checked on every request.
+static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
 /// The bounds of a publish's body.
 #[derive(Clone, Copy, Debug)]
@@ -22,6 +25,8 @@ pub(crate) struct BodyLimits {
     pub(crate) max_event_bytes: usize,
     /// Longest the body may take to arrive (`--body-read-timeout`).
     pub(crate) timeout: Duration,
+    /// `--max-batch-bytes`: the largest body of a batch of events.
+    pub(crate) max_batch_bytes: usize,
 }
 
 /// Answers an admitted publish request.
@@ -43,9 +48,12 @@ async fn publish(
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "POST"));
     }
+    if is_ndjson(req.headers().get(header::CONTENT_TYPE)) {
+        return publish_batch(req, admitted, publishing, limits).await;
+    }
     let topic = admitted.query.publish_topic()?.clone();
     let name = admitted.query.event_name()?;
-    let idempotency_key = match req.headers().get("idempotency-key") {
+    let idempotency_key = match req.headers().get(&IDEMPOTENCY_KEY) {
         None => None,
         Some(value) => Some(
             value.to_str().ok().and_then(|key| IdempotencyKey::new(key).ok()).ok_or_else(|| {
@@ -74,16 +82,37 @@ async fn publish(
     Ok(published_response(&topic, published))
 }
 
+/// A batch: one event per line; `200` with each event's id or error, in order.
+async fn publish_batch(
+    req: Request<Incoming>,
+    admitted: &Admitted,
+    publishing: &Arc<PublishPolicy>,
+    limits: BodyLimits,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let body = read_body(req, limits.max_batch_bytes, limits.timeout, publishing.metrics()).await?;
+    let events = crate::http::parse_ndjson(&body);
+    let (peer, access) = (admitted.peer, &admitted.access);
+    let outcomes =
+        crate::http::publish_batch(events, publishing, peer, access, limits.max_event_bytes)
+            .await?;
+    let body = crate::http::answer_json(&outcomes).to_string();
+    Ok(json_response(StatusCode::OK, body))
+}
+
 /// `200 {"topic":"T","id":"<id>"}`, with `Idempotent-Replayed: true` when the id is an earlier
 /// publish's (same idempotency key: nothing was published).
 fn published_response(topic: &TopicName, done: Published) -> Response<ResponseBody> {
-    #[derive(serde::Serialize)]
-    struct PublishedJson<'a> {
-        topic: &'a str,
-        id: String,
-    }
-    let answer = PublishedJson { topic: topic.as_str(), id: done.id.to_string() };
-    let body = serde_json::to_string(&answer).expect("two strings serialize to JSON");
+    // Written directly: a topic name and an id hold no character JSON escapes (their alphabets
+    // say so), and this answer is on every publish's path.
+    // With room for the id and the newline the answer ends with.
+    let mut body = String::with_capacity(24 + topic.as_str().len() + MAX_EVENT_ID_LEN);
+    body.push_str(r#"{"topic":""#);
+    body.push_str(topic.as_str());
+    body.push_str(r#"","id":""#);
+    let mut id = [0u8; MAX_EVENT_ID_LEN];
+    // The id's characters are ASCII letters, digits and a dash.
+    body.push_str(std::str::from_utf8(done.id.encode(&mut id)).unwrap_or_default());
+    body.push_str(r#""}"#);
     let mut response = json_response(StatusCode::OK, body);
     if done.replayed {
         response
@@ -91,6 +120,13 @@ fn published_response(topic: &TopicName, done: Published) -> Response<ResponseBo
             .insert("idempotent-replayed", http::HeaderValue::from_static("true"));
     }
     response
+}
+
+fn is_ndjson(content_type: Option<&http::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-ndjson"))
 }
 
 fn is_binary(content_type: Option<&http::HeaderValue>) -> bool {

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tower::Service;
 
 use super::ConnInfo;
-use super::conn::{ControlledConnection, Tracker};
+use super::conn::{ConnectionTask, ControlledConnection, Tracker, TrackerEntry};
 use super::publish::{self, BodyLimits};
 use crate::http::{
     Admission, Admitted, ApiError, Asker, ErrorCode, GatedRoute, OpenRoute, PublishPolicy,
@@ -84,6 +84,17 @@ impl Service<Dispatch> for Router {
     }
 
     fn call(&mut self, dispatch: Dispatch) -> Self::Future {
+        // The hot path, boxed on its own: the general future holds every endpoint's state, and
+        // moving it costs more than the publish itself.
+        if let Dispatch {
+            endpoint: Endpoint::Gated(GatedRoute::Publish, admitted), request, ..
+        } = dispatch
+        {
+            let (publishing, limits) = (self.publishing.clone(), self.publish_body);
+            return Box::pin(async move {
+                Ok(publish::respond(request, &admitted, &publishing, limits).await)
+            });
+        }
         let this = self.clone();
         Box::pin(async move {
             Ok(this.dispatch(dispatch).await.unwrap_or_else(ApiError::into_response))
@@ -195,16 +206,17 @@ impl Router {
     fn spawn_session(&self, upgrade: Upgrade, slot: Option<Arc<ConnectionSlot>>) {
         let (hub, tracker) = (self.hub.clone(), self.tracker.clone());
         tokio::spawn(async move {
-            // The session counts as its client's connection for as long as it lives.
-            let _slot = slot;
-            let Some(mut session) = upgrade.connect().await else { return };
+            let Some(mut session) = Box::pin(upgrade.connect()).await else { return };
             let (control, key) = tracker.add();
+            let entry = TrackerEntry::new(tracker, key);
             if hub.is_draining() {
                 session.start_shutdown();
             }
             let drain = |session: Pin<&mut UpgradedConnection>| session.get_mut().start_shutdown();
-            ControlledConnection::new(session, control, drain).await;
-            tracker.remove(key);
+            // A task of its own, sized to the session, which counts as its client's connection
+            // for as long as it lives.
+            let session = ControlledConnection::new(session, control, drain);
+            tokio::spawn(ConnectionTask::new(session, (slot, entry)));
         });
     }
 

@@ -105,14 +105,15 @@ impl Future for SseStream {
 struct Outgoing {
     head: Bytes,
     size_line: SizeLine,
-    body: Option<Chunk>,
+    /// Boxed: an idle stream (most of them) holds no chunk, only room for one.
+    body: Option<Box<Chunk>>,
     tail: &'static [u8],
 }
 
 impl Outgoing {
     fn chunk(body: Chunk) -> Self {
         let size_line = SizeLine::new(body.remaining());
-        Outgoing { head: Bytes::new(), size_line, body: Some(body), tail: b"\r\n" }
+        Outgoing { head: Bytes::new(), size_line, body: Some(Box::new(body)), tail: b"\r\n" }
     }
 
     fn last_chunk() -> Self {

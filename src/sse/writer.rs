@@ -33,8 +33,6 @@ pub(crate) struct StreamTiming {
     pub(crate) retry: Duration,
     /// Quiet time after which a heartbeat comment is written.
     pub(crate) heartbeat: Duration,
-    /// Least time between two writes of a busy stream (0: write as soon as events arrive).
-    pub(crate) write_delay: Duration,
 }
 
 /// Which of a topic's events a stream delivers, decided per event by the stream's own rule
@@ -72,15 +70,14 @@ pub(crate) struct SseWriter {
     /// Its place among its address's open streams.
     stream_slot: Option<StreamSlot>,
     /// Written before anything else: preface and gap notice.
-    opening: Option<Chunk>,
+    /// Boxed: sent first, then gone, so it should not take room all the stream's life.
+    opening: Option<Box<Chunk>>,
     /// Current position on each topic, for streams of several topics (which send a cursor as
     /// their `id:`); `None` for a single topic, whose frames carry the event id.
     cursor: Option<Vec<EventId>>,
     heartbeat_every: Duration,
-    /// Least time between two writes of a busy stream (`--write-delay`).
-    write_delay: Duration,
     last_write: Instant,
-    /// Fires for the next heartbeat, or when a delayed write is due.
+    /// Fires for the next heartbeat, or when a gathered write is due.
     heartbeat: Pin<Box<Sleep>>,
     /// Fires when the token the stream was opened with expires.
     expiry: Option<Pin<Box<Sleep>>>,
@@ -145,17 +142,16 @@ impl SseWriter {
         plain: Option<Box<Plain>>,
     ) -> Self {
         let Parts { subscription, timing, metrics, expires_in } = parts;
-        let StreamTiming { heartbeat: heartbeat_every, write_delay, .. } = timing;
+        let StreamTiming { heartbeat: heartbeat_every, .. } = timing;
         let now = Instant::now();
         SseWriter {
             subscription,
             metrics: metrics.clone(),
             _open: metrics.open_connection(Transport::Sse),
             stream_slot: None,
-            opening: Some(opening),
+            opening: Some(Box::new(opening)),
             cursor,
             heartbeat_every,
-            write_delay,
             last_write: now,
             heartbeat: Box::pin(tokio::time::sleep_until(now + heartbeat_every)),
             expiry: expires_in.map(|left| Box::pin(tokio::time::sleep_until(now + left))),
@@ -186,7 +182,7 @@ impl SseWriter {
         }
         if let Some(opening) = self.opening.take() {
             self.last_write = Instant::now();
-            return Poll::Ready(Some(Ok(opening)));
+            return Poll::Ready(Some(Ok(*opening)));
         }
         if let Some(expiry) = &mut self.expiry
             && expiry.as_mut().poll(cx).is_ready()
@@ -197,16 +193,12 @@ impl SseWriter {
             }
             return Poll::Ready(Some(Ok(Chunk::from_bytes(Bytes::from_static(sse::EXPIRED)))));
         }
-        // A stream written to less than `write_delay` ago gathers events until then, so a busy
-        // stream costs one write per interval rather than one per wakeup; an idle one writes
-        // at once.
-        if !self.write_delay.is_zero() {
-            let earliest = self.last_write + self.write_delay;
-            if Instant::now() < earliest {
-                self.heartbeat.as_mut().reset(earliest);
-                if self.heartbeat.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
+        // A busy stream gathers events for the write delay, so it costs one write per delay
+        // rather than one per wakeup; a quiet one writes at once.
+        if let Some(due) = self.subscription.gather(cx, Instant::now()) {
+            self.heartbeat.as_mut().reset(due);
+            if self.heartbeat.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
         }
         // Reads whose every event was filtered out before the task yields to others.

@@ -4,6 +4,7 @@
 //! {"op":"subscribe","topic":"T","last_event_id":"…"?,"ref":…?}
 //! {"op":"unsubscribe","topic":"T","ref":…?}
 //! {"op":"publish","topic":"T","event":"NAME"?,"data":"…","encoding":"base64"?,"idempotency_key":"…"?,"ref":…?}
+//! {"op":"publish","events":[{"topic":"T","event":"NAME"?,"data":"…","encoding":"base64"?,"id":"…"?},…],"ref":…?}
 //! {"op":"ping","ref":…?}
 //! {"op":"auth","token":"…","ref":…?}
 //! ```
@@ -12,11 +13,11 @@
 //! "detail":"…"}`; `ref` is echoed when given, whatever JSON value it is.
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::codec::ws::{OP_TEXT, encode};
-use crate::http::{ApiError, ErrorCode};
+use crate::http::{ApiError, BatchEvent, BatchEvents, ErrorCode};
 
 /// A parsed command.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub(crate) enum Command {
         /// A retry with the same key publishes nothing and answers the first id.
         idempotency_key: Option<String>,
     },
+    /// Publish a batch of events, each checked on its own (a bad one is refused alone).
+    PublishBatch(BatchEvents),
     /// Answered with `ok`: lets a client check the connection end to end.
     Ping,
     /// Present a token: what it grants replaces what the connection had, and its `exp` is
@@ -88,6 +91,19 @@ fn command(fields: &serde_json::Map<String, Value>) -> Result<Command, ApiError>
                 last_event_id: string("last_event_id")?,
             }),
             "unsubscribe" => Ok(Command::Unsubscribe { topic: required("topic")? }),
+            "publish" if fields.contains_key("events") => {
+                let Some(Value::Array(events)) = fields.get("events") else {
+                    return Err(bad_command("\"events\" must be an array of events"));
+                };
+                let events = events
+                    .iter()
+                    .map(|event| {
+                        BatchEvent::deserialize(event)
+                            .map_err(|e| bad_command(format!("not an event object: {e}")))
+                    })
+                    .collect();
+                Ok(Command::PublishBatch(events))
+            }
             "publish" => {
                 let binary = match string("encoding")?.as_deref() {
                     None => false,

@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -51,16 +52,13 @@ pub(crate) struct Connection<IO> {
     partial_ready: bool,
     decoder: Decoder,
     /// What is being written.
-    out: Option<Chunk>,
+    /// Boxed: an idle connection (most of them) holds no chunk, only room for one.
+    out: Option<Box<Chunk>>,
     /// Frames waiting to be written, before any event.
     outbox: Outbox,
     closing: Closing,
     liveness: Liveness,
-    /// Least time between two writes of events to a busy connection (`--write-delay`).
-    write_delay: Duration,
-    /// When events were last taken for writing.
-    events_taken: Instant,
-    /// Events wait until then, under `--write-delay`.
+    /// Events are gathered until then (the write delay).
     events_due: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
@@ -72,7 +70,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         io: IO,
         mut handler: Box<dyn Handler>,
         heartbeat: Duration,
-        write_delay: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         let now = Instant::now();
@@ -97,9 +94,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             outbox,
             closing,
             liveness,
-            write_delay,
-            // As if events were last written a delay ago: the first ones go out at once.
-            events_taken: now.checked_sub(write_delay).unwrap_or(now),
             events_due: None,
             timer: Box::pin(tokio::time::sleep_until(timer_at)),
             timer_at,
@@ -131,14 +125,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
             return true;
         }
         if self.partial.is_empty() {
-            let mut stack = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut stack);
+            // Not zeroed: most polls read nothing, and 8 KiB of zeroes per poll shows up.
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut stack);
             let Some(n) = self.read_into(cx, &mut buf) else { return false };
             if n > 0 {
-                let consumed = self.handle_bytes(cx, &mut stack[..n]);
+                let read = buf.filled_mut();
+                let consumed = self.handle_bytes(cx, read);
                 if consumed < n {
                     self.partial.reserve(self.decoder.needs().max(n - consumed));
-                    self.partial.extend_from_slice(&stack[consumed..n]);
+                    self.partial.extend_from_slice(&read[consumed..]);
                 }
             }
             return true;
@@ -279,7 +275,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 return progress;
             }
             match self.next_chunk(cx) {
-                Some(chunk) => self.out = Some(chunk),
+                Some(chunk) => self.out = Some(Box::new(chunk)),
                 None => return progress,
             }
         }
@@ -292,10 +288,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
         if self.outbox.drain_into(&mut chunk) {
             self.liveness.chunk_built();
         }
-        // A connection given events less than `write_delay` ago gathers more until then.
-        let now = Instant::now();
-        let due = self.events_taken + self.write_delay;
-        self.events_due = (now < due).then_some(due);
+        // A busy connection gathers events for the write delay; a quiet one writes at once.
+        self.events_due =
+            if self.closing.is_open() { self.handler.gather(cx, Instant::now()) } else { None };
         if self.closing.is_open() && self.events_due.is_none() {
             match self.handler.poll_events(cx, MAX_CHUNK_BYTES, &mut chunk) {
                 Poll::Ready(Err(ending)) => self.end(ending),
@@ -305,8 +300,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Connection<IO> {
                 Poll::Ready(Ok(Polled::Closed(Closed::Shutdown))) => {
                     self.closing.begin(CloseCode::GOING_AWAY, "server shutting down", false);
                 }
-                Poll::Ready(Ok(Polled::Events)) => self.events_taken = now,
-                Poll::Pending => {}
+                Poll::Ready(Ok(Polled::Events)) | Poll::Pending => {}
             }
         }
         if let Some(close) = self.closing.take_frame() {

@@ -86,6 +86,13 @@ pub(super) trait Handler: Send {
         Poll::Pending
     }
 
+    /// Whether to gather more events before the next [`Handler::poll_events`]: until the
+    /// deadline returned, or a wakeup (see [`crate::hub::Subscription::gather`]).
+    fn gather(&mut self, cx: &mut Context<'_>, now: Instant) -> Option<Instant> {
+        let _ = (cx, now);
+        None
+    }
+
     /// Starts a shutdown; whether the handler first hands over what it holds (then reports
     /// `Closed(Shutdown)` from [`Handler::poll_events`]). If not, the connection closes at once.
     fn drain(&mut self) -> bool {

@@ -58,8 +58,6 @@ pub(crate) struct WsLimits {
     pub(crate) heartbeat: Duration,
     /// Commands admitted per second (and burst).
     pub(crate) commands_per_sec: u32,
-    /// Least time between two writes of events to a busy connection (`--write-delay`).
-    pub(crate) write_delay: Duration,
 }
 
 /// What the WebSocket endpoints need.
@@ -94,9 +92,8 @@ impl Upgrade {
                 return None;
             }
         };
-        let WsLimits { heartbeat, write_delay, .. } = self.limits;
         let io = TokioIo::new(upgraded);
-        Some(Connection::new(io, self.handler, heartbeat, write_delay, self.metrics))
+        Some(Connection::new(io, self.handler, self.limits.heartbeat, self.metrics))
     }
 }
 

@@ -25,7 +25,10 @@ use crate::chunk::ChunkBuilder;
 use crate::codec::ws::MAX_CLOSE_REASON;
 use crate::codec::{gap, ws};
 use crate::event::{Event, EventData, EventId, EventName, IdempotencyKey, TopicName, Wire};
-use crate::http::{Admission, ApiError, ErrorCode, Peer, PublishPolicy, StreamSlot};
+use crate::http::{
+    Admission, ApiError, BatchOutcome, ErrorCode, Peer, PublishPolicy, StreamSlot, answer_json,
+    publish_batch,
+};
 use crate::hub::{Closed, Hub, Polled, Published, SubscribeError, Subscription};
 use crate::limits::TokenBucket;
 
@@ -66,7 +69,8 @@ pub(super) struct Session {
     bucket: TokenBucket,
     strikes: u32,
     /// A command waiting (for Redis, in cluster mode); later ones wait behind it.
-    in_flight: Option<PendingCommand>,
+    /// Boxed: an idle session (most of them) waits on nothing.
+    in_flight: Option<Box<PendingCommand>>,
 }
 
 /// A command waiting, with the `ref` to echo in its reply.
@@ -79,6 +83,8 @@ struct PendingCommand {
 enum Wait {
     /// The publish policy answering a publish (within `--publish-timeout`).
     Publish { topic: String, published: Boxed<Result<Published, ApiError>> },
+    /// The publish policy answering a batch of publishes, each on its own.
+    PublishBatch { outcomes: Boxed<Result<Vec<BatchOutcome>, ApiError>> },
     /// The node making sure it can serve the topic, before subscribing to it.
     Subscribe {
         name: TopicName,
@@ -111,7 +117,7 @@ impl Session {
         {
             Ok(None) => Ok(()),
             Ok(Some(wait)) => {
-                self.in_flight = Some(PendingCommand { reference, wait });
+                self.in_flight = Some(Box::new(PendingCommand { reference, wait }));
                 Ok(())
             }
             Err(Refusal::Command(refused)) => self.refuse(reference.as_ref(), &refused, out),
@@ -183,6 +189,15 @@ impl Session {
                 let prepared = Box::pin(self.setup.hub.prepare_topic(name.clone(), resume));
                 return Ok(Some(Wait::Subscribe { name, resume, prepared }));
             }
+            Command::PublishBatch(events) => {
+                let publishing = self.setup.publishing.clone();
+                let (peer, access) = (self.setup.peer, self.setup.access.clone());
+                let max_event_bytes = self.setup.hub.config().max_event_bytes;
+                let outcomes = Box::pin(async move {
+                    publish_batch(events, &publishing, peer, &access, max_event_bytes).await
+                });
+                return Ok(Some(Wait::PublishBatch { outcomes }));
+            }
             Command::Publish { topic, event, data, binary, idempotency_key } => {
                 let name = TopicName::new(&topic).map_err(|e| ApiError::bad_topic(&topic, e))?;
                 self.setup.access.check_publish(name.as_str())?;
@@ -207,7 +222,10 @@ impl Session {
                     .transpose()?;
                 let subject = self.setup.access.subject();
                 let permit = self.setup.publishing.admit(self.setup.peer, subject, &name)?;
-                let published = Box::pin(permit.publish(name, event, data, idempotency_key));
+                let published =
+                    Box::pin(
+                        async move { permit.publish(name, event, data, idempotency_key).await },
+                    );
                 return Ok(Some(Wait::Publish { topic, published }));
             }
         }
@@ -305,6 +323,21 @@ impl Handler for Session {
                 }
                 Poll::Ready(Err(e)) => Some(Err(e.into())),
             },
+            Wait::PublishBatch { outcomes } => match outcomes.as_mut().poll(cx) {
+                Poll::Pending => None,
+                Poll::Ready(Ok(outcomes)) => {
+                    let mut answer = answer_json(&outcomes);
+                    answer["op"] = "ok".into();
+                    if let Some(reference) = reference {
+                        answer["ref"] = reference.clone();
+                    }
+                    if self.setup.wire != Wire::WsRaw {
+                        out.push(ws::encode(ws::OP_TEXT, answer.to_string().as_bytes()));
+                    }
+                    Some(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Some(Err(e.into())),
+            },
             Wait::Subscribe { name, resume, prepared } => match prepared.as_mut().poll(cx) {
                 Poll::Pending => None,
                 Poll::Ready(Ok(())) => Some(self.subscribe(name.clone(), *resume, reference, out)),
@@ -347,6 +380,10 @@ impl Handler for Session {
             Some(ending) => Poll::Ready(Err(ending)),
             None => polled.map(Ok),
         }
+    }
+
+    fn gather(&mut self, cx: &mut Context<'_>, now: Instant) -> Option<Instant> {
+        self.setup.subscription.gather(cx, now)
     }
 
     /// The subscription hands over what is published, then reports the shutdown.

@@ -9,7 +9,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 
 fn echo(io: DuplexStream) -> Connection<DuplexStream> {
     let handler = Box::new(Echo::new(1 << 20));
-    Connection::new(io, handler, HEARTBEAT, Duration::ZERO, Arc::new(Metrics::new()))
+    Connection::new(io, handler, HEARTBEAT, Arc::new(Metrics::new()))
 }
 
 /// A masked client frame: `first` is the FIN bit and opcode.
