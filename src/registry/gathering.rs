@@ -52,8 +52,11 @@ impl Gatherers {
         self.due_end[reader.subscriber.wire().index()].fetch_min(at_end, Ordering::SeqCst);
     }
 
-    /// Wakes the writers whose threshold `event` (the new head) reached.
-    pub(super) fn wake_due(&self, event: &Event) {
+    /// Wakes the writers whose threshold `event` (the new head) reached, and with them those
+    /// within `soon` events (or an eighth of their byte budget) of theirs: they would be due
+    /// in a moment, and waking them together makes one scan of the list serve many, rather
+    /// than a scan per publish while the writers' thresholds are spread out.
+    pub(super) fn wake_due(&self, event: &Event, soon: u64) {
         let seq = event.id.seq;
         let due = seq >= self.due_seq.load(Ordering::SeqCst)
             || Wire::ALL
@@ -61,8 +64,9 @@ impl Gatherers {
                 .any(|w| event.stream_end(*w) >= self.due_end[w.index()].load(Ordering::SeqCst));
         if due {
             self.wake(|reader| {
-                seq >= reader.gather_at_seq.load(Ordering::SeqCst)
-                    || event.stream_end(reader.subscriber.wire())
+                let soon_bytes = reader.subscriber.lag_limit() as u64 / 8;
+                seq.saturating_add(soon) >= reader.gather_at_seq.load(Ordering::SeqCst)
+                    || event.stream_end(reader.subscriber.wire()).saturating_add(soon_bytes)
                         >= reader.gather_at_end.load(Ordering::SeqCst)
             });
         }

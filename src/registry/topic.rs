@@ -203,7 +203,7 @@ impl Topic {
         };
         self.wake_waiters();
         if let Some(gatherers) = self.gatherers.get() {
-            gatherers.wake_due(&event);
+            gatherers.wake_due(&event, self.log.capacity() as u64 / 8);
         }
         Ok(event)
     }
@@ -229,7 +229,7 @@ impl Topic {
         };
         self.wake_waiters();
         if let Some(gatherers) = self.gatherers.get() {
-            gatherers.wake_due(&event);
+            gatherers.wake_due(&event, self.log.capacity() as u64 / 8);
         }
         Ok(event)
     }
