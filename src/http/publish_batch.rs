@@ -3,8 +3,8 @@
 //! command whose `events` is an array), under one place among the publishes in flight. Each
 //! event is checked and admitted on its own (its topic, what the token allows, its size, the
 //! publisher's rate, the topics it may create), so a bad one is refused alone and the others
-//! are published; the answer lists each event's id or error, in order. In cluster mode the
-//! events go to Redis together, as pipelines of the publish script.
+//! are published, in the batch's order; the answer lists each event's id or error, in order. In
+//! cluster mode the events go to Redis together, as one pipeline of the publish script.
 
 use std::sync::Arc;
 
@@ -71,31 +71,30 @@ pub(crate) async fn publish_batch(
     let permit = publishing.admit_batch(peer, access.subject())?;
     let mut outcomes: Vec<Option<BatchOutcome>> = Vec::with_capacity(events.len());
     let mut admitted = Vec::with_capacity(events.len());
+    let mut topics = Vec::with_capacity(events.len());
     for (index, event) in events.into_iter().enumerate() {
         match event.and_then(|event| admit(event, &permit, access, max_event_bytes)) {
             Ok(ready) => {
+                topics.push(ready.topic.clone());
                 admitted.push((index, ready));
                 outcomes.push(None);
             }
             Err(error) => outcomes.push(Some(BatchOutcome::Refused(error))),
         }
     }
-    // Together: a single node answers each at once; in cluster mode the relay sends the
-    // events queued meanwhile as one pipeline.
-    let published = futures_util::future::join_all(admitted.into_iter().map(|(index, ready)| {
-        let permit = &permit;
-        async move {
-            let Ready { topic, name, data, key } = ready;
-            let outcome = match permit.publish(topic.clone(), name, data, key).await {
-                Ok(published) => BatchOutcome::Published { topic, published },
-                Err(error) => BatchOutcome::Refused(error),
-            };
-            (index, outcome)
-        }
-    }))
-    .await;
-    for (index, outcome) in published {
-        outcomes[index] = Some(outcome);
+    // In their order: a single node publishes each at once; in cluster mode they go to Redis
+    // together, in one pipeline, which gives them their ids in that order.
+    let (indexes, ready): (Vec<usize>, Vec<Ready>) = admitted.into_iter().unzip();
+    let events = ready
+        .into_iter()
+        .map(|Ready { topic, name, data, key }| (topic, name, data, key))
+        .collect();
+    let published = permit.publish_group(events).await;
+    for ((index, answer), topic) in indexes.into_iter().zip(published).zip(topics) {
+        outcomes[index] = Some(match answer {
+            Ok(published) => BatchOutcome::Published { topic, published },
+            Err(error) => BatchOutcome::Refused(error),
+        });
     }
     Ok(outcomes.into_iter().flatten().collect())
 }

@@ -222,6 +222,64 @@ impl PublishPermit {
         self.answer(&topic, answer, &ticket, attempt.earlier_open())
     }
 
+    /// Publishes events admitted under this permit, in their order, and answers each, within
+    /// `--publish-timeout` for them all: as [`PublishPermit::publish`] does each, but in
+    /// cluster mode through Redis together (one round trip for the batch). A keyed event
+    /// settles its key for retries elsewhere on this node; one sent and not answered in time
+    /// leaves its key's outcome unknown.
+    pub(crate) async fn publish_group(
+        &self,
+        events: Vec<(TopicName, Option<EventName>, EventData, Option<IdempotencyKey>)>,
+    ) -> Vec<Result<Published, ApiError>> {
+        let policy = self.policy.clone();
+        let relayed = policy.hub.is_relayed();
+        let mut topics = Vec::with_capacity(events.len());
+        let mut tickets = Vec::with_capacity(events.len());
+        let mut attempts = Vec::with_capacity(events.len());
+        let mut grouped = Vec::with_capacity(events.len());
+        for (topic, name, data, key) in events {
+            let ticket = Arc::new(Ticket::default());
+            let attempt =
+                key.as_ref().filter(|_| relayed).map(|key| policy.attempts.begin(&topic, key));
+            let options = PublishOptions { idempotency_key: key, ticket: Some(ticket.clone()) };
+            topics.push(topic.clone());
+            tickets.push(ticket);
+            attempts.push(attempt);
+            grouped.push((topic, name, data, options));
+        }
+        let answers: Vec<Result<Result<Published, PublishError>, Duration>> =
+            match Deadline::new(policy.hub.publish_group(grouped), policy.limits.timeout).await {
+                Ok(answers) => answers.into_iter().map(Ok).collect(),
+                Err(elapsed) => topics.iter().map(|_| Err(elapsed)).collect(),
+            };
+        let mut results = Vec::with_capacity(topics.len());
+        for (((topic, ticket), attempt), answer) in
+            topics.iter().zip(&tickets).zip(attempts).zip(answers)
+        {
+            if !relayed {
+                results.push(match answer {
+                    Ok(answer) => answer.map_err(ApiError::from),
+                    Err(elapsed) => {
+                        let detail = format!("no answer within {elapsed:?}; retry later");
+                        Err(ApiError::new(ErrorCode::Unavailable, detail))
+                    }
+                });
+                continue;
+            }
+            let earlier_open = attempt.as_ref().is_some_and(|a| a.earlier_open());
+            if let Some(attempt) = &attempt {
+                let ending = match &answer {
+                    Ok(published) => Ending::of(published),
+                    Err(_) if ticket.withdraw() => Ending::NotPublished,
+                    Err(_) => Ending::Unknown,
+                };
+                policy.attempts.end(attempt, ending);
+            }
+            results.push(self.answer(topic, answer, ticket, earlier_open));
+        }
+        results
+    }
+
     /// The answer to a cluster publish: its id, or why not. `earlier_open`: an earlier attempt
     /// with the same key may yet be published, so "nothing was published" cannot be said.
     fn answer(

@@ -359,6 +359,37 @@ impl Hub {
         published
     }
 
+    /// Publishes `events` in their order (a batch): each as [`Hub::publish_with`] would, and
+    /// in cluster mode through Redis together, so the batch costs one round trip rather than
+    /// one per event. Their answers, in order.
+    pub async fn publish_group(
+        &self,
+        events: Vec<(TopicName, Option<EventName>, EventData, PublishOptions)>,
+    ) -> Vec<Result<Published, PublishError>> {
+        let max = self.config.max_event_bytes;
+        let (mut sized, mut results): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+        for (index, event) in events.into_iter().enumerate() {
+            match event.2.len() {
+                size if size > max => results.push(Some(Err(PublishError::TooLarge { size, max }))),
+                _ => {
+                    sized.push((index, event));
+                    results.push(None);
+                }
+            }
+        }
+        let (indexes, sized): (Vec<usize>, Vec<_>) = sized.into_iter().unzip();
+        for (index, published) in indexes.into_iter().zip(self.sequencer.publish_group(sized).await)
+        {
+            if let Err(PublishError::TopicLimit(_)) = published {
+                self.metrics.rejected(Rejection::TopicLimit);
+            }
+            let new = published.as_ref().is_ok_and(|published| !published.replayed);
+            self.metrics.events_published.increment(u64::from(new));
+            results[index] = Some(published);
+        }
+        results.into_iter().flatten().collect()
+    }
+
     /// Subscribes a new subscriber to `request.topics`, resuming after `request.last_event_id` if
     /// given. In cluster mode, topics the node has not seen and positions it has not reached
     /// yet are read from Redis first.

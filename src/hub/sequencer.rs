@@ -26,7 +26,7 @@ use crate::codec::Draft;
 use crate::event::{EventData, EventId, EventName, TopicName};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Topic, TopicLimit, Unpublished};
-use crate::relay::{Relay, RelayConfig, RelayStartError};
+use crate::relay::{Relay, RelayConfig, RelayStartError, RelayedEvent};
 
 /// How events get their ids and reach the topic logs.
 pub(super) enum Sequencer {
@@ -102,6 +102,40 @@ impl Sequencer {
                 }))
             }
         }
+    }
+
+    /// Publishes `events` in their order, as [`Sequencer::publish`] does each: on a single
+    /// node one after the other; in cluster mode through Redis together (one pipeline), which
+    /// assigns their ids in that order.
+    pub(super) async fn publish_group(
+        &self,
+        events: Vec<(TopicName, Option<EventName>, EventData, PublishOptions)>,
+    ) -> Vec<Result<Published, PublishError>> {
+        let Sequencer::Relay(relay) = self else {
+            let mut results = Vec::with_capacity(events.len());
+            for (topic, name, data, options) in events {
+                results.push(self.publish(&topic, name, data, options).await);
+            }
+            return results;
+        };
+        let events = events
+            .into_iter()
+            .map(|(topic, name, data, options)| RelayedEvent {
+                topic,
+                name,
+                data,
+                idempotency_key: options.idempotency_key,
+                ticket: options.ticket.unwrap_or_default(),
+            })
+            .collect();
+        let answers = relay.publish_group(events).await;
+        answers
+            .into_iter()
+            .map(|answer| {
+                let (id, replayed) = answer?;
+                Ok(Published { id, replayed })
+            })
+            .collect()
     }
 
     /// Makes sure the node's copies of these topics can serve a reader resuming after the

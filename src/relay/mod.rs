@@ -169,10 +169,20 @@ pub enum RelayStartError {
 /// Queued publishes beyond which publishers wait for room.
 const PUBLISH_QUEUE: usize = 64 << 10;
 
+/// One event of a group published through Redis together ([`Relay::publish_group`]).
+pub(crate) struct RelayedEvent {
+    pub(crate) topic: TopicName,
+    pub(crate) name: Option<EventName>,
+    pub(crate) data: EventData,
+    pub(crate) idempotency_key: Option<IdempotencyKey>,
+    /// Withdraws the event while it is queued.
+    pub(crate) ticket: Arc<Ticket>,
+}
+
 /// The relay of one node: the publish queue and the link's request queue. Dropping it stops
 /// the relay's tasks.
 pub(crate) struct Relay {
-    publishes: mpsc::Sender<publisher::PublishJob>,
+    publishes: mpsc::Sender<publisher::Queued>,
     /// Each lane's request queue.
     syncs: Vec<mpsc::Sender<link::SyncJob>>,
     registry: Arc<Registry>,
@@ -271,10 +281,34 @@ impl Relay {
     ) -> Result<(EventId, bool), RelayError> {
         let (reply, answer) = oneshot::channel();
         let queued = Instant::now();
-        let job =
-            publisher::PublishJob { topic, name, data, idempotency_key, ticket, queued, reply };
-        self.publishes.send(job).await.map_err(|_| RelayError::Stopped)?;
+        let event = RelayedEvent { topic, name, data, idempotency_key, ticket };
+        let job = publisher::PublishJob { event, queued, reply };
+        self.publishes.send(publisher::Queued::One(job)).await.map_err(|_| RelayError::Stopped)?;
         answer.await.map_err(|_| RelayError::Stopped)?
+    }
+
+    /// Publishes `events` through Redis together and in their order (one pipeline, on one
+    /// connection), as [`Relay::publish`] does each; their answers, in order.
+    pub(crate) async fn publish_group(
+        &self,
+        events: Vec<RelayedEvent>,
+    ) -> Vec<Result<(EventId, bool), RelayError>> {
+        let queued = Instant::now();
+        let (jobs, answers): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .map(|event| {
+                let (reply, answer) = oneshot::channel();
+                (publisher::PublishJob { event, queued, reply }, answer)
+            })
+            .unzip();
+        if self.publishes.send(publisher::Queued::Group(jobs)).await.is_err() {
+            return answers.iter().map(|_| Err(RelayError::Stopped)).collect();
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(answer.await.unwrap_or(Err(RelayError::Stopped)));
+        }
+        results
     }
 
     /// Makes sure the node's copies of the `wanted` topics can serve a reader resuming after

@@ -18,9 +18,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::commands::{self, Commands, RedisConnection};
 use super::scripts::{self, TopicKeys};
-use super::{Cause, RelayError, Shared, Ticket};
+use super::{Cause, RelayError, RelayedEvent, Shared};
 use crate::codec::envelope;
-use crate::event::{EventData, EventId, EventName, IdempotencyKey, TopicName};
+use crate::event::{EventId, TopicName};
 use crate::metrics::RelayErrorKind;
 use crate::registry::HistoryLimits;
 
@@ -32,21 +32,24 @@ const MAX_IDLE: Duration = Duration::from_millis(500);
 
 /// One publish waiting for Redis.
 pub(super) struct PublishJob {
-    pub(super) topic: TopicName,
-    pub(super) name: Option<EventName>,
-    pub(super) data: EventData,
-    pub(super) idempotency_key: Option<IdempotencyKey>,
-    /// Withdrawn by the caller while queued: then it is never sent.
-    pub(super) ticket: Arc<Ticket>,
+    /// The event, and the ticket that withdraws it while it is queued (then it is never sent).
+    pub(super) event: RelayedEvent,
     pub(super) queued: Instant,
     /// The id, and whether it is an earlier publish's (same idempotency key).
     pub(super) reply: oneshot::Sender<Result<(EventId, bool), RelayError>>,
 }
 
+/// What the queue carries: one publish, or a batch's publishes, which one worker takes whole
+/// and sends in order in one pipeline, so a batch's events keep their order in their topics.
+pub(super) enum Queued {
+    One(PublishJob),
+    Group(Vec<PublishJob>),
+}
+
 /// Starts `workers` workers taking jobs from `jobs` and running `script` (the publish script); they end when every sender is dropped.
 pub(super) fn spawn(
     pool: Arc<Commands>,
-    jobs: mpsc::Receiver<PublishJob>,
+    jobs: mpsc::Receiver<Queued>,
     script: redis::Script,
     workers: usize,
     history: &HistoryLimits,
@@ -69,7 +72,7 @@ pub(super) fn spawn(
 
 struct Worker {
     pool: Arc<Commands>,
-    jobs: Arc<Mutex<mpsc::Receiver<PublishJob>>>,
+    jobs: Arc<Mutex<mpsc::Receiver<Queued>>>,
     script: Arc<redis::Script>,
     stream_lengths: Arc<StreamLengths>,
     shared: Arc<Shared>,
@@ -105,16 +108,23 @@ impl Worker {
         type Checkout = (RedisConnection, Instant, u64);
         let mut connection: Option<Checkout> = None;
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut queued = Vec::with_capacity(MAX_BATCH);
         loop {
             // Whoever holds the queue takes everything waiting; the others wait their turn, so
             // batches grow with the load.
-            let taken = self.jobs.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+            let taken = self.jobs.lock().await.recv_many(&mut queued, MAX_BATCH).await;
             if taken == 0 {
                 return;
             }
+            for item in queued.drain(..) {
+                match item {
+                    Queued::One(job) => batch.push(job),
+                    Queued::Group(jobs) => batch.extend(jobs),
+                }
+            }
             // Publishes their callers gave up on while queued are never sent: their callers
             // answered that nothing was published.
-            batch.retain(|job| job.ticket.send());
+            batch.retain(|job| job.event.ticket.send());
             if batch.is_empty() {
                 continue;
             }
@@ -209,13 +219,13 @@ impl Worker {
     }
 
     fn call(&self, job: &PublishJob) -> Cmd {
-        let key = job.idempotency_key.as_ref();
-        let mut call = scripts::publish_call(&self.script, &job.topic, key);
+        let RelayedEvent { topic, name, data, idempotency_key, .. } = &job.event;
+        let mut call = scripts::publish_call(&self.script, topic, idempotency_key.as_ref());
         call.arg(self.shared.key_ttl_ms)
-            .arg(self.stream_lengths.of(&job.topic))
-            .arg(TopicKeys::new(&job.topic).channel)
-            .arg(envelope::header_tail(&job.topic, job.name.as_ref(), &job.data))
-            .arg(&job.data.bytes()[..])
+            .arg(self.stream_lengths.of(topic))
+            .arg(TopicKeys::new(topic).channel)
+            .arg(envelope::header_tail(topic, name.as_ref(), data))
+            .arg(&data.bytes()[..])
             .arg(self.shared.idempotency_window_ms);
         call
     }
