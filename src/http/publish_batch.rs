@@ -71,11 +71,9 @@ pub(crate) async fn publish_batch(
     let permit = publishing.admit_batch(peer, access.subject())?;
     let mut outcomes: Vec<Option<BatchOutcome>> = Vec::with_capacity(events.len());
     let mut admitted = Vec::with_capacity(events.len());
-    let mut topics = Vec::with_capacity(events.len());
     for (index, event) in events.into_iter().enumerate() {
         match event.and_then(|event| admit(event, &permit, access, max_event_bytes)) {
             Ok(ready) => {
-                topics.push(ready.topic.clone());
                 admitted.push((index, ready));
                 outcomes.push(None);
             }
@@ -84,13 +82,9 @@ pub(crate) async fn publish_batch(
     }
     // In their order: a single node publishes each at once; in cluster mode they go to Redis
     // together, in one pipeline, which gives them their ids in that order.
-    let (indexes, ready): (Vec<usize>, Vec<Ready>) = admitted.into_iter().unzip();
-    let events = ready
-        .into_iter()
-        .map(|Ready { topic, name, data, key }| (topic, name, data, key))
-        .collect();
+    let (indexes, events): (Vec<usize>, Vec<Ready>) = admitted.into_iter().unzip();
     let published = permit.publish_group(events).await;
-    for ((index, answer), topic) in indexes.into_iter().zip(published).zip(topics) {
+    for (index, (topic, answer)) in indexes.into_iter().zip(published) {
         outcomes[index] = Some(match answer {
             Ok(published) => BatchOutcome::Published { topic, published },
             Err(error) => BatchOutcome::Refused(error),
@@ -99,13 +93,8 @@ pub(crate) async fn publish_batch(
     Ok(outcomes.into_iter().flatten().collect())
 }
 
-/// An event checked and admitted, ready to publish.
-struct Ready {
-    topic: TopicName,
-    name: Option<EventName>,
-    data: EventData,
-    key: Option<IdempotencyKey>,
-}
+/// An event checked and admitted, ready to publish: topic, name, data, idempotency key.
+type Ready = (TopicName, Option<EventName>, EventData, Option<IdempotencyKey>);
 
 fn admit(
     event: BatchEvent,
@@ -144,7 +133,7 @@ fn admit(
         })
         .transpose()?;
     permit.admit_event(&topic)?;
-    Ok(Ready { topic, name, data, key })
+    Ok((topic, name, data, key))
 }
 
 /// The answer's JSON: `{"published":N,"refused":M,"results":[…]}`, each result

@@ -222,7 +222,8 @@ impl PublishPermit {
         self.answer(&topic, answer, &ticket, attempt.earlier_open())
     }
 
-    /// Publishes events admitted under this permit, in their order, and answers each, within
+    /// Publishes events admitted under this permit, in their order, and answers each (with its
+    /// topic), within
     /// `--publish-timeout` for them all: as [`PublishPermit::publish`] does each, but in
     /// cluster mode through Redis together (one round trip for the batch). A keyed event
     /// settles its key for retries elsewhere on this node; one sent and not answered in time
@@ -230,7 +231,7 @@ impl PublishPermit {
     pub(crate) async fn publish_group(
         &self,
         events: Vec<(TopicName, Option<EventName>, EventData, Option<IdempotencyKey>)>,
-    ) -> Vec<Result<Published, ApiError>> {
+    ) -> Vec<(TopicName, Result<Published, ApiError>)> {
         let policy = self.policy.clone();
         let relayed = policy.hub.is_relayed();
         let mut topics = Vec::with_capacity(events.len());
@@ -254,16 +255,17 @@ impl PublishPermit {
             };
         let mut results = Vec::with_capacity(topics.len());
         for (((topic, ticket), attempt), answer) in
-            topics.iter().zip(&tickets).zip(attempts).zip(answers)
+            topics.into_iter().zip(&tickets).zip(attempts).zip(answers)
         {
             if !relayed {
-                results.push(match answer {
+                let answer = match answer {
                     Ok(answer) => answer.map_err(ApiError::from),
                     Err(elapsed) => {
                         let detail = format!("no answer within {elapsed:?}; retry later");
                         Err(ApiError::new(ErrorCode::Unavailable, detail))
                     }
-                });
+                };
+                results.push((topic, answer));
                 continue;
             }
             let earlier_open = attempt.as_ref().is_some_and(|a| a.earlier_open());
@@ -275,7 +277,8 @@ impl PublishPermit {
                 };
                 policy.attempts.end(attempt, ending);
             }
-            results.push(self.answer(topic, answer, ticket, earlier_open));
+            let answer = self.answer(&topic, answer, ticket, earlier_open);
+            results.push((topic, answer));
         }
         results
     }

@@ -69,11 +69,6 @@ pub struct Subscription {
     metrics: Arc<Metrics>,
 }
 
-/// A gathering writer is woken once its backlog on a topic passes this share of what it may
-/// lag (the events the log holds, and its byte budget): far enough from eviction that it
-/// writes in time, whatever the delay.
-const GATHER_SHARE: u64 = 4;
-
 impl Subscription {
     /// An empty subscription with room for `topics` topics (so a stream's per-connection
     /// state is no larger than it needs).
@@ -110,20 +105,10 @@ impl Subscription {
         if self.subscriber.closed().is_some() {
             return None;
         }
-        let budget = self.subscriber.lag_limit() as u64 / GATHER_SHARE;
+        let mut over = false;
         for t in &self.topics {
-            let events = (t.topic.log_capacity() / GATHER_SHARE).max(1);
-            t.topic.gather(&t.reader, (t.cursor, t.cursor_end), events, budget);
+            over |= t.topic.gather(&t.reader, (t.cursor, t.cursor_end));
         }
-        // Look once more after parking: a backlog that passed the threshold before the writer
-        // was listed would not wake it.
-        let wire = self.subscriber.wire();
-        let over = self.topics.iter().any(|t| {
-            let events = (t.topic.log_capacity() / GATHER_SHARE).max(1);
-            t.topic.head().seq.saturating_sub(t.cursor) >= events
-                || t.topic.head_end(wire).saturating_sub(t.cursor_end) >= budget
-                || t.topic.successor().is_some()
-        });
         (!over).then_some(due)
     }
 

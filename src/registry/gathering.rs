@@ -16,6 +16,27 @@ use slab::Slab;
 use super::readers::Reader;
 use crate::event::{Event, Wire};
 
+/// A gathering writer is due once its backlog passes this share of what it may lag (the events
+/// the log holds, its byte budget): far enough from eviction that it writes in time, whatever
+/// the delay.
+const SHARE: u64 = 4;
+
+/// When one writer is due, those within this share of their own threshold are woken with it.
+const SOON: u64 = 8;
+
+/// How far beyond its cursor a gathering writer's backlog may grow before it is due.
+pub(super) struct Threshold {
+    pub(super) events: u64,
+    pub(super) bytes: u64,
+}
+
+impl Threshold {
+    /// The threshold of a reader of a log of `capacity` events whose budget is `lag_limit`.
+    pub(super) fn of(capacity: u64, lag_limit: usize) -> Self {
+        Threshold { events: (capacity / SHARE).max(1), bytes: lag_limit as u64 / SHARE }
+    }
+}
+
 /// Writers gathering on one topic, and the lowest of their thresholds.
 #[derive(Debug)]
 pub(super) struct Gatherers {
@@ -52,11 +73,12 @@ impl Gatherers {
         self.due_end[reader.subscriber.wire().index()].fetch_min(at_end, Ordering::SeqCst);
     }
 
-    /// Wakes the writers whose threshold `event` (the new head) reached, and with them those
-    /// within `soon` events (or an eighth of their byte budget) of theirs: they would be due
-    /// in a moment, and waking them together makes one scan of the list serve many, rather
-    /// than a scan per publish while the writers' thresholds are spread out.
-    pub(super) fn wake_due(&self, event: &Event, soon: u64) {
+    /// Wakes the writers whose threshold `event` (the new head of a log of `capacity` events)
+    /// reached, and with them those within [`SOON`] of theirs: they would be due in a moment,
+    /// and waking them together makes one scan of the list serve many, rather than a scan per
+    /// publish while the writers' thresholds are spread out.
+    pub(super) fn wake_due(&self, event: &Event, capacity: u64) {
+        let soon = capacity / SOON;
         let seq = event.id.seq;
         let due = seq >= self.due_seq.load(Ordering::SeqCst)
             || Wire::ALL
@@ -64,7 +86,7 @@ impl Gatherers {
                 .any(|w| event.stream_end(*w) >= self.due_end[w.index()].load(Ordering::SeqCst));
         if due {
             self.wake(|reader| {
-                let soon_bytes = reader.subscriber.lag_limit() as u64 / 8;
+                let soon_bytes = reader.subscriber.lag_limit() as u64 / SOON;
                 seq.saturating_add(soon) >= reader.gather_at_seq.load(Ordering::SeqCst)
                     || event.stream_end(reader.subscriber.wire()).saturating_add(soon_bytes)
                         >= reader.gather_at_end.load(Ordering::SeqCst)

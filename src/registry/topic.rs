@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 use super::MIN_LOG_EVENTS;
-use super::gathering::{Gatherers, take_out};
+use super::gathering::{Gatherers, Threshold, take_out};
 use super::history::History;
 use super::lifecycle::Lifecycle;
 use super::readers::{Reader, ReaderSet, SlotId};
@@ -203,7 +203,7 @@ impl Topic {
         };
         self.wake_waiters();
         if let Some(gatherers) = self.gatherers.get() {
-            gatherers.wake_due(&event, self.log.capacity() as u64 / 8);
+            gatherers.wake_due(&event, self.log.capacity() as u64);
         }
         Ok(event)
     }
@@ -229,7 +229,7 @@ impl Topic {
         };
         self.wake_waiters();
         if let Some(gatherers) = self.gatherers.get() {
-            gatherers.wake_due(&event, self.log.capacity() as u64 / 8);
+            gatherers.wake_due(&event, self.log.capacity() as u64);
         }
         Ok(event)
     }
@@ -296,28 +296,25 @@ impl Topic {
         }
     }
 
-    /// Parks `reader`'s writer, which gathers a batch, until the head passes `events` events
-    /// or `bytes` bytes of its wire beyond its cursor (`cursor`, `cursor_end`): the caller must
-    /// re-read the head afterwards and not wait if the backlog already passed either.
-    pub(crate) fn gather(
-        &self,
-        reader: &Arc<Reader>,
-        (cursor, cursor_end): (u64, u64),
-        events: u64,
-        bytes: u64,
-    ) {
+    /// Parks `reader`'s writer, which gathers a batch, until its backlog beyond its cursor
+    /// (`cursor`, `cursor_end`) passes a share of what it may lag (see [`super::gathering`]);
+    /// returns whether it has already (or the copy was replaced): then the writer takes its
+    /// events now rather than wait.
+    pub(crate) fn gather(&self, reader: &Arc<Reader>, (cursor, cursor_end): (u64, u64)) -> bool {
+        let threshold = Threshold::of(self.log.capacity() as u64, reader.subscriber.lag_limit());
         let gatherers = self.gatherers.get_or_init(Box::default);
-        gatherers.park(reader, cursor.saturating_add(events), cursor_end.saturating_add(bytes));
-    }
-
-    /// Events the log holds: how far a reader may lag before it is evicted.
-    pub(crate) fn log_capacity(&self) -> u64 {
-        self.log.capacity() as u64
-    }
-
-    /// The stream length of `wire` at the head.
-    pub(crate) fn head_end(&self, wire: Wire) -> u64 {
-        self.head_end[wire.index()].load(Ordering::Acquire)
+        gatherers.park(
+            reader,
+            cursor.saturating_add(threshold.events),
+            cursor_end.saturating_add(threshold.bytes),
+        );
+        // Looked at once more after parking: a backlog that passed the threshold before the
+        // writer was listed would not wake it.
+        let wire = reader.subscriber.wire();
+        self.head.load(Ordering::SeqCst).saturating_sub(cursor) >= threshold.events
+            || self.head_end[wire.index()].load(Ordering::Acquire).saturating_sub(cursor_end)
+                >= threshold.bytes
+            || self.successor().is_some()
     }
 
     /// Registers a reader for `subscriber`, starting after `resume` if given (or at the oldest
