@@ -80,12 +80,18 @@ async fn shutdown_stops_accepting_and_bounds_the_drain_by_the_timeout() {
 async fn idle_connections_do_not_hold_up_shutdown() {
     let mut server =
         CrierProcess::spawn(&["--shutdown-timeout", "20s", "--header-read-timeout", "30s"]).await;
-    // One connection that never sends a request, one idle keep-alive connection after a request.
+    // One connection that never sends a request, idle keep-alive connections after a request
+    // (through hyper, and on the publish fast path).
     let _silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut keep_alive = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     keep_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut response = [0u8; 256];
     let n = tokio::io::AsyncReadExt::read(&mut keep_alive, &mut response).await.unwrap();
+    assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+    let mut publisher = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let publish = b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx";
+    publisher.write_all(publish).await.unwrap();
+    let n = tokio::io::AsyncReadExt::read(&mut publisher, &mut response).await.unwrap();
     assert!(response[..n].starts_with(b"HTTP/1.1 200"));
     wait_until("both connections to be accepted", || async {
         // The connections are accepted by the time a third is answered.

@@ -100,6 +100,13 @@ impl EventId {
         buf[epoch.len() + 1..len].copy_from_slice(seq);
         &buf[..len]
     }
+
+    /// Appends the id to `out`, as [`encode`](Self::encode) writes it.
+    pub(crate) fn push_to(&self, out: &mut String) {
+        let mut buf = [0u8; MAX_EVENT_ID_LEN];
+        // Base 36 digits, a dash and decimal digits: ASCII.
+        out.push_str(std::str::from_utf8(self.encode(&mut buf)).unwrap_or_default());
+    }
 }
 
 impl fmt::Display for EventId {

@@ -37,7 +37,8 @@ pub(crate) trait ChunkStream: Send {
 /// limit (at once if `Content-Length` says so), 408 when it is late (counted), 400 when the
 /// connection breaks.
 pub(crate) async fn read_body<B>(
-    req: http::Request<B>,
+    headers: &http::HeaderMap,
+    body: B,
     max: usize,
     timeout: std::time::Duration,
     metrics: &Metrics,
@@ -46,21 +47,15 @@ where
     B: Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let declared = req
-        .headers()
+    let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(size) = declared.filter(|&size| size > max as u64) {
-        let detail = format!("event data is {size} bytes, the limit is {max}");
-        return Err(ApiError::new(ErrorCode::TooLarge, detail));
+        return Err(too_large(size, max));
     }
-    let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect());
-    let Ok(collected) = collected.await else {
-        metrics.rejected(Rejection::BodyTimeout);
-        let detail = format!("the body did not arrive within {timeout:?}");
-        return Err(ApiError::new(ErrorCode::RequestTimeout, detail));
-    };
+    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect());
+    let Ok(collected) = collected.await else { return Err(body_late(timeout, metrics)) };
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => {
@@ -72,6 +67,18 @@ where
             Err(ApiError::new(ErrorCode::BadBody, detail))
         }
     }
+}
+
+/// The refusal of a body of `size` bytes, over `max`: 413.
+pub(crate) fn too_large(size: u64, max: usize) -> ApiError {
+    ApiError::new(ErrorCode::TooLarge, format!("event data is {size} bytes, the limit is {max}"))
+}
+
+/// The refusal of a body that did not arrive within `timeout`: 408, counted.
+pub(crate) fn body_late(timeout: std::time::Duration, metrics: &Metrics) -> ApiError {
+    metrics.rejected(Rejection::BodyTimeout);
+    let detail = format!("the body did not arrive within {timeout:?}");
+    ApiError::new(ErrorCode::RequestTimeout, detail)
 }
 
 /// A response body.

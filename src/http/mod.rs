@@ -23,7 +23,7 @@ pub(crate) use admission::{
     Admission, AdmissionRequest, Admitted, CorsHeaders, Refused, StreamRates, StreamSlot,
     WriteOrigins,
 };
-pub(crate) use body::{ChunkStream, ResponseBody, StreamError, read_body};
+pub(crate) use body::{ChunkStream, ResponseBody, StreamError, body_late, read_body, too_large};
 pub(crate) use cors::CorsPolicy;
 pub(crate) use credentials::{TokenSource, request_token_from};
 pub(crate) use error::{ApiError, ErrorCode, json_response};

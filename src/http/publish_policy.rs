@@ -107,7 +107,7 @@ impl PublishPolicy {
         topic: &TopicName,
     ) -> Result<PublishPermit, ApiError> {
         let permit = self.admit_batch(peer, subject)?;
-        permit.admit_event(topic)?;
+        permit.admit_event(topic, false)?;
         Ok(permit)
     }
 
@@ -147,8 +147,13 @@ impl PublishPolicy {
 
 impl PublishPermit {
     /// Admits one event to `topic` under this permit: the publisher's rate, and the new topic
-    /// it may create.
-    pub(crate) fn admit_event(&self, topic: &TopicName) -> Result<(), ApiError> {
+    /// it may create, unless `topic_admitted` (the event before it in a batch went to the
+    /// same topic, which exists or is charged already).
+    pub(crate) fn admit_event(
+        &self,
+        topic: &TopicName,
+        topic_admitted: bool,
+    ) -> Result<(), ApiError> {
         let policy = &self.policy;
         policy.rates.take(&self.principal, Instant::now()).map_err(|wait| {
             policy.metrics.rejected(Rejection::PublishRate);
@@ -156,7 +161,9 @@ impl PublishPermit {
             let detail = format!("more than {} publishes per second", policy.limits.per_sec);
             ApiError::new(ErrorCode::RateLimited, detail).retry_after(wait)
         })?;
-        if policy.hub.is_relayed() {
+        if topic_admitted {
+            Ok(())
+        } else if policy.hub.is_relayed() {
             // A cluster node holds only the topics it has readers for: whether this publish
             // starts a topic is Redis's to say, and charged then.
             policy.admission.may_start_topic(self.peer)

@@ -81,15 +81,7 @@ impl Sequencer {
     ) -> Publishing<'_> {
         match self {
             Sequencer::Local(local) => {
-                let published = match options.idempotency_key {
-                    None => {
-                        local.publish(topic, name, data).map(|id| Published { id, replayed: false })
-                    }
-                    Some(key) => {
-                        local.remembered.publish(topic, key, || local.publish(topic, name, data))
-                    }
-                };
-                Publishing::Done(Some(published))
+                Publishing::Done(Some(local.publish_with(topic, name, data, options, &mut None)))
             }
             Sequencer::Relay(relay) => {
                 let topic = topic.clone();
@@ -111,12 +103,18 @@ impl Sequencer {
         &self,
         events: Vec<(TopicName, Option<EventName>, EventData, PublishOptions)>,
     ) -> Vec<Result<Published, PublishError>> {
-        let Sequencer::Relay(relay) = self else {
-            let mut results = Vec::with_capacity(events.len());
-            for (topic, name, data, options) in events {
-                results.push(self.publish(&topic, name, data, options).await);
+        let relay = match self {
+            Sequencer::Local(local) => {
+                // A batch's events mostly go to a few topics: each is looked up once in a run.
+                let mut last_topic = None;
+                return events
+                    .into_iter()
+                    .map(|(topic, name, data, options)| {
+                        local.publish_with(&topic, name, data, options, &mut last_topic)
+                    })
+                    .collect();
             }
-            return results;
+            Sequencer::Relay(relay) => relay,
         };
         let events = events
             .into_iter()
@@ -201,28 +199,55 @@ impl Local {
         Ok(topic)
     }
 
+    /// Publishes, or answers the earlier publish's id if the idempotency key was seen;
+    /// `last_topic` is the topic the caller published to last, kept for the next publish.
+    fn publish_with(
+        &self,
+        topic: &TopicName,
+        name: Option<EventName>,
+        data: EventData,
+        options: PublishOptions,
+        last_topic: &mut Option<Arc<Topic>>,
+    ) -> Result<Published, PublishError> {
+        match options.idempotency_key {
+            None => self
+                .publish(topic, name, data, last_topic)
+                .map(|id| Published { id, replayed: false }),
+            Some(key) => {
+                self.remembered.publish(topic, key, || self.publish(topic, name, data, last_topic))
+            }
+        }
+    }
+
     fn publish(
         &self,
         topic: &TopicName,
         name: Option<EventName>,
         data: EventData,
+        last_topic: &mut Option<Arc<Topic>>,
     ) -> Result<EventId, PublishError> {
         let started = Instant::now();
         // Encoded before the topic's order is taken: only the id line waits for it.
         let mut draft = Some(Draft::new(topic, name.as_ref(), &data));
         // The frames are finished only by the publish that takes the event.
         let mut frames = |id| draft.take().expect("an event is published once").finish(id);
-        let event = match self.topic(topic)?.publish(name, data, &mut frames) {
-            Ok(event) => event,
-            // Dropped for idleness just now: the next lookup makes a new copy.
-            Err(mut back) => loop {
-                let Unpublished { name, data } = back;
-                match self.topic(topic)?.publish(name, data, &mut frames) {
-                    Ok(event) => break event,
-                    Err(again) => back = again,
-                }
-            },
+        let mut copy = match last_topic.take() {
+            Some(last) if last.name() == topic => last,
+            _ => self.topic(topic)?,
         };
+        let mut unpublished = Unpublished { name, data };
+        let event = loop {
+            let Unpublished { name, data } = unpublished;
+            match copy.publish(name, data, &mut frames) {
+                Ok(event) => break event,
+                // Dropped for idleness just now: the next lookup makes a new copy.
+                Err(back) => {
+                    unpublished = back;
+                    copy = self.topic(topic)?;
+                }
+            }
+        };
+        *last_topic = Some(copy);
         self.publish_duration.record(started.elapsed().as_secs_f64());
         Ok(event.id)
     }

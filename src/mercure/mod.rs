@@ -290,8 +290,10 @@ impl MercureEdge {
             Ok(permit) => permit,
             Err(refused) => return refusal(&refused),
         };
+        let (parts, body) = req.into_parts();
+        let max = self.max_event_bytes;
         let body =
-            match read_body(req, self.max_event_bytes, self.body_timeout, &self.metrics).await {
+            match read_body(&parts.headers, body, max, self.body_timeout, &self.metrics).await {
                 Ok(body) => body,
                 Err(e) => return refusal(&e),
             };

@@ -52,6 +52,8 @@ pub struct App {
     /// Every open connection and WebSocket session, for shutdown.
     pub(super) tracker: Arc<Tracker>,
     pub(super) stack: Stack,
+    /// The bounds of a publish's body, on the publish fast path and through hyper.
+    pub(super) publish_body: super::publish::BodyLimits,
 }
 
 impl App {
@@ -132,6 +134,11 @@ impl App {
         } else {
             None
         };
+        let publish_body = super::publish::BodyLimits {
+            max_event_bytes: config.max_event_bytes,
+            timeout: config.body_read_timeout,
+            max_batch_bytes: config.max_batch_bytes,
+        };
         let router = Router {
             hub: hub.clone(),
             metrics: metrics.clone(),
@@ -140,11 +147,7 @@ impl App {
             tracker: tracker.clone(),
             admission: admission.clone(),
             publishing: publishing.clone(),
-            publish_body: super::publish::BodyLimits {
-                max_event_bytes: config.max_event_bytes,
-                timeout: config.body_read_timeout,
-                max_batch_bytes: config.max_batch_bytes,
-            },
+            publish_body,
             mercure: mercure.clone(),
             leaving: leaving.clone(),
         };
@@ -180,6 +183,7 @@ impl App {
             mercure,
             tracker,
             stack,
+            publish_body,
         }))
     }
 

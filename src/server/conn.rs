@@ -123,6 +123,46 @@ impl ConnControl {
             _ => Poll::Ready(()),
         }
     }
+
+    /// Whether the connection was asked to drain or close.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.state.load(Ordering::Acquire) != RUNNING
+    }
+
+    /// Ready once the connection was asked to close now, for work that finishes what is in
+    /// flight when only asked to drain.
+    pub(crate) fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        match self.state.load(Ordering::Acquire) {
+            KILL => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    }
+
+    /// `work`'s output, or `None` if the connection is asked to drain or close first.
+    pub(crate) async fn unless_stopped<F: Future>(&self, work: F) -> Option<F::Output> {
+        self.unless(work, Self::poll_stopped).await
+    }
+
+    /// `work`'s output, or `None` if the connection is asked to close first.
+    pub(crate) async fn unless_killed<F: Future>(&self, work: F) -> Option<F::Output> {
+        self.unless(work, Self::poll_killed).await
+    }
+
+    async fn unless<F: Future>(
+        &self,
+        work: F,
+        stop: fn(&Self, &mut Context<'_>) -> Poll<()>,
+    ) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            if stop(self, cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            work.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
 }
 
 impl ConnectionCloser for ConnControl {

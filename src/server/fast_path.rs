@@ -8,10 +8,8 @@
 //! 8 KiB buffers per connection saved, and one vectored write per wakeup); a connection whose
 //! first request was answered otherwise goes on with hyper for what it sends next.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -29,7 +27,7 @@ use crate::http::{
     ResponseBody, Route,
 };
 use crate::mercure::{MercureEdge, MercureRefused};
-use crate::metrics::Rejection;
+use crate::metrics::{Metrics, Rejection};
 use crate::sse::{SseEdge, SseStream, SseWriter};
 
 /// What a connection's first request opened.
@@ -40,7 +38,8 @@ use crate::sse::{SseEdge, SseStream, SseWriter};
 pub(super) enum Opened {
     /// A stream on the fast path.
     Stream(SseStream),
-    /// Anything else, for hyper (with the bytes read so far).
+    /// Anything else, for hyper (with the bytes read so far, or left over from the publish
+    /// fast path).
     Hyper(Rewind<TcpStream>),
     /// Nothing: the connection is closed, or answered and closing.
     Done,
@@ -55,21 +54,12 @@ pub(super) async fn open(
     control: &Arc<ConnControl>,
 ) -> Opened {
     let mut first = Vec::new();
-    let first_request = {
-        let read_first = tokio::time::timeout(
-            app.config.header_read_timeout,
-            first_request::read(&mut stream, &mut first, app.config.max_request_head_bytes),
-        );
-        tokio::pin!(read_first);
-        // A connection that has not sent a request yet has nothing to finish: shutdown closes it.
-        std::future::poll_fn(|cx| {
-            if control.poll_stopped(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            read_first.as_mut().poll(cx).map(Some)
-        })
-        .await
-    };
+    let read_first = tokio::time::timeout(
+        app.config.header_read_timeout,
+        first_request::read(&mut stream, &mut first, app.config.max_request_head_bytes),
+    );
+    // A connection that has not sent a request yet has nothing to finish: shutdown closes it.
+    let first_request = control.unless_stopped(read_first).await;
     let Some(first_request) = first_request else { return Opened::Done };
     match first_request {
         Ok(Ok(FirstRequest::EventStream { route, query, headers })) => {
@@ -82,6 +72,9 @@ pub(super) async fn open(
             let gated = route.gated();
             let asked = StreamRequest { gated, edge, query: query.as_deref(), headers: &headers };
             open_stream(stream, remote, app, control, asked).await
+        }
+        Ok(Ok(FirstRequest::Publish)) => {
+            super::publish_path::serve(stream, first, remote, app, control).await
         }
         Ok(Ok(FirstRequest::Other)) => Opened::Hyper(Rewind::new(first, stream)),
         Ok(Ok(FirstRequest::Closed)) => Opened::Done,
@@ -223,15 +216,8 @@ async fn answer(
     response: Response<ResponseBody>,
     keep_alive: bool,
 ) -> Opened {
-    let (mut parts, body) = response.into_parts();
-    let keep_alive = keep_alive && !has_token(parts.headers.get(header::CONNECTION), "close");
-    if !keep_alive {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    app.metrics.http_request(Route::Gated(route).as_str(), parts.status.as_u16());
-    let body = body.into_full().unwrap_or_default();
-    let mut out = response_head(parts.status, &parts.headers, Framing::Length(body.len()));
-    out.extend_from_slice(&body);
+    let mut out = Vec::new();
+    let keep_alive = encode_answer(&mut out, &app.metrics, route, response, keep_alive);
     let written = tokio::time::timeout(app.config.header_read_timeout, stream.write_all(&out));
     if !matches!(written.await, Ok(Ok(()))) {
         return Opened::Done;
@@ -243,8 +229,29 @@ async fn answer(
     Opened::Hyper(Rewind::new(Vec::new(), stream))
 }
 
+/// Appends a whole answer to a request to `route` to `out`, and counts it; whether the
+/// connection stays open after it (`keep_alive`, unless the answer closes it).
+pub(super) fn encode_answer(
+    out: &mut Vec<u8>,
+    metrics: &Metrics,
+    route: GatedRoute,
+    response: Response<ResponseBody>,
+    keep_alive: bool,
+) -> bool {
+    let (mut parts, body) = response.into_parts();
+    let keep_alive = keep_alive && !has_token(parts.headers.get(header::CONNECTION), "close");
+    if !keep_alive {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    metrics.http_request(Route::Gated(route).as_str(), parts.status.as_u16());
+    let body = body.into_full().unwrap_or_default();
+    write_head(out, parts.status, &parts.headers, Framing::Length(body.len()));
+    out.extend_from_slice(&body);
+    keep_alive
+}
+
 /// Whether a `Connection` header lists `token`.
-fn has_token(value: Option<&HeaderValue>, token: &str) -> bool {
+pub(super) fn has_token(value: Option<&HeaderValue>, token: &str) -> bool {
     value
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -266,31 +273,55 @@ pub(super) enum Framing {
 /// refusals of connections over a cap).
 pub(super) fn response_head(status: StatusCode, headers: &HeaderMap, framing: Framing) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
+    write_head(&mut head, status, headers, framing);
+    head
+}
+
+/// Appends the head of an HTTP/1.1 response to `out` (see [`response_head`]).
+fn write_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, framing: Framing) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
         // A header value holds no CR or LF: `HeaderValue` refuses them.
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     match framing {
-        Framing::Chunked => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(len) => {
-            head.extend_from_slice(b"content-length: ");
-            head.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
-            head.extend_from_slice(b"\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Upgrade => {}
     }
-    head.extend_from_slice(b"date: ");
-    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
-    head.extend_from_slice(b"\r\n\r\n");
-    head
+    out.extend_from_slice(b"date: ");
+    http_date(|date| out.extend_from_slice(date));
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Calls `with` on the `Date` of now, formatted once a second per thread (as hyper does): a
+/// publish's answer is on the hot path.
+fn http_date(with: impl FnOnce(&[u8])) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    CACHED.with_borrow_mut(|(cached_second, date)| {
+        if *cached_second != second {
+            *cached_second = second;
+            *date = httpdate::fmt_http_date(now);
+        }
+        with(date.as_bytes());
+    });
 }
 
 #[cfg(test)]

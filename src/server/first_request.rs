@@ -1,6 +1,6 @@
 //! Reads the first request head of a connection to decide who serves it: an HTTP/1.1
-//! `GET /sse` or `GET` of the Mercure hub goes to the fast path, with its route; everything
-//! else (HTTP/2 prior knowledge included) to hyper, which is handed the bytes read so far as if
+//! `GET /sse` or `GET` of the Mercure hub goes to the fast path, with its route, and a
+//! `POST /publish` to the publish fast path; everything else (HTTP/2 prior knowledge included) to hyper, which is handed the bytes read so far as if
 //! nothing had been consumed.
 
 use std::io;
@@ -33,6 +33,8 @@ pub(crate) enum FirstRequest {
         /// (`Connection`, for a refusal) and whether it is a browser's (`Accept`).
         headers: HeaderMap,
     },
+    /// `POST /publish` over HTTP/1.1: the publish fast path reads it, and what follows.
+    Publish,
     /// Anything else: hyper serves it, starting with the bytes read so far.
     Other,
     /// A request head larger than `--max-request-head-bytes`, still incomplete.
@@ -110,6 +112,9 @@ pub(crate) fn classify(buf: &[u8], max_head: usize) -> Option<FirstRequest> {
         h.name.eq_ignore_ascii_case("transfer-encoding")
             || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
     });
+    if path == "/publish" && request.method == Some("POST") && request.version == Some(1) {
+        return Some(FirstRequest::Publish);
+    }
     let route = match path {
         "/sse" => StreamRoute::Sse,
         MERCURE_HUB_PATH => StreamRoute::Mercure,
@@ -197,6 +202,8 @@ mod tests {
             &b"GET /sse?topic=a HTTP/1.0\r\n\r\n"[..],
             b"HEAD /sse?topic=a HTTP/1.1\r\n\r\n",
             b"POST /sse?topic=a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            b"POST /publish?topic=a HTTP/1.0\r\nContent-Length: 1\r\n\r\nx",
+            b"PUT /publish?topic=a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
             b"GET /sse?topic=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /ssex HTTP/1.1\r\n\r\n",
             b"POST /.well-known/mercure HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
@@ -213,6 +220,14 @@ mod tests {
                 String::from_utf8_lossy(other)
             );
         }
+    }
+
+    #[test]
+    fn a_publish_goes_to_the_publish_fast_path() {
+        let publish = b"POST /publish?topic=a HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(classify_(publish), Some(FirstRequest::Publish));
+        let chunked = b"POST /publish?topic=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(classify_(chunked), Some(FirstRequest::Publish), "decided request by request");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!   caps on open connections, and the canned refusal of a connection.
 //! - [`fast_path`]: a plain connection whose first request opens a stream (`GET /sse`, or of
 //!   the Mercure hub) is answered without hyper, under the same admission, by the one head
-//!   writer streams and refusals share.
+//!   writer streams and refusals share; [`publish_path`]: a plain connection of publishes
+//!   (`POST /publish`, one after another) is served without hyper, under the same admission
+//!   and by the same publish handler.
 //! - [`hyper_conn`]: every other connection, served by hyper through the tower stack:
 //!
 //! ```text
@@ -33,6 +35,7 @@ mod hyper_conn;
 mod layers;
 mod page;
 mod publish;
+mod publish_path;
 mod rewind;
 mod router;
 mod tls;

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, header};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::event::{EventData, IdempotencyKey, MAX_EVENT_ID_LEN, TopicName};
@@ -14,6 +15,8 @@ use crate::http::{
     Admitted, ApiError, ErrorCode, PublishPolicy, ResponseBody, json_response, read_body,
 };
 use crate::hub::Published;
+
+use super::publish_path::HeldBody;
 
 /// Named once: a header looked up by its text is parsed and checked on every request.
 static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
@@ -29,31 +32,80 @@ pub(crate) struct BodyLimits {
     pub(crate) max_batch_bytes: usize,
 }
 
-/// Answers an admitted publish request.
+/// A publish request as its handler reads it, from hyper or from the fast path.
+pub(crate) struct PublishRequest<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) body: PublishBody<'a>,
+}
+
+/// A publish's body, read once the publish is allowed (so that bodies in memory are bounded
+/// by the publishes in flight): hyper's, or one on the publish fast path's connection.
+pub(crate) enum PublishBody<'c> {
+    Incoming(Incoming),
+    Held(HeldBody<'c>),
+}
+
+impl PublishBody<'_> {
+    async fn read(
+        self,
+        headers: &HeaderMap,
+        max: usize,
+        limits: BodyLimits,
+        publishing: &PublishPolicy,
+    ) -> Result<Bytes, ApiError> {
+        match self {
+            PublishBody::Incoming(body) => {
+                read_body(headers, body, max, limits.timeout, publishing.metrics()).await
+            }
+            PublishBody::Held(body) => body.read(max, limits.timeout, publishing.metrics()).await,
+        }
+    }
+}
+
+/// Answers an admitted publish request through hyper.
 pub(crate) async fn respond(
     req: Request<Incoming>,
     admitted: &Admitted,
     publishing: &Arc<PublishPolicy>,
-    body: BodyLimits,
+    limits: BodyLimits,
 ) -> Response<ResponseBody> {
-    publish(req, admitted, publishing, body).await.unwrap_or_else(ApiError::into_response)
+    let (parts, body) = req.into_parts();
+    let request = PublishRequest {
+        method: &parts.method,
+        path: parts.uri.path(),
+        headers: &parts.headers,
+        body: PublishBody::Incoming(body),
+    };
+    respond_to(request, admitted, publishing, limits).await
+}
+
+/// Answers an admitted publish request.
+pub(crate) async fn respond_to(
+    request: PublishRequest<'_>,
+    admitted: &Admitted,
+    publishing: &Arc<PublishPolicy>,
+    limits: BodyLimits,
+) -> Response<ResponseBody> {
+    publish(request, admitted, publishing, limits).await.unwrap_or_else(ApiError::into_response)
 }
 
 async fn publish(
-    req: Request<Incoming>,
+    req: PublishRequest<'_>,
     admitted: &Admitted,
     publishing: &Arc<PublishPolicy>,
     limits: BodyLimits,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    if req.method() != Method::POST {
-        return Err(ApiError::method_not_allowed(req.method(), req.uri().path(), "POST"));
+    if *req.method != Method::POST {
+        return Err(ApiError::method_not_allowed(req.method, req.path, "POST"));
     }
-    if is_ndjson(req.headers().get(header::CONTENT_TYPE)) {
+    if is_ndjson(req.headers.get(header::CONTENT_TYPE)) {
         return publish_batch(req, admitted, publishing, limits).await;
     }
     let topic = admitted.query.publish_topic()?.clone();
     let name = admitted.query.event_name()?;
-    let idempotency_key = match req.headers().get(&IDEMPOTENCY_KEY) {
+    let idempotency_key = match req.headers.get(&IDEMPOTENCY_KEY) {
         None => None,
         Some(value) => Some(
             value.to_str().ok().and_then(|key| IdempotencyKey::new(key).ok()).ok_or_else(|| {
@@ -66,8 +118,8 @@ async fn publish(
     };
     admitted.access.check_publish(topic.as_str())?;
     let permit = publishing.admit(admitted.peer, admitted.access.subject(), &topic)?;
-    let binary = is_binary(req.headers().get(header::CONTENT_TYPE));
-    let body = read_body(req, limits.max_event_bytes, limits.timeout, publishing.metrics()).await?;
+    let binary = is_binary(req.headers.get(header::CONTENT_TYPE));
+    let body = req.body.read(req.headers, limits.max_event_bytes, limits, publishing).await?;
     let data = if binary {
         EventData::Binary(body)
     } else {
@@ -84,18 +136,18 @@ async fn publish(
 
 /// A batch: one event per line; `200` with each event's id or error, in order.
 async fn publish_batch(
-    req: Request<Incoming>,
+    req: PublishRequest<'_>,
     admitted: &Admitted,
     publishing: &Arc<PublishPolicy>,
     limits: BodyLimits,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let body = read_body(req, limits.max_batch_bytes, limits.timeout, publishing.metrics()).await?;
+    let body = req.body.read(req.headers, limits.max_batch_bytes, limits, publishing).await?;
     let events = crate::http::parse_ndjson(&body);
     let (peer, access) = (admitted.peer, &admitted.access);
     let outcomes =
         crate::http::publish_batch(events, publishing, peer, access, limits.max_event_bytes)
             .await?;
-    let body = crate::http::answer_json(&outcomes).to_string();
+    let body = crate::http::answer_json(&outcomes, "");
     Ok(json_response(StatusCode::OK, body))
 }
 
@@ -109,9 +161,7 @@ fn published_response(topic: &TopicName, done: Published) -> Response<ResponseBo
     body.push_str(r#"{"topic":""#);
     body.push_str(topic.as_str());
     body.push_str(r#"","id":""#);
-    let mut id = [0u8; MAX_EVENT_ID_LEN];
-    // The id's characters are ASCII letters, digits and a dash.
-    body.push_str(std::str::from_utf8(done.id.encode(&mut id)).unwrap_or_default());
+    done.id.push_to(&mut body);
     body.push_str(r#""}"#);
     let mut response = json_response(StatusCode::OK, body);
     if done.replayed {

@@ -326,13 +326,13 @@ impl Handler for Session {
             Wait::PublishBatch { outcomes } => match outcomes.as_mut().poll(cx) {
                 Poll::Pending => None,
                 Poll::Ready(Ok(outcomes)) => {
-                    let mut answer = answer_json(&outcomes);
-                    answer["op"] = "ok".into();
-                    if let Some(reference) = reference {
-                        answer["ref"] = reference.clone();
-                    }
                     if self.setup.wire != Wire::WsRaw {
-                        out.push(ws::encode(ws::OP_TEXT, answer.to_string().as_bytes()));
+                        let lead = match reference {
+                            Some(reference) => format!(r#""op":"ok","ref":{reference},"#),
+                            None => r#""op":"ok","#.to_owned(),
+                        };
+                        let answer = answer_json(&outcomes, &lead);
+                        out.push(ws::encode(ws::OP_TEXT, answer.as_bytes()));
                     }
                     Some(Ok(()))
                 }
