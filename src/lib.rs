@@ -92,6 +92,7 @@ mod ws;
 
 pub use auth::{KeySpec, PublicKeySpec, SecretFileSpec, SecretSpec, Selector, SelectorError};
 pub use config::{Config, LogFormat, token_command};
+pub use hub::set_free_memory_release;
 pub use server::{App, ServerHandle, bind, serve};
 
 #[doc(hidden)]

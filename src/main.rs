@@ -15,7 +15,38 @@ const EXIT_OS_ERROR: u8 = 71;
 /// (128 + SIGINT, as a shell reports an interrupted command).
 const EXIT_INTERRUPTED: i32 = 130;
 
+/// jemalloc: an idle stream's few long-lived allocations sit in slabs of their size, apart
+/// from the short-lived buffers of connecting and publishing, so a node holding many idle
+/// streams keeps less memory than on glibc's malloc (`benches/README.md`, idle memory).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Returns the pages jemalloc keeps free in all its arenas to the system at once (after a flood
+/// of topics is dropped), rather than over its decay time.
+#[cfg(not(target_env = "msvc"))]
+fn purge_jemalloc() {
+    // `arena.<MALLCTL_ARENAS_ALL>.purge` (4096 in jemalloc 5): a command that reads and writes
+    // nothing.
+    // SAFETY: the name is NUL-terminated and no value is read or written (null pointers and a
+    // zero length, as a void mallctl requires).
+    let failed = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if failed != 0 {
+        tracing::debug!(error = failed, "jemalloc did not purge its arenas");
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(not(target_env = "msvc"))]
+    crier::set_free_memory_release(purge_jemalloc);
     let mut args = std::env::args_os().skip(1);
     if args.next().is_some_and(|first| first == "token") {
         return ExitCode::from(crier::token_command(args.collect()));

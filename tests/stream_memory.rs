@@ -124,5 +124,5 @@ async fn an_idle_stream_holds_little_heap() {
     .await;
     measure(&server, "SSE stream", "GET /sse?topic=t HTTP/1.1\r\nHost: x\r\n\r\n", 1536.0).await;
     let upgrade = "GET /ws?topic=t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    measure(&server, "WebSocket", upgrade, 1920.0).await;
+    measure(&server, "WebSocket", upgrade, 1728.0).await;
 }

@@ -124,12 +124,12 @@ async fn a_flood_of_random_topics_is_dropped_and_memory_returns() {
     .await;
     let reaped = metric(&metrics(node.addr).await, "crier_topics_reaped_total").unwrap();
     assert_eq!(reaped, (20 * 64 + rounds * 64) as f64);
-    // The memory goes back to the system once the drops are over.
-    let bound = start as f64 * 1.10 + 1024.0;
-    wait_until("RSS to return within 10% of where it started", || async {
-        node.rss_kib() as f64 <= bound
-    })
-    .await;
+    // The memory goes back to the system once the drops are over, but for what the allocator
+    // keeps at hand: jemalloc's per-thread caches hold up to a few MiB of freed small objects
+    // (a bound per thread, whatever the flood; the peak is some 18 MiB above the start).
+    let bound = start as f64 * 1.10 + 3072.0;
+    wait_until("RSS to return near where it started", || async { node.rss_kib() as f64 <= bound })
+        .await;
     let end = node.rss_kib();
     eprintln!("RSS: {start} KiB at start, {peak} KiB with {peak_topics} topics, {end} KiB after");
 }

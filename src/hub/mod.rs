@@ -40,10 +40,23 @@ pub use subscription::{Polled, Subscription};
 /// Topics dropped after which the allocator is asked to return free memory.
 const TRIM_AFTER_REAPED: usize = 1024;
 
+/// How the process's allocator returns the free memory it keeps, if the program set one
+/// ([`set_free_memory_release`]; the crier binary runs on jemalloc).
+static FREE_MEMORY_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Tells the hub how the process's allocator returns the free memory it keeps to the system,
+/// once a flood of topics is dropped; without it, glibc's `malloc_trim`.
+pub fn set_free_memory_release(release: fn()) {
+    let _ = FREE_MEMORY_RELEASE.set(release);
+}
+
 /// Asks the allocator to return the free memory it keeps to the system. glibc's malloc keeps
 /// what a flood of topics freed in its arenas (fragmented, so not at the top of the heap, where
 /// it would return it by itself); `malloc_trim` releases those pages too.
 fn release_free_memory() {
+    if let Some(release) = FREE_MEMORY_RELEASE.get() {
+        return release();
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own heap, under its locks.
     unsafe {

@@ -22,7 +22,8 @@ use super::app::App;
 use super::caps::AcceptFailures;
 use super::conn::{Accepted, ConnectionTask, ControlledConnection, TrackerEntry};
 use super::fast_path::{self, Opened};
-use super::hyper_conn;
+use super::first_request;
+use super::hyper_conn::{self, Protocol};
 use crate::sse::SseStream;
 
 /// How often recorded histogram samples are folded into buckets, and idle rate buckets
@@ -60,19 +61,7 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    let max_head = app.config.max_request_head_bytes;
-    // The first request's head is capped as it is read (`first_request`); hyper's own read
-    // buffer limit stays at its default, which also sizes its write buffer.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(app.config.header_read_timeout);
-    // Streams one HTTP/2 connection may hold open: 100, the most a browser uses (RFC 9113
-    // asks for no fewer), rather than hyper's 200, so that one connection is bounded like
-    // 100 HTTP/1.1 ones; an address's streams in all are `--max-streams-per-ip`.
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
-        .max_concurrent_streams(H2_MAX_STREAMS);
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(&app));
     let tracker = &app.tracker;
     let upkeep = tokio::spawn({
         let app = app.clone();
@@ -117,7 +106,7 @@ pub async fn serve(
         match accepted {
             Ok((stream, remote)) => {
                 failures.succeeded();
-                spawn_connection(stream, remote, &app, &builder);
+                spawn_connection(stream, remote, &app, &builders);
             }
             Err(e) => {
                 // Out of descriptors or memory: pause instead of spinning on accept, and serve
@@ -158,6 +147,33 @@ pub async fn serve(
     Ok(())
 }
 
+/// How hyper serves connections.
+pub(super) struct Builders {
+    /// HTTP/2 by ALPN or prior knowledge, or HTTP/1.1: TLS connections, and h2c.
+    auto: Builder<TokioExecutor>,
+    /// Plain connections whose first request is HTTP/1.x.
+    http1: hyper::server::conn::http1::Builder,
+}
+
+impl Builders {
+    fn new(app: &App) -> Self {
+        let mut auto = Builder::new(TokioExecutor::new());
+        let max_head = app.config.max_request_head_bytes;
+        // The first request's head is capped as it is read (`first_request`); hyper's own read
+        // buffer limit stays at its default, which also sizes its write buffer.
+        auto.http1().timer(TokioTimer::new()).header_read_timeout(app.config.header_read_timeout);
+        // Streams one HTTP/2 connection may hold open: 100, the most a browser uses (RFC 9113
+        // asks for no fewer), rather than hyper's 200, so that one connection is bounded like
+        // 100 HTTP/1.1 ones; an address's streams in all are `--max-streams-per-ip`.
+        auto.http2()
+            .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+            .max_concurrent_streams(H2_MAX_STREAMS);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1.timer(TokioTimer::new()).header_read_timeout(app.config.header_read_timeout);
+        Builders { auto, http1 }
+    }
+}
+
 /// Resolves when the drain delay is over (never before the shutdown signal).
 async fn leave(leave_at: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match leave_at {
@@ -170,7 +186,7 @@ fn spawn_connection(
     stream: TcpStream,
     remote: SocketAddr,
     app: &Arc<App>,
-    builder: &Arc<Builder<TokioExecutor>>,
+    builders: &Arc<Builders>,
 ) {
     let counted = !app.admission.is_proxy(remote.ip());
     let slot = match app.caps.admit(remote, app.tracker.len(), counted) {
@@ -181,11 +197,12 @@ fn spawn_connection(
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
     let (control, key) = app.tracker.add();
-    let (app, builder) = (app.clone(), builder.clone());
+    let (app, builders) = (app.clone(), builders.clone());
     tokio::spawn(async move {
         let entry = TrackerEntry::new(app.tracker.clone(), key);
         let accepted = Accepted { remote, control, slot };
-        if let Some((stream, accepted)) = serve_connection(stream, accepted, &app, &builder).await {
+        if let Some((stream, accepted)) = serve_connection(stream, accepted, &app, &builders).await
+        {
             // A task of its own, sized to the stream: this one holds room for every way a
             // connection may begin, and most connections are streams that live long.
             let stream = ControlledConnection::new(stream, accepted.control, |_| {});
@@ -200,7 +217,7 @@ async fn serve_connection(
     stream: TcpStream,
     accepted: Accepted,
     app: &Arc<App>,
-    builder: &Builder<TokioExecutor>,
+    builders: &Builders,
 ) -> Option<(SseStream, Accepted)> {
     // Every future awaited here is boxed: the task holds room for the largest of them while it
     // lives, and a TLS handshake (rustls's connection state), reading the first request and
@@ -210,13 +227,19 @@ async fn serve_connection(
         // Over TLS, hyper serves everything (HTTP/2 by ALPN, or HTTP/1.1).
         let accepting = Box::pin(tls.accept(stream, app.config.header_read_timeout));
         let io = accepting.await?;
-        Box::pin(hyper_conn::serve(io, accepted, app, builder)).await;
+        Box::pin(hyper_conn::serve(io, accepted, app, Protocol::Auto(&builders.auto))).await;
         return None;
     }
     match Box::pin(fast_path::open(stream, accepted.remote, app, &accepted.control)).await {
         Opened::Stream(stream) => Some((stream, accepted)),
         Opened::Hyper(io) => {
-            Box::pin(hyper_conn::serve(io, accepted, app, builder)).await;
+            // An HTTP/1.1 connection is served by hyper's HTTP/1 server itself, so that a
+            // WebSocket upgraded on it gets the plain socket back (`upgraded`).
+            let protocol = match io.starts_with(first_request::H2_PREFACE) {
+                true => Protocol::Auto(&builders.auto),
+                false => Protocol::Http1(&builders.http1),
+            };
+            Box::pin(hyper_conn::serve(io, accepted, app, protocol)).await;
             None
         }
         Opened::Done => None,

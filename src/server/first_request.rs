@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::http::{GatedRoute, MERCURE_HUB_PATH};
 
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Headers parsed at most; a request with more is left to hyper.
 const MAX_HEADERS: usize = 64;

@@ -21,7 +21,8 @@
 //!
 //! Beside them: [`router`] (the requests the stack carries, and the dispatch), [`publish`]
 //! (the HTTP publish endpoint), [`layers`] (the tower middleware), [`conn`] (draining and
-//! closing connections, tracked for shutdown), [`first_request`], [`rewind`], [`tls`],
+//! closing connections, tracked for shutdown), [`first_request`], [`rewind`], [`upgraded`]
+//! (the socket a WebSocket session runs on), [`tls`],
 //! [`page`] and [`handle`].
 
 mod accept;
@@ -39,6 +40,7 @@ mod publish_path;
 mod rewind;
 mod router;
 mod tls;
+mod upgraded;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -18,6 +18,22 @@ impl<T> Rewind<T> {
     pub(crate) fn new(prefix: Vec<u8>, inner: T) -> Self {
         Rewind { prefix, consumed: 0, inner }
     }
+
+    /// Whether what is still to be read from the prefix starts with `bytes`.
+    pub(crate) fn starts_with(&self, bytes: &[u8]) -> bool {
+        self.prefix[self.consumed..].starts_with(bytes)
+    }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    pub(crate) fn put_back(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut prefix = Vec::with_capacity(bytes.len() + self.prefix.len() - self.consumed);
+        prefix.extend_from_slice(bytes);
+        prefix.extend_from_slice(&self.prefix[self.consumed..]);
+        (self.prefix, self.consumed) = (prefix, 0);
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
@@ -86,5 +102,20 @@ mod tests {
         let mut out = String::new();
         rewound.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn bytes_put_back_are_read_first() {
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"!").await.unwrap();
+        drop(client);
+        let mut rewound = Rewind::new(b"--world".to_vec(), server);
+        let mut first = [0u8; 2];
+        rewound.read_exact(&mut first).await.unwrap();
+        rewound.put_back(b"hello ");
+        let mut out = String::new();
+        rewound.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world!");
+        rewound.put_back(b"");
     }
 }

@@ -19,6 +19,7 @@ use tower::Service;
 use super::ConnInfo;
 use super::conn::{ConnectionTask, ControlledConnection, Tracker, TrackerEntry};
 use super::publish::{self, BodyLimits};
+use super::upgraded::UpgradedIo;
 use crate::http::{
     Admission, Admitted, ApiError, Asker, ErrorCode, GatedRoute, OpenRoute, PublishPolicy,
     RefusalForm, Refused, ResponseBody, Route, event_stream_response, json_response,
@@ -28,7 +29,7 @@ use crate::limits::ConnectionSlot;
 use crate::mercure::{MercureEdge, MercureRefused};
 use crate::metrics::Metrics;
 use crate::sse::SseEdge;
-use crate::ws::{Upgrade, UpgradedConnection, WsEdge};
+use crate::ws::{Connection, Upgrade, WsEdge};
 
 /// A request entering the stack: its route and the connection it came on.
 pub(crate) struct Routed<B = Incoming> {
@@ -206,13 +207,16 @@ impl Router {
     fn spawn_session(&self, upgrade: Upgrade, slot: Option<Arc<ConnectionSlot>>) {
         let (hub, tracker) = (self.hub.clone(), self.tracker.clone());
         tokio::spawn(async move {
-            let Some(mut session) = Box::pin(upgrade.connect()).await else { return };
+            let Some(mut session) = Box::pin(upgrade.connect(super::upgraded::io_of)).await else {
+                return;
+            };
             let (control, key) = tracker.add();
             let entry = TrackerEntry::new(tracker, key);
             if hub.is_draining() {
                 session.start_shutdown();
             }
-            let drain = |session: Pin<&mut UpgradedConnection>| session.get_mut().start_shutdown();
+            let drain =
+                |session: Pin<&mut Connection<UpgradedIo>>| session.get_mut().start_shutdown();
             // A task of its own, sized to the session, which counts as its client's connection
             // for as long as it lives.
             let session = ControlledConnection::new(session, control, drain);

@@ -28,6 +28,8 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use http::Request;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -45,9 +47,6 @@ use session::{Session, SessionSetup};
 
 use close::CloseCode;
 pub(crate) use connection::Connection;
-
-/// A WebSocket connection on an upgraded HTTP connection.
-pub(crate) type UpgradedConnection = Connection<TokioIo<Upgraded>>;
 
 /// The knobs of WebSocket connections.
 #[derive(Clone, Debug)]
@@ -82,9 +81,15 @@ pub(crate) struct Upgrade {
 }
 
 impl Upgrade {
-    /// Waits for the upgraded socket and sets the connection up on it; `None` if the upgrade
-    /// failed (the client went away).
-    pub(crate) async fn connect(self) -> Option<UpgradedConnection> {
+    /// Waits for the upgraded socket and sets the connection up on the I/O `io_of` makes of
+    /// it; `None` if the upgrade failed (the client went away).
+    pub(crate) async fn connect<IO>(
+        self,
+        io_of: impl FnOnce(Upgraded) -> IO,
+    ) -> Option<Connection<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let upgraded = match self.on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -92,8 +97,7 @@ impl Upgrade {
                 return None;
             }
         };
-        let io = TokioIo::new(upgraded);
-        Some(Connection::new(io, self.handler, self.limits.heartbeat, self.metrics))
+        Some(Connection::new(io_of(upgraded), self.handler, self.limits.heartbeat, self.metrics))
     }
 }
 
