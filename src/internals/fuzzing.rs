@@ -44,8 +44,10 @@ pub fn check_mercure(selector: &str, topic: &str, bytes: &[u8]) {
 }
 
 /// Classifies the first bytes of a connection; only a complete HTTP/1.1 `GET /sse` head with
-/// nothing after it may take the SSE fast path.
+/// nothing after it may take the SSE fast path, and only an HTTP/1.1 `POST /publish` head of
+/// at most the head cap, with a body of known length of at most 64 KiB, the publish fast path.
 pub fn check_first_request(bytes: &[u8]) {
+    check_publish_head(bytes);
     let decision = classify(bytes, 16 << 10);
     if bytes.len() > 16 << 10 {
         assert!(!matches!(decision, Some(FirstRequest::EventStream { .. })), "over the head cap");
@@ -61,6 +63,22 @@ pub fn check_first_request(bytes: &[u8]) {
         assert_eq!(target.split_once('?').map_or(target, |(p, _)| p), "/sse");
         assert_eq!(target.split_once('?').map(|(_, q)| q.to_owned()), query);
     }
+}
+
+fn check_publish_head(bytes: &[u8]) {
+    use crate::server::publish_path::{MAX_HELD_BODY, publish_lengths};
+    let Some((head_len, body_len)) = publish_lengths(bytes, 16 << 10) else { return };
+    assert!(head_len <= bytes.len() && head_len <= 16 << 10, "a head within the buffer and cap");
+    assert!(body_len <= MAX_HELD_BODY, "a body the fast path holds");
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = request.parse(bytes);
+    assert!(matches!(parsed, Ok(httparse::Status::Complete(n)) if n == head_len));
+    assert_eq!((request.method, request.version), (Some("POST"), Some(1)));
+    let target = request.path.unwrap_or_default();
+    assert_eq!(target.split_once('?').map_or(target, |(p, _)| p), "/publish");
+    let chunked = request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    assert!(!chunked, "a chunked body is hyper's");
 }
 
 /// Feeds `bytes` to a WebSocket decoder in reads cut at `cuts`, buffering a cut frame as the
@@ -358,5 +376,10 @@ mod tests {
         check_first_request(b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
         check_first_request(b"GET /sse HTTP/1.1\r\n\r\nextra");
         check_first_request(b"\xff\x00garbage");
+        check_first_request(b"POST /publish?topic=a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
+        check_first_request(b"POST /publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let taken = b"POST /publish?topic=a HTTP/1.1\r\nContent-Length: 3\r\n\r\nab";
+        let lengths = crate::server::publish_path::publish_lengths(taken, 16 << 10);
+        assert_eq!(lengths, Some((taken.len() - 2, 3)), "a body still on its way");
     }
 }

@@ -36,7 +36,7 @@ mod hyper_conn;
 mod layers;
 mod page;
 mod publish;
-mod publish_path;
+pub(crate) mod publish_path;
 mod rewind;
 mod router;
 mod tls;

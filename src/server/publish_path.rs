@@ -32,7 +32,7 @@ use crate::metrics::{Metrics, Rejection};
 
 /// The largest body the fast path reads into its buffer: the buffer of a connection stays
 /// small; a larger body (a large batch) goes to hyper.
-const MAX_HELD_BODY: usize = 64 << 10;
+pub(crate) const MAX_HELD_BODY: usize = 64 << 10;
 
 /// Headers parsed at most; a request with more goes to hyper.
 const MAX_HEADERS: usize = 64;
@@ -410,6 +410,16 @@ fn parse(buf: &[u8], max_head: usize) -> Parse {
     }
     let query = query.map(str::to_owned);
     Parse::Publish(PublishHead { head_len, body_len, query, headers: map, close })
+}
+
+/// The lengths of the head and of the body of the publish `buf` starts with, if the fast path
+/// takes it (for the fuzz target of first requests).
+#[cfg(any(fuzzing, test))]
+pub(crate) fn publish_lengths(buf: &[u8], max_head: usize) -> Option<(usize, usize)> {
+    match parse(buf, max_head) {
+        Parse::Publish(head) => Some((head.head_len, head.body_len)),
+        Parse::Other | Parse::TooLarge | Parse::Partial => None,
+    }
 }
 
 /// A `Content-Length` value: digits only.
